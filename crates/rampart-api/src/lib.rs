@@ -1,0 +1,10 @@
+//! The external API of Rampart: request and response types (with their OpenAPI schemas), the
+//! controller ↔ agent protocol, TLS settings shared by every client, and a typed HTTPS client.
+
+pub mod agent;
+pub mod client;
+pub mod tls;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;

@@ -1,0 +1,202 @@
+//! Request and response bodies of `/v1`. Requests reject unknown fields (400 `invalid_request`).
+
+use rampart_common::Sensitive;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A page of a list: `next` is the cursor of the following page, null on the last one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct List<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the database answers.
+    pub status: String,
+    pub version: String,
+    pub nodes: NodeCounts,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct NodeCounts {
+    pub ready: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Joined, heartbeat not yet received.
+    Joining,
+    /// Heartbeats arrive within `nodes.heartbeat_timeout_s`.
+    Ready,
+    /// No heartbeat for longer than `nodes.heartbeat_timeout_s`.
+    Unreachable,
+    /// Kept out of scheduling by an operator or a failed check.
+    Quarantined,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Ready => "ready",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Quarantined => "quarantined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        Some(match s {
+            "joining" => NodeState::Joining,
+            "ready" => NodeState::Ready,
+            "unreachable" => NodeState::Unreachable,
+            "quarantined" => NodeState::Quarantined,
+            _ => return None,
+        })
+    }
+}
+
+/// What an agent reports about its host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub kernel: String,
+    pub os: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: Uuid,
+    pub name: String,
+    pub state: NodeState,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_heartbeat: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub joined_at: OffsetDateTime,
+    /// Generation of the node's desired state.
+    pub generation: i64,
+    /// Last generation the agent reported as applied.
+    pub applied_generation: i64,
+    pub agent_version: Option<String>,
+    pub host: Option<HostFacts>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub certificate_expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreate {
+    /// Bind the token to this node name; the agent may then only join under it.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Lifetime in seconds (60 to 604800; default `nodes.join_token_ttl_s`).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinToken {
+    pub id: Uuid,
+    /// One-time secret for `rampart agent --join`; shown only in this response. It embeds the
+    /// SHA-256 of the CA certificate, so the agent can authenticate the controller.
+    pub token: Sensitive,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    /// SHA-256 of the CA certificate (DER), hex.
+    pub ca_sha256: String,
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: Sensitive,
+    /// Domain name or id (default `default`).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Project name or id to scope the token to.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Current TOTP code, when the account has MFA.
+    #[serde(default)]
+    pub totp: Option<Sensitive>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UserRef {
+    pub id: Uuid,
+    pub name: String,
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ProjectRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Every call the token's roles allow.
+    Full,
+    /// Only MFA enrollment and logout.
+    MfaEnrollment,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    pub token: Sensitive,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    pub user: UserRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectRef>,
+    pub roles: Vec<String>,
+    pub scope: TokenScope,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub password_expires_at: Option<OffsetDateTime>,
+    pub warnings: Vec<String>,
+}
+
+/// What `GET /v1/auth/tokens/current` says about the caller's token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub user: UserRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectRef>,
+    pub roles: Vec<String>,
+    pub scope: TokenScope,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub username: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    pub current_password: Sensitive,
+    pub new_password: Sensitive,
+}

@@ -1,0 +1,355 @@
+//! The configuration file (TOML). Every option is documented in `docs/configuration.md` with
+//! its default; an unknown key or a bad value stops start-up with a message naming it.
+//! Secrets are never inline: they are given as file paths.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: `{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the controller keeps its state (database, CA, logs). `--data-dir` overrides it.
+    pub data_dir: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub database: DatabaseConfig,
+    pub nodes: NodesConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    pub local_agent: LocalAgentConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Addresses the HTTPS API listens on.
+    pub listen: Vec<SocketAddr>,
+    /// Extra DNS names and IP addresses for the server certificate.
+    pub tls_names: Vec<String>,
+    /// `Strict-Transport-Security: max-age=` value.
+    pub hsts_max_age_s: u64,
+    /// Largest accepted request body.
+    pub request_body_limit_bytes: usize,
+    /// Upper bound of one request (agent long polls excepted).
+    pub request_timeout_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            tls_names: vec![],
+            hsts_max_age_s: 31_536_000,
+            request_body_limit_bytes: 1 << 20,
+            request_timeout_s: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=FILE`.
+    /// Empty: SQLite at `<data_dir>/rampart.db`. `--database-url` overrides it.
+    pub url: String,
+    /// File holding the database password, when the URL has none.
+    pub password_file: Option<PathBuf>,
+    pub max_connections: u32,
+    pub connect_timeout_s: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: String::new(),
+            password_file: None,
+            max_connections: 8,
+            connect_timeout_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// How often agents report status (their heartbeat).
+    pub heartbeat_interval_s: u64,
+    /// A node with no heartbeat for this long becomes `unreachable`.
+    pub heartbeat_timeout_s: u64,
+    /// Lifetime of a join token.
+    pub join_token_ttl_s: u64,
+    /// How long `GET /agent/v1/config` waits for a new generation before answering 204.
+    pub long_poll_timeout_s: u64,
+    /// Lifetime of the certificate an agent receives when it joins.
+    pub agent_certificate_days: u32,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            heartbeat_interval_s: 5,
+            heartbeat_timeout_s: 15,
+            join_token_ttl_s: 3600,
+            long_poll_timeout_s: 30,
+            agent_certificate_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Lifetime of the internal CA created on first start.
+    pub ca_days: u32,
+    /// Lifetime of the API server certificate.
+    pub server_certificate_days: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_days: 3650,
+            server_certificate_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter: a level (`info`) or directives (`info,rampart_db=debug`).
+    pub level: String,
+    /// Directory of the JSON run log files. Empty: `<data_dir>/logs`.
+    pub dir: Option<PathBuf>,
+    /// Also write the run log to standard error.
+    pub stderr: bool,
+    /// Number of daily log files kept.
+    pub max_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            dir: None,
+            stderr: true,
+            max_files: 14,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalAgentConfig {
+    /// Whether `rampart up` runs an agent for this machine.
+    pub enabled: bool,
+    /// Node name of the local agent. Empty: the host name.
+    pub name: String,
+}
+
+impl Default for LocalAgentConfig {
+    fn default() -> Self {
+        LocalAgentConfig {
+            enabled: true,
+            name: String::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            api: ApiConfig::default(),
+            database: DatabaseConfig::default(),
+            nodes: NodesConfig::default(),
+            tls: TlsConfig::default(),
+            log: LogConfig::default(),
+            local_agent: LocalAgentConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        if self.api.listen.is_empty() {
+            return invalid("api.listen", "must name at least one address");
+        }
+        if self.api.request_body_limit_bytes < 1024 {
+            return invalid("api.request_body_limit_bytes", "must be at least 1024");
+        }
+        if self.api.request_timeout_s == 0 {
+            return invalid("api.request_timeout_s", "must be at least 1");
+        }
+        if !self.database.url.is_empty()
+            && !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| self.database.url.starts_with(p))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.database.connect_timeout_s == 0 {
+            return invalid("database.connect_timeout_s", "must be at least 1");
+        }
+        let n = &self.nodes;
+        if n.heartbeat_interval_s == 0 {
+            return invalid("nodes.heartbeat_interval_s", "must be at least 1");
+        }
+        if n.heartbeat_timeout_s < 2 * n.heartbeat_interval_s {
+            return invalid(
+                "nodes.heartbeat_timeout_s",
+                format!(
+                    "must be at least twice nodes.heartbeat_interval_s ({}), so one lost heartbeat does not mark a node unreachable",
+                    n.heartbeat_interval_s
+                ),
+            );
+        }
+        if !(60..=7 * 86_400).contains(&n.join_token_ttl_s) {
+            return invalid(
+                "nodes.join_token_ttl_s",
+                "must be between 60 and 604800 seconds",
+            );
+        }
+        if !(1..=300).contains(&n.long_poll_timeout_s) {
+            return invalid(
+                "nodes.long_poll_timeout_s",
+                "must be between 1 and 300 seconds",
+            );
+        }
+        if !(1..=825).contains(&n.agent_certificate_days) {
+            return invalid("nodes.agent_certificate_days", "must be between 1 and 825");
+        }
+        if !(1..=825).contains(&self.tls.server_certificate_days) {
+            return invalid("tls.server_certificate_days", "must be between 1 and 825");
+        }
+        if self.tls.ca_days < 30 || self.tls.ca_days > 36_500 {
+            return invalid("tls.ca_days", "must be between 30 and 36500");
+        }
+        if self.log.level.trim().is_empty() {
+            return invalid("log.level", "must not be empty");
+        }
+        if self.log.max_files == 0 {
+            return invalid("log.max_files", "must be at least 1");
+        }
+        if !self.local_agent.name.is_empty() {
+            crate::names::validate_node_name(&self.local_agent.name).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "local_agent.name",
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The database URL to use, given the data directory.
+    pub fn database_url(&self, data_dir: &Path) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", data_dir.join("rampart.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn log_dir(&self, data_dir: &Path) -> PathBuf {
+        self.log
+            .dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("logs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("test.toml"), s)
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[api]\nlisten = [\"127.0.0.1:1\"]\nlisten_port = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        assert!(err.contains("test.toml"), "{err}");
+        let err = parse("[nodez]\n").unwrap_err().to_string();
+        assert!(err.contains("nodez"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = parse("[api]\nlisten = [\"not an address\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = parse("[nodes]\nheartbeat_interval_s = 10\nheartbeat_timeout_s = 15\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nodes.heartbeat_timeout_s"), "{err}");
+        let err = parse("[database]\nurl = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
+        let err = parse("[nodes]\nheartbeat_interval_s = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat_interval_s"), "{err}");
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_the_data_dir() {
+        let c = Config::default();
+        assert_eq!(c.database_url(Path::new("/d")), "sqlite:///d/rampart.db");
+    }
+}

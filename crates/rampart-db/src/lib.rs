@@ -1,0 +1,366 @@
+//! Persistence of the controller: the only crate that speaks SQL.
+//!
+//! One code path serves SQLite (the embedded default: WAL, foreign keys on, busy timeout,
+//! `synchronous=FULL` so an acknowledged write survives `kill -9` and power loss) and
+//! PostgreSQL (several controllers, TLS with `sslmode=verify-full`). Queries are portable SQL
+//! run through sqlx's `Any` driver with `$n` placeholders, which both backends accept; the
+//! migrations of both live in `migrations/{sqlite,postgres}` and are embedded in the binary.
+
+pub mod identity;
+pub mod leases;
+pub mod meta;
+pub mod nodes;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rampart_common::redact_url;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+
+pub use sqlx::AnyConnection as Conn;
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("unsupported database URL {0} (use sqlite:// or postgres://)")]
+    UnsupportedUrl(String),
+    #[error("cannot prepare the SQLite file {path}")]
+    SqliteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the database password file {path}")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl DbError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::Sqlx(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+impl From<DbError> for rampart_common::Error {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(m) => rampart_common::Error::Conflict(m),
+            DbError::Connect { .. } | DbError::Sqlx(sqlx::Error::PoolTimedOut) => {
+                tracing::error!(error = %rampart_common::error::ErrorChain(&e), "database unavailable");
+                rampart_common::Error::Unavailable(
+                    "the database is not reachable; try again later".into(),
+                )
+            }
+            other => rampart_common::Error::internal("accessing the database", other),
+        }
+    }
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+    /// File holding the password, for URLs without one.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(10),
+            password_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Path of the SQLite file of a `sqlite:` URL.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(PathBuf::from(path))
+    }
+}
+
+impl Db {
+    /// Connects, prepares the backend and runs the embedded migrations.
+    pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(redact_url(url)));
+        };
+        let mut url = url.to_string();
+        if let Some(file) = &opts.password_file {
+            let password =
+                std::fs::read_to_string(file).map_err(|source| DbError::PasswordFile {
+                    path: file.clone(),
+                    source,
+                })?;
+            url = with_password(&url, password.trim_end_matches(['\r', '\n']));
+        }
+        let redacted = redact_url(&url);
+        let connect_err = |source| DbError::Connect {
+            url: redacted.clone(),
+            source,
+        };
+
+        if backend == Backend::Sqlite {
+            if let Some(path) = sqlite_path(&url) {
+                prepare_sqlite_file(&path).map_err(|source| DbError::SqliteFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                // journal_mode=WAL is stored in the file: set it once, on a connection of its own,
+                // because it cannot be changed inside the pool's busy-timeout handling.
+                let mut c = AnyConnection::connect(&url).await.map_err(connect_err)?;
+                c.execute("PRAGMA journal_mode = WAL").await?;
+                c.close().await?;
+            }
+        }
+
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.connect_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_err)?;
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        tracing::info!(url = %redacted, backend = ?backend, "database ready");
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so
+    /// two writers queue on the busy timeout instead of failing when a read upgrades to a write.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Round trip to the database, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Tables and their columns `(name, type, not_null)`, sorted: what the parity test compares.
+    pub async fn schema(&self) -> Result<Vec<(String, Vec<(String, String, bool)>)>> {
+        let mut conn = self.conn().await?;
+        let tables: Vec<String> = match self.backend {
+            Backend::Sqlite => sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_sqlx%' ESCAPE '\\' ORDER BY name",
+            )
+            .fetch_all(&mut *conn)
+            .await?,
+            Backend::Postgres => sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%' ORDER BY table_name",
+            )
+            .fetch_all(&mut *conn)
+            .await?,
+        };
+        let mut out = Vec::new();
+        for table in tables {
+            let mut cols: Vec<(String, String, bool)> = match self.backend {
+                Backend::Sqlite => {
+                    // pragma_table_info is a table-valued function; the table name is a bound value.
+                    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                        "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1)",
+                    )
+                    .bind(&table)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    rows.into_iter()
+                        .map(|(n, t, nn, pk)| (n, t.to_ascii_lowercase(), nn != 0 || pk != 0))
+                        .collect()
+                }
+                Backend::Postgres => {
+                    let rows: Vec<(String, String, String)> = sqlx::query_as(
+                        "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+                    )
+                    .bind(&table)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    rows.into_iter()
+                        .map(|(n, t, nullable)| (n, t, nullable == "NO"))
+                        .collect()
+                }
+            };
+            cols.sort();
+            out.push((table, cols));
+        }
+        Ok(out)
+    }
+}
+
+/// Creates the SQLite file with mode 0600 before SQLite does (it would use the umask), in a
+/// 0700 directory; SQLite gives its -wal and -shm files the mode of the database file.
+fn prepare_sqlite_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            rampart_common::fsutil::ensure_private_dir(dir)?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Puts `password` into the userinfo of `url`, percent-encoded.
+fn with_password(url: &str, password: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (user, host) = match authority.rfind('@') {
+        Some(at) => (
+            authority[..at].split(':').next().unwrap_or(""),
+            &authority[at + 1..],
+        ),
+        None => ("", authority),
+    };
+    let encoded: String = password
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!(
+        "{}://{}:{}@{}{}",
+        &url[..scheme_end],
+        user,
+        encoded,
+        host,
+        tail
+    )
+}
+
+/// Parses a UUID stored as text.
+pub(crate) fn uuid_col(s: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::try_parse(s).map_err(|_| DbError::Corrupt(format!("not a UUID: {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_goes_into_the_url_encoded() {
+        assert_eq!(
+            with_password(
+                "postgres://rampart@db:5432/rampart?sslmode=verify-full",
+                "p@ss word"
+            ),
+            "postgres://rampart:p%40ss%20word@db:5432/rampart?sslmode=verify-full"
+        );
+        assert_eq!(
+            with_password("postgres://u:old@h/d", "new"),
+            "postgres://u:new@h/d"
+        );
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite:///a/b.db?mode=rwc"),
+            Some(PathBuf::from("/a/b.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

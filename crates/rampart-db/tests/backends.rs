@@ -1,0 +1,606 @@
+//! The DB tier: every test runs on SQLite and on PostgreSQL (when configured; required in CI).
+
+use rampart_api::NodeState;
+use rampart_db::identity::{self, NewToken, NewUser, Scope};
+use rampart_db::testing::TestDb;
+use rampart_db::{Backend, ConnectOptions, Db, DbError, leases, meta, nodes};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+fn now() -> OffsetDateTime {
+    // Millisecond precision, as stored.
+    rampart_common::time::from_ms(rampart_common::time::to_ms(OffsetDateTime::now_utc()))
+}
+
+async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(Db) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for t in TestDb::all().await {
+        let db = t.connect().await;
+        eprintln!("backend {:?}", db.backend());
+        f(db.clone()).await;
+        db.close().await;
+    }
+}
+
+#[tokio::test]
+async fn spec_9_2_migrations_produce_the_same_schema_on_both_backends() {
+    let sqlite = TestDb::sqlite();
+    let Some(pg) = TestDb::postgres().await else {
+        return;
+    };
+    let a = sqlite.connect().await.schema().await.unwrap();
+    let b = pg.connect().await.schema().await.unwrap();
+    assert!(a.len() >= 8, "schema read back: {a:?}");
+    let names = |s: &Vec<(String, Vec<(String, String, bool)>)>| {
+        s.iter().map(|t| t.0.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), names(&b), "tables differ");
+    for ((ta, ca), (_, cb)) in a.iter().zip(b.iter()) {
+        assert_eq!(
+            ca, cb,
+            "columns of table {ta} differ between SQLite and PostgreSQL"
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_across_restarts() {
+    for t in TestDb::all().await {
+        let db = t.connect().await;
+        let mut c = db.conn().await.unwrap();
+        meta::set(&mut c, "k", "v1").await.unwrap();
+        drop(c);
+        db.close().await;
+        let db = t.connect().await;
+        let mut c = db.conn().await.unwrap();
+        assert_eq!(meta::get(&mut c, "k").await.unwrap().as_deref(), Some("v1"));
+    }
+}
+
+#[tokio::test]
+async fn spec_9_1_1e_sqlite_file_is_private_and_in_wal_mode() {
+    let t = TestDb::sqlite();
+    let db = t.connect().await;
+    let path = t.sqlite_path().unwrap();
+    assert_eq!(rampart_common::fsutil::mode_of(&path).unwrap(), 0o600);
+    let mut c = db.conn().await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert!(busy >= 5000);
+}
+
+#[tokio::test]
+async fn identity_round_trip_and_unique_names() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut tx = db.begin().await.unwrap();
+        let d = identity::insert_domain(&mut tx, "default", t)
+            .await
+            .unwrap();
+        let p = identity::insert_project(&mut tx, d.id, "admin", t)
+            .await
+            .unwrap();
+        let u = identity::insert_user(
+            &mut tx,
+            NewUser {
+                domain_id: d.id,
+                name: "admin",
+                password_hash: Some("$argon2id$x"),
+                password_change_required: true,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        identity::assign_role(&mut tx, u.id, "system-admin", Scope::System, t)
+            .await
+            .unwrap();
+        identity::assign_role(&mut tx, u.id, "system-admin", Scope::System, t)
+            .await
+            .unwrap();
+        identity::assign_role(&mut tx, u.id, "project-admin", Scope::Project(p.id), t)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut c = db.conn().await.unwrap();
+        assert_eq!(
+            identity::find_domain(&mut c, "default")
+                .await
+                .unwrap()
+                .unwrap(),
+            d
+        );
+        assert_eq!(
+            identity::find_domain(&mut c, &d.id.to_string())
+                .await
+                .unwrap()
+                .unwrap(),
+            d
+        );
+        assert_eq!(
+            identity::find_project(&mut c, d.id, "admin")
+                .await
+                .unwrap()
+                .unwrap(),
+            p
+        );
+        let found = identity::find_user(&mut c, d.id, "admin")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found, u);
+        assert!(found.password_change_required);
+        let roles = identity::role_assignments(&mut c, u.id).await.unwrap();
+        assert_eq!(roles.len(), 2, "{roles:?}");
+        let err = identity::insert_domain(&mut c, "default", t)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::Conflict(_)), "{err:?}");
+        let err = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "admin",
+                password_hash: None,
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, DbError::Conflict(_)), "{err:?}");
+        assert!(format!("{found:?}").contains("admin") && !format!("{found:?}").contains("argon2"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_13_2_4_tokens_expire_and_revoke() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let u = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "u",
+                password_hash: None,
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        let id = identity::insert_token(
+            &mut c,
+            NewToken {
+                token_hash: "h1",
+                user_id: u.id,
+                project_id: None,
+                scope: "full",
+                expires_at: t + Duration::hours(1),
+                source_ip: Some("127.0.0.1"),
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        identity::insert_token(
+            &mut c,
+            NewToken {
+                token_hash: "h2",
+                user_id: u.id,
+                project_id: None,
+                scope: "full",
+                expires_at: t - Duration::hours(1),
+                source_ip: None,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        let tok = identity::token_by_hash(&mut c, "h1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tok.id, id);
+        assert_eq!(tok.expires_at, t + Duration::hours(1));
+        assert!(tok.revoked_at.is_none());
+        identity::touch_token(&mut c, id, t + Duration::minutes(5), 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            identity::token_by_hash(&mut c, "h1")
+                .await
+                .unwrap()
+                .unwrap()
+                .last_used_at,
+            t + Duration::minutes(5)
+        );
+        assert_eq!(
+            identity::revoke_user_tokens(&mut c, u.id, t).await.unwrap(),
+            2
+        );
+        assert!(
+            identity::token_by_hash(&mut c, "h1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert_eq!(identity::purge_expired_tokens(&mut c, t).await.unwrap(), 1);
+        assert!(
+            identity::token_by_hash(&mut c, "h2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            identity::token_by_hash(&mut c, "nope")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+async fn add_node(db: &Db, name: &str, t: OffsetDateTime) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut c = db.conn().await.unwrap();
+    nodes::insert_node(
+        &mut c,
+        nodes::NewNode {
+            id,
+            name,
+            cert_sha256: &format!("fp-{id}"),
+            cert_not_after: t + Duration::days(90),
+            config: "{\"a\":1}",
+        },
+        t,
+    )
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn node_generation_moves_only_when_the_document_changes() {
+    each_backend(|db| async move {
+        let t = now();
+        let id = add_node(&db, "n1", t).await;
+        let mut c = db.conn().await.unwrap();
+        assert_eq!(
+            nodes::config(&mut c, id).await.unwrap().unwrap(),
+            (1, "{\"a\":1}".to_string())
+        );
+        assert_eq!(
+            nodes::publish_config(&mut c, id, "{\"a\":1}")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            nodes::publish_config(&mut c, id, "{\"a\":2}")
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            nodes::publish_config(&mut c, id, "{\"a\":2}")
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            nodes::id_by_certificate(&mut c, &format!("fp-{id}"))
+                .await
+                .unwrap(),
+            Some(id)
+        );
+        assert_eq!(
+            nodes::id_by_certificate(&mut c, "other").await.unwrap(),
+            None
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_liveness_transitions() {
+    each_backend(|db| async move {
+        let t = now();
+        let a = add_node(&db, "a", t).await;
+        let b = add_node(&db, "b", t).await;
+        let mut c = db.conn().await.unwrap();
+        assert_eq!(
+            nodes::get(&mut c, a).await.unwrap().unwrap().state,
+            NodeState::Joining
+        );
+        let status = nodes::Status {
+            applied_generation: 1,
+            agent_version: "0.1.0",
+            host_json: "{}",
+            errors_json: "[]",
+        };
+        let (generation, before) =
+            nodes::record_status(&mut c, a, status, t + Duration::seconds(1))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!((generation, before), (1, NodeState::Joining));
+        assert_eq!(nodes::counts(&mut c).await.unwrap(), (1, 2));
+        // b never sent a heartbeat, a did at t+1s.
+        let gone = nodes::mark_unreachable(
+            &mut c,
+            t + Duration::milliseconds(500),
+            t + Duration::seconds(2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(gone, vec![(b, "b".to_string())]);
+        let gone =
+            nodes::mark_unreachable(&mut c, t + Duration::seconds(20), t + Duration::seconds(20))
+                .await
+                .unwrap();
+        assert_eq!(gone, vec![(a, "a".to_string())]);
+        assert_eq!(nodes::counts(&mut c).await.unwrap(), (0, 2));
+        let status = nodes::Status {
+            applied_generation: 1,
+            agent_version: "0.1.0",
+            host_json: "{}",
+            errors_json: "[]",
+        };
+        let (_, before) = nodes::record_status(&mut c, a, status, t + Duration::seconds(21))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(before, NodeState::Unreachable);
+        let n = nodes::get(&mut c, a).await.unwrap().unwrap();
+        assert_eq!(n.state, NodeState::Ready);
+        assert_eq!(n.last_heartbeat, Some(t + Duration::seconds(21)));
+        let status = nodes::Status {
+            applied_generation: 1,
+            agent_version: "x",
+            host_json: "{}",
+            errors_json: "[]",
+        };
+        assert!(
+            nodes::record_status(&mut c, Uuid::new_v4(), status, t)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nodes_list_in_pages_by_name() {
+    each_backend(|db| async move {
+        let t = now();
+        for name in ["c", "a", "b"] {
+            add_node(&db, name, t).await;
+        }
+        let mut c = db.conn().await.unwrap();
+        let first: Vec<String> = nodes::list(&mut c, None, 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(first, ["a", "b"]);
+        let rest: Vec<String> = nodes::list(&mut c, Some("b"), 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(rest, ["c"]);
+        let err = nodes::insert_node(
+            &mut c,
+            nodes::NewNode {
+                id: Uuid::new_v4(),
+                name: "a",
+                cert_sha256: "x",
+                cert_not_after: t,
+                config: "{}",
+            },
+            t,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, DbError::Conflict(_)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn join_token_is_consumed_once_even_under_a_race() {
+    each_backend(|db| async move {
+        let t = now();
+        let id = Uuid::new_v4();
+        let mut c = db.conn().await.unwrap();
+        nodes::insert_join_token(
+            &mut c,
+            id,
+            "hash",
+            Some("n1"),
+            None,
+            t + Duration::hours(1),
+            t,
+        )
+        .await
+        .unwrap();
+        drop(c);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tx = db.begin().await.unwrap();
+                let won = nodes::consume_join_token(&mut tx, id, Uuid::new_v4(), now())
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                won
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += t.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1);
+        let mut c = db.conn().await.unwrap();
+        let row = nodes::join_token(&mut c, id).await.unwrap().unwrap();
+        assert!(row.used_at.is_some());
+        assert_eq!(row.node_name.as_deref(), Some("n1"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leases_have_one_holder_until_expiry() {
+    each_backend(|db| async move {
+        let mut c = db.conn().await.unwrap();
+        assert!(
+            leases::acquire(&mut c, "reconcilers", "a", 0, 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !leases::acquire(&mut c, "reconcilers", "b", 50, 150)
+                .await
+                .unwrap()
+        );
+        assert!(
+            leases::acquire(&mut c, "reconcilers", "a", 60, 160)
+                .await
+                .unwrap(),
+            "holder renews"
+        );
+        assert!(
+            leases::acquire(&mut c, "reconcilers", "b", 200, 300)
+                .await
+                .unwrap(),
+            "expired lease is taken over"
+        );
+        leases::release(&mut c, "reconcilers", "b").await.unwrap();
+        assert!(
+            leases::acquire(&mut c, "reconcilers", "a", 201, 301)
+                .await
+                .unwrap()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_database_gives_a_clear_error_without_the_password() {
+    let err = Db::connect(
+        "postgres://rampart:do-not-print-me@127.0.0.1:1/rampart",
+        &ConnectOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    let text = rampart_common::error::ErrorChain(&err).to_string();
+    assert!(
+        text.contains(
+            "cannot connect to the database at postgres://rampart:***@127.0.0.1:1/rampart"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("do-not-print-me"), "{text}");
+    let err = Db::connect("mysql://x/y", &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unsupported database URL"));
+}
+
+#[tokio::test]
+async fn spec_9_2_1_postgres_over_tls_with_verify_full() {
+    let Some(pg) = TestDb::postgres().await else {
+        return;
+    };
+    let ca =
+        std::env::var(rampart_db::testing::POSTGRES_CA_ENV).expect("CA of the test PostgreSQL");
+    let url = format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url);
+    let db = Db::connect(&url, &ConnectOptions::default())
+        .await
+        .expect("verified TLS connection");
+    assert_eq!(db.backend(), Backend::Postgres);
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(ssl, "connection is encrypted");
+    db.close().await;
+
+    // A CA that did not sign the server's certificate: refused.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    let cert = rcgen_free_self_signed_pem();
+    std::fs::write(other.path(), cert).unwrap();
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url,
+        other.path().display()
+    );
+    let err = Db::connect(
+        &url,
+        &ConnectOptions {
+            connect_timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DbError::Connect { .. }), "{err:?}");
+}
+
+/// A self-signed CA certificate unrelated to the test server (any valid one will do).
+fn rcgen_free_self_signed_pem() -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "/dev/null",
+        ])
+        .output()
+        .expect("openssl");
+    String::from_utf8(out.stdout).unwrap()
+}
