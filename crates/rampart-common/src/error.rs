@@ -41,6 +41,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request body is larger than the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{message}")]
     PolicyViolation {
         message: String,
@@ -110,6 +113,7 @@ impl Error {
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::PolicyViolation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +130,7 @@ impl Error {
             Error::Unauthorized { code, .. } | Error::Forbidden { code, .. } => code,
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
+            Error::TooLarge(_) => "payload_too_large",
             Error::PolicyViolation { .. } => "policy_violation",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "unavailable",

@@ -216,6 +216,11 @@ impl Db {
         })
     }
 
+    /// Commits a transaction from [`Db::begin`].
+    pub async fn commit(tx: Tx) -> Result<()> {
+        Ok(tx.commit().await?)
+    }
+
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
         Ok(self.pool.acquire().await?)
     }

@@ -1,0 +1,317 @@
+//! The node agent. It listens on no port: it enrols once with a join token, then pulls the
+//! full desired state of its node (long poll, generation-numbered), applies it, keeps it in a
+//! ledger on disk, and reports status, which is also its heartbeat.
+
+pub mod host;
+pub mod identity;
+pub mod ledger;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rampart_api::agent::{AgentStatus, NodeConfig};
+use rampart_api::{Client, ClientError};
+use rampart_common::Sensitive;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::host::HostDriver;
+use crate::identity::Identity;
+use crate::ledger::Ledger;
+
+/// Longest wait of one config poll (the controller caps `nodes.long_poll_timeout_s` at 300 s).
+const POLL_CLIENT_TIMEOUT: Duration = Duration::from_secs(330);
+const STATUS_CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent state is damaged: {0}")]
+    Corrupt(String),
+    #[error("the join token is malformed (expected rjt1.<id>.<secret>.<ca-sha256>)")]
+    MalformedToken,
+    #[error(
+        "the controller's CA certificate does not match the SHA-256 in the join token: wrong controller URL, or someone in the middle"
+    )]
+    CaMismatch,
+    #[error(
+        "the controller refused the join token: it is unknown, expired or already used; ask for a new one"
+    )]
+    TokenRefused,
+    #[error("this node has not joined yet: give --join TOKEN")]
+    NotJoined,
+    #[error(
+        "the controller no longer knows this node (it was removed); delete {0} and join again with a new token"
+    )]
+    Removed(PathBuf),
+    #[error(transparent)]
+    Client(ClientError),
+}
+
+pub struct AgentOptions {
+    pub controller_url: String,
+    pub data_dir: PathBuf,
+    pub join_token: Option<Sensitive>,
+    /// Node name to join under (default: the host name).
+    pub name: Option<String>,
+    /// CA certificate to trust instead of fetching it (it must still match the token's pin).
+    pub ca_file: Option<PathBuf>,
+    pub host: Arc<dyn HostDriver>,
+}
+
+/// An enrolled agent, ready to run.
+pub struct Agent {
+    identity: Identity,
+    data_dir: PathBuf,
+    host: Arc<dyn HostDriver>,
+}
+
+impl Agent {
+    /// Loads the node's identity, or joins with the token when there is none.
+    pub async fn enrol(opts: AgentOptions) -> Result<Agent, AgentError> {
+        let identity = match Identity::load(&opts.data_dir)? {
+            Some(id) => {
+                if opts.join_token.is_some() {
+                    tracing::info!(node = %id.node.node_id, "already joined; ignoring --join");
+                }
+                id
+            }
+            None => {
+                let token = opts.join_token.as_ref().ok_or(AgentError::NotJoined)?;
+                let name = opts.name.clone().unwrap_or_else(|| {
+                    rampart_common::names::node_name_from_hostname(&opts.host.facts().hostname)
+                });
+                Identity::join(
+                    &opts.data_dir,
+                    &opts.controller_url,
+                    token,
+                    &name,
+                    opts.ca_file.as_deref(),
+                )
+                .await?
+            }
+        };
+        Ok(Agent {
+            identity,
+            data_dir: opts.data_dir,
+            host: opts.host,
+        })
+    }
+
+    pub fn node_id(&self) -> Uuid {
+        self.identity.node.node_id
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.identity.node.node_name
+    }
+
+    /// Runs until `shutdown` is cancelled or the controller disowns the node.
+    pub fn spawn(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<Result<(), AgentError>>, AgentError> {
+        let poll_client = self.identity.client(POLL_CLIENT_TIMEOUT)?;
+        let status_client = self.identity.client(STATUS_CLIENT_TIMEOUT)?;
+        let ledger = Ledger::new(&self.data_dir);
+        let applied = Arc::new(AtomicI64::new(0));
+        let (desired_tx, desired_rx) = watch::channel::<Option<NodeConfig>>(None);
+        if let Some(doc) = ledger.load()? {
+            // Converge on the last known state before talking to anyone.
+            tracing::info!(generation = doc.generation, "resuming from the ledger");
+            applied.store(doc.generation, Ordering::SeqCst);
+            desired_tx.send_replace(Some(doc));
+        }
+        let node_id = self.node_id();
+        let dir = self.data_dir.clone();
+        let removed = CancellationToken::new();
+        let poller = tokio::spawn(poll_loop(
+            poll_client,
+            ledger,
+            applied.clone(),
+            desired_tx,
+            shutdown.clone(),
+            removed.clone(),
+        ));
+        let heartbeat = tokio::spawn(status_loop(
+            status_client,
+            self.host,
+            applied,
+            desired_rx,
+            shutdown.clone(),
+            removed.clone(),
+        ));
+        tracing::info!(node = %node_id, "agent running");
+        Ok(tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = removed.cancelled() => {}
+            }
+            shutdown.cancel();
+            let _ = poller.await;
+            let _ = heartbeat.await;
+            if removed.is_cancelled() {
+                Err(AgentError::Removed(dir))
+            } else {
+                Ok(())
+            }
+        }))
+    }
+}
+
+fn is_removed(e: &ClientError) -> bool {
+    e.code() == Some("unknown_node_certificate")
+}
+
+/// Exponential backoff with jitter, so a fleet does not hammer a recovering controller in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1u32 << attempt.min(6))
+        .min(MAX_BACKOFF);
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let jitter = u16::from_le_bytes(b) as u64 % (base.as_millis() as u64 / 2 + 1);
+    base / 2 + Duration::from_millis(jitter)
+}
+
+async fn poll_loop(
+    client: Client,
+    ledger: Ledger,
+    applied: Arc<AtomicI64>,
+    desired: watch::Sender<Option<NodeConfig>>,
+    shutdown: CancellationToken,
+    removed: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let after = applied.load(Ordering::SeqCst);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = client.agent_config(after) => r,
+        };
+        match result {
+            Ok(Some(doc)) => {
+                failures = 0;
+                match apply(&ledger, &doc) {
+                    Ok(()) => {
+                        tracing::info!(generation = doc.generation, "applied desired state");
+                        applied.store(doc.generation, Ordering::SeqCst);
+                        desired.send_replace(Some(doc));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %rampart_common::error::ErrorChain(&e), generation = doc.generation, "cannot apply desired state");
+                        tokio::time::sleep(backoff(3)).await;
+                    }
+                }
+            }
+            Ok(None) => failures = 0,
+            Err(e) if is_removed(&e) => {
+                tracing::error!("the controller no longer knows this node");
+                removed.cancel();
+                return;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "cannot fetch desired state; retrying");
+                }
+                let wait = backoff(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Applies a desired-state document: the node converges on it, then it goes to the ledger.
+/// The document carries only node settings so far; later capabilities plan their host
+/// changes here (`plan(desired, observed) -> steps`) before the ledger write.
+fn apply(ledger: &Ledger, doc: &NodeConfig) -> Result<(), AgentError> {
+    ledger.store(doc)
+}
+
+async fn status_loop(
+    client: Client,
+    host: Arc<dyn HostDriver>,
+    applied: Arc<AtomicI64>,
+    desired: watch::Receiver<Option<NodeConfig>>,
+    shutdown: CancellationToken,
+    removed: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let status = AgentStatus {
+            applied_generation: applied.load(Ordering::SeqCst),
+            agent_version: rampart_common::VERSION.to_string(),
+            host: host.facts(),
+            errors: vec![],
+        };
+        match client.agent_status(&status).await {
+            Ok(ack) => {
+                if failing {
+                    tracing::info!("controller reachable again");
+                    failing = false;
+                }
+                if ack.generation < status.applied_generation {
+                    // The controller's database went back in time (restored backup): take its
+                    // word over the ledger's and fetch everything again.
+                    tracing::warn!(
+                        controller = ack.generation,
+                        ledger = status.applied_generation,
+                        "controller generation is behind the ledger; refetching"
+                    );
+                    applied.store(0, Ordering::SeqCst);
+                }
+            }
+            Err(e) if is_removed(&e) => {
+                tracing::error!("the controller no longer knows this node");
+                removed.cancel();
+                return;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "heartbeat failed; retrying");
+                    failing = true;
+                }
+            }
+        }
+        let interval = desired
+            .borrow()
+            .as_ref()
+            .map(|d| Duration::from_secs(d.heartbeat_interval_s.max(1)))
+            .unwrap_or(DEFAULT_HEARTBEAT);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 0..20 {
+            let b = backoff(attempt);
+            assert!(b <= MAX_BACKOFF, "{attempt}: {b:?}");
+            assert!(b >= Duration::from_millis(250));
+        }
+        assert!(backoff(10) >= MAX_BACKOFF / 2);
+    }
+}

@@ -1,0 +1,189 @@
+//! The Rampart controller: the HTTPS API (axum over rustls), authentication, node enrolment
+//! and desired state, and the background reconcilers. It owns the database; agents only talk
+//! to it over mutual TLS.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod http;
+pub mod reconcile;
+pub mod render;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rampart_api::JoinToken;
+use rampart_common::config::Config;
+use rampart_common::fsutil;
+use rampart_common::time::SharedClock;
+use rampart_db::{ConnectOptions, Db, DbError};
+use rampart_kms::CertificateAuthority;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{AppState, Inner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("internal CA")]
+    Ca(#[from] rampart_kms::CaError),
+    #[error("TLS setup")]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("bootstrap")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct ControllerOptions {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub clock: SharedClock,
+}
+
+/// A running controller.
+pub struct Controller {
+    pub state: AppState,
+    /// The addresses actually bound (port 0 in the configuration picks a free one).
+    pub addrs: Vec<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controller {
+    pub async fn start(opts: ControllerOptions) -> Result<Controller, StartError> {
+        let ControllerOptions {
+            config,
+            data_dir,
+            clock,
+        } = opts;
+        fsutil::ensure_private_dir(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let now = clock.now();
+        let url = config.database_url(&data_dir);
+        let db = Db::connect(
+            &url,
+            &ConnectOptions {
+                max_connections: config.database.max_connections,
+                connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_s),
+                password_file: config.database.password_file.clone(),
+            },
+        )
+        .await?;
+        let (ca, _) = CertificateAuthority::load_or_create(&data_dir, config.tls.ca_days, now)?;
+        let names = tls::server_names(&config.api.listen, &config.api.tls_names);
+        let server_cert = Arc::new(tls::ServerCert::load_or_issue(
+            &ca,
+            &data_dir,
+            &names,
+            config.tls.server_certificate_days,
+            now,
+        )?);
+        bootstrap::ensure(&db, &data_dir, now).await?;
+
+        let mut listeners = Vec::new();
+        for addr in &config.api.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(l);
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+
+        let ca = Arc::new(ca);
+        let tls_config = Arc::new(tls::server_config(&ca, server_cert.clone())?);
+        let (node_changes, _) = tokio::sync::watch::channel(0u64);
+        let state = AppState(Arc::new(Inner {
+            db,
+            clock,
+            config,
+            data_dir,
+            ca,
+            server_cert,
+            node_changes,
+            shutdown: CancellationToken::new(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        }));
+        reconcile::republish_all(&state).await?;
+
+        let router = routes::router(state.clone());
+        let mut tasks = Vec::new();
+        for l in listeners {
+            tasks.push(tokio::spawn(server::serve(
+                l,
+                tls_config.clone(),
+                router.clone(),
+                state.shutdown.clone(),
+            )));
+        }
+        tasks.push(reconcile::spawn(state.clone()));
+        tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");
+        Ok(Controller {
+            state,
+            addrs,
+            tasks,
+        })
+    }
+
+    /// `https://ADDR` of the first listener, for clients on this machine.
+    pub fn url(&self) -> String {
+        let addr = self.addrs[0];
+        let ip = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        match addr {
+            SocketAddr::V6(_) if !addr.ip().is_unspecified() => {
+                format!("https://[{ip}]:{}", addr.port())
+            }
+            _ => format!("https://{ip}:{}", addr.port()),
+        }
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.state.ca.cert_pem()
+    }
+
+    /// A join token created in-process (the local agent of `rampart up`).
+    pub async fn issue_join_token(
+        &self,
+        node_name: Option<String>,
+    ) -> Result<JoinToken, rampart_common::Error> {
+        routes::nodes::issue_join_token(&self.state, node_name, None, None).await
+    }
+
+    /// Stops listening, ends long polls, lets open requests finish, closes the database.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.state.db.close().await;
+        tracing::info!("controller stopped");
+    }
+}

@@ -1,0 +1,134 @@
+//! The routes of the controller and the OpenAPI documents generated from them.
+
+pub mod agent;
+pub mod auth;
+pub mod meta;
+pub mod nodes;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use rampart_common::Error;
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::http;
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Rampart API", version = "v1", description = "The public API of Rampart, a security-first cloud operating system."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "meta", description = "Health, CA certificate, API description"),
+        (name = "auth", description = "Login, logout, passwords"),
+        (name = "nodes", description = "Hypervisor nodes and their enrolment"),
+    )
+)]
+struct PublicApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Rampart agent protocol", version = "v1", description = "How node agents enrol and pull their desired state (mutual TLS)."),
+    tags((name = "agent", description = "Controller ↔ agent protocol"))
+)]
+struct AgentApi;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(meta::health))
+        .routes(routes!(meta::ca_certificate))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::change_password))
+}
+
+/// Routes that need a bearer token; [`router`] puts them behind [`crate::auth::require_token`].
+fn authenticated_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(auth::current_token, auth::logout))
+        .routes(routes!(nodes::list_nodes))
+        .routes(routes!(nodes::get_node, nodes::delete_node))
+        .routes(routes!(nodes::create_join_token))
+}
+
+fn agent_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(AgentApi::openapi())
+        .routes(routes!(agent::join))
+        .routes(routes!(agent::config))
+        .routes(routes!(agent::status))
+}
+
+/// The public OpenAPI document (checked in as `openapi/rampart-v1.json`).
+pub fn public_openapi() -> OpenApiDoc {
+    OpenApiRouter::with_openapi(PublicApi::openapi())
+        .merge(open_routes())
+        .merge(authenticated_routes())
+        .split_for_parts()
+        .1
+}
+
+/// The agent protocol's OpenAPI document (checked in as `openapi/rampart-agent-v1.json`).
+pub fn agent_openapi() -> OpenApiDoc {
+    agent_routes().split_for_parts().1
+}
+
+/// The whole router of the API listener.
+pub fn router(state: AppState) -> axum::Router {
+    let authenticated = authenticated_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::require_token,
+    ));
+    let (public, public_doc) = OpenApiRouter::with_openapi(PublicApi::openapi())
+        .merge(open_routes())
+        .merge(authenticated)
+        .split_for_parts();
+    let public_json = serde_json::to_string(&public_doc).expect("OpenAPI serialises");
+    let (agent, _) = agent_routes().split_for_parts();
+    let request_timeout = Duration::from_secs(state.config.api.request_timeout_s);
+    let public = public
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(::http::header::CONTENT_TYPE, "application/json")],
+                    public_json,
+                )
+            }),
+        )
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            timeout(req, next, request_timeout)
+        }));
+    let body_limit = state.config.api.request_body_limit_bytes;
+    let app = public
+        .merge(agent)
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state.clone());
+    http::common_layers(app, state.config.api.hsts_max_age_s)
+}
+
+async fn timeout(req: Request, next: Next, limit: Duration) -> Result<Response, Error> {
+    tokio::time::timeout(limit, next.run(req))
+        .await
+        .map_err(|_| {
+            Error::Unavailable("the request took longer than api.request_timeout_s".into())
+        })
+}

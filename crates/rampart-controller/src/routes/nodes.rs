@@ -1,0 +1,127 @@
+//! Nodes as the operator sees them, and join tokens.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rampart_api::agent::JoinTokenParts;
+use rampart_api::{JoinToken, JoinTokenCreate, List, Node};
+use rampart_common::error::ErrorBody;
+use rampart_common::page::{PageParams, finish_page};
+use rampart_common::{Error, names};
+use rampart_db::nodes;
+use rampart_iam::secrets;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::http::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+const NODE_READERS: &[&str] = &["system-admin", "auditor", "security-admin"];
+
+/// List nodes, ordered by name.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(PageParams), security(("bearer" = [])),
+    responses((status = 200, body = List<Node>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<axum::Json<List<Node>>, Error> {
+    principal.require_system_role(NODE_READERS)?;
+    let page = page.validate()?;
+    let mut conn = state.db.conn().await?;
+    let rows = nodes::list(&mut conn, page.after.as_deref(), page.limit + 1).await?;
+    let (items, next) = finish_page(rows, page.limit, |n| n.name.clone());
+    Ok(axum::Json(List { items, next }))
+}
+
+/// One node.
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
+pub async fn get_node(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<axum::Json<Node>, Error> {
+    principal.require_system_role(NODE_READERS)?;
+    let mut conn = state.db.conn().await?;
+    nodes::get(&mut conn, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| Error::not_found("no such node"))
+}
+
+/// Remove a node. Its certificate is refused from the next request on; the agent must join
+/// again with a new token.
+#[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_node(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, Error> {
+    principal.require_system_role(&["system-admin"])?;
+    let mut tx = state.db.begin().await?;
+    if !nodes::delete(&mut tx, id).await? {
+        return Err(Error::not_found("no such node"));
+    }
+    rampart_db::Db::commit(tx).await?;
+    tracing::warn!(node = %id, by = %principal.user.name, "node removed");
+    state.notify_node_changes();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue a one-time join token for `rampart agent --join`.
+#[utoipa::path(post, path = "/v1/nodes/join-tokens", tag = "nodes", request_body = JoinTokenCreate, security(("bearer" = [])),
+    responses((status = 201, body = JoinToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<JoinTokenCreate>,
+) -> Result<(StatusCode, axum::Json<JoinToken>), Error> {
+    principal.require_system_role(&["system-admin"])?;
+    let token = issue_join_token(&state, req.node_name, req.ttl_s, Some(principal.user.id)).await?;
+    tracing::info!(token_id = %token.id, by = %principal.user.name, node_name = ?token.node_name, "join token issued");
+    Ok((StatusCode::CREATED, axum::Json(token)))
+}
+
+/// Creates a join token (also used by `rampart up` for its local agent).
+pub async fn issue_join_token(
+    state: &AppState,
+    node_name: Option<String>,
+    ttl_s: Option<u64>,
+    created_by: Option<Uuid>,
+) -> Result<JoinToken, Error> {
+    if let Some(name) = &node_name {
+        names::validate_node_name(name)
+            .map_err(|_| Error::field("node_name", "node_name must be a lowercase host name"))?;
+    }
+    let ttl = ttl_s.unwrap_or(state.config.nodes.join_token_ttl_s);
+    if !(60..=604_800).contains(&ttl) {
+        return Err(Error::field(
+            "ttl_s",
+            "ttl_s must be between 60 and 604800 seconds",
+        ));
+    }
+    let id = Uuid::new_v4();
+    let secret = secrets::random_secret();
+    let now = state.now();
+    let expires_at = now + time::Duration::seconds(ttl as i64);
+    let mut conn = state.db.conn().await?;
+    nodes::insert_join_token(
+        &mut conn,
+        id,
+        &secrets::hash_secret(secret.expose()),
+        node_name.as_deref(),
+        created_by,
+        expires_at,
+        now,
+    )
+    .await?;
+    let ca_sha256 = state.ca.sha256();
+    Ok(JoinToken {
+        id,
+        token: JoinTokenParts::format(id, secret.expose(), &ca_sha256).into(),
+        expires_at,
+        ca_sha256,
+        node_name,
+    })
+}

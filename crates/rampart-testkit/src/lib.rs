@@ -1,0 +1,263 @@
+//! A simulated Rampart cluster for tests: one controller and any number of agents on fake
+//! hosts, each agent enrolled with a real join token and talking real mutual TLS, all in the
+//! test process. Later capabilities plug their fake drivers into [`FakeHost`] and reuse it.
+//!
+//! ```ignore
+//! let cluster = TestCluster::start(ClusterOptions { agents: 3, ..Default::default() }).await;
+//! cluster.wait_for_ready_nodes(3).await;
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_agent::host::FakeHost;
+use rampart_agent::{Agent, AgentError, AgentOptions};
+use rampart_api::{Client, JoinTokenCreate, NodeState, PasswordChange};
+use rampart_common::Sensitive;
+use rampart_common::config::Config;
+use rampart_common::time::SharedClock;
+use rampart_controller::{Controller, ControllerOptions};
+use rampart_db::testing::TestDb;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use rampart_db::Backend;
+
+/// The admin password tests set at first login.
+pub const ADMIN_PASSWORD: &str = "Test-admin-password-1";
+
+pub struct ClusterOptions {
+    pub agents: usize,
+    pub backend: Backend,
+    /// Adjust the controller configuration (short heartbeats are already set).
+    pub configure: Box<dyn FnOnce(&mut Config) + Send>,
+    pub clock: Option<SharedClock>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            agents: 0,
+            backend: Backend::Sqlite,
+            configure: Box::new(|_| {}),
+            clock: None,
+        }
+    }
+}
+
+pub struct TestAgent {
+    pub node_id: Uuid,
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), AgentError>>,
+}
+
+impl TestAgent {
+    /// Stops the agent as a crash would: no goodbye to the controller.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        let _ = self.handle.await;
+        self.dir
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub async fn join_result(self) -> Result<(), AgentError> {
+        self.handle.await.expect("agent task")
+    }
+}
+
+pub struct TestCluster {
+    pub controller: Controller,
+    pub data_dir: tempfile::TempDir,
+    /// Trusts the cluster CA, carries no token.
+    pub anon: Client,
+    /// Logged in as the bootstrap admin (system-admin).
+    pub admin: Client,
+    pub agents: Vec<TestAgent>,
+    pub db: TestDb,
+}
+
+impl TestCluster {
+    /// The fastest timings that are still realistic: 1 s heartbeats, unreachable after 3 s.
+    pub fn test_config() -> Config {
+        let mut config = Config::default();
+        config.api.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.nodes.heartbeat_interval_s = 1;
+        config.nodes.heartbeat_timeout_s = 3;
+        config.nodes.long_poll_timeout_s = 5;
+        config
+    }
+
+    pub async fn start(opts: ClusterOptions) -> TestCluster {
+        let db = match opts.backend {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres => TestDb::postgres()
+                .await
+                .expect("PostgreSQL for this test: run scripts/ci/start-postgres.sh"),
+        };
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Self::test_config();
+        config.database.url = db.url.clone();
+        (opts.configure)(&mut config);
+        let controller = Controller::start(ControllerOptions {
+            config,
+            data_dir: data_dir.path().to_path_buf(),
+            clock: opts
+                .clock
+                .unwrap_or_else(rampart_common::time::system_clock),
+        })
+        .await
+        .expect("controller starts");
+        let anon =
+            Client::with_ca(&controller.url(), controller.ca_pem().as_bytes()).expect("client");
+        let bootstrap = std::fs::read_to_string(
+            data_dir
+                .path()
+                .join(rampart_controller::bootstrap::PASSWORD_FILE),
+        )
+        .expect("bootstrap password file");
+        anon.change_password(&PasswordChange {
+            username: "admin".into(),
+            domain: None,
+            current_password: Sensitive::new(bootstrap.trim()),
+            new_password: Sensitive::new(ADMIN_PASSWORD),
+        })
+        .await
+        .expect("first password change");
+        let (admin, _) = anon
+            .login_as("admin", ADMIN_PASSWORD)
+            .await
+            .expect("admin login");
+        let mut cluster = TestCluster {
+            controller,
+            data_dir,
+            anon,
+            admin,
+            agents: Vec::new(),
+            db,
+        };
+        for i in 0..opts.agents {
+            cluster.add_agent(&format!("node-{i}")).await;
+        }
+        cluster
+    }
+
+    /// Enrols a new agent on a fake host through the public API, as an operator would.
+    pub async fn add_agent(&mut self, name: &str) -> &TestAgent {
+        let token = self
+            .admin
+            .create_join_token(&JoinTokenCreate {
+                node_name: Some(name.into()),
+                ttl_s: None,
+            })
+            .await
+            .expect("join token");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let agent = self
+            .start_agent(name, dir, Some(token.token))
+            .await
+            .expect("agent enrols");
+        self.agents.push(agent);
+        self.agents.last().expect("just pushed")
+    }
+
+    /// Starts an agent in `dir` (joining with `token` if it has no identity yet).
+    pub async fn start_agent(
+        &self,
+        name: &str,
+        dir: tempfile::TempDir,
+        token: Option<Sensitive>,
+    ) -> Result<TestAgent, AgentError> {
+        let agent = Agent::enrol(AgentOptions {
+            controller_url: self.controller.url(),
+            data_dir: dir.path().to_path_buf(),
+            join_token: token,
+            name: Some(name.into()),
+            ca_file: None,
+            host: Arc::new(FakeHost::named(name)),
+        })
+        .await?;
+        let stop = CancellationToken::new();
+        let node_id = agent.node_id();
+        let handle = agent.spawn(stop.clone())?;
+        Ok(TestAgent {
+            node_id,
+            name: name.into(),
+            dir,
+            stop,
+            handle,
+        })
+    }
+
+    /// Waits until `check` yields a value, polling every 100 ms; panics after `timeout`.
+    pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until exactly `n` nodes are ready.
+    pub async fn wait_for_ready_nodes(&self, n: usize) {
+        Self::wait_for(
+            &format!("{n} ready nodes"),
+            Duration::from_secs(20),
+            || async {
+                let nodes = self.admin.nodes().await.ok()?;
+                (nodes
+                    .items
+                    .iter()
+                    .filter(|x| x.state == NodeState::Ready)
+                    .count()
+                    == n)
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Waits until the named node is in `state`.
+    pub async fn wait_for_node_state(&self, name: &str, state: NodeState, timeout: Duration) {
+        Self::wait_for(&format!("node {name} {state:?}"), timeout, || async {
+            let nodes = self.admin.nodes().await.ok()?;
+            nodes
+                .items
+                .iter()
+                .any(|x| x.name == name && x.state == state)
+                .then_some(())
+        })
+        .await
+    }
+
+    pub async fn shutdown(self) {
+        for a in self.agents {
+            a.stop().await;
+        }
+        self.controller.shutdown().await;
+    }
+}
+
+/// Every backend this run tests (SQLite; PostgreSQL when configured, required in CI).
+pub async fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Sqlite];
+    if TestDb::postgres().await.is_some() {
+        v.push(Backend::Postgres);
+    }
+    v
+}

@@ -1,0 +1,368 @@
+//! `rampart`: the one binary. `up` runs the controller and a local agent on the embedded
+//! default (SQLite in the data directory); `controller` and `agent` run them apart.
+
+mod logging;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rampart_agent::host::RealHost;
+use rampart_agent::{Agent, AgentOptions};
+use rampart_common::Sensitive;
+use rampart_common::config::Config;
+use rampart_common::error::ErrorChain;
+use rampart_controller::{Controller, ControllerOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "Rampart: a security-first cloud operating system"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the controller and a local agent on this machine (SQLite, embedded CA).
+    Up(ControllerArgs),
+    /// Start the controller only.
+    Controller(ControllerArgs),
+    /// Start a node agent that joins a controller.
+    Agent(AgentArgs),
+    /// Print the OpenAPI document of the public API (or of the agent protocol).
+    Openapi {
+        #[arg(long)]
+        agent: bool,
+    },
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// State directory: database, CA, logs, bootstrap password [default: /var/lib/rampart as
+    /// root, ~/.local/share/rampart otherwise]
+    #[arg(long, env = "RAMPART_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML; see docs/configuration.md).
+    #[arg(long, env = "RAMPART_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL, overriding `database.url` (e.g. postgres://rampart@db/rampart?sslmode=verify-full).
+    #[arg(long, env = "RAMPART_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// URL of the controller, e.g. https://10.0.0.1:8443
+    #[arg(long)]
+    controller: String,
+    /// One-time join token (from POST /v1/nodes/join-tokens). Prefer --join-file or the
+    /// environment: command lines are visible to every local user.
+    #[arg(long, env = "RAMPART_JOIN_TOKEN", hide_env_values = true)]
+    join: Option<String>,
+    /// File holding the join token.
+    #[arg(long, conflicts_with = "join")]
+    join_file: Option<PathBuf>,
+    /// Agent state directory [default: /var/lib/rampart-agent as root, ~/.local/share/rampart-agent otherwise]
+    #[arg(long, env = "RAMPART_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Node name [default: the host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// CA certificate of the controller; without it the agent fetches it and checks it
+    /// against the SHA-256 pinned in the join token.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// `tracing` filter for the run log.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn default_dir(name: &str) -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib").join(name)
+    } else {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share").join(name)
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Errors of the configuration: exit code 2, like a usage error.
+struct ConfigProblem(anyhow::Error);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rampart-worker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => run_controller(args, true).await,
+            Command::Controller(args) => run_controller(args, false).await,
+            Command::Agent(args) => run_agent(args).await,
+            Command::Openapi { agent } => {
+                let doc = if agent {
+                    rampart_controller::routes::agent_openapi()
+                } else {
+                    rampart_controller::routes::public_openapi()
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("OpenAPI serialises")
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(ConfigProblem(e))) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigProblem),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn load_config(args: &ControllerArgs) -> Result<(Config, PathBuf), ConfigProblem> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| ConfigProblem(e.into()))?,
+        None => Config::default(),
+    };
+    if let Some(url) = &args.database_url {
+        config.database.url = url.clone();
+        config.validate().map_err(|e| ConfigProblem(e.into()))?;
+    }
+    logging::filter(&config.log.level).map_err(ConfigProblem)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| default_dir("rampart"));
+    Ok((config, data_dir))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Failure> {
+    let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
+    let _guard = logging::init(
+        &config.log.level,
+        Some(&config.log_dir(&data_dir)),
+        config.log.stderr,
+        config.log.max_files,
+    )?;
+    let agent_config = config.local_agent.clone();
+    let controller = Controller::start(ControllerOptions {
+        config,
+        data_dir: data_dir.clone(),
+        clock: rampart_common::time::system_clock(),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    let url = controller.url();
+
+    let stop_agent = CancellationToken::new();
+    let mut agent_task = None;
+    if with_agent && agent_config.enabled {
+        match start_local_agent(
+            &controller,
+            &data_dir,
+            &agent_config.name,
+            stop_agent.clone(),
+        )
+        .await
+        {
+            Ok(task) => agent_task = Some(task),
+            Err(e) => {
+                controller.shutdown().await;
+                return Err(e.context("the local agent could not start").into());
+            }
+        }
+    }
+    print_banner(&url, &data_dir, with_agent);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop_agent.cancel();
+    if let Some(task) = agent_task {
+        let _ = task.await;
+    }
+    controller.shutdown().await;
+    Ok(())
+}
+
+async fn start_local_agent(
+    controller: &Controller,
+    data_dir: &Path,
+    name: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let agent_dir = data_dir.join("agent");
+    let host = Arc::new(RealHost);
+    let name = if name.is_empty() {
+        rampart_common::names::node_name_from_hostname(&rampart_agent::host::hostname())
+    } else {
+        name.to_string()
+    };
+    let join_token = if rampart_agent::identity::Identity::load(&agent_dir)
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?
+        .is_none()
+    {
+        let token = controller
+            .issue_join_token(Some(name.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Some(token.token)
+    } else {
+        None
+    };
+    let agent = Agent::enrol(AgentOptions {
+        controller_url: controller.url(),
+        data_dir: agent_dir,
+        join_token,
+        name: Some(name),
+        ca_file: Some(data_dir.join("ca.pem")),
+        host,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    let handle = agent
+        .spawn(stop)
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    Ok(tokio::spawn(async move {
+        if let Ok(Err(e)) = handle.await {
+            tracing::error!(error = %ErrorChain(&e), "local agent stopped");
+        }
+    }))
+}
+
+fn print_banner(url: &str, data_dir: &Path, with_agent: bool) {
+    let pw = data_dir.join(rampart_controller::bootstrap::PASSWORD_FILE);
+    eprintln!(
+        "\nRampart {} is up{}.",
+        rampart_common::VERSION,
+        if with_agent {
+            " with a local agent"
+        } else {
+            ""
+        }
+    );
+    eprintln!("  API         {url}");
+    eprintln!("  CA          {}", data_dir.join("ca.pem").display());
+    if pw.exists() {
+        eprintln!(
+            "  admin       user 'admin', one-time password in {} (change it at first login)",
+            pw.display()
+        );
+    }
+    eprintln!("  logs        {}", data_dir.join("logs").display());
+    eprintln!(
+        "  try         curl --cacert {} {url}/v1/health\n",
+        data_dir.join("ca.pem").display()
+    );
+}
+
+async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
+    logging::filter(&args.log_level)
+        .map_err(ConfigProblem)
+        .map_err(Failure::Config)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_dir("rampart-agent"));
+    let _guard = logging::init(&args.log_level, Some(&data_dir.join("logs")), true, 14)?;
+    let join_token = match (&args.join, &args.join_file) {
+        (Some(t), _) => Some(Sensitive::new(t.trim())),
+        (None, Some(f)) => Some(Sensitive::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .trim(),
+        )),
+        (None, None) => None,
+    };
+    if let Some(name) = &args.name {
+        rampart_common::names::validate_node_name(name)
+            .map_err(|e| Failure::Config(ConfigProblem(anyhow::anyhow!("--name: {e}"))))?;
+    }
+    let agent = Agent::enrol(AgentOptions {
+        controller_url: args.controller.clone(),
+        data_dir,
+        join_token,
+        name: args.name.clone(),
+        ca_file: args.ca_file.clone(),
+        host: Arc::new(RealHost),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    eprintln!(
+        "Rampart agent: node {} ({}) talking to {}",
+        agent.node_name(),
+        agent.node_id(),
+        args.controller
+    );
+    let stop = CancellationToken::new();
+    let mut handle = agent
+        .spawn(stop.clone())
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            stop.cancel();
+            let _ = handle.await;
+            Ok(())
+        }
+        r = &mut handle => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("{}", ErrorChain(&e)).into()),
+            Err(e) => Err(anyhow::anyhow!("agent task failed: {e}").into()),
+        }
+    }
+}
