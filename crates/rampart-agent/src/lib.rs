@@ -197,6 +197,7 @@ async fn poll_loop(
     let mut failures = 0u32;
     loop {
         let after = applied.load(Ordering::SeqCst);
+        tracing::debug!(after, "polling for desired state");
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = client.agent_config(after) => r,
@@ -248,7 +249,7 @@ async fn status_loop(
     client: Client,
     host: Arc<dyn HostDriver>,
     applied: Arc<AtomicI64>,
-    desired: watch::Receiver<Option<NodeConfig>>,
+    mut desired: watch::Receiver<Option<NodeConfig>>,
     shutdown: CancellationToken,
     removed: CancellationToken,
 ) {
@@ -260,6 +261,7 @@ async fn status_loop(
             host: host.facts(),
             errors: vec![],
         };
+        tracing::debug!(applied = status.applied_generation, "sending status");
         match client.agent_status(&status).await {
             Ok(ack) => {
                 if failing {
@@ -289,14 +291,26 @@ async fn status_loop(
                 }
             }
         }
-        let interval = desired
-            .borrow()
-            .as_ref()
-            .map(|d| Duration::from_secs(d.heartbeat_interval_s.max(1)))
-            .unwrap_or(DEFAULT_HEARTBEAT);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+        // The interval comes from the desired state, which may arrive or change while we
+        // wait: recompute the deadline whenever it does.
+        let sent = tokio::time::Instant::now();
+        loop {
+            let interval = desired
+                .borrow_and_update()
+                .as_ref()
+                .map(|d| Duration::from_secs(d.heartbeat_interval_s.max(1)))
+                .unwrap_or(DEFAULT_HEARTBEAT);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(sent + interval) => break,
+                changed = desired.changed() => if changed.is_err() {
+                    // The poller is gone (shutting down): keep the last interval.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(sent + interval) => break,
+                    }
+                },
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 pub use rampart_db::Backend;
 
 /// The admin password tests set at first login.
-pub const ADMIN_PASSWORD: &str = "Test-admin-password-1";
+pub const ADMIN_PASSWORD: &str = "Cluster-test-passw0rd";
 
 pub struct ClusterOptions {
     pub agents: usize,
@@ -81,6 +81,8 @@ pub struct TestCluster {
     pub admin: Client,
     pub agents: Vec<TestAgent>,
     pub db: TestDb,
+    pub config: Config,
+    clock: SharedClock,
 }
 
 impl TestCluster {
@@ -95,6 +97,7 @@ impl TestCluster {
     }
 
     pub async fn start(opts: ClusterOptions) -> TestCluster {
+        init_logging();
         let db = match opts.backend {
             Backend::Sqlite => TestDb::sqlite(),
             Backend::Postgres => TestDb::postgres()
@@ -105,12 +108,11 @@ impl TestCluster {
         let mut config = Self::test_config();
         config.database.url = db.url.clone();
         (opts.configure)(&mut config);
+        let clock = opts.clock.unwrap_or_else(rampart_common::time::system_clock);
         let controller = Controller::start(ControllerOptions {
-            config,
+            config: config.clone(),
             data_dir: data_dir.path().to_path_buf(),
-            clock: opts
-                .clock
-                .unwrap_or_else(rampart_common::time::system_clock),
+            clock: clock.clone(),
         })
         .await
         .expect("controller starts");
@@ -141,6 +143,8 @@ impl TestCluster {
             admin,
             agents: Vec::new(),
             db,
+            config,
+            clock,
         };
         for i in 0..opts.agents {
             cluster.add_agent(&format!("node-{i}")).await;
@@ -245,6 +249,23 @@ impl TestCluster {
         .await
     }
 
+    /// Stops the controller and starts it again on the same address, data directory and
+    /// database, with `configure` applied to its configuration; agents keep running.
+    pub async fn restart_controller(self, configure: impl FnOnce(&mut Config)) -> TestCluster {
+        let TestCluster { controller, data_dir, anon, admin, agents, db, mut config, clock } = self;
+        config.api.listen = controller.addrs.clone();
+        configure(&mut config);
+        controller.shutdown().await;
+        let controller = Controller::start(ControllerOptions {
+            config: config.clone(),
+            data_dir: data_dir.path().to_path_buf(),
+            clock: clock.clone(),
+        })
+        .await
+        .expect("controller restarts");
+        TestCluster { controller, data_dir, anon, admin, agents, db, config, clock }
+    }
+
     pub async fn shutdown(self) {
         for a in self.agents {
             a.stop().await;
@@ -260,4 +281,15 @@ pub async fn backends() -> Vec<Backend> {
         v.push(Backend::Postgres);
     }
     v
+}
+
+/// Run logs of the test process on standard error when `RAMPART_TEST_LOG` holds a filter
+/// (e.g. `RAMPART_TEST_LOG=debug`); silent otherwise.
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("RAMPART_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }

@@ -1,0 +1,288 @@
+//! The API contract of the foundation: login and passwords, the error format, request ids,
+//! pagination, security headers.
+
+use http::{Method, StatusCode};
+use rampart_api::{JoinTokenCreate, LoginRequest, PasswordChange};
+use rampart_common::Sensitive;
+use rampart_testkit::{ADMIN_PASSWORD, ClusterOptions, TestCluster};
+
+async fn cluster() -> TestCluster {
+    TestCluster::start(ClusterOptions::default()).await
+}
+
+/// A raw request to the cluster with the admin token (or none), returning status, headers, body.
+async fn raw(c: &TestCluster, method: Method, path: &str, token: bool, body: Option<(&str, &str)>) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+    let mut req = http.request(method, format!("{}{}", c.controller.url(), path));
+    if token {
+        req = req.bearer_auth(c.admin.token().unwrap().expose());
+    }
+    if let Some((content_type, data)) = body {
+        req = req.header("content-type", content_type).body(data.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    (status, headers, json)
+}
+
+fn login(user: &str, password: &str) -> LoginRequest {
+    LoginRequest { username: user.into(), password: Sensitive::new(password), domain: None, project: None, totp: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
+    // A fresh controller, before anyone logged in.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestCluster::test_config();
+    config.database.url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let controller = rampart_controller::Controller::start(rampart_controller::ControllerOptions {
+        config,
+        data_dir: dir.path().to_path_buf(),
+        clock: rampart_common::time::system_clock(),
+    })
+    .await
+    .unwrap();
+    let file = dir.path().join("bootstrap-admin-password");
+    assert_eq!(rampart_common::fsutil::mode_of(&file).unwrap(), 0o600);
+    let bootstrap = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(bootstrap.len() >= 20, "a long random password");
+    let anon = rampart_api::Client::with_ca(&controller.url(), controller.ca_pem().as_bytes()).unwrap();
+    let err = anon.login(&login("admin", &bootstrap)).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(err.code(), Some("password_change_required"));
+
+    // A weak new password: 422 naming each rule, never echoing it.
+    let weak = "adminadmin";
+    let err = anon
+        .change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(&bootstrap), new_password: Sensitive::new(weak) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("policy_violation"));
+    let rampart_api::ClientError::Api { body, .. } = &err else { panic!() };
+    let rules: Vec<&str> = body.error.details.as_ref().unwrap()["rules"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["min_length", "min_char_classes", "not_username"]);
+    assert!(!serde_json::to_string(body).unwrap().contains(weak));
+
+    anon.change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(&bootstrap), new_password: Sensitive::new("A-much-better-passphrase") })
+        .await
+        .unwrap();
+    assert!(!file.exists(), "the spent one-time password is removed");
+    let err = anon.login(&login("admin", &bootstrap)).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_credentials"));
+    let (client, token) = anon.login_as("admin", "A-much-better-passphrase").await.unwrap();
+    assert_eq!(token.user.name, "admin");
+    assert_eq!(token.user.domain, "default");
+    assert!(token.roles.contains(&"system-admin".to_string()));
+    client.nodes().await.unwrap();
+    controller.shutdown().await;
+
+    // A restart does not bootstrap again.
+    let mut config = TestCluster::test_config();
+    config.database.url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let controller = rampart_controller::Controller::start(rampart_controller::ControllerOptions {
+        config,
+        data_dir: dir.path().to_path_buf(),
+        clock: rampart_common::time::system_clock(),
+    })
+    .await
+    .unwrap();
+    assert!(!file.exists());
+    controller.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_2_6_failed_logins_look_the_same_whatever_the_reason() {
+    let c = cluster().await;
+    let wrong_password = c.anon.login(&login("admin", "Not-the-password-1")).await.unwrap_err();
+    let unknown_user = c.anon.login(&login("nobody", "Not-the-password-1")).await.unwrap_err();
+    let mut unknown_domain = login("admin", ADMIN_PASSWORD);
+    unknown_domain.domain = Some("elsewhere".into());
+    let unknown_domain = c.anon.login(&unknown_domain).await.unwrap_err();
+    for e in [&wrong_password, &unknown_user, &unknown_domain] {
+        assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(e.to_string(), wrong_password.to_string(), "identical answers");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_2_4_tokens_die_on_logout_and_on_password_change() {
+    let c = cluster().await;
+    let (a, _) = c.anon.login_as("admin", ADMIN_PASSWORD).await.unwrap();
+    let (b, _) = c.anon.login_as("admin", ADMIN_PASSWORD).await.unwrap();
+    let info = a.current_token().await.unwrap();
+    assert_eq!(info.user.name, "admin");
+    assert!(info.expires_at > time::OffsetDateTime::now_utc() + time::Duration::minutes(55));
+    a.logout().await.unwrap();
+    assert_eq!(a.current_token().await.unwrap_err().code(), Some("unauthenticated"));
+    assert_eq!(a.nodes().await.unwrap_err().status(), Some(StatusCode::UNAUTHORIZED));
+    b.nodes().await.unwrap();
+    c.anon
+        .change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(ADMIN_PASSWORD), new_password: Sensitive::new("Another-good-passphrase") })
+        .await
+        .unwrap();
+    assert_eq!(b.nodes().await.unwrap_err().code(), Some("unauthenticated"), "every token revoked");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_2_4_every_api_call_needs_a_valid_token() {
+    let c = cluster().await;
+    let bad = c.anon.clone().with_token(Sensitive::new("rpt_not-a-real-token"));
+    for client in [&c.anon, &bad] {
+        let e = client.nodes().await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(e.code(), Some("unauthenticated"));
+        let e = client.create_join_token(&JoinTokenCreate::default()).await.unwrap_err();
+        assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));
+    }
+    // The open routes.
+    c.anon.health().await.unwrap();
+    let (status, _, doc) = raw(&c, Method::GET, "/v1/openapi.json", false, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["info"]["title"], "Rampart API");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_1_malformed_requests_get_clear_errors() {
+    let c = cluster().await;
+    let json = "application/json";
+    let cases: Vec<(Method, &str, Option<(&str, &str)>, StatusCode, &str)> = vec![
+        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": 120, \"colour\": \"red\"}")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{not json")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::POST, "/v1/nodes/join-tokens", Some(("text/plain", "{}")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": \"soon\"}")), StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": 5}")), StatusCode::BAD_REQUEST, "validation_failed"),
+        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"node_name\": \"Bad Name;\"}")), StatusCode::BAD_REQUEST, "validation_failed"),
+        (Method::GET, "/v1/nodes?limit=0", None, StatusCode::BAD_REQUEST, "validation_failed"),
+        (Method::GET, "/v1/nodes?limit=1001", None, StatusCode::BAD_REQUEST, "validation_failed"),
+        (Method::GET, "/v1/nodes?cursor=garbage", None, StatusCode::BAD_REQUEST, "validation_failed"),
+        (Method::GET, "/v1/nodes?sort=name", None, StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::GET, "/v1/nodes/not-a-uuid", None, StatusCode::BAD_REQUEST, "invalid_request"),
+        (Method::GET, "/v1/nodes/00000000-0000-4000-8000-000000000000", None, StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/v1/no-such-thing", None, StatusCode::NOT_FOUND, "not_found"),
+        (Method::PATCH, "/v1/health", None, StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, headers, json) = raw(&c, method.clone(), path, true, body).await;
+        assert_eq!(got, status, "{method} {path} {body:?}: {json}");
+        assert_eq!(json["error"]["code"], code, "{method} {path}: {json}");
+        assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+        assert!(headers.contains_key("x-request-id"));
+    }
+    // A wrongly typed password is not echoed back.
+    let (status, _, json) = raw(&c, Method::POST, "/v1/auth/tokens", false, Some((json, "{\"username\":\"admin\",\"password\":98765432123}"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!json.to_string().contains("98765432123"), "{json}");
+    // Too large a body.
+    let big = format!("{{\"node_name\": \"{}\"}}", "a".repeat(2 << 20));
+    let (status, _, json) = raw(&c, Method::POST, "/v1/nodes/join-tokens", true, Some(("application/json", &big))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_every_response_has_our_own_request_id() {
+    let c = cluster().await;
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for path in ["/v1/health", "/v1/nodes", "/v1/nope"] {
+        let resp = http.get(format!("{}{}", c.controller.url(), path)).header("x-request-id", "forged\"id").send().await.unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_ne!(id, "forged\"id");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        assert!(seen.insert(id));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_4_security_headers_on_every_response() {
+    let c = cluster().await;
+    for (path, token) in [("/v1/health", false), ("/v1/nodes", true), ("/v1/nodes", false), ("/v1/x", false)] {
+        let (_, headers, _) = raw(&c, Method::GET, path, token, None).await;
+        assert_eq!(headers["strict-transport-security"], "max-age=31536000; includeSubDomains", "{path}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_with_limit_and_cursor() {
+    let mut c = cluster().await;
+    for name in ["n-c", "n-a", "n-e", "n-b", "n-d"] {
+        c.add_agent(name).await;
+    }
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cur) => format!("/v1/nodes?limit=2&cursor={cur}"),
+            None => "/v1/nodes?limit=2".to_string(),
+        };
+        let page: rampart_api::List<rampart_api::Node> = c.admin.get(&path).await.unwrap();
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.into_iter().map(|n| n.name));
+        pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["n-a", "n-b", "n-c", "n-d", "n-e"]);
+    assert_eq!(pages, 3);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_requires_a_client_certificate() {
+    let c = cluster().await;
+    for (method, path) in [(Method::GET, "/agent/v1/config?after=0"), (Method::PUT, "/agent/v1/status")] {
+        let body = (method == Method::PUT).then_some(("application/json", "{}"));
+        let (status, _, json) = raw(&c, method, path, true, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(json["error"]["code"], "client_certificate_required");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_system_admins_manage_nodes() {
+    let c = cluster().await;
+    // An operator without system roles: a user of the admin project made directly in the DB
+    // (the identity API comes with its own capability).
+    let state = &c.controller.state;
+    let mut conn = state.db.conn().await.unwrap();
+    let domain = rampart_db::identity::find_domain(&mut conn, "default").await.unwrap().unwrap();
+    let hash = rampart_iam::password::hash("Member-passphrase-1").unwrap();
+    let user = rampart_db::identity::insert_user(
+        &mut conn,
+        rampart_db::identity::NewUser { domain_id: domain.id, name: "alice", password_hash: Some(&hash), password_change_required: false },
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
+    let project = rampart_db::identity::find_project(&mut conn, domain.id, "admin").await.unwrap().unwrap();
+    rampart_db::identity::assign_role(&mut conn, user.id, "member", rampart_db::identity::Scope::Project(project.id), time::OffsetDateTime::now_utc()).await.unwrap();
+    drop(conn);
+    let (alice, token) = c.anon.login_as("alice", "Member-passphrase-1").await.unwrap();
+    assert!(token.roles.is_empty(), "unscoped token: no project roles");
+    let mut scoped = login("alice", "Member-passphrase-1");
+    scoped.project = Some("admin".into());
+    assert_eq!(c.anon.login(&scoped).await.unwrap().roles, ["member"]);
+    scoped.project = Some("other".into());
+    assert_eq!(c.anon.login(&scoped).await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(alice.nodes().await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(alice.create_join_token(&JoinTokenCreate::default()).await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
+    c.shutdown().await;
+}
