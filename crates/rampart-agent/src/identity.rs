@@ -68,8 +68,8 @@ impl Identity {
         if !node.exists() {
             return Ok(None);
         }
-        let node: NodeFile = serde_json::from_str(&read(&node)?)
-            .map_err(|e| AgentError::Corrupt(format!("{}: {e}", node.display())))?;
+        let node: NodeFile =
+            serde_json::from_str(&read(&node)?).map_err(|e| AgentError::Corrupt(format!("{}: {e}", node.display())))?;
         Ok(Some(Identity {
             node,
             key_pem: Sensitive::new(read(&key)?),
@@ -97,17 +97,11 @@ impl Identity {
 
     /// A client of the controller that presents this node's certificate.
     pub fn client(&self, timeout: std::time::Duration) -> Result<Client, AgentError> {
-        let chain = certs_from_pem(self.cert_pem.as_bytes())
-            .map_err(|e| AgentError::Corrupt(e.to_string()))?;
-        let key = key_from_pem(self.key_pem.expose().as_bytes())
-            .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        let chain = certs_from_pem(self.cert_pem.as_bytes()).map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        let key = key_from_pem(self.key_pem.expose().as_bytes()).map_err(|e| AgentError::Corrupt(e.to_string()))?;
         let config = tls::client_config(self.ca_pem.as_bytes(), Some((chain, key)))
             .map_err(|e| AgentError::Corrupt(e.to_string()))?;
-        Ok(Client::with_timeout(
-            &self.node.controller_url,
-            config,
-            timeout,
-        )?)
+        Ok(Client::with_timeout(&self.node.controller_url, config, timeout)?)
     }
 
     /// Joins the controller at `url` with a one-time `token` and saves the identity in `dir`.
@@ -126,8 +120,7 @@ impl Identity {
             None => {
                 let discovery = Client::new(
                     url,
-                    tls::discovery_client_config()
-                        .map_err(|e| AgentError::Corrupt(e.to_string()))?,
+                    tls::discovery_client_config().map_err(|e| AgentError::Corrupt(e.to_string()))?,
                 )?;
                 discovery.ca_certificate().await?
             }
@@ -137,8 +130,7 @@ impl Identity {
             return Err(AgentError::CaMismatch);
         }
         let client = Client::with_ca(url, ca_pem.as_bytes())?;
-        let (key_pem, csr) =
-            rampart_kms::ca::node_key_and_csr().map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        let (key_pem, csr) = rampart_kms::ca::node_key_and_csr().map_err(|e| AgentError::Corrupt(e.to_string()))?;
         let response = client
             .agent_join(&JoinRequest {
                 token: token.clone(),

@@ -46,15 +46,11 @@ pub enum AgentError {
         "the controller's CA certificate does not match the SHA-256 in the join token: wrong controller URL, or someone in the middle"
     )]
     CaMismatch,
-    #[error(
-        "the controller refused the join token: it is unknown, expired or already used; ask for a new one"
-    )]
+    #[error("the controller refused the join token: it is unknown, expired or already used; ask for a new one")]
     TokenRefused,
     #[error("this node has not joined yet: give --join TOKEN")]
     NotJoined,
-    #[error(
-        "the controller no longer knows this node (it was removed); delete {0} and join again with a new token"
-    )]
+    #[error("the controller no longer knows this node (it was removed); delete {0} and join again with a new token")]
     Removed(PathBuf),
     #[error(transparent)]
     Client(ClientError),
@@ -90,9 +86,10 @@ impl Agent {
             }
             None => {
                 let token = opts.join_token.as_ref().ok_or(AgentError::NotJoined)?;
-                let name = opts.name.clone().unwrap_or_else(|| {
-                    rampart_common::names::node_name_from_hostname(&opts.host.facts().hostname)
-                });
+                let name = opts
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| rampart_common::names::node_name_from_hostname(&opts.host.facts().hostname));
                 Identity::join(
                     &opts.data_dir,
                     &opts.controller_url,
@@ -119,10 +116,7 @@ impl Agent {
     }
 
     /// Runs until `shutdown` is cancelled or the controller disowns the node.
-    pub fn spawn(
-        self,
-        shutdown: CancellationToken,
-    ) -> Result<JoinHandle<Result<(), AgentError>>, AgentError> {
+    pub fn spawn(self, shutdown: CancellationToken) -> Result<JoinHandle<Result<(), AgentError>>, AgentError> {
         let poll_client = self.identity.client(POLL_CLIENT_TIMEOUT)?;
         let status_client = self.identity.client(STATUS_CLIENT_TIMEOUT)?;
         let ledger = Ledger::new(&self.data_dir);

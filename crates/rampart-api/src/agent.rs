@@ -40,11 +40,7 @@ impl JoinTokenParts {
         {
             return None;
         }
-        Some(JoinTokenParts {
-            id,
-            secret,
-            ca_sha256,
-        })
+        Some(JoinTokenParts { id, secret, ca_sha256 })
     }
 }
 

@@ -41,9 +41,7 @@ impl ClientError {
 
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
-                Some(*status)
-            }
+            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -70,16 +68,10 @@ impl Client {
         Client::with_timeout(base, tls, Duration::from_secs(60))
     }
 
-    pub fn with_timeout(
-        base: &str,
-        tls: rustls::ClientConfig,
-        timeout: Duration,
-    ) -> Result<Client, ClientError> {
+    pub fn with_timeout(base: &str, tls: rustls::ClientConfig, timeout: Duration) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
-            return Err(ClientError::Url(format!(
-                "{base}: Rampart speaks HTTPS only"
-            )));
+            return Err(ClientError::Url(format!("{base}: Rampart speaks HTTPS only")));
         }
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -183,11 +175,7 @@ impl Client {
     }
 
     /// Logs in and returns a client that carries the new token.
-    pub async fn login_as(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<(Client, TokenResponse), ClientError> {
+    pub async fn login_as(&self, username: &str, password: &str) -> Result<(Client, TokenResponse), ClientError> {
         let response = self
             .login(&LoginRequest {
                 username: username.into(),
@@ -225,9 +213,7 @@ impl Client {
     }
 
     pub async fn ca_certificate(&self) -> Result<String, ClientError> {
-        let response = self
-            .send::<()>(Method::GET, "/v1/ca/certificate", None)
-            .await?;
+        let response = self.send::<()>(Method::GET, "/v1/ca/certificate", None).await?;
         let url = response.url().to_string();
         response
             .text()
@@ -244,11 +230,7 @@ impl Client {
     /// Long-polls for a generation newer than `after`; `None` when the wait ended without one.
     pub async fn agent_config(&self, after: i64) -> Result<Option<NodeConfig>, ClientError> {
         let response = self
-            .send::<()>(
-                Method::GET,
-                &format!("/agent/v1/config?after={after}"),
-                None,
-            )
+            .send::<()>(Method::GET, &format!("/agent/v1/config?after={after}"), None)
             .await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
@@ -262,7 +244,6 @@ impl Client {
     }
 
     pub async fn agent_status(&self, status: &AgentStatus) -> Result<StatusAck, ClientError> {
-        self.request(Method::PUT, "/agent/v1/status", Some(status))
-            .await
+        self.request(Method::PUT, "/agent/v1/status", Some(status)).await
     }
 }

@@ -21,7 +21,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the controller keeps its state (database, CA, logs). `--data-dir` overrides it.
@@ -171,20 +171,6 @@ impl Default for LocalAgentConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: None,
-            api: ApiConfig::default(),
-            database: DatabaseConfig::default(),
-            nodes: NodesConfig::default(),
-            tls: TlsConfig::default(),
-            log: LogConfig::default(),
-            local_agent: LocalAgentConfig::default(),
-        }
-    }
-}
-
 impl Config {
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -224,10 +210,7 @@ impl Config {
                 .iter()
                 .any(|p| self.database.url.starts_with(p))
         {
-            return invalid(
-                "database.url",
-                "must start with sqlite:, postgres:// or postgresql://",
-            );
+            return invalid("database.url", "must start with sqlite:, postgres:// or postgresql://");
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
@@ -249,16 +232,10 @@ impl Config {
             );
         }
         if !(60..=7 * 86_400).contains(&n.join_token_ttl_s) {
-            return invalid(
-                "nodes.join_token_ttl_s",
-                "must be between 60 and 604800 seconds",
-            );
+            return invalid("nodes.join_token_ttl_s", "must be between 60 and 604800 seconds");
         }
         if !(1..=300).contains(&n.long_poll_timeout_s) {
-            return invalid(
-                "nodes.long_poll_timeout_s",
-                "must be between 1 and 300 seconds",
-            );
+            return invalid("nodes.long_poll_timeout_s", "must be between 1 and 300 seconds");
         }
         if !(1..=825).contains(&n.agent_certificate_days) {
             return invalid("nodes.agent_certificate_days", "must be between 1 and 825");
@@ -276,11 +253,9 @@ impl Config {
             return invalid("log.max_files", "must be at least 1");
         }
         if !self.local_agent.name.is_empty() {
-            crate::names::validate_node_name(&self.local_agent.name).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "local_agent.name",
-                    message: e.to_string(),
-                }
+            crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
+                key: "local_agent.name",
+                message: e.to_string(),
             })?;
         }
         Ok(())
@@ -296,10 +271,7 @@ impl Config {
     }
 
     pub fn log_dir(&self, data_dir: &Path) -> PathBuf {
-        self.log
-            .dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("logs"))
+        self.log.dir.clone().unwrap_or_else(|| data_dir.join("logs"))
     }
 }
 
@@ -329,21 +301,15 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let err = parse("[api]\nlisten = [\"not an address\"]\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse("[api]\nlisten = [\"not an address\"]\n").unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
         let err = parse("[nodes]\nheartbeat_interval_s = 10\nheartbeat_timeout_s = 15\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("nodes.heartbeat_timeout_s"), "{err}");
-        let err = parse("[database]\nurl = \"mysql://x\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse("[database]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
-        let err = parse("[nodes]\nheartbeat_interval_s = -1\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse("[nodes]\nheartbeat_interval_s = -1\n").unwrap_err().to_string();
         assert!(err.contains("heartbeat_interval_s"), "{err}");
     }
 

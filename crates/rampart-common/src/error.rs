@@ -20,10 +20,7 @@ pub enum Error {
     InvalidRequest(String),
     /// Well-formed request whose values are not acceptable.
     #[error("{message}")]
-    Validation {
-        message: String,
-        details: Option<Value>,
-    },
+    Validation { message: String, details: Option<Value> },
     /// No usable credential was presented (missing, expired or revoked token).
     #[error("{0}")]
     Unauthenticated(String),
@@ -45,10 +42,7 @@ pub enum Error {
     #[error("{0}")]
     TooLarge(String),
     #[error("{message}")]
-    PolicyViolation {
-        message: String,
-        details: Option<Value>,
-    },
+    PolicyViolation { message: String, details: Option<Value> },
     #[error("too many requests")]
     RateLimited { retry_after_s: u64 },
     #[error("{0}")]
@@ -151,9 +145,7 @@ impl Error {
 
     pub fn details(&self) -> Option<&Value> {
         match self {
-            Error::Validation { details, .. } | Error::PolicyViolation { details, .. } => {
-                details.as_ref()
-            }
+            Error::Validation { details, .. } | Error::PolicyViolation { details, .. } => details.as_ref(),
             _ => None,
         }
     }
@@ -195,10 +187,9 @@ impl IntoResponse for Error {
         }
         let mut response = (status, axum::Json(self.body())).into_response();
         if let Error::RateLimited { retry_after_s } = self {
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(retry_after_s.max(1)),
-            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_s.max(1)));
         }
         response
     }
@@ -235,10 +226,7 @@ mod tests {
     #[test]
     fn invalid_credentials_has_one_message() {
         assert_eq!(Error::InvalidCredentials.code(), "invalid_credentials");
-        assert_eq!(
-            Error::InvalidCredentials.public_message(),
-            "invalid credentials"
-        );
+        assert_eq!(Error::InvalidCredentials.public_message(), "invalid credentials");
     }
 
     #[test]

@@ -39,12 +39,10 @@ impl PageParams {
         }
         let after = match &self.cursor {
             None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-                Error::field(
-                    "cursor",
-                    "cursor is not a value returned as `next` by this list",
-                )
-            })?),
+            Some(c) => Some(
+                decode_cursor(c)
+                    .ok_or_else(|| Error::field("cursor", "cursor is not a value returned as `next` by this list"))?,
+            ),
         };
         Ok(PageRequest { limit, after })
     }
@@ -61,11 +59,7 @@ fn decode_cursor(cursor: &str) -> Option<String> {
 }
 
 /// Cuts a list fetched with `limit + 1` rows into a page and its `next` cursor.
-pub fn finish_page<T>(
-    mut rows: Vec<T>,
-    limit: u32,
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
+pub fn finish_page<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
     let limit = limit as usize;
     if rows.len() > limit {
         rows.truncate(limit);

@@ -32,11 +32,7 @@ pub struct Principal {
 impl Principal {
     /// Passes when the caller holds one of `roles` at system scope.
     pub fn require_system_role(&self, roles: &[&str]) -> Result<(), Error> {
-        if self
-            .system_roles
-            .iter()
-            .any(|r| roles.contains(&r.as_str()))
-        {
+        if self.system_roles.iter().any(|r| roles.contains(&r.as_str())) {
             Ok(())
         } else {
             Err(Error::forbidden(format!(
@@ -51,9 +47,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            Error::Unauthenticated("this operation needs Authorization: Bearer <token>".into())
-        })
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Error::Unauthenticated("this operation needs Authorization: Bearer <token>".into()))
     }
 }
 
@@ -113,10 +111,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Er
     };
     let project = match row.project_id {
         Some(pid) => match identity::project_by_id(&mut conn, pid).await? {
-            Some(p) if p.enabled => Some(ProjectRef {
-                id: p.id,
-                name: p.name,
-            }),
+            Some(p) if p.enabled => Some(ProjectRef { id: p.id, name: p.name }),
             _ => return Err(Error::Unauthenticated(UNAUTHENTICATED.into())),
         },
         None => None,
@@ -145,11 +140,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Er
 }
 
 /// The middleware of every authenticated route.
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, Error> {
+pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, Error> {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)

@@ -47,11 +47,9 @@ pub async fn ensure(db: &Db, data_dir: &Path, now: OffsetDateTime) -> Result<boo
     // The file is written before the commit: a crash in between leaves a file for an admin
     // that does not exist (rewritten at the next start), never an admin nobody can log in as.
     let file = data_dir.join(PASSWORD_FILE);
-    fsutil::write_secret(&file, format!("{}\n", pw.expose()).as_bytes()).map_err(|source| {
-        BootstrapError::Write {
-            path: file.clone(),
-            source,
-        }
+    fsutil::write_secret(&file, format!("{}\n", pw.expose()).as_bytes()).map_err(|source| BootstrapError::Write {
+        path: file.clone(),
+        source,
     })?;
     let mut tx = db.begin().await?;
     let result = async {
@@ -69,14 +67,7 @@ pub async fn ensure(db: &Db, data_dir: &Path, now: OffsetDateTime) -> Result<boo
         )
         .await?;
         identity::assign_role(&mut tx, user.id, "system-admin", Scope::System, now).await?;
-        identity::assign_role(
-            &mut tx,
-            user.id,
-            "project-admin",
-            Scope::Project(project.id),
-            now,
-        )
-        .await?;
+        identity::assign_role(&mut tx, user.id, "project-admin", Scope::Project(project.id), now).await?;
         meta::set(&mut tx, BOOTSTRAP_ADMIN_KEY, &user.id.to_string()).await?;
         Ok::<_, DbError>(())
     }

@@ -10,9 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use rampart_common::Error;
 use serde::de::DeserializeOwned;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -50,10 +48,7 @@ fn json_rejection(r: JsonRejection) -> Error {
         JsonRejection::BytesRejection(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
             Error::TooLarge("the request body is larger than api.request_body_limit_bytes".into())
         }
-        other => Error::invalid(format!(
-            "cannot read the request body: {}",
-            other.body_text()
-        )),
+        other => Error::invalid(format!("cannot read the request body: {}", other.body_text())),
     }
 }
 
@@ -62,10 +57,7 @@ fn json_rejection(r: JsonRejection) -> Error {
 /// `invalid type: integer, expected a string`.
 pub fn serde_message(raw: &str) -> String {
     // axum prefixes its own words ("Failed to deserialize the JSON body into the target type: ").
-    let msg = raw
-        .rsplit_once("target type: ")
-        .map(|(_, m)| m)
-        .unwrap_or(raw);
+    let msg = raw.rsplit_once("target type: ").map(|(_, m)| m).unwrap_or(raw);
     let msg = msg
         .strip_prefix("Failed to parse the request body as JSON: ")
         .unwrap_or(msg);
@@ -130,9 +122,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(Error::invalid(
-                "a path parameter is malformed (ids are UUIDs)",
-            )),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(Error::invalid("a path parameter is malformed (ids are UUIDs)"))
+            }
             Err(other) => Err(Error::invalid(other.body_text())),
         }
     }
@@ -145,17 +137,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Conn {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<ConnInfo>()
-            .cloned()
-            .map(Conn)
-            .ok_or_else(|| {
-                Error::internal(
-                    "reading connection info",
-                    "request did not come through the TLS listener",
-                )
-            })
+        parts.extensions.get::<ConnInfo>().cloned().map(Conn).ok_or_else(|| {
+            Error::internal(
+                "reading connection info",
+                "request did not come through the TLS listener",
+            )
+        })
     }
 }
 
@@ -164,8 +151,7 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    let mut r =
-        Error::InvalidRequest("this method is not allowed on this path".into()).into_response();
+    let mut r = Error::InvalidRequest("this method is not allowed on this path".into()).into_response();
     *r.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
     r
 }
@@ -174,8 +160,7 @@ pub async fn method_not_allowed() -> Response {
 /// `X-Request-Id`), the request span, and security headers (HSTS, no caching of API data,
 /// no sniffing, no framing).
 pub fn common_layers(router: axum::Router, hsts_max_age_s: u64) -> axum::Router {
-    let hsts = HeaderValue::from_str(&format!("max-age={hsts_max_age_s}; includeSubDomains"))
-        .expect("valid header");
+    let hsts = HeaderValue::from_str(&format!("max-age={hsts_max_age_s}; includeSubDomains")).expect("valid header");
     router
         .layer(SetResponseHeaderLayer::overriding(header::STRICT_TRANSPORT_SECURITY, hsts))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
@@ -229,9 +214,6 @@ mod tests {
         let m = serde_message("invalid value: string \"hunter2\", expected one of `a`, `b`");
         assert!(!m.contains("hunter2"), "{m}");
         let m = serde_message("unknown field `passwrd`, expected one of `username`, `password`");
-        assert_eq!(
-            m,
-            "unknown field `passwrd`, expected one of `username`, `password`"
-        );
+        assert_eq!(m, "unknown field `passwrd`, expected one of `username`, `password`");
     }
 }

@@ -103,16 +103,10 @@ impl Controller {
         for addr in &config.api.listen {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
+                .map_err(|source| StartError::Bind { addr: *addr, source })?;
             listeners.push(l);
         }
-        let addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let ca = Arc::new(ca);
         let tls_config = Arc::new(tls::server_config(&ca, server_cert.clone())?);
@@ -142,11 +136,7 @@ impl Controller {
         }
         tasks.push(reconcile::spawn(state.clone()));
         tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");
-        Ok(Controller {
-            state,
-            addrs,
-            tasks,
-        })
+        Ok(Controller { state, addrs, tasks })
     }
 
     /// `https://ADDR` of the first listener, for clients on this machine.
@@ -170,10 +160,7 @@ impl Controller {
     }
 
     /// A join token created in-process (the local agent of `rampart up`).
-    pub async fn issue_join_token(
-        &self,
-        node_name: Option<String>,
-    ) -> Result<JoinToken, rampart_common::Error> {
+    pub async fn issue_join_token(&self, node_name: Option<String>) -> Result<JoinToken, rampart_common::Error> {
         routes::nodes::issue_join_token(&self.state, node_name, None, None).await
     }
 

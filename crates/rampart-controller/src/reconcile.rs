@@ -44,10 +44,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                 if let Err(e) = node_liveness(&state).await {
                     tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "node liveness pass failed");
                 }
-                if ticks % TOKEN_PURGE_EVERY == 0 {
-                    if let Err(e) = purge_tokens(&state).await {
-                        tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "token purge failed");
-                    }
+                if ticks.is_multiple_of(TOKEN_PURGE_EVERY)
+                    && let Err(e) = purge_tokens(&state).await
+                {
+                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "token purge failed");
                 }
             }
             if ticks % CERT_CHECK_EVERY == CERT_CHECK_EVERY - 1 {
@@ -58,10 +58,8 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             }
             ticks += 1;
         }
-        if leader {
-            if let Ok(mut conn) = state.db.conn().await {
-                let _ = leases::release(&mut conn, LEASE, &state.instance_id).await;
-            }
+        if leader && let Ok(mut conn) = state.db.conn().await {
+            let _ = leases::release(&mut conn, LEASE, &state.instance_id).await;
         }
     })
 }
@@ -69,14 +67,7 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
 async fn take_lease(state: &AppState) -> rampart_db::Result<bool> {
     let now = state.now();
     let mut conn = state.db.conn().await?;
-    leases::acquire(
-        &mut conn,
-        LEASE,
-        &state.instance_id,
-        to_ms(now),
-        to_ms(now + LEASE_TTL),
-    )
-    .await
+    leases::acquire(&mut conn, LEASE, &state.instance_id, to_ms(now), to_ms(now + LEASE_TTL)).await
 }
 
 /// Nodes silent for longer than `nodes.heartbeat_timeout_s` become unreachable.

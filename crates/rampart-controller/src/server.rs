@@ -28,12 +28,7 @@ pub struct ConnInfo {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish (bounded).
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
@@ -73,11 +68,10 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .map(|c| c.clone().into_owned());
             let info = ConnInfo { peer, client_cert };
-            let service =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(info.clone());
-                    router.clone().oneshot(req)
-                });
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                router.clone().oneshot(req)
+            });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -96,15 +96,12 @@ impl ServerCert {
             source,
         })?;
         let (cert_path, key_path) = Self::paths(&dir);
-        let existing = match (
-            std::fs::read_to_string(&cert_path),
-            std::fs::read_to_string(&key_path),
-        ) {
+        let existing = match (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
             (Ok(c), Ok(k)) => Some((c, k)),
             _ => None,
         };
         let (cert_pem, key_pem) = match existing {
-            Some((c, k)) if !Self::needs_renewal(&c, names, now) && ca_signed(ca, &c) => (c, k),
+            Some((c, k)) if !Self::needs_renewal(&c, names, now) && ca_signed(ca, &c, now) => (c, k),
             _ => {
                 let issued = ca.issue_server(names, days, now)?;
                 Self::write(&dir, &issued.cert_pem, &issued.key_pem)?;
@@ -124,19 +121,15 @@ impl ServerCert {
 
     fn write(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), TlsSetupError> {
         let (cert_path, key_path) = Self::paths(dir);
-        fsutil::write_secret(&key_path, key_pem.as_bytes()).map_err(|source| {
-            TlsSetupError::Io {
-                action: "write",
-                path: key_path.clone(),
-                source,
-            }
+        fsutil::write_secret(&key_path, key_pem.as_bytes()).map_err(|source| TlsSetupError::Io {
+            action: "write",
+            path: key_path.clone(),
+            source,
         })?;
-        fsutil::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(|source| {
-            TlsSetupError::Io {
-                action: "write",
-                path: cert_path.clone(),
-                source,
-            }
+        fsutil::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(|source| TlsSetupError::Io {
+            action: "write",
+            path: cert_path.clone(),
+            source,
         })
     }
 
@@ -179,7 +172,7 @@ impl ServerCert {
     }
 }
 
-fn ca_signed(ca: &CertificateAuthority, cert_pem: &str) -> bool {
+fn ca_signed(ca: &CertificateAuthority, cert_pem: &str, now: OffsetDateTime) -> bool {
     // A certificate from an older CA (the CA was replaced) must be reissued.
     let Ok(chain) = certs_from_pem(cert_pem.as_bytes()) else {
         return false;
@@ -188,30 +181,22 @@ fn ca_signed(ca: &CertificateAuthority, cert_pem: &str) -> bool {
     if roots.add(ca.cert_der().to_vec().into()).is_err() {
         return false;
     }
-    let Ok(verifier) =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()
     else {
         return false;
     };
     use rustls::client::danger::ServerCertVerifier;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("valid name");
+    let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        now.unix_timestamp().max(0) as u64
+    ));
     verifier
-        .verify_server_cert(
-            &chain[0],
-            &chain[1..],
-            &name,
-            &[],
-            rustls::pki_types::UnixTime::now(),
-        )
+        .verify_server_cert(&chain[0], &chain[1..], &name, &[], at)
         .is_ok()
 }
 
 /// The rustls configuration of the API listener.
-pub fn server_config(
-    ca: &CertificateAuthority,
-    cert: Arc<ServerCert>,
-) -> Result<rustls::ServerConfig, TlsSetupError> {
+pub fn server_config(ca: &CertificateAuthority, cert: Arc<ServerCert>) -> Result<rustls::ServerConfig, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert_der().to_vec().into())?;
     // Client certificates are optional on the connection (people use bearer tokens) but, when
@@ -257,34 +242,20 @@ mod tests {
         let a = ServerCert::load_or_issue(&ca, dir.path(), &names, 90, now).unwrap();
         let b = ServerCert::load_or_issue(&ca, dir.path(), &names, 90, now).unwrap();
         assert_eq!(a.not_after(), b.not_after(), "reused");
-        assert_eq!(
-            fsutil::mode_of(&dir.path().join("tls/server-key.pem")).unwrap(),
-            0o600
-        );
+        assert_eq!(fsutil::mode_of(&dir.path().join("tls/server-key.pem")).unwrap(), 0o600);
         let more = vec!["localhost".to_string(), "10.9.9.9".to_string()];
-        let c =
-            ServerCert::load_or_issue(&ca, dir.path(), &more, 90, now + time::Duration::seconds(2))
-                .unwrap();
+        let c = ServerCert::load_or_issue(&ca, dir.path(), &more, 90, now + time::Duration::seconds(2)).unwrap();
         assert_ne!(a.not_after(), c.not_after(), "reissued for a new name");
-        assert!(
-            !c.renew_if_due(&ca, 90, now + time::Duration::days(59))
-                .unwrap()
-        );
-        assert!(
-            c.renew_if_due(&ca, 90, now + time::Duration::days(61))
-                .unwrap()
-        );
+        assert!(!c.renew_if_due(&ca, 90, now + time::Duration::days(59)).unwrap());
+        assert!(c.renew_if_due(&ca, 90, now + time::Duration::days(61)).unwrap());
         assert!(c.not_after() > now + time::Duration::days(150));
         // A new CA makes the old certificate unusable: reissued.
         let other = tempfile::tempdir().unwrap();
         let (ca2, _) = CertificateAuthority::load_or_create(other.path(), 3650, now).unwrap();
-        let d =
-            ServerCert::load_or_issue(&ca2, dir.path(), &more, 90, now + time::Duration::days(61))
-                .unwrap();
-        assert!(ca_signed(
-            &ca2,
-            &std::fs::read_to_string(dir.path().join("tls/server.pem")).unwrap()
-        ));
-        drop(d);
+        let later = now + time::Duration::days(61);
+        let server_pem = || std::fs::read_to_string(dir.path().join("tls/server.pem")).unwrap();
+        assert!(!ca_signed(&ca2, &server_pem(), later));
+        ServerCert::load_or_issue(&ca2, dir.path(), &more, 90, later).unwrap();
+        assert!(ca_signed(&ca2, &server_pem(), later));
     }
 }

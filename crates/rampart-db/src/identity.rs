@@ -66,11 +66,7 @@ pub struct RoleAssignment {
     pub scope: Scope,
 }
 
-pub async fn insert_domain(
-    conn: &mut AnyConnection,
-    name: &str,
-    now: OffsetDateTime,
-) -> Result<Domain> {
+pub async fn insert_domain(conn: &mut AnyConnection, name: &str, now: OffsetDateTime) -> Result<Domain> {
     let id = Uuid::new_v4();
     sqlx::query("INSERT INTO domains (id, name, enabled, created_at) VALUES ($1, $2, 1, $3)")
         .bind(id.to_string())
@@ -127,11 +123,7 @@ pub async fn insert_project(
 }
 
 /// Finds a project of `domain_id` by name, or by id when `key` is a UUID.
-pub async fn find_project(
-    conn: &mut AnyConnection,
-    domain_id: Uuid,
-    key: &str,
-) -> Result<Option<Project>> {
+pub async fn find_project(conn: &mut AnyConnection, domain_id: Uuid, key: &str) -> Result<Option<Project>> {
     let row: Option<(String, String, String, i64)> = sqlx::query_as(
         "SELECT id, domain_id, name, enabled FROM projects WHERE domain_id = $1 AND (name = $2 OR id = $2)",
     )
@@ -174,11 +166,7 @@ pub struct NewUser<'a> {
     pub password_change_required: bool,
 }
 
-pub async fn insert_user(
-    conn: &mut AnyConnection,
-    u: NewUser<'_>,
-    now: OffsetDateTime,
-) -> Result<User> {
+pub async fn insert_user(conn: &mut AnyConnection, u: NewUser<'_>, now: OffsetDateTime) -> Result<User> {
     let id = Uuid::new_v4();
     let changed_at = u.password_hash.map(|_| to_ms(now));
     sqlx::query(
@@ -206,15 +194,7 @@ pub async fn insert_user(
     })
 }
 
-type UserRow = (
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Option<i64>,
-    i64,
-);
+type UserRow = (String, String, String, i64, Option<String>, Option<i64>, i64);
 macro_rules! user_columns {
     () => {
         "id, domain_id, name, enabled, password_hash, password_changed_at, password_change_required"
@@ -233,11 +213,7 @@ fn user_from_row(r: UserRow) -> Result<User> {
     })
 }
 
-pub async fn find_user(
-    conn: &mut AnyConnection,
-    domain_id: Uuid,
-    name: &str,
-) -> Result<Option<User>> {
+pub async fn find_user(conn: &mut AnyConnection, domain_id: Uuid, name: &str) -> Result<Option<User>> {
     let row: Option<UserRow> = sqlx::query_as(concat!(
         "SELECT ",
         user_columns!(),
@@ -251,14 +227,10 @@ pub async fn find_user(
 }
 
 pub async fn user_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<User>> {
-    let row: Option<UserRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        user_columns!(),
-        " FROM users WHERE id = $1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<UserRow> = sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
     row.map(user_from_row).transpose()
 }
 
@@ -269,13 +241,15 @@ pub async fn set_password(
     change_required: bool,
     now: OffsetDateTime,
 ) -> Result<()> {
-    sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2, password_change_required = $3 WHERE id = $4")
-        .bind(hash)
-        .bind(to_ms(now))
-        .bind(i64::from(change_required))
-        .bind(user_id.to_string())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE users SET password_hash = $1, password_changed_at = $2, password_change_required = $3 WHERE id = $4",
+    )
+    .bind(hash)
+    .bind(to_ms(now))
+    .bind(i64::from(change_required))
+    .bind(user_id.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -302,10 +276,7 @@ pub async fn assign_role(
     Ok(())
 }
 
-pub async fn role_assignments(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-) -> Result<Vec<RoleAssignment>> {
+pub async fn role_assignments(conn: &mut AnyConnection, user_id: Uuid) -> Result<Vec<RoleAssignment>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT role, scope_kind, scope_id FROM role_assignments WHERE user_id = $1 ORDER BY role, scope_kind, scope_id")
             .bind(user_id.to_string())
@@ -346,11 +317,7 @@ pub struct NewToken<'a> {
     pub source_ip: Option<&'a str>,
 }
 
-pub async fn insert_token(
-    conn: &mut AnyConnection,
-    t: NewToken<'_>,
-    now: OffsetDateTime,
-) -> Result<Uuid> {
+pub async fn insert_token(conn: &mut AnyConnection, t: NewToken<'_>, now: OffsetDateTime) -> Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO tokens (id, token_hash, user_id, project_id, scope, issued_at, expires_at, last_used_at, source_ip) \
@@ -369,8 +336,20 @@ pub async fn insert_token(
     Ok(id)
 }
 
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: String,
+    user_id: String,
+    project_id: Option<String>,
+    scope: String,
+    issued_at: i64,
+    expires_at: i64,
+    last_used_at: i64,
+    revoked_at: Option<i64>,
+}
+
 pub async fn token_by_hash(conn: &mut AnyConnection, token_hash: &str) -> Result<Option<Token>> {
-    let row: Option<(String, String, Option<String>, String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+    let row: Option<TokenRow> = sqlx::query_as(
         "SELECT id, user_id, project_id, scope, issued_at, expires_at, last_used_at, revoked_at FROM tokens WHERE token_hash = $1",
     )
     .bind(token_hash)
@@ -378,26 +357,21 @@ pub async fn token_by_hash(conn: &mut AnyConnection, token_hash: &str) -> Result
     .await?;
     row.map(|r| {
         Ok(Token {
-            id: uuid_col(&r.0)?,
-            user_id: uuid_col(&r.1)?,
-            project_id: r.2.as_deref().map(uuid_col).transpose()?,
-            scope: r.3,
-            issued_at: from_ms(r.4),
-            expires_at: from_ms(r.5),
-            last_used_at: from_ms(r.6),
-            revoked_at: r.7.map(from_ms),
+            id: uuid_col(&r.id)?,
+            user_id: uuid_col(&r.user_id)?,
+            project_id: r.project_id.as_deref().map(uuid_col).transpose()?,
+            scope: r.scope,
+            issued_at: from_ms(r.issued_at),
+            expires_at: from_ms(r.expires_at),
+            last_used_at: from_ms(r.last_used_at),
+            revoked_at: r.revoked_at.map(from_ms),
         })
     })
     .transpose()
 }
 
 /// Records a use of the token, at most once per `granularity_ms` so reads stay cheap.
-pub async fn touch_token(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    now: OffsetDateTime,
-    granularity_ms: i64,
-) -> Result<()> {
+pub async fn touch_token(conn: &mut AnyConnection, id: Uuid, now: OffsetDateTime, granularity_ms: i64) -> Result<()> {
     let now = to_ms(now);
     sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2 AND last_used_at < $3")
         .bind(now)
@@ -418,17 +392,12 @@ pub async fn revoke_token(conn: &mut AnyConnection, id: Uuid, now: OffsetDateTim
 }
 
 /// Revokes every live token of a user (password change, disable, role removal).
-pub async fn revoke_user_tokens(
-    conn: &mut AnyConnection,
-    user_id: Uuid,
-    now: OffsetDateTime,
-) -> Result<u64> {
-    let r =
-        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
-            .bind(to_ms(now))
-            .bind(user_id.to_string())
-            .execute(conn)
-            .await?;
+pub async fn revoke_user_tokens(conn: &mut AnyConnection, user_id: Uuid, now: OffsetDateTime) -> Result<u64> {
+    let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+        .bind(to_ms(now))
+        .bind(user_id.to_string())
+        .execute(conn)
+        .await?;
     Ok(r.rows_affected())
 }
 

@@ -25,6 +25,11 @@ pub use sqlx::AnyConnection as Conn;
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
+/// Columns of a table: `(name, type, not_null)`.
+pub type Columns = Vec<(String, String, bool)>;
+/// Tables and their columns, sorted.
+pub type Schema = Vec<(String, Columns)>;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -78,9 +83,7 @@ impl From<DbError> for rampart_common::Error {
             DbError::Conflict(m) => rampart_common::Error::Conflict(m),
             DbError::Connect { .. } | DbError::Sqlx(sqlx::Error::PoolTimedOut) => {
                 tracing::error!(error = %rampart_common::error::ErrorChain(&e), "database unavailable");
-                rampart_common::Error::Unavailable(
-                    "the database is not reachable; try again later".into(),
-                )
+                rampart_common::Error::Unavailable("the database is not reachable; try again later".into())
             }
             other => rampart_common::Error::internal("accessing the database", other),
         }
@@ -115,9 +118,7 @@ pub struct Db {
 
 /// Path of the SQLite file of a `sqlite:` URL.
 fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     if path.is_empty() || path == ":memory:" {
         None
@@ -139,11 +140,10 @@ impl Db {
         };
         let mut url = url.to_string();
         if let Some(file) = &opts.password_file {
-            let password =
-                std::fs::read_to_string(file).map_err(|source| DbError::PasswordFile {
-                    path: file.clone(),
-                    source,
-                })?;
+            let password = std::fs::read_to_string(file).map_err(|source| DbError::PasswordFile {
+                path: file.clone(),
+                source,
+            })?;
             url = with_password(&url, password.trim_end_matches(['\r', '\n']));
         }
         let redacted = redact_url(&url);
@@ -152,18 +152,18 @@ impl Db {
             source,
         };
 
-        if backend == Backend::Sqlite {
-            if let Some(path) = sqlite_path(&url) {
-                prepare_sqlite_file(&path).map_err(|source| DbError::SqliteFile {
-                    path: path.clone(),
-                    source,
-                })?;
-                // journal_mode=WAL is stored in the file: set it once, on a connection of its own,
-                // because it cannot be changed inside the pool's busy-timeout handling.
-                let mut c = AnyConnection::connect(&url).await.map_err(connect_err)?;
-                c.execute("PRAGMA journal_mode = WAL").await?;
-                c.close().await?;
-            }
+        if backend == Backend::Sqlite
+            && let Some(path) = sqlite_path(&url)
+        {
+            prepare_sqlite_file(&path).map_err(|source| DbError::SqliteFile {
+                path: path.clone(),
+                source,
+            })?;
+            // journal_mode=WAL is stored in the file: set it once, on a connection of its own,
+            // because it cannot be changed inside the pool's busy-timeout handling.
+            let mut c = AnyConnection::connect(&url).await.map_err(connect_err)?;
+            c.execute("PRAGMA journal_mode = WAL").await?;
+            c.close().await?;
         }
 
         let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
@@ -236,7 +236,7 @@ impl Db {
     }
 
     /// Tables and their columns `(name, type, not_null)`, sorted: what the parity test compares.
-    pub async fn schema(&self) -> Result<Vec<(String, Vec<(String, String, bool)>)>> {
+    pub async fn schema(&self) -> Result<Schema> {
         let mut conn = self.conn().await?;
         let tables: Vec<String> = match self.backend {
             Backend::Sqlite => sqlx::query_scalar(
@@ -252,15 +252,14 @@ impl Db {
         };
         let mut out = Vec::new();
         for table in tables {
-            let mut cols: Vec<(String, String, bool)> = match self.backend {
+            let mut cols: Columns = match self.backend {
                 Backend::Sqlite => {
                     // pragma_table_info is a table-valued function; the table name is a bound value.
-                    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1)",
-                    )
-                    .bind(&table)
-                    .fetch_all(&mut *conn)
-                    .await?;
+                    let rows: Vec<(String, String, i64, i64)> =
+                        sqlx::query_as("SELECT name, type, \"notnull\", pk FROM pragma_table_info($1)")
+                            .bind(&table)
+                            .fetch_all(&mut *conn)
+                            .await?;
                     rows.into_iter()
                         .map(|(n, t, nn, pk)| (n, t.to_ascii_lowercase(), nn != 0 || pk != 0))
                         .collect()
@@ -288,10 +287,8 @@ impl Db {
 /// 0700 directory; SQLite gives its -wal and -shm files the mode of the database file.
 fn prepare_sqlite_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            rampart_common::fsutil::ensure_private_dir(dir)?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        rampart_common::fsutil::ensure_private_dir(dir)?;
     }
     std::fs::OpenOptions::new()
         .create(true)
@@ -310,10 +307,7 @@ fn with_password(url: &str, password: &str) -> String {
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let (user, host) = match authority.rfind('@') {
-        Some(at) => (
-            authority[..at].split(':').next().unwrap_or(""),
-            &authority[at + 1..],
-        ),
+        Some(at) => (authority[..at].split(':').next().unwrap_or(""), &authority[at + 1..]),
         None => ("", authority),
     };
     let encoded: String = password
@@ -326,14 +320,7 @@ fn with_password(url: &str, password: &str) -> String {
             }
         })
         .collect();
-    format!(
-        "{}://{}:{}@{}{}",
-        &url[..scheme_end],
-        user,
-        encoded,
-        host,
-        tail
-    )
+    format!("{}://{}:{}@{}{}", &url[..scheme_end], user, encoded, host, tail)
 }
 
 /// Parses a UUID stored as text.
@@ -348,24 +335,15 @@ mod tests {
     #[test]
     fn password_goes_into_the_url_encoded() {
         assert_eq!(
-            with_password(
-                "postgres://rampart@db:5432/rampart?sslmode=verify-full",
-                "p@ss word"
-            ),
+            with_password("postgres://rampart@db:5432/rampart?sslmode=verify-full", "p@ss word"),
             "postgres://rampart:p%40ss%20word@db:5432/rampart?sslmode=verify-full"
         );
-        assert_eq!(
-            with_password("postgres://u:old@h/d", "new"),
-            "postgres://u:new@h/d"
-        );
+        assert_eq!(with_password("postgres://u:old@h/d", "new"), "postgres://u:new@h/d");
     }
 
     #[test]
     fn sqlite_paths() {
-        assert_eq!(
-            sqlite_path("sqlite:///a/b.db?mode=rwc"),
-            Some(PathBuf::from("/a/b.db"))
-        );
+        assert_eq!(sqlite_path("sqlite:///a/b.db?mode=rwc"), Some(PathBuf::from("/a/b.db")));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
     }
 }

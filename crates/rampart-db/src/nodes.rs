@@ -22,11 +22,7 @@ pub struct NewNode<'a> {
     pub config: &'a str,
 }
 
-pub async fn insert_node(
-    conn: &mut AnyConnection,
-    n: NewNode<'_>,
-    now: OffsetDateTime,
-) -> Result<()> {
+pub async fn insert_node(conn: &mut AnyConnection, n: NewNode<'_>, now: OffsetDateTime) -> Result<()> {
     sqlx::query(
         "INSERT INTO nodes (id, name, state, cert_sha256, cert_not_after, generation, config, joined_at, state_changed_at) \
          VALUES ($1, $2, 'joining', $3, $4, 1, $5, $6, $6)",
@@ -65,17 +61,13 @@ fn node_from_row(r: NodeRow) -> Result<Node> {
     Ok(Node {
         id: uuid_col(&r.0)?,
         name: r.1,
-        state: NodeState::parse(&r.2)
-            .ok_or_else(|| DbError::Corrupt(format!("node state {:?}", r.2)))?,
+        state: NodeState::parse(&r.2).ok_or_else(|| DbError::Corrupt(format!("node state {:?}", r.2)))?,
         certificate_expires_at: from_ms(r.3),
         generation: r.4,
         applied_generation: r.5,
         last_heartbeat: r.6.map(from_ms),
         agent_version: r.7,
-        host: r
-            .8
-            .as_deref()
-            .and_then(|h| serde_json::from_str::<HostFacts>(h).ok()),
+        host: r.8.as_deref().and_then(|h| serde_json::from_str::<HostFacts>(h).ok()),
         joined_at: from_ms(r.9),
     })
 }
@@ -95,22 +87,15 @@ pub async fn list(conn: &mut AnyConnection, after: Option<&str>, limit: u32) -> 
 }
 
 pub async fn get(conn: &mut AnyConnection, id: Uuid) -> Result<Option<Node>> {
-    let row: Option<NodeRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        node_columns!(),
-        " FROM nodes WHERE id = $1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<NodeRow> = sqlx::query_as(concat!("SELECT ", node_columns!(), " FROM nodes WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
     row.map(node_from_row).transpose()
 }
 
 /// The node a client certificate (by SHA-256 of its DER) belongs to.
-pub async fn id_by_certificate(
-    conn: &mut AnyConnection,
-    cert_sha256: &str,
-) -> Result<Option<Uuid>> {
+pub async fn id_by_certificate(conn: &mut AnyConnection, cert_sha256: &str) -> Result<Option<Uuid>> {
     let id: Option<String> = sqlx::query_scalar("SELECT id FROM nodes WHERE cert_sha256 = $1")
         .bind(cert_sha256)
         .fetch_optional(conn)
@@ -120,33 +105,27 @@ pub async fn id_by_certificate(
 
 /// Current generation and stored document of a node.
 pub async fn config(conn: &mut AnyConnection, id: Uuid) -> Result<Option<(i64, String)>> {
-    Ok(
-        sqlx::query_as("SELECT generation, config FROM nodes WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_as("SELECT generation, config FROM nodes WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?)
 }
 
 pub async fn generation(conn: &mut AnyConnection, id: Uuid) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT generation FROM nodes WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT generation FROM nodes WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// Stores a newly rendered document; bumps the generation only if it differs. Returns the
 /// generation now current.
 pub async fn publish_config(conn: &mut AnyConnection, id: Uuid, config: &str) -> Result<i64> {
-    sqlx::query(
-        "UPDATE nodes SET config = $1, generation = generation + 1 WHERE id = $2 AND config <> $1",
-    )
-    .bind(config)
-    .bind(id.to_string())
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE nodes SET config = $1, generation = generation + 1 WHERE id = $2 AND config <> $1")
+        .bind(config)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
     generation(conn, id)
         .await?
         .ok_or_else(|| DbError::Corrupt(format!("node {id} vanished")))
@@ -157,9 +136,7 @@ pub async fn all_ids(conn: &mut AnyConnection) -> Result<Vec<(Uuid, String)>> {
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, name FROM nodes ORDER BY name")
         .fetch_all(conn)
         .await?;
-    rows.into_iter()
-        .map(|(id, name)| Ok((uuid_col(&id)?, name)))
-        .collect()
+    rows.into_iter().map(|(id, name)| Ok((uuid_col(&id)?, name))).collect()
 }
 
 pub struct Status<'a> {
@@ -177,16 +154,14 @@ pub async fn record_status(
     s: Status<'_>,
     now: OffsetDateTime,
 ) -> Result<Option<(i64, NodeState)>> {
-    let before: Option<(String, i64)> =
-        sqlx::query_as("SELECT state, generation FROM nodes WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
+    let before: Option<(String, i64)> = sqlx::query_as("SELECT state, generation FROM nodes WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some((state, generation)) = before else {
         return Ok(None);
     };
-    let state = NodeState::parse(&state)
-        .ok_or_else(|| DbError::Corrupt(format!("node state {state:?}")))?;
+    let state = NodeState::parse(&state).ok_or_else(|| DbError::Corrupt(format!("node state {state:?}")))?;
     let now = to_ms(now);
     sqlx::query(
         "UPDATE nodes SET last_heartbeat = $1, applied_generation = $2, agent_version = $3, host = $4, errors = $5, \
@@ -220,17 +195,14 @@ pub async fn mark_unreachable(
     .bind(to_ms(cutoff))
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(id, name)| Ok((uuid_col(&id)?, name)))
-        .collect()
+    rows.into_iter().map(|(id, name)| Ok((uuid_col(&id)?, name))).collect()
 }
 
 pub async fn counts(conn: &mut AnyConnection) -> Result<(u64, u64)> {
-    let (ready, total): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(CASE WHEN state = 'ready' THEN 1 ELSE 0 END), 0), COUNT(*) FROM nodes",
-    )
-    .fetch_one(conn)
-    .await?;
+    let (ready, total): (i64, i64) =
+        sqlx::query_as("SELECT COALESCE(SUM(CASE WHEN state = 'ready' THEN 1 ELSE 0 END), 0), COUNT(*) FROM nodes")
+            .fetch_one(conn)
+            .await?;
     Ok((ready as u64, total as u64))
 }
 
@@ -275,39 +247,40 @@ pub async fn insert_join_token(
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct JoinTokenDbRow {
+    id: String,
+    secret_hash: String,
+    node_name: Option<String>,
+    expires_at: i64,
+    used_at: Option<i64>,
+}
+
 pub async fn join_token(conn: &mut AnyConnection, id: Uuid) -> Result<Option<JoinTokenRow>> {
-    let row: Option<(String, String, Option<String>, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT id, secret_hash, node_name, expires_at, used_at FROM join_tokens WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<JoinTokenDbRow> =
+        sqlx::query_as("SELECT id, secret_hash, node_name, expires_at, used_at FROM join_tokens WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await?;
     row.map(|r| {
         Ok(JoinTokenRow {
-            id: uuid_col(&r.0)?,
-            secret_hash: r.1,
-            node_name: r.2,
-            expires_at: from_ms(r.3),
-            used_at: r.4.map(from_ms),
+            id: uuid_col(&r.id)?,
+            secret_hash: r.secret_hash,
+            node_name: r.node_name,
+            expires_at: from_ms(r.expires_at),
+            used_at: r.used_at.map(from_ms),
         })
     })
     .transpose()
 }
 
 /// Marks a join token used; false when someone used it first.
-pub async fn consume_join_token(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    node: Uuid,
-    now: OffsetDateTime,
-) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE join_tokens SET used_at = $1, used_by_node = $2 WHERE id = $3 AND used_at IS NULL",
-    )
-    .bind(to_ms(now))
-    .bind(node.to_string())
-    .bind(id.to_string())
-    .execute(conn)
-    .await?;
+pub async fn consume_join_token(conn: &mut AnyConnection, id: Uuid, node: Uuid, now: OffsetDateTime) -> Result<bool> {
+    let r = sqlx::query("UPDATE join_tokens SET used_at = $1, used_by_node = $2 WHERE id = $3 AND used_at IS NULL")
+        .bind(to_ms(now))
+        .bind(node.to_string())
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
     Ok(r.rows_affected() == 1)
 }

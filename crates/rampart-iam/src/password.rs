@@ -14,8 +14,7 @@ pub const PARALLELISM: u32 = 1;
 pub const MAX_LENGTH: usize = 1024;
 
 fn hasher() -> Argon2<'static> {
-    let params =
-        Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("valid argon2 parameters");
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).expect("valid argon2 parameters");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -39,9 +38,7 @@ pub fn verify(password: &str, stored: &str) -> bool {
         return false;
     }
     match PasswordHash::new(stored) {
-        Ok(parsed) => hasher()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
+        Ok(parsed) => hasher().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
     }
 }
@@ -83,10 +80,7 @@ pub fn char_classes(password: &str) -> usize {
     let lower = password.chars().any(|c| c.is_lowercase());
     let digit = password.chars().any(|c| c.is_ascii_digit());
     let special = password.chars().any(|c| !c.is_alphanumeric());
-    [upper, lower, digit, special]
-        .iter()
-        .filter(|b| **b)
-        .count()
+    [upper, lower, digit, special].iter().filter(|b| **b).count()
 }
 
 impl Policy {
@@ -144,12 +138,7 @@ mod tests {
     #[test]
     fn spec_9_2_2_length_and_two_of_four_classes() {
         let p = Policy::default();
-        let rules = |pw: &str| {
-            p.check(pw, "alice")
-                .into_iter()
-                .map(|v| v.rule)
-                .collect::<Vec<_>>()
-        };
+        let rules = |pw: &str| p.check(pw, "alice").into_iter().map(|v| v.rule).collect::<Vec<_>>();
         assert_eq!(rules("short1A"), ["min_length"]);
         assert_eq!(rules("alllowercaseletters"), ["min_char_classes"]);
         assert!(rules("lowercase and spaces").is_empty());

@@ -36,10 +36,7 @@ pub fn hash_secret(secret: &str) -> String {
 
 /// Constant-time check of `secret` against its stored hash.
 pub fn verify_secret(secret: &str, stored_hash: &str) -> bool {
-    hash_secret(secret)
-        .as_bytes()
-        .ct_eq(stored_hash.as_bytes())
-        .into()
+    hash_secret(secret).as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
 /// A password a person can type: `groups` groups of 5 characters from an alphabet without

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use rampart_common::fsutil;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -33,9 +33,7 @@ pub enum CaError {
     BadCsr(String),
     #[error("not a valid certificate: {0}")]
     BadCertificate(String),
-    #[error(
-        "{path} exists but {other} does not: refusing to create a new CA over half of an old one"
-    )]
+    #[error("{path} exists but {other} does not: refusing to create a new CA over half of an old one")]
     HalfCa { path: PathBuf, other: PathBuf },
 }
 
@@ -108,21 +106,18 @@ impl CertificateAuthority {
         let key_path = Self::key_path(data_dir);
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
-                let cert_pem =
-                    std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
+                let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
                 let key_pem = std::fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
                 Ok((Self::from_pem(&cert_pem, &key_pem)?, false))
             }
             (false, false) => {
                 let ca = Self::generate(days, now)?;
-                fsutil::ensure_private_dir(key_path.parent().expect("tls dir"))
-                    .map_err(io("create", &key_path))?;
+                fsutil::ensure_private_dir(key_path.parent().expect("tls dir")).map_err(io("create", &key_path))?;
                 // Key first: a crash between the two writes leaves a key without certificate,
                 // which the next start reports instead of silently making a second CA.
                 fsutil::write_secret(&key_path, ca.issuer.key().serialize_pem().as_bytes())
                     .map_err(io("write", &key_path))?;
-                fsutil::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644)
-                    .map_err(io("write", &cert_path))?;
+                fsutil::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644).map_err(io("write", &cert_path))?;
                 tracing::info!(sha256 = %ca.sha256(), path = %cert_path.display(), "created the internal CA");
                 Ok((ca, true))
             }
@@ -144,10 +139,7 @@ impl CertificateAuthority {
         dn.push(DnType::OrganizationName, "Rampart");
         dn.push(
             DnType::CommonName,
-            format!(
-                "Rampart internal CA {}",
-                &Uuid::new_v4().simple().to_string()[..8]
-            ),
+            format!("Rampart internal CA {}", &Uuid::new_v4().simple().to_string()[..8]),
         );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -193,12 +185,7 @@ impl CertificateAuthority {
     }
 
     /// A TLS server certificate for `names` (DNS names and IP addresses).
-    pub fn issue_server(
-        &self,
-        names: &[String],
-        days: u32,
-        now: OffsetDateTime,
-    ) -> Result<IssuedCertificate, CaError> {
+    pub fn issue_server(&self, names: &[String], days: u32, now: OffsetDateTime) -> Result<IssuedCertificate, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -236,16 +223,13 @@ impl CertificateAuthority {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<(String, Vec<u8>, OffsetDateTime), CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Rampart nodes");
         dn.push(DnType::CommonName, node_id.to_string());
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            format!("{NODE_URI_PREFIX}{node_id}").try_into()?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(format!("{NODE_URI_PREFIX}{node_id}").try_into()?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(random_serial());
@@ -267,8 +251,7 @@ pub fn node_key_and_csr() -> Result<(String, String), CaError> {
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
     use x509_parser::pem::parse_x509_pem;
-    let (_, p) =
-        parse_x509_pem(pem.as_bytes()).map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    let (_, p) = parse_x509_pem(pem.as_bytes()).map_err(|e| CaError::BadCertificate(e.to_string()))?;
     Ok(p.contents)
 }
 
@@ -285,8 +268,7 @@ pub struct CertInfo {
 
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
     use x509_parser::prelude::*;
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CaError::BadCertificate(e.to_string()))?;
     let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
         .map_err(|e| CaError::BadCertificate(e.to_string()))?;
     let mut node_id = None;
@@ -301,11 +283,8 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
                 }
                 GeneralName::DNSName(d) => names.push(d.to_string()),
                 GeneralName::IPAddress(ip) => match ip.len() {
-                    4 => names
-                        .push(IpAddr::from(<[u8; 4]>::try_from(*ip).expect("4 bytes")).to_string()),
-                    16 => names.push(
-                        IpAddr::from(<[u8; 16]>::try_from(*ip).expect("16 bytes")).to_string(),
-                    ),
+                    4 => names.push(IpAddr::from(<[u8; 4]>::try_from(*ip).expect("4 bytes")).to_string()),
+                    16 => names.push(IpAddr::from(<[u8; 16]>::try_from(*ip).expect("16 bytes")).to_string()),
                     _ => {}
                 },
                 _ => {}
@@ -365,11 +344,7 @@ mod tests {
     #[test]
     fn server_certificate_names_and_lifetime() {
         let ca = CertificateAuthority::generate(3650, now()).unwrap();
-        let names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         let issued = ca.issue_server(&names, 90, now()).unwrap();
         let info = cert_info_pem(&issued.cert_pem).unwrap();
         assert_eq!(info.names, names);
@@ -401,10 +376,7 @@ mod tests {
     fn a_tampered_csr_is_refused() {
         let ca = CertificateAuthority::generate(3650, now()).unwrap();
         let (_, csr) = node_key_and_csr().unwrap();
-        assert!(
-            ca.sign_node_csr("not a csr", Uuid::new_v4(), 90, now())
-                .is_err()
-        );
+        assert!(ca.sign_node_csr("not a csr", Uuid::new_v4(), 90, now()).is_err());
         // Flip one bit of the signature (last bytes of the DER) and re-encode.
         let der = pem_der(&csr);
         let mut bad = der.clone();
@@ -414,9 +386,7 @@ mod tests {
             "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
             base64_encode(&bad)
         );
-        let err = ca
-            .sign_node_csr(&bad_pem, Uuid::new_v4(), 90, now())
-            .unwrap_err();
+        let err = ca.sign_node_csr(&bad_pem, Uuid::new_v4(), 90, now()).unwrap_err();
         assert!(matches!(err, CaError::BadCsr(_)), "{err}");
     }
 

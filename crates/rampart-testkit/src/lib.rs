@@ -116,14 +116,9 @@ impl TestCluster {
         })
         .await
         .expect("controller starts");
-        let anon =
-            Client::with_ca(&controller.url(), controller.ca_pem().as_bytes()).expect("client");
-        let bootstrap = std::fs::read_to_string(
-            data_dir
-                .path()
-                .join(rampart_controller::bootstrap::PASSWORD_FILE),
-        )
-        .expect("bootstrap password file");
+        let anon = Client::with_ca(&controller.url(), controller.ca_pem().as_bytes()).expect("client");
+        let bootstrap = std::fs::read_to_string(data_dir.path().join(rampart_controller::bootstrap::PASSWORD_FILE))
+            .expect("bootstrap password file");
         anon.change_password(&PasswordChange {
             username: "admin".into(),
             domain: None,
@@ -132,10 +127,7 @@ impl TestCluster {
         })
         .await
         .expect("first password change");
-        let (admin, _) = anon
-            .login_as("admin", ADMIN_PASSWORD)
-            .await
-            .expect("admin login");
+        let (admin, _) = anon.login_as("admin", ADMIN_PASSWORD).await.expect("admin login");
         let mut cluster = TestCluster {
             controller,
             data_dir,
@@ -219,20 +211,10 @@ impl TestCluster {
 
     /// Waits until exactly `n` nodes are ready.
     pub async fn wait_for_ready_nodes(&self, n: usize) {
-        Self::wait_for(
-            &format!("{n} ready nodes"),
-            Duration::from_secs(20),
-            || async {
-                let nodes = self.admin.nodes().await.ok()?;
-                (nodes
-                    .items
-                    .iter()
-                    .filter(|x| x.state == NodeState::Ready)
-                    .count()
-                    == n)
-                    .then_some(())
-            },
-        )
+        Self::wait_for(&format!("{n} ready nodes"), Duration::from_secs(20), || async {
+            let nodes = self.admin.nodes().await.ok()?;
+            (nodes.items.iter().filter(|x| x.state == NodeState::Ready).count() == n).then_some(())
+        })
         .await
     }
 
@@ -252,7 +234,16 @@ impl TestCluster {
     /// Stops the controller and starts it again on the same address, data directory and
     /// database, with `configure` applied to its configuration; agents keep running.
     pub async fn restart_controller(self, configure: impl FnOnce(&mut Config)) -> TestCluster {
-        let TestCluster { controller, data_dir, anon, admin, agents, db, mut config, clock } = self;
+        let TestCluster {
+            controller,
+            data_dir,
+            anon,
+            admin,
+            agents,
+            db,
+            mut config,
+            clock,
+        } = self;
         config.api.listen = controller.addrs.clone();
         configure(&mut config);
         controller.shutdown().await;
@@ -263,7 +254,16 @@ impl TestCluster {
         })
         .await
         .expect("controller restarts");
-        TestCluster { controller, data_dir, anon, admin, agents, db, config, clock }
+        TestCluster {
+            controller,
+            data_dir,
+            anon,
+            admin,
+            agents,
+            db,
+            config,
+            clock,
+        }
     }
 
     pub async fn shutdown(self) {

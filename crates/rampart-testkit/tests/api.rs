@@ -11,9 +11,18 @@ async fn cluster() -> TestCluster {
 }
 
 /// A raw request to the cluster with the admin token (or none), returning status, headers, body.
-async fn raw(c: &TestCluster, method: Method, path: &str, token: bool, body: Option<(&str, &str)>) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+async fn raw(
+    c: &TestCluster,
+    method: Method,
+    path: &str,
+    token: bool,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, http::HeaderMap, serde_json::Value) {
     let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
-    let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
     let mut req = http.request(method, format!("{}{}", c.controller.url(), path));
     if token {
         req = req.bearer_auth(c.admin.token().unwrap().expose());
@@ -25,12 +34,22 @@ async fn raw(c: &TestCluster, method: Method, path: &str, token: bool, body: Opt
     let status = resp.status();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
     (status, headers, json)
 }
 
 fn login(user: &str, password: &str) -> LoginRequest {
-    LoginRequest { username: user.into(), password: Sensitive::new(password), domain: None, project: None, totp: None }
+    LoginRequest {
+        username: user.into(),
+        password: Sensitive::new(password),
+        domain: None,
+        project: None,
+        totp: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,18 +77,35 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
     // A weak new password: 422 naming each rule, never echoing it.
     let weak = "adminadmin";
     let err = anon
-        .change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(&bootstrap), new_password: Sensitive::new(weak) })
+        .change_password(&PasswordChange {
+            username: "admin".into(),
+            domain: None,
+            current_password: Sensitive::new(&bootstrap),
+            new_password: Sensitive::new(weak),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("policy_violation"));
-    let rampart_api::ClientError::Api { body, .. } = &err else { panic!() };
-    let rules: Vec<&str> = body.error.details.as_ref().unwrap()["rules"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    let rampart_api::ClientError::Api { body, .. } = &err else {
+        panic!()
+    };
+    let rules: Vec<&str> = body.error.details.as_ref().unwrap()["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
     assert_eq!(rules, ["min_length", "min_char_classes", "not_username"]);
     assert!(!serde_json::to_string(body).unwrap().contains(weak));
 
-    anon.change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(&bootstrap), new_password: Sensitive::new("A-much-better-passphrase") })
-        .await
-        .unwrap();
+    anon.change_password(&PasswordChange {
+        username: "admin".into(),
+        domain: None,
+        current_password: Sensitive::new(&bootstrap),
+        new_password: Sensitive::new("A-much-better-passphrase"),
+    })
+    .await
+    .unwrap();
     assert!(!file.exists(), "the spent one-time password is removed");
     let err = anon.login(&login("admin", &bootstrap)).await.unwrap_err();
     assert_eq!(err.code(), Some("invalid_credentials"));
@@ -122,10 +158,19 @@ async fn spec_13_2_4_tokens_die_on_logout_and_on_password_change() {
     assert_eq!(a.nodes().await.unwrap_err().status(), Some(StatusCode::UNAUTHORIZED));
     b.nodes().await.unwrap();
     c.anon
-        .change_password(&PasswordChange { username: "admin".into(), domain: None, current_password: Sensitive::new(ADMIN_PASSWORD), new_password: Sensitive::new("Another-good-passphrase") })
+        .change_password(&PasswordChange {
+            username: "admin".into(),
+            domain: None,
+            current_password: Sensitive::new(ADMIN_PASSWORD),
+            new_password: Sensitive::new("Another-good-passphrase"),
+        })
         .await
         .unwrap();
-    assert_eq!(b.nodes().await.unwrap_err().code(), Some("unauthenticated"), "every token revoked");
+    assert_eq!(
+        b.nodes().await.unwrap_err().code(),
+        Some("unauthenticated"),
+        "every token revoked"
+    );
     c.shutdown().await;
 }
 
@@ -152,21 +197,106 @@ async fn spec_13_2_4_every_api_call_needs_a_valid_token() {
 async fn spec_9_3_1_malformed_requests_get_clear_errors() {
     let c = cluster().await;
     let json = "application/json";
-    let cases: Vec<(Method, &str, Option<(&str, &str)>, StatusCode, &str)> = vec![
-        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": 120, \"colour\": \"red\"}")), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{not json")), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, "/v1/nodes/join-tokens", Some(("text/plain", "{}")), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": \"soon\"}")), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"ttl_s\": 5}")), StatusCode::BAD_REQUEST, "validation_failed"),
-        (Method::POST, "/v1/nodes/join-tokens", Some((json, "{\"node_name\": \"Bad Name;\"}")), StatusCode::BAD_REQUEST, "validation_failed"),
-        (Method::GET, "/v1/nodes?limit=0", None, StatusCode::BAD_REQUEST, "validation_failed"),
-        (Method::GET, "/v1/nodes?limit=1001", None, StatusCode::BAD_REQUEST, "validation_failed"),
-        (Method::GET, "/v1/nodes?cursor=garbage", None, StatusCode::BAD_REQUEST, "validation_failed"),
-        (Method::GET, "/v1/nodes?sort=name", None, StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::GET, "/v1/nodes/not-a-uuid", None, StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::GET, "/v1/nodes/00000000-0000-4000-8000-000000000000", None, StatusCode::NOT_FOUND, "not_found"),
-        (Method::GET, "/v1/no-such-thing", None, StatusCode::NOT_FOUND, "not_found"),
-        (Method::PATCH, "/v1/health", None, StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
+    type Case<'a> = (Method, &'a str, Option<(&'a str, &'a str)>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some((json, "{\"ttl_s\": 120, \"colour\": \"red\"}")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some((json, "{not json")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some(("text/plain", "{}")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some((json, "{\"ttl_s\": \"soon\"}")),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some((json, "{\"ttl_s\": 5}")),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/join-tokens",
+            Some((json, "{\"node_name\": \"Bad Name;\"}")),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?limit=1001",
+            None,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?cursor=garbage",
+            None,
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes?sort=name",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes/not-a-uuid",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes/00000000-0000-4000-8000-000000000000",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/no-such-thing",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::PATCH,
+            "/v1/health",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+        ),
     ];
     for (method, path, body, status, code) in cases {
         let (got, headers, json) = raw(&c, method.clone(), path, true, body).await;
@@ -176,12 +306,26 @@ async fn spec_9_3_1_malformed_requests_get_clear_errors() {
         assert!(headers.contains_key("x-request-id"));
     }
     // A wrongly typed password is not echoed back.
-    let (status, _, json) = raw(&c, Method::POST, "/v1/auth/tokens", false, Some((json, "{\"username\":\"admin\",\"password\":98765432123}"))).await;
+    let (status, _, json) = raw(
+        &c,
+        Method::POST,
+        "/v1/auth/tokens",
+        false,
+        Some((json, "{\"username\":\"admin\",\"password\":98765432123}")),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(!json.to_string().contains("98765432123"), "{json}");
     // Too large a body.
     let big = format!("{{\"node_name\": \"{}\"}}", "a".repeat(2 << 20));
-    let (status, _, json) = raw(&c, Method::POST, "/v1/nodes/join-tokens", true, Some(("application/json", &big))).await;
+    let (status, _, json) = raw(
+        &c,
+        Method::POST,
+        "/v1/nodes/join-tokens",
+        true,
+        Some(("application/json", &big)),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
     c.shutdown().await;
 }
@@ -190,10 +334,18 @@ async fn spec_9_3_1_malformed_requests_get_clear_errors() {
 async fn spec_13_4_1_every_response_has_our_own_request_id() {
     let c = cluster().await;
     let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
-    let http = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
     let mut seen = std::collections::HashSet::new();
     for path in ["/v1/health", "/v1/nodes", "/v1/nope"] {
-        let resp = http.get(format!("{}{}", c.controller.url(), path)).header("x-request-id", "forged\"id").send().await.unwrap();
+        let resp = http
+            .get(format!("{}{}", c.controller.url(), path))
+            .header("x-request-id", "forged\"id")
+            .send()
+            .await
+            .unwrap();
         let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
         assert_ne!(id, "forged\"id");
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
@@ -205,13 +357,26 @@ async fn spec_13_4_1_every_response_has_our_own_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_9_3_4_security_headers_on_every_response() {
     let c = cluster().await;
-    for (path, token) in [("/v1/health", false), ("/v1/nodes", true), ("/v1/nodes", false), ("/v1/x", false)] {
+    for (path, token) in [
+        ("/v1/health", false),
+        ("/v1/nodes", true),
+        ("/v1/nodes", false),
+        ("/v1/x", false),
+    ] {
         let (_, headers, _) = raw(&c, Method::GET, path, token, None).await;
-        assert_eq!(headers["strict-transport-security"], "max-age=31536000; includeSubDomains", "{path}");
+        assert_eq!(
+            headers["strict-transport-security"], "max-age=31536000; includeSubDomains",
+            "{path}"
+        );
         assert_eq!(headers["cache-control"], "no-store");
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert_eq!(headers["x-frame-options"], "DENY");
-        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
     }
     c.shutdown().await;
 }
@@ -247,7 +412,10 @@ async fn lists_page_with_limit_and_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_requires_a_client_certificate() {
     let c = cluster().await;
-    for (method, path) in [(Method::GET, "/agent/v1/config?after=0"), (Method::PUT, "/agent/v1/status")] {
+    for (method, path) in [
+        (Method::GET, "/agent/v1/config?after=0"),
+        (Method::PUT, "/agent/v1/status"),
+    ] {
         let body = (method == Method::PUT).then_some(("application/json", "{}"));
         let (status, _, json) = raw(&c, method, path, true, body).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
@@ -263,17 +431,36 @@ async fn only_system_admins_manage_nodes() {
     // (the identity API comes with its own capability).
     let state = &c.controller.state;
     let mut conn = state.db.conn().await.unwrap();
-    let domain = rampart_db::identity::find_domain(&mut conn, "default").await.unwrap().unwrap();
+    let domain = rampart_db::identity::find_domain(&mut conn, "default")
+        .await
+        .unwrap()
+        .unwrap();
     let hash = rampart_iam::password::hash("Member-passphrase-1").unwrap();
     let user = rampart_db::identity::insert_user(
         &mut conn,
-        rampart_db::identity::NewUser { domain_id: domain.id, name: "alice", password_hash: Some(&hash), password_change_required: false },
+        rampart_db::identity::NewUser {
+            domain_id: domain.id,
+            name: "alice",
+            password_hash: Some(&hash),
+            password_change_required: false,
+        },
         time::OffsetDateTime::now_utc(),
     )
     .await
     .unwrap();
-    let project = rampart_db::identity::find_project(&mut conn, domain.id, "admin").await.unwrap().unwrap();
-    rampart_db::identity::assign_role(&mut conn, user.id, "member", rampart_db::identity::Scope::Project(project.id), time::OffsetDateTime::now_utc()).await.unwrap();
+    let project = rampart_db::identity::find_project(&mut conn, domain.id, "admin")
+        .await
+        .unwrap()
+        .unwrap();
+    rampart_db::identity::assign_role(
+        &mut conn,
+        user.id,
+        "member",
+        rampart_db::identity::Scope::Project(project.id),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     drop(conn);
     let (alice, token) = c.anon.login_as("alice", "Member-passphrase-1").await.unwrap();
     assert!(token.roles.is_empty(), "unscoped token: no project roles");
@@ -281,8 +468,18 @@ async fn only_system_admins_manage_nodes() {
     scoped.project = Some("admin".into());
     assert_eq!(c.anon.login(&scoped).await.unwrap().roles, ["member"]);
     scoped.project = Some("other".into());
-    assert_eq!(c.anon.login(&scoped).await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(
+        c.anon.login(&scoped).await.unwrap_err().status(),
+        Some(StatusCode::FORBIDDEN)
+    );
     assert_eq!(alice.nodes().await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
-    assert_eq!(alice.create_join_token(&JoinTokenCreate::default()).await.unwrap_err().status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(
+        alice
+            .create_join_token(&JoinTokenCreate::default())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(StatusCode::FORBIDDEN)
+    );
     c.shutdown().await;
 }

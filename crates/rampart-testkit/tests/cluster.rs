@@ -9,7 +9,12 @@ use rampart_common::Sensitive;
 use rampart_testkit::{Backend, ClusterOptions, TestCluster, backends};
 
 async fn cluster(backend: Backend, agents: usize) -> TestCluster {
-    TestCluster::start(ClusterOptions { agents, backend, ..Default::default() }).await
+    TestCluster::start(ClusterOptions {
+        agents,
+        backend,
+        ..Default::default()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,14 +26,22 @@ async fn spec_12_3_1_agents_join_over_mtls_and_become_ready() {
         let names: Vec<_> = nodes.items.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["node-0", "node-1", "node-2"], "{backend:?}");
         for n in &nodes.items {
-            assert_eq!(n.host.as_ref().unwrap().hostname, n.name, "facts come from each node's own host");
+            assert_eq!(
+                n.host.as_ref().unwrap().hostname,
+                n.name,
+                "facts come from each node's own host"
+            );
             assert!(n.last_heartbeat.is_some());
             assert!(n.certificate_expires_at > time::OffsetDateTime::now_utc() + time::Duration::days(80));
         }
         // Every agent has applied its desired state.
         TestCluster::wait_for("generations applied", Duration::from_secs(10), || async {
             let nodes = c.admin.nodes().await.ok()?;
-            nodes.items.iter().all(|n| n.applied_generation == n.generation).then_some(())
+            nodes
+                .items
+                .iter()
+                .all(|n| n.applied_generation == n.generation)
+                .then_some(())
         })
         .await;
         let health = c.anon.health().await.unwrap();
@@ -47,14 +60,22 @@ async fn node_turns_unreachable_without_heartbeats_and_ready_when_back() {
         let dir = agent.stop().await;
         let stopped = std::time::Instant::now();
         // heartbeat_timeout_s = 3 plus one reconciler tick.
-        c.wait_for_node_state(&name, NodeState::Unreachable, Duration::from_secs(6)).await;
+        c.wait_for_node_state(&name, NodeState::Unreachable, Duration::from_secs(6))
+            .await;
         let took = stopped.elapsed();
-        assert!(took >= Duration::from_secs(1), "not before a heartbeat was due ({took:?})");
+        assert!(
+            took >= Duration::from_secs(1),
+            "not before a heartbeat was due ({took:?})"
+        );
         let nodes = c.admin.nodes().await.unwrap();
         assert_eq!(c.anon.health().await.unwrap().nodes.ready, 1, "{nodes:#?}");
         // Restarted from its state directory, with no token: it is still the same node.
-        let back = c.start_agent(&name, dir, None).await.expect("restart from saved identity");
-        c.wait_for_node_state(&name, NodeState::Ready, Duration::from_secs(5)).await;
+        let back = c
+            .start_agent(&name, dir, None)
+            .await
+            .expect("restart from saved identity");
+        c.wait_for_node_state(&name, NodeState::Ready, Duration::from_secs(5))
+            .await;
         assert_eq!(c.admin.nodes().await.unwrap().items.len(), 2, "no second node row");
         c.agents.push(back);
         c.shutdown().await;
@@ -65,8 +86,13 @@ async fn node_turns_unreachable_without_heartbeats_and_ready_when_back() {
 async fn join_token_is_one_time() {
     let mut c = cluster(Backend::Sqlite, 0).await;
     let token = c.admin.create_join_token(&JoinTokenCreate::default()).await.unwrap();
-    let first = c.start_agent("first", tempfile::tempdir().unwrap(), Some(token.token.clone())).await.unwrap();
-    let again = c.start_agent("second", tempfile::tempdir().unwrap(), Some(token.token.clone())).await;
+    let first = c
+        .start_agent("first", tempfile::tempdir().unwrap(), Some(token.token.clone()))
+        .await
+        .unwrap();
+    let again = c
+        .start_agent("second", tempfile::tempdir().unwrap(), Some(token.token.clone()))
+        .await;
     assert!(matches!(again, Err(AgentError::TokenRefused)), "{:?}", again.err());
     let nodes = c.admin.nodes().await.unwrap();
     assert_eq!(nodes.items.len(), 1);
@@ -78,11 +104,25 @@ async fn join_token_is_one_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_token_bound_to_a_name_only_admits_that_name() {
     let c = cluster(Backend::Sqlite, 0).await;
-    let token = c.admin.create_join_token(&JoinTokenCreate { node_name: Some("web-1".into()), ttl_s: None }).await.unwrap();
-    let err = c.start_agent("web-2", tempfile::tempdir().unwrap(), Some(token.token.clone())).await.err().unwrap();
+    let token = c
+        .admin
+        .create_join_token(&JoinTokenCreate {
+            node_name: Some("web-1".into()),
+            ttl_s: None,
+        })
+        .await
+        .unwrap();
+    let err = c
+        .start_agent("web-2", tempfile::tempdir().unwrap(), Some(token.token.clone()))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("web-1"), "{err}");
     // The refusal consumed nothing: the right node can still use it.
-    let ok = c.start_agent("web-1", tempfile::tempdir().unwrap(), Some(token.token)).await.unwrap();
+    let ok = c
+        .start_agent("web-1", tempfile::tempdir().unwrap(), Some(token.token))
+        .await
+        .unwrap();
     ok.stop().await;
     c.shutdown().await;
 }
@@ -90,10 +130,25 @@ async fn join_token_bound_to_a_name_only_admits_that_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_join_token_is_refused() {
     let clock = std::sync::Arc::new(rampart_common::time::ManualClock::new(time::OffsetDateTime::now_utc()));
-    let c = TestCluster::start(ClusterOptions { clock: Some(clock.clone()), ..Default::default() }).await;
-    let token = c.admin.create_join_token(&JoinTokenCreate { node_name: None, ttl_s: Some(60) }).await.unwrap();
+    let c = TestCluster::start(ClusterOptions {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    })
+    .await;
+    let token = c
+        .admin
+        .create_join_token(&JoinTokenCreate {
+            node_name: None,
+            ttl_s: Some(60),
+        })
+        .await
+        .unwrap();
     clock.advance(time::Duration::seconds(61));
-    let err = c.start_agent("late", tempfile::tempdir().unwrap(), Some(token.token)).await.err().unwrap();
+    let err = c
+        .start_agent("late", tempfile::tempdir().unwrap(), Some(token.token))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, AgentError::TokenRefused), "{err}");
     assert!(c.admin.nodes().await.unwrap().items.is_empty());
     c.shutdown().await;
@@ -106,19 +161,42 @@ async fn spec_12_3_1_token_pinning_another_ca_never_sends_the_secret() {
     let parts = JoinTokenParts::parse(real.token.expose()).unwrap();
     // Same id and secret, another CA pin: the agent must stop before sending anything.
     let forged = JoinTokenParts::format(parts.id, &parts.secret, &"0".repeat(64));
-    let err = c.start_agent("mitm", tempfile::tempdir().unwrap(), Some(Sensitive::new(forged))).await.err().unwrap();
+    let err = c
+        .start_agent("mitm", tempfile::tempdir().unwrap(), Some(Sensitive::new(forged)))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, AgentError::CaMismatch), "{err}");
     // The real token is untouched and still works.
-    let ok = c.start_agent("real", tempfile::tempdir().unwrap(), Some(real.token)).await.unwrap();
+    let ok = c
+        .start_agent("real", tempfile::tempdir().unwrap(), Some(real.token))
+        .await
+        .unwrap();
     ok.stop().await;
     // Garbage and unknown tokens.
-    let err = c.start_agent("x", tempfile::tempdir().unwrap(), Some(Sensitive::new("nonsense"))).await.err().unwrap();
+    let err = c
+        .start_agent("x", tempfile::tempdir().unwrap(), Some(Sensitive::new("nonsense")))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, AgentError::MalformedToken), "{err}");
     let unknown = JoinTokenParts::format(uuid::Uuid::new_v4(), &parts.secret, &parts.ca_sha256);
-    let err = c.start_agent("y", tempfile::tempdir().unwrap(), Some(Sensitive::new(unknown))).await.err().unwrap();
+    let err = c
+        .start_agent("y", tempfile::tempdir().unwrap(), Some(Sensitive::new(unknown)))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, AgentError::TokenRefused), "{err}");
-    let wrong_secret = JoinTokenParts::format(parts.id, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &parts.ca_sha256);
-    let err = c.start_agent("z", tempfile::tempdir().unwrap(), Some(Sensitive::new(wrong_secret))).await.err().unwrap();
+    let wrong_secret = JoinTokenParts::format(
+        parts.id,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        &parts.ca_sha256,
+    );
+    let err = c
+        .start_agent("z", tempfile::tempdir().unwrap(), Some(Sensitive::new(wrong_secret)))
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, AgentError::TokenRefused), "{err}");
     assert_eq!(c.admin.nodes().await.unwrap().items.len(), 1);
     c.shutdown().await;
@@ -130,9 +208,15 @@ async fn removed_node_is_refused_at_once_and_its_agent_stops() {
     c.wait_for_ready_nodes(1).await;
     let agent = c.agents.remove(0);
     let id = agent.node_id;
-    let resp = c.admin.send::<()>(http::Method::DELETE, &format!("/v1/nodes/{id}"), None).await.unwrap();
+    let resp = c
+        .admin
+        .send::<()>(http::Method::DELETE, &format!("/v1/nodes/{id}"), None)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 204);
-    let result = tokio::time::timeout(Duration::from_secs(10), agent.join_result()).await.expect("agent stops");
+    let result = tokio::time::timeout(Duration::from_secs(10), agent.join_result())
+        .await
+        .expect("agent stops");
     assert!(matches!(result, Err(AgentError::Removed(_))), "{result:?}");
     assert!(c.admin.nodes().await.unwrap().items.is_empty());
     c.shutdown().await;
@@ -148,7 +232,10 @@ async fn new_generation_reaches_the_agent_without_waiting_for_the_poll_timeout()
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
         doc["generation"].as_i64().unwrap()
     };
-    TestCluster::wait_for("first generation applied", Duration::from_secs(5), || async { (read_gen() == 1).then_some(()) }).await;
+    TestCluster::wait_for("first generation applied", Duration::from_secs(5), || async {
+        (read_gen() == 1).then_some(())
+    })
+    .await;
     // Let the agent settle into a long poll, then publish a changed document.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let state = &c.controller.state;
@@ -157,13 +244,21 @@ async fn new_generation_reaches_the_agent_without_waiting_for_the_poll_timeout()
         r#"{{"node_id":"{}","node_name":"node-0","generation":0,"heartbeat_interval_s":2}}"#,
         agent.node_id
     );
-    let generation = rampart_db::nodes::publish_config(&mut conn, agent.node_id, &doc).await.unwrap();
+    let generation = rampart_db::nodes::publish_config(&mut conn, agent.node_id, &doc)
+        .await
+        .unwrap();
     drop(conn);
     assert_eq!(generation, 2);
     let published = std::time::Instant::now();
     state.notify_node_changes();
-    TestCluster::wait_for("generation 2 in the ledger", Duration::from_secs(3), || async { (read_gen() == 2).then_some(()) }).await;
-    assert!(published.elapsed() < Duration::from_secs(3), "long poll woke on the change (timeout is 5 s)");
+    TestCluster::wait_for("generation 2 in the ledger", Duration::from_secs(3), || async {
+        (read_gen() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        published.elapsed() < Duration::from_secs(3),
+        "long poll woke on the change (timeout is 5 s)"
+    );
     c.shutdown().await;
 }
 
@@ -175,7 +270,9 @@ async fn agents_ride_out_a_controller_restart_and_pick_up_changed_settings() {
         let before = c.admin.nodes().await.unwrap();
         // A restart with another heartbeat interval: every node's document changes, so every
         // generation moves by one and the agents apply it without joining again.
-        let c = c.restart_controller(|config| config.nodes.heartbeat_interval_s = 2).await;
+        let c = c
+            .restart_controller(|config| config.nodes.heartbeat_interval_s = 2)
+            .await;
         TestCluster::wait_for("new generation applied everywhere", Duration::from_secs(15), || async {
             let nodes = c.admin.nodes().await.ok()?;
             nodes

@@ -58,7 +58,9 @@ async fn spec_9_3_2_tls_1_2_and_1_3_negotiate_only_aead_suites() {
     let c = TestCluster::start(ClusterOptions::default()).await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(certs_from_pem(c.controller.ca_pem().as_bytes()).unwrap().remove(0)).unwrap();
+        roots
+            .add(certs_from_pem(c.controller.ca_pem().as_bytes()).unwrap().remove(0))
+            .unwrap();
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])
             .unwrap()
@@ -66,7 +68,10 @@ async fn spec_9_3_2_tls_1_2_and_1_3_negotiate_only_aead_suites() {
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(c.controller.addrs[0]).await.unwrap();
-        let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.expect("handshake");
+        let tls = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .expect("handshake");
         let (_, conn) = tls.get_ref();
         let suite = format!("{:?}", conn.negotiated_cipher_suite().unwrap().suite());
         assert!(suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"), "{suite}");
@@ -79,7 +84,9 @@ async fn spec_9_3_2_tls_1_2_and_1_3_negotiate_only_aead_suites() {
 async fn spec_9_3_4_plain_http_gets_no_http_answer() {
     let c = TestCluster::start(ClusterOptions::default()).await;
     let mut s = TcpStream::connect(c.controller.addrs[0]).await.unwrap();
-    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_some(&mut s).await;
     assert!(!reply.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&reply));
     c.shutdown().await;
@@ -87,20 +94,37 @@ async fn spec_9_3_4_plain_http_gets_no_http_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_3_1_agent_certificate_from_another_ca_is_refused() {
-    let c = TestCluster::start(ClusterOptions { agents: 1, ..Default::default() }).await;
+    let c = TestCluster::start(ClusterOptions {
+        agents: 1,
+        ..Default::default()
+    })
+    .await;
     c.wait_for_ready_nodes(1).await;
     let node_id = c.agents[0].node_id;
     // An attacker's CA signs a certificate naming the real node.
     let evil = rampart_kms::CertificateAuthority::generate(30, time::OffsetDateTime::now_utc()).unwrap();
     let (key_pem, csr) = rampart_kms::ca::node_key_and_csr().unwrap();
-    let (cert_pem, _, _) = evil.sign_node_csr(&csr, node_id, 30, time::OffsetDateTime::now_utc()).unwrap();
-    let identity = (certs_from_pem(cert_pem.as_bytes()).unwrap(), key_from_pem(key_pem.as_bytes()).unwrap());
+    let (cert_pem, _, _) = evil
+        .sign_node_csr(&csr, node_id, 30, time::OffsetDateTime::now_utc())
+        .unwrap();
+    let identity = (
+        certs_from_pem(cert_pem.as_bytes()).unwrap(),
+        key_from_pem(key_pem.as_bytes()).unwrap(),
+    );
     let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), Some(identity)).unwrap();
     let client = Client::new(&c.controller.url(), tls).unwrap();
     let before = c.admin.nodes().await.unwrap().items[0].last_heartbeat;
-    let status = AgentStatus { applied_generation: 99, agent_version: "evil".into(), host: HostFacts::default(), errors: vec![] };
+    let status = AgentStatus {
+        applied_generation: 99,
+        agent_version: "evil".into(),
+        host: HostFacts::default(),
+        errors: vec![],
+    };
     let err = client.agent_status(&status).await.unwrap_err();
-    assert!(matches!(err, rampart_api::ClientError::Transport { .. }), "refused in the handshake: {err:?}");
+    assert!(
+        matches!(err, rampart_api::ClientError::Transport { .. }),
+        "refused in the handshake: {err:?}"
+    );
     let node = c.admin.nodes().await.unwrap().items.remove(0);
     assert_ne!(node.agent_version.as_deref(), Some("evil"));
     assert_ne!(node.applied_generation, 99);

@@ -27,12 +27,7 @@ pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
 }
 
 /// Installs the subscriber; keep the guard alive until exit so the file writer flushes.
-pub fn init(
-    level: &str,
-    dir: Option<&Path>,
-    to_stderr: bool,
-    max_files: usize,
-) -> anyhow::Result<Option<WorkerGuard>> {
+pub fn init(level: &str, dir: Option<&Path>, to_stderr: bool, max_files: usize) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = filter(level)?;
     let stderr_layer = to_stderr.then(|| {
         tracing_subscriber::fmt::layer()
@@ -47,9 +42,8 @@ pub fn init(
     });
     let (file_layer, guard) = match dir {
         Some(dir) => {
-            rampart_common::fsutil::ensure_private_dir(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display())
-            })?;
+            rampart_common::fsutil::ensure_private_dir(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create the log directory {}: {e}", dir.display()))?;
             let appender = Builder::new()
                 .rotation(Rotation::DAILY)
                 .filename_prefix("rampart")

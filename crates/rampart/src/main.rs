@@ -133,10 +133,7 @@ fn main() -> ExitCode {
                 } else {
                     rampart_controller::routes::public_openapi()
                 };
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&doc).expect("OpenAPI serialises")
-                );
+                println!("{}", serde_json::to_string_pretty(&doc).expect("OpenAPI serialises"));
                 Ok(())
             }
         }
@@ -185,8 +182,7 @@ fn load_config(args: &ControllerArgs) -> Result<(Config, PathBuf), ConfigProblem
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -214,14 +210,7 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     let stop_agent = CancellationToken::new();
     let mut agent_task = None;
     if with_agent && agent_config.enabled {
-        match start_local_agent(
-            &controller,
-            &data_dir,
-            &agent_config.name,
-            stop_agent.clone(),
-        )
-        .await
-        {
+        match start_local_agent(&controller, &data_dir, &agent_config.name, stop_agent.clone()).await {
             Ok(task) => agent_task = Some(task),
             Err(e) => {
                 controller.shutdown().await;
@@ -275,9 +264,7 @@ async fn start_local_agent(
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
-    let handle = agent
-        .spawn(stop)
-        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    let handle = agent.spawn(stop).map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
     Ok(tokio::spawn(async move {
         if let Ok(Err(e)) = handle.await {
             tracing::error!(error = %ErrorChain(&e), "local agent stopped");
@@ -290,11 +277,7 @@ fn print_banner(url: &str, data_dir: &Path, with_agent: bool) {
     eprintln!(
         "\nRampart {} is up{}.",
         rampart_common::VERSION,
-        if with_agent {
-            " with a local agent"
-        } else {
-            ""
-        }
+        if with_agent { " with a local agent" } else { "" }
     );
     eprintln!("  API         {url}");
     eprintln!("  CA          {}", data_dir.join("ca.pem").display());
@@ -315,10 +298,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     logging::filter(&args.log_level)
         .map_err(ConfigProblem)
         .map_err(Failure::Config)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| default_dir("rampart-agent"));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| default_dir("rampart-agent"));
     let _guard = logging::init(&args.log_level, Some(&data_dir.join("logs")), true, 14)?;
     let join_token = match (&args.join, &args.join_file) {
         (Some(t), _) => Some(Sensitive::new(t.trim())),

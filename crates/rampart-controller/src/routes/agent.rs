@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use rampart_api::NodeState;
-use rampart_api::agent::{
-    AgentStatus, JoinRequest, JoinResponse, JoinTokenParts, NodeConfig, StatusAck,
-};
+use rampart_api::agent::{AgentStatus, JoinRequest, JoinResponse, JoinTokenParts, NodeConfig, StatusAck};
 use rampart_common::error::ErrorBody;
 use rampart_common::{Error, names};
 use rampart_db::nodes;
@@ -68,23 +66,18 @@ pub async fn join(
     if row.expires_at <= now {
         return Err(refuse("token expired", Some(parts.id)));
     }
-    if let Some(bound) = &row.node_name {
-        if bound != &req.name {
-            return Err(Error::field(
-                "name",
-                format!("this join token is for the node named {bound:?}"),
-            ));
-        }
+    if let Some(bound) = &row.node_name
+        && bound != &req.name
+    {
+        return Err(Error::field(
+            "name",
+            format!("this join token is for the node named {bound:?}"),
+        ));
     }
     let node_id = Uuid::new_v4();
     let (cert_pem, cert_der, not_after) = state
         .ca
-        .sign_node_csr(
-            &req.csr,
-            node_id,
-            state.config.nodes.agent_certificate_days,
-            now,
-        )
+        .sign_node_csr(&req.csr, node_id, state.config.nodes.agent_certificate_days, now)
         .map_err(|e| Error::field("csr", e.to_string()))?;
     if !nodes::consume_join_token(&mut tx, row.id, node_id, now).await? {
         return Err(refuse("token used concurrently", Some(parts.id)));
@@ -124,15 +117,8 @@ pub struct NodeIdentity(pub Uuid);
 impl FromRequestParts<AppState> for NodeIdentity {
     type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Some(der) = parts
-            .extensions
-            .get::<ConnInfo>()
-            .and_then(|c| c.client_cert.clone())
-        else {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(der) = parts.extensions.get::<ConnInfo>().and_then(|c| c.client_cert.clone()) else {
             return Err(Error::Unauthorized {
                 code: "client_certificate_required",
                 message: "the agent API needs the node's client certificate (mutual TLS)".into(),
@@ -140,11 +126,9 @@ impl FromRequestParts<AppState> for NodeIdentity {
         };
         // rustls has verified the chain to our CA; now the certificate must still be the one
         // on record for the node it names (a removed node's certificate is refused at once).
-        let unknown = || {
-            Error::Unauthorized {
+        let unknown = || Error::Unauthorized {
             code: "unknown_node_certificate",
             message: "this certificate belongs to no current node; the node was removed or replaced, join again".into(),
-        }
         };
         let info = cert_info(&der).map_err(|_| unknown())?;
         let claimed = info.node_id.ok_or_else(unknown)?;
@@ -178,8 +162,7 @@ pub async fn config(
     ApiQuery(q): ApiQuery<ConfigQuery>,
 ) -> Result<Response, Error> {
     let after = q.after.unwrap_or(0);
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(state.config.nodes.long_poll_timeout_s);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.nodes.long_poll_timeout_s);
     let mut changes = state.node_changes.subscribe();
     loop {
         changes.mark_unchanged();
@@ -194,8 +177,8 @@ pub async fn config(
             });
         };
         if generation > after {
-            let mut doc: NodeConfig = serde_json::from_str(&json)
-                .map_err(|e| Error::internal("reading a node document", e))?;
+            let mut doc: NodeConfig =
+                serde_json::from_str(&json).map_err(|e| Error::internal("reading a node document", e))?;
             doc.generation = generation;
             return Ok(axum::Json(doc).into_response());
         }
@@ -222,15 +205,10 @@ pub async fn status(
     ApiJson(s): ApiJson<AgentStatus>,
 ) -> Result<axum::Json<StatusAck>, Error> {
     if s.errors.len() > 100 || s.errors.iter().any(|e| e.len() > 4096) {
-        return Err(Error::field(
-            "errors",
-            "at most 100 errors of at most 4096 bytes each",
-        ));
+        return Err(Error::field("errors", "at most 100 errors of at most 4096 bytes each"));
     }
-    let host =
-        serde_json::to_string(&s.host).map_err(|e| Error::internal("encoding host facts", e))?;
-    let errors =
-        serde_json::to_string(&s.errors).map_err(|e| Error::internal("encoding errors", e))?;
+    let host = serde_json::to_string(&s.host).map_err(|e| Error::internal("encoding host facts", e))?;
+    let errors = serde_json::to_string(&s.errors).map_err(|e| Error::internal("encoding errors", e))?;
     let mut conn = state.db.conn().await?;
     let status = nodes::Status {
         applied_generation: s.applied_generation,
@@ -238,9 +216,7 @@ pub async fn status(
         host_json: &host,
         errors_json: &errors,
     };
-    let Some((generation, before)) =
-        nodes::record_status(&mut conn, node, status, state.now()).await?
-    else {
+    let Some((generation, before)) = nodes::record_status(&mut conn, node, status, state.now()).await? else {
         return Err(Error::Unauthorized {
             code: "unknown_node_certificate",
             message: "this node was removed".into(),

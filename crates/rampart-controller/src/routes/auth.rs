@@ -2,9 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rampart_api::{
-    LoginRequest, PasswordChange, ProjectRef, TokenInfo, TokenResponse, TokenScope, UserRef,
-};
+use rampart_api::{LoginRequest, PasswordChange, ProjectRef, TokenInfo, TokenResponse, TokenScope, UserRef};
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
 use rampart_db::identity::{self, NewToken, User};
@@ -64,14 +62,7 @@ pub async fn login(
     Conn(conn_info): Conn,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<(StatusCode, axum::Json<TokenResponse>), Error> {
-    let Some(user) = check_password(
-        &state,
-        &req.username,
-        req.domain.as_deref(),
-        req.password.expose(),
-    )
-    .await?
-    else {
+    let Some(user) = check_password(&state, &req.username, req.domain.as_deref(), req.password.expose()).await? else {
         tracing::info!(username = %req.username, "login failed");
         return Err(Error::InvalidCredentials);
     };
@@ -96,17 +87,9 @@ pub async fn login(
             Some(p.ok_or_else(|| Error::forbidden("no role on that project, or no such project"))?)
         }
     };
-    let roles = effective_roles(
-        &mut tx,
-        user.id,
-        user.domain_id,
-        project.as_ref().map(|p| p.id),
-    )
-    .await?;
+    let roles = effective_roles(&mut tx, user.id, user.domain_id, project.as_ref().map(|p| p.id)).await?;
     if project.is_some() && roles.project.is_empty() {
-        return Err(Error::forbidden(
-            "no role on that project, or no such project",
-        ));
+        return Err(Error::forbidden("no role on that project, or no such project"));
     }
     let token = secrets::new_api_token();
     let expires_at = now + time::Duration::seconds(policy.token_expiration_s as i64);
@@ -136,10 +119,7 @@ pub async fn login(
                 name: user.name,
                 domain: domain.name,
             },
-            project: project.map(|p| ProjectRef {
-                id: p.id,
-                name: p.name,
-            }),
+            project: project.map(|p| ProjectRef { id: p.id, name: p.name }),
             roles: roles.all,
             scope: TokenScope::Full,
             password_expires_at: None,
@@ -228,10 +208,7 @@ pub async fn current_token(principal: Principal) -> axum::Json<TokenInfo> {
 /// Log out: the token is dead everywhere at once.
 #[utoipa::path(delete, path = "/v1/auth/tokens/current", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "Token revoked"), (status = 401, body = ErrorBody)))]
-pub async fn logout(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<StatusCode, Error> {
+pub async fn logout(State(state): State<AppState>, principal: Principal) -> Result<StatusCode, Error> {
     let mut conn = state.db.conn().await?;
     identity::revoke_token(&mut conn, principal.token_id, state.now()).await?;
     tracing::info!(user = %principal.user.name, "logout");

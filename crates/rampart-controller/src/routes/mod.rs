@@ -44,10 +44,7 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut OpenApiDoc) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
@@ -105,12 +102,9 @@ pub fn router(state: AppState) -> axum::Router {
     let public = public
         .route(
             "/v1/openapi.json",
-            axum::routing::get(move || async move {
-                (
-                    [(::http::header::CONTENT_TYPE, "application/json")],
-                    public_json,
-                )
-            }),
+            axum::routing::get(
+                move || async move { ([(::http::header::CONTENT_TYPE, "application/json")], public_json) },
+            ),
         )
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             timeout(req, next, request_timeout)
@@ -128,7 +122,5 @@ pub fn router(state: AppState) -> axum::Router {
 async fn timeout(req: Request, next: Next, limit: Duration) -> Result<Response, Error> {
     tokio::time::timeout(limit, next.run(req))
         .await
-        .map_err(|_| {
-            Error::Unavailable("the request took longer than api.request_timeout_s".into())
-        })
+        .map_err(|_| Error::Unavailable("the request took longer than api.request_timeout_s".into()))
 }

@@ -35,7 +35,7 @@ pub async fn list_nodes(
 
 /// One node.
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_node(
     State(state): State<AppState>,
     principal: Principal,
@@ -52,7 +52,7 @@ pub async fn get_node(
 /// Remove a node. Its certificate is refused from the next request on; the agent must join
 /// again with a new token.
 #[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Node removed"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_node(
     State(state): State<AppState>,
     principal: Principal,
@@ -71,7 +71,7 @@ pub async fn delete_node(
 
 /// Issue a one-time join token for `rampart agent --join`.
 #[utoipa::path(post, path = "/v1/nodes/join-tokens", tag = "nodes", request_body = JoinTokenCreate, security(("bearer" = [])),
-    responses((status = 201, body = JoinToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = JoinToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_join_token(
     State(state): State<AppState>,
     principal: Principal,
@@ -96,10 +96,7 @@ pub async fn issue_join_token(
     }
     let ttl = ttl_s.unwrap_or(state.config.nodes.join_token_ttl_s);
     if !(60..=604_800).contains(&ttl) {
-        return Err(Error::field(
-            "ttl_s",
-            "ttl_s must be between 60 and 604800 seconds",
-        ));
+        return Err(Error::field("ttl_s", "ttl_s must be between 60 and 604800 seconds"));
     }
     let id = Uuid::new_v4();
     let secret = secrets::random_secret();

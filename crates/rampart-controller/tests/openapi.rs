@@ -1,0 +1,81 @@
+//! The OpenAPI documents are generated from the routes; the checked-in copies under
+//! `openapi/` are what clients build against, so any drift fails here.
+//! Regenerate with: `UPDATE_OPENAPI=1 cargo test -p rampart-controller --test openapi`.
+
+use std::path::PathBuf;
+
+use rampart_controller::routes::{agent_openapi, public_openapi};
+
+fn check(doc: utoipa::openapi::OpenApi, file: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(file);
+    let generated = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var("UPDATE_OPENAPI").as_deref() == Ok("1") {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "{file} differs from the API the code serves; if the change is intended, run \
+         `UPDATE_OPENAPI=1 cargo test -p rampart-controller --test openapi` and commit the file"
+    );
+}
+
+#[test]
+fn openapi_documents_match_the_checked_in_files() {
+    check(public_openapi(), "openapi/rampart-v1.json");
+    check(agent_openapi(), "openapi/rampart-agent-v1.json");
+}
+
+#[test]
+fn the_contract_paths_of_api_md_are_served() {
+    let doc = public_openapi();
+    let paths: Vec<&String> = doc.paths.paths.keys().collect();
+    for p in [
+        "/v1/health",
+        "/v1/auth/tokens",
+        "/v1/auth/password",
+        "/v1/auth/tokens/current",
+        "/v1/nodes",
+        "/v1/nodes/join-tokens",
+    ] {
+        assert!(paths.iter().any(|x| x.as_str() == p), "{p} missing from {paths:?}");
+    }
+    let agent = agent_openapi();
+    for p in ["/agent/v1/join", "/agent/v1/config", "/agent/v1/status"] {
+        assert!(agent.paths.paths.contains_key(p), "{p}");
+    }
+}
+
+#[test]
+fn every_authenticated_operation_declares_the_bearer_scheme_and_a_401() {
+    let doc = public_openapi();
+    let open = [
+        "/v1/health",
+        "/v1/ca/certificate",
+        "/v1/auth/tokens",
+        "/v1/auth/password",
+    ];
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [
+            ("get", &item.get),
+            ("post", &item.post),
+            ("put", &item.put),
+            ("patch", &item.patch),
+            ("delete", &item.delete),
+        ] {
+            let Some(op) = op else { continue };
+            if open.contains(&path.as_str()) && !(path == "/v1/auth/tokens" && method != "post") {
+                continue;
+            }
+            assert!(
+                op.security.as_ref().is_some_and(|s| !s.is_empty()),
+                "{method} {path} has no security requirement"
+            );
+            assert!(
+                op.responses.responses.contains_key("401"),
+                "{method} {path} documents no 401"
+            );
+        }
+    }
+}
