@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -21,7 +21,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the controller keeps its state (database, CA, logs). `--data-dir` overrides it.
@@ -34,7 +34,7 @@ pub struct Config {
     pub local_agent: LocalAgentConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Addresses the HTTPS API listens on.
@@ -61,7 +61,7 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST/DB?sslmode=verify-full&sslrootcert=FILE`.
@@ -84,7 +84,7 @@ impl Default for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodesConfig {
     /// How often agents report status (their heartbeat).
@@ -111,7 +111,7 @@ impl Default for NodesConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Lifetime of the internal CA created on first start.
@@ -129,7 +129,7 @@ impl Default for TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `tracing` filter: a level (`info`) or directives (`info,rampart_db=debug`).
@@ -153,7 +153,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalAgentConfig {
     /// Whether `rampart up` runs an agent for this machine.
@@ -317,5 +317,42 @@ mod tests {
     fn default_database_is_sqlite_in_the_data_dir() {
         let c = Config::default();
         assert_eq!(c.database_url(Path::new("/d")), "sqlite:///d/rampart.db");
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// Every option has a row in docs/configuration.md (`section.key`).
+    #[test]
+    fn every_option_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
+        let value = toml::Value::try_from(Config { data_dir: Some("/x".into()), ..Config::default() }).unwrap();
+        let mut missing = Vec::new();
+        for (key, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(section) => {
+                    for sub in section.keys() {
+                        let name = format!("`{key}.{sub}`");
+                        if !doc.contains(&name) {
+                            missing.push(name);
+                        }
+                    }
+                }
+                None => {
+                    if !doc.contains(&format!("`{key}`")) {
+                        missing.push(key.clone());
+                    }
+                }
+            }
+        }
+        // Options that default to "unset" do not serialise; list them by hand.
+        for name in ["`database.password_file`", "`log.dir`"] {
+            if !doc.contains(name) {
+                missing.push(name.to_string());
+            }
+        }
+        assert!(missing.is_empty(), "undocumented options: {missing:?}");
     }
 }

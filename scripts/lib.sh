@@ -1,0 +1,43 @@
+# Shared by the scripts: install Debian packages only when missing, and find cargo.
+# shellcheck shell=bash
+
+# apt_install PKG...: installs the packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing Debian packages: ${missing[*]}" >&2
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2; then
+    "${sudo[@]}" apt-get update -q >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+  fi
+}
+
+# need_cargo: checks for a Rust toolchain recent enough for the workspace (edition 2024, 1.95).
+need_cargo() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "Rust is not installed. Install it with rustup (https://rustup.rs):" >&2
+    echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y" >&2
+    exit 1
+  fi
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n1.95.0\n' "$v" | sort -V | head -1)" != "1.95.0" ]; then
+    echo "Rust $v is too old: Rampart needs 1.95 or newer (rustup update stable)." >&2
+    exit 1
+  fi
+}
+
+# Packages the build needs (ring and the bundled SQLite compile C).
+BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
+# Packages Rampart uses at run time on a node.
+RUNTIME_PACKAGES=(iproute2 openssl)
+# Packages the test suite needs besides those.
+TEST_PACKAGES=(postgresql openssl iproute2 curl)

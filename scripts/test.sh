@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole test suite the way CI does: installs what is missing, starts a throwaway
+# PostgreSQL (TLS on) so the DB tier runs on both backends, then format check, clippy and
+# every test: unit, golden, DB, simulated cluster, privileged (as root) and end to end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+apt_install "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+need_cargo
+
+eval "$(scripts/ci/start-postgres.sh)"
+export RAMPART_TEST_REQUIRE_POSTGRES=1
+if [ "$(id -u)" = 0 ]; then export RAMPART_TEST_REQUIRE_ROOT=1; fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast
+  cargo test --locked --workspace --doc
+else
+  cargo test --locked --workspace --no-fail-fast
+fi
