@@ -328,7 +328,11 @@ mod doc_tests {
     #[test]
     fn every_option_is_documented() {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
-        let value = toml::Value::try_from(Config { data_dir: Some("/x".into()), ..Config::default() }).unwrap();
+        let value = toml::Value::try_from(Config {
+            data_dir: Some("/x".into()),
+            ..Config::default()
+        })
+        .unwrap();
         let mut missing = Vec::new();
         for (key, v) in value.as_table().unwrap() {
             match v.as_table() {
