@@ -2,7 +2,7 @@
 //! hosts, each agent enrolled with a real join token and talking real mutual TLS, all in the
 //! test process. Later capabilities plug their fake drivers into [`FakeHost`] and reuse it.
 //!
-//! ```ignore
+//! ```text
 //! let cluster = TestCluster::start(ClusterOptions { agents: 3, ..Default::default() }).await;
 //! cluster.wait_for_ready_nodes(3).await;
 //! ```
