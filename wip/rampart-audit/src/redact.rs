@@ -1,0 +1,363 @@
+//! Keeping secrets out of audit records and logs (spec 13.4-7, 13.3-4).
+//!
+//! Two layers, both applied by [`crate::record::seal`] before a record is hashed, so nothing
+//! sensitive ever reaches the store, an export or the log manager:
+//!
+//! * by **name**: a member of `details` whose name contains a sensitive word (password, token,
+//!   secret, totp, private key, plaintext, …, in any case and with `_`, `-`, `.` or camelCase
+//!   between words) keeps its name but its value becomes `"[redacted]"`;
+//! * by **shape**: any string that looks like a credential whatever its name (PEM private key,
+//!   `Bearer …`/`Basic …` authorisation values, JWTs, `otpauth://` URIs, URLs with a password)
+//!   is replaced as well. Free-text fields of the record (user agent) go through the same check.
+//!
+//! Redaction is deliberately over-eager: a false positive costs an auditor one field, a false
+//! negative leaks a credential into a store that must keep it for 180 days.
+
+use serde_json::{Map, Value};
+
+pub const REDACTED: &str = "[redacted]";
+
+/// Words that make a member name sensitive when they appear as a whole word of it.
+const SENSITIVE_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    "totp",
+    "otp",
+    "plaintext",
+    "cookie",
+    "authorization",
+    "credential",
+    "credentials",
+    "pin",
+    "seed",
+    "pkcs8",
+    "privatekey",
+    "apikey",
+];
+
+/// Word pairs that are sensitive together (`private_key`, `api-key`, `keyMaterial`, `data_key`).
+const SENSITIVE_PAIRS: &[(&str, &str)] = &[
+    ("private", "key"),
+    ("api", "key"),
+    ("access", "key"),
+    ("secret", "key"),
+    ("session", "key"),
+    ("data", "key"),
+    ("key", "material"),
+    ("client", "secret"),
+    ("recovery", "code"),
+    ("recovery", "codes"),
+    ("join", "token"),
+];
+
+/// Splits a member name into lowercase words at `_ - . space` and lower→upper case changes.
+fn words(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if matches!(c, '_' | '-' | '.' | ' ' | '/' | ':') {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        cur.extend(c.to_lowercase());
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Last words that make a name describe a secret rather than hold one (`token_id`,
+/// `password_min_length`, `token_expiration_s`): policy values an auditor must see.
+const METADATA_SUFFIXES: &[&str] = &[
+    "id",
+    "ids",
+    "uid",
+    "name",
+    "names",
+    "type",
+    "kind",
+    "length",
+    "len",
+    "min",
+    "max",
+    "count",
+    "days",
+    "seconds",
+    "s",
+    "ms",
+    "age",
+    "classes",
+    "policy",
+    "expiration",
+    "expires",
+    "expiry",
+    "at",
+    "version",
+    "versions",
+    "required",
+    "enabled",
+    "rules",
+    "roles",
+    "algorithm",
+    "format",
+    "period",
+    "size",
+    "status",
+];
+
+/// Whether a member called `name` must not have its value recorded.
+pub fn is_sensitive_name(name: &str) -> bool {
+    let w = words(name);
+    if w.len() > 1 && w.last().is_some_and(|l| METADATA_SUFFIXES.contains(&l.as_str())) {
+        return false;
+    }
+    let joined: String = w.concat();
+    if SENSITIVE_WORDS.iter().any(|s| w.iter().any(|x| x == s)) {
+        return true;
+    }
+    // Names written without separators (`privatekey`, `clientsecret`, `newpassword`).
+    if [
+        "password",
+        "passphrase",
+        "secret",
+        "token",
+        "privatekey",
+        "apikey",
+        "plaintext",
+        "totp",
+    ]
+    .iter()
+    .any(|s| joined.contains(s))
+    {
+        return true;
+    }
+    w.windows(2)
+        .any(|p| SENSITIVE_PAIRS.iter().any(|(a, b)| p[0] == *a && p[1] == *b))
+}
+
+/// Whether a string value has the shape of a credential, whatever it is called.
+pub fn looks_like_secret(s: &str) -> bool {
+    let t = s.trim_start();
+    let lower_head: String = t.chars().take(16).flat_map(char::to_lowercase).collect();
+    if lower_head.starts_with("bearer ") || lower_head.starts_with("basic ") || lower_head.starts_with("otpauth:") {
+        return true;
+    }
+    if s.contains("PRIVATE KEY-----") {
+        return true;
+    }
+    // A JWT: three base64url segments, the first one a JSON header (`eyJ`).
+    if t.starts_with("eyJ") && t.split('.').count() == 3 && t.len() > 30 {
+        return true;
+    }
+    // URL userinfo with a password: scheme://user:pass@host
+    if let Some(i) = s.find("://") {
+        let rest = &s[i + 3..];
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@')
+            && authority[..at].contains(':')
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Returns a free-text field fit for a record: shape-redacted, control characters replaced by
+/// spaces (they would forge line breaks in line-based exports), at most `max_chars` characters.
+pub fn scrub_text(s: &str, max_chars: usize) -> String {
+    if looks_like_secret(s) {
+        return REDACTED.to_string();
+    }
+    s.chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Redacts a JSON value in place; returns how many values were replaced.
+pub fn redact_value(v: &mut Value) -> usize {
+    match v {
+        Value::Object(map) => redact_map(map),
+        Value::Array(items) => items.iter_mut().map(redact_value).sum(),
+        Value::String(s) if looks_like_secret(s) => {
+            *s = REDACTED.to_string();
+            1
+        }
+        _ => 0,
+    }
+}
+
+pub fn redact_map(map: &mut Map<String, Value>) -> usize {
+    let mut n = 0;
+    for (k, v) in map.iter_mut() {
+        if is_sensitive_name(k) {
+            // A flag cannot carry a secret; a number can (a TOTP code, a PIN).
+            if !matches!(v, Value::Null | Value::Bool(_)) && v.as_str() != Some(REDACTED) {
+                *v = Value::String(REDACTED.to_string());
+                n += 1;
+            }
+        } else {
+            n += redact_value(v);
+        }
+    }
+    n
+}
+
+/// Maximum nesting of `details`; deeper values become the string `"[truncated]"`.
+pub const MAX_DETAILS_DEPTH: usize = 8;
+/// Maximum length of any string inside `details`.
+pub const MAX_DETAILS_STRING: usize = 1024;
+
+/// Prepares `details` for a record: redaction, then every number that canonical JSON cannot
+/// carry exactly (fractions, integers beyond ±2^53−1) becomes its decimal string, long strings
+/// are cut and deep nesting is truncated, so sealing can never fail on caller data.
+pub fn normalise_details(mut details: Map<String, Value>) -> Map<String, Value> {
+    redact_map(&mut details);
+    for v in details.values_mut() {
+        normalise(v, 1);
+    }
+    details
+}
+
+fn normalise(v: &mut Value, depth: usize) {
+    if depth > MAX_DETAILS_DEPTH && matches!(v, Value::Object(_) | Value::Array(_)) {
+        *v = Value::String("[truncated]".into());
+        return;
+    }
+    match v {
+        Value::Number(n) => {
+            let safe = n.as_i64().is_some_and(|i| {
+                (-crate::canonical::MAX_SAFE_INTEGER..=crate::canonical::MAX_SAFE_INTEGER).contains(&i)
+            });
+            if !safe {
+                *v = Value::String(n.to_string());
+            }
+        }
+        Value::String(s) if s.chars().count() > MAX_DETAILS_STRING => {
+            *s = s.chars().take(MAX_DETAILS_STRING).collect();
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| normalise(i, depth + 1)),
+        Value::Object(map) => map.values_mut().for_each(|i| normalise(i, depth + 1)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spec_13_4_7_sensitive_names_are_recognised_in_every_spelling() {
+        for name in [
+            "password",
+            "new_password",
+            "currentPassword",
+            "X-Auth-Token",
+            "token",
+            "api_key",
+            "apiKey",
+            "private_key",
+            "privateKeyPem",
+            "client_secret",
+            "totp",
+            "totp_code",
+            "plaintext",
+            "key_material",
+            "Authorization",
+            "cookie",
+            "mfa_secret",
+            "join_token",
+            "data_key",
+            "recovery_codes",
+            "passphrase",
+            "clientsecret",
+        ] {
+            assert!(is_sensitive_name(name), "{name} should be sensitive");
+        }
+        for name in [
+            "name",
+            "project",
+            "key_id",
+            "algorithm",
+            "username",
+            "cidr",
+            "spinning",
+            "description",
+            "key_version",
+            "token_expiration_s",
+            "password_min_length",
+            "mfa_required_roles",
+            "password_expires_days",
+        ] {
+            assert!(!is_sensitive_name(name), "{name} should be kept");
+        }
+    }
+
+    #[test]
+    fn spec_13_4_7_redaction_masks_nested_values_and_credential_shapes() {
+        let mut v = json!({
+            "name": "web-1",
+            "user": {"name": "alice", "password": "hunter2-canary", "roles": ["member"]},
+            "keys": [{"key_id": "k1", "private_key": {"pem": "x"}}],
+            "header": "Bearer abc.def.ghi",
+            "note": "-----BEGIN PRIVATE KEY-----\nMIIE...",
+            "db": "postgres://rampart:s3cret@db/rampart",
+            "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
+            "otp": null,
+            "totp_code": 123456,
+            "change_password_upon_first_use": true,
+        });
+        let n = redact_value(&mut v);
+        assert_eq!(
+            v,
+            json!({
+                "name": "web-1",
+                "user": {"name": "alice", "password": REDACTED, "roles": ["member"]},
+                "keys": [{"key_id": "k1", "private_key": REDACTED}],
+                "header": REDACTED,
+                "note": REDACTED,
+                "db": REDACTED,
+                "jwt": REDACTED,
+                "otp": null,
+                "totp_code": REDACTED,
+                "change_password_upon_first_use": true,
+            })
+        );
+        assert_eq!(n, 7);
+        assert!(!v.to_string().contains("hunter2-canary"));
+    }
+
+    #[test]
+    fn spec_13_4_7_free_text_is_scrubbed_and_bounded() {
+        assert_eq!(scrub_text("curl/8.1\r\nX-Forged: 1", 100), "curl/8.1  X-Forged: 1");
+        assert_eq!(scrub_text("Basic dXNlcjpwYXNz", 100), REDACTED);
+        assert_eq!(scrub_text(&"a".repeat(600), 512).len(), 512);
+    }
+
+    #[test]
+    fn spec_13_4_1_details_are_normalised_for_canonical_json() {
+        let d = json!({"ratio": 0.5, "big": 18446744073709551615_u64, "ok": 7, "s": "x".repeat(2000),
+                       "deep": [[[[[[[[[[1]]]]]]]]]]});
+        let out = normalise_details(d.as_object().unwrap().clone());
+        assert_eq!(out["ratio"], json!("0.5"));
+        assert_eq!(out["big"], json!("18446744073709551615"));
+        assert_eq!(out["ok"], json!(7));
+        assert_eq!(out["s"].as_str().unwrap().len(), MAX_DETAILS_STRING);
+        assert!(out["deep"].to_string().contains("[truncated]"));
+        crate::canonical::to_canonical(&Value::Object(out)).expect("always canonicalisable");
+    }
+}
