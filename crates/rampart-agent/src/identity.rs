@@ -140,7 +140,7 @@ impl Identity {
             .await
             .map_err(|e| match e.code() {
                 Some("invalid_join_token") => AgentError::TokenRefused,
-                _ => AgentError::Client(e),
+                _ => AgentError::Client(Box::new(e)),
             })?;
         let id = Identity {
             node: NodeFile {
@@ -160,6 +160,6 @@ impl Identity {
 
 impl From<ClientError> for AgentError {
     fn from(e: ClientError) -> Self {
-        AgentError::Client(e)
+        AgentError::Client(Box::new(e))
     }
 }

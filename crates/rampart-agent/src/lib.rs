@@ -53,7 +53,7 @@ pub enum AgentError {
     #[error("the controller no longer knows this node (it was removed); delete {0} and join again with a new token")]
     Removed(PathBuf),
     #[error(transparent)]
-    Client(ClientError),
+    Client(Box<ClientError>),
 }
 
 pub struct AgentOptions {

@@ -179,10 +179,11 @@ impl Client {
         let response = self
             .login(&LoginRequest {
                 username: username.into(),
-                password: Sensitive::new(password),
+                password: Some(Sensitive::new(password)),
                 domain: None,
                 project: None,
                 totp: None,
+                application_credential: None,
             })
             .await?;
         Ok((self.clone().with_token(response.token.clone()), response))

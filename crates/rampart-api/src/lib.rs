@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod client;
+pub mod identity;
 pub mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use identity::*;
 pub use types::*;

@@ -122,17 +122,23 @@ pub struct JoinToken {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// With `password`; absent when logging in with an application credential.
+    #[serde(default)]
     pub username: String,
-    pub password: Sensitive,
+    #[serde(default)]
+    pub password: Option<Sensitive>,
     /// Domain name or id (default `default`).
     #[serde(default)]
     pub domain: Option<String>,
     /// Project name or id to scope the token to.
     #[serde(default)]
     pub project: Option<String>,
-    /// Current TOTP code, when the account has MFA.
+    /// Current TOTP code (or an unused recovery code), when the account has MFA.
     #[serde(default)]
     pub totp: Option<Sensitive>,
+    /// Log in with an application credential instead of a user name and password.
+    #[serde(default)]
+    pub application_credential: Option<crate::identity::ApplicationCredentialLogin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -32,6 +32,15 @@ pub struct Config {
     pub tls: TlsConfig,
     pub log: LogConfig,
     pub local_agent: LocalAgentConfig,
+    pub authz: AuthzConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// Extra Cedar policies (e.g. `forbid` rules on time windows or source ranges), validated
+    /// against Rampart's schema at start.
+    pub policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -47,6 +56,8 @@ pub struct ApiConfig {
     pub request_body_limit_bytes: usize,
     /// Upper bound of one request (agent long polls excepted).
     pub request_timeout_s: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +68,7 @@ impl Default for ApiConfig {
             hsts_max_age_s: 31_536_000,
             request_body_limit_bytes: 1 << 20,
             request_timeout_s: 60,
+            trusted_proxies: vec![],
         }
     }
 }
@@ -171,6 +183,17 @@ impl Default for LocalAgentConfig {
     }
 }
 
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.parse::<u8>().is_ok_and(|l| l <= max)
+}
+
 impl Config {
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -201,6 +224,14 @@ impl Config {
         }
         if self.api.request_body_limit_bytes < 1024 {
             return invalid("api.request_body_limit_bytes", "must be at least 1024");
+        }
+        for p in &self.api.trusted_proxies {
+            if p.parse::<std::net::IpAddr>().is_err() && !is_cidr(p) {
+                return invalid(
+                    "api.trusted_proxies",
+                    format!("{p:?} is not an address range like 10.0.0.0/8"),
+                );
+            }
         }
         if self.api.request_timeout_s == 0 {
             return invalid("api.request_timeout_s", "must be at least 1");
@@ -352,7 +383,7 @@ mod doc_tests {
             }
         }
         // Options that default to "unset" do not serialise; list them by hand.
-        for name in ["`database.password_file`", "`log.dir`"] {
+        for name in ["`database.password_file`", "`log.dir`", "`authz.policy_file`"] {
             if !doc.contains(name) {
                 missing.push(name.to_string());
             }

@@ -1,6 +1,10 @@
-//! Authentication of API calls: one middleware turns `Authorization: Bearer <token>` into a
-//! [`Principal`] for the handlers. Tokens are looked up by hash; roles are read afresh on
-//! every call, so a removed role or a disabled user takes effect at once.
+//! Authentication and authorization of API calls. One middleware turns
+//! `Authorization: Bearer <token>` into a [`Principal`]; handlers then ask
+//! [`Principal::require`] (Cedar, through `rampart_iam::authz`) before touching anything.
+//! Roles are read afresh on every call, so a removed role or a disabled user takes effect at
+//! once.
+
+use std::net::IpAddr;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
@@ -8,12 +12,42 @@ use axum::response::Response;
 use http::request::Parts;
 use rampart_api::{ProjectRef, TokenScope, UserRef};
 use rampart_common::Error;
-use rampart_db::identity::{self, Scope};
+use rampart_db::credentials;
+use rampart_db::identity;
+use rampart_iam::authz::{Ctx, Subject, Target};
 use rampart_iam::secrets;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::identity::{expanded_assignments, role_names, source_allowed, subject, within_validity};
+use crate::server::ConnInfo;
 use crate::state::AppState;
+
+/// The client address of a request: the TCP peer, or what a trusted proxy says.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .ok_or_else(|| Error::internal("reading the client address", "client address layer missing"))
+    }
+}
+
+/// Middleware: works out the client address once per request.
+pub async fn client_ip(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip()) {
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|h| h.to_str().ok());
+        let ip = rampart_iam::net::client_ip(peer, forwarded, &state.trusted_proxies);
+        req.extensions_mut().insert(ClientIp(ip));
+    }
+    next.run(req).await
+}
 
 /// Who is calling, established from a live token.
 #[derive(Debug, Clone)]
@@ -22,23 +56,112 @@ pub struct Principal {
     pub user: UserRef,
     pub domain_id: Uuid,
     pub project: Option<ProjectRef>,
-    /// Effective roles: system roles, roles on the user's domain, roles on the token's project.
+    /// Role names that apply to this session.
     pub roles: Vec<String>,
-    pub system_roles: Vec<String>,
+    pub subject: Subject,
     pub scope: TokenScope,
     pub expires_at: OffsetDateTime,
+    /// The session was opened with a second factor.
+    pub mfa: bool,
+    pub client_ip: IpAddr,
+    pub application_credential: Option<Uuid>,
 }
 
 impl Principal {
-    /// Passes when the caller holds one of `roles` at system scope.
-    pub fn require_system_role(&self, roles: &[&str]) -> Result<(), Error> {
-        if self.system_roles.iter().any(|r| roles.contains(&r.as_str())) {
+    pub fn ctx(&self, now: OffsetDateTime) -> Ctx {
+        Ctx {
+            now,
+            source_ip: self.client_ip,
+            mfa: self.mfa,
+        }
+    }
+
+    pub fn can(&self, state: &AppState, action: &str, target: Target) -> bool {
+        let v = state
+            .authz
+            .authorize(&self.subject, action, target, &self.ctx(state.now()));
+        tracing::debug!(action, target = ?target, allowed = v.allowed, because = ?v.because, "authorize");
+        v.allowed
+    }
+
+    /// 403 unless allowed.
+    pub fn require(&self, state: &AppState, action: &str, target: Target) -> Result<(), Error> {
+        if self.can(state, action, target) {
             Ok(())
         } else {
+            Err(Error::forbidden(format!("your roles do not allow {action} here")))
+        }
+    }
+
+    pub fn require_system(&self, state: &AppState, action: &str) -> Result<(), Error> {
+        self.require(state, action, Target::System)
+    }
+
+    /// The project `id`, for `action`: 404 when the caller may not even see it (or it does not
+    /// exist), 403 when it may see it but not do `action`.
+    pub async fn project(
+        &self,
+        state: &AppState,
+        id: Uuid,
+        action: &str,
+    ) -> Result<rampart_db::identity::Project, Error> {
+        let mut conn = state.db.conn().await?;
+        let project = identity::project_by_id(&mut conn, id).await?;
+        let Some(project) = project else {
+            return Err(Error::not_found("no such project"));
+        };
+        let target = Target::Project {
+            id,
+            domain: project.domain_id,
+        };
+        if self.can(state, action, target) {
+            return Ok(project);
+        }
+        let sees = ["project.read", "keys.use", "keys.manage"]
+            .iter()
+            .any(|a| self.can(state, a, target))
+            || self.can(state, "identity.read", Target::Domain(project.domain_id));
+        if sees {
             Err(Error::forbidden(format!(
-                "this operation needs one of the system roles {}",
-                roles.join(", ")
+                "your roles on this project do not allow {action}"
             )))
+        } else {
+            Err(Error::not_found("no such project"))
+        }
+    }
+
+    /// The identity actions at system scope or on `domain`.
+    pub fn can_in_domain(&self, state: &AppState, action: &str, domain: Uuid) -> bool {
+        self.can(state, action, Target::System) || self.can(state, action, Target::Domain(domain))
+    }
+
+    /// 404 when the caller cannot read `domain`'s identities, 403 when it can but may not act.
+    pub fn require_in_domain(&self, state: &AppState, action: &str, domain: Uuid, what: &str) -> Result<(), Error> {
+        if self.can_in_domain(state, action, domain) {
+            Ok(())
+        } else if self.can_in_domain(state, "identity.read", domain) {
+            Err(Error::forbidden(format!(
+                "your roles do not allow {action} in this domain"
+            )))
+        } else {
+            Err(Error::not_found(format!("no such {what}")))
+        }
+    }
+
+    /// For routes whose target comes from the body: refuse before parsing when the caller
+    /// holds no role that could allow `action` anywhere.
+    pub fn require_somewhere(&self, state: &AppState, action: &str) -> Result<(), Error> {
+        let mut targets = vec![Target::System];
+        targets.extend(self.subject.domain_admin_of.iter().map(|d| Target::Domain(*d)));
+        // Project targets need their domain, unknown here; project roles are checked later.
+        let project_action =
+            action.starts_with("project.") || action.starts_with("keys.") || action == "assignment.project";
+        if targets.iter().any(|t| self.can(state, action, *t))
+            || (project_action && !self.subject.project_roles.is_empty())
+        {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("your roles do not allow {action}")))
         }
     }
 }
@@ -55,73 +178,67 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// The roles that apply to a token.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Roles {
-    /// Everything below, deduplicated.
-    pub all: Vec<String>,
-    pub system: Vec<String>,
-    /// Roles on the token's project.
-    pub project: Vec<String>,
-}
-
-/// Roles of `user_id` for a token on `project_id`: system roles, roles on the user's domain
-/// and roles on the project.
-pub async fn effective_roles(
-    conn: &mut rampart_db::Conn,
-    user_id: Uuid,
-    domain_id: Uuid,
-    project_id: Option<Uuid>,
-) -> rampart_db::Result<Roles> {
-    let mut r = Roles::default();
-    for a in identity::role_assignments(conn, user_id).await? {
-        match a.scope {
-            Scope::System => r.system.push(a.role.clone()),
-            Scope::Domain(d) if d == domain_id => {}
-            Scope::Project(p) if Some(p) == project_id => r.project.push(a.role.clone()),
-            _ => continue,
-        }
-        r.all.push(a.role);
-    }
-    for v in [&mut r.all, &mut r.system, &mut r.project] {
-        v.sort();
-        v.dedup();
-    }
-    Ok(r)
-}
-
 const UNAUTHENTICATED: &str = "the token is missing, invalid, expired or revoked";
 
-/// Checks a bearer token and builds the principal.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Error> {
+fn dead() -> Error {
+    Error::Unauthenticated(UNAUTHENTICATED.into())
+}
+
+/// Checks a bearer token and builds the principal: token alive (expiry, idle limit,
+/// revocation), user enabled and inside its validity window, domain enabled, client address
+/// allowed, application credential still valid.
+pub async fn authenticate(state: &AppState, token: &str, client_ip: IpAddr) -> Result<Principal, Error> {
     let now = state.now();
+    let policy = state.compliance().await?;
     let mut conn = state.db.conn().await?;
     let Some(row) = identity::token_by_hash(&mut conn, &secrets::hash_secret(token)).await? else {
-        return Err(Error::Unauthenticated(UNAUTHENTICATED.into()));
+        return Err(dead());
     };
     if row.revoked_at.is_some() || row.expires_at <= now {
-        return Err(Error::Unauthenticated(UNAUTHENTICATED.into()));
+        return Err(dead());
+    }
+    if policy.token_idle_timeout_s > 0
+        && now - row.last_used_at > time::Duration::seconds(policy.token_idle_timeout_s as i64)
+    {
+        identity::revoke_token(&mut conn, row.id, now).await?;
+        tracing::info!(token = %row.id, "token expired after being idle");
+        return Err(dead());
     }
     let Some(user) = identity::user_by_id(&mut conn, row.user_id).await? else {
-        return Err(Error::Unauthenticated(UNAUTHENTICATED.into()));
+        return Err(dead());
     };
     let domain = identity::find_domain(&mut conn, &user.domain_id.to_string()).await?;
     let Some(domain) = domain.filter(|d| d.enabled && user.enabled) else {
-        return Err(Error::Unauthenticated(UNAUTHENTICATED.into()));
+        return Err(dead());
     };
+    if !within_validity(&user, now) {
+        return Err(dead());
+    }
+    if !source_allowed(&policy, &domain.allowed_source_cidrs, &user, client_ip) {
+        tracing::warn!(user = %user.name, ip = %client_ip, "token used from a source outside the allowed ranges");
+        return Err(dead());
+    }
     let project = match row.project_id {
         Some(pid) => match identity::project_by_id(&mut conn, pid).await? {
             Some(p) if p.enabled => Some(ProjectRef { id: p.id, name: p.name }),
-            _ => return Err(Error::Unauthenticated(UNAUTHENTICATED.into())),
+            _ => return Err(dead()),
         },
         None => None,
     };
-    let roles = effective_roles(&mut conn, user.id, user.domain_id, row.project_id).await?;
+    let only_roles = match row.application_credential_id {
+        Some(cid) => match credentials::get(&mut conn, cid).await? {
+            Some(c) if c.expires_at.is_none_or(|e| e > now) => Some(c.roles),
+            _ => return Err(dead()),
+        },
+        None => None,
+    };
+    let expanded = expanded_assignments(&mut conn, user.id).await?;
+    let subject = subject(user.id, &expanded, row.project_id, only_roles.as_deref());
     identity::touch_token(&mut conn, row.id, now, 60_000).await?;
     let scope = match row.scope.as_str() {
         "full" => TokenScope::Full,
         "mfa_enrollment" => TokenScope::MfaEnrollment,
-        _ => return Err(Error::Unauthenticated(UNAUTHENTICATED.into())),
+        _ => return Err(dead()),
     };
     Ok(Principal {
         token_id: row.id,
@@ -132,15 +249,23 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Er
         },
         domain_id: domain.id,
         project,
-        roles: roles.all,
-        system_roles: roles.system,
+        roles: role_names(&subject),
+        subject,
         scope,
         expires_at: row.expires_at,
+        mfa: row.methods.iter().any(|m| m == "totp"),
+        client_ip,
+        application_credential: row.application_credential_id,
     })
 }
 
 /// The middleware of every authenticated route.
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, Error> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, Error> {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -154,14 +279,13 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
             "this operation needs Authorization: Bearer <token>".into(),
         ));
     };
-    let principal = authenticate(&state, token).await?;
+    let principal = authenticate(&state, token, ip).await?;
     if principal.scope != TokenScope::Full && !mfa_enrollment_path(req.uri().path(), req.method()) {
         return Err(Error::Forbidden {
             code: "mfa_required",
             message: "this token may only enrol MFA or log out; enrol a second factor first".into(),
         });
     }
-    tracing::Span::current().record("user", principal.user.name.as_str());
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod http;
+pub mod identity;
 pub mod reconcile;
 pub mod render;
 pub mod routes;
@@ -44,6 +45,12 @@ pub enum StartError {
     Tls(#[from] tls::TlsSetupError),
     #[error("bootstrap")]
     Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("authorization policies")]
+    Authz(#[from] rampart_iam::authz::AuthzError),
+    #[error("credential key")]
+    CredKey(#[from] rampart_iam::credkey::CredKeyError),
+    #[error("config: `api.trusted_proxies`: {0}")]
+    Proxies(String),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -98,6 +105,11 @@ impl Controller {
             now,
         )?);
         bootstrap::ensure(&db, &data_dir, now).await?;
+        let authz = rampart_iam::authz::Authorizer::from_file(config.authz.policy_file.as_deref())?;
+        let credkey =
+            rampart_iam::credkey::CredentialKey::load_or_create(&data_dir.join("tls").join("credential-key"))?;
+        let trusted_proxies = rampart_iam::net::parse_cidrs("api.trusted_proxies", &config.api.trusted_proxies)
+            .map_err(|e| StartError::Proxies(e.to_string()))?;
 
         let mut listeners = Vec::new();
         for addr in &config.api.listen {
@@ -121,6 +133,11 @@ impl Controller {
             node_changes,
             shutdown: CancellationToken::new(),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            authz,
+            credkey,
+            deny_lists: Default::default(),
+            trusted_proxies,
+            compliance: std::sync::RwLock::new(None),
         }));
         reconcile::republish_all(&state).await?;
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rampart_api::SecurityCompliance;
 use rampart_common::config::Config;
 use rampart_common::time::SharedClock;
 use rampart_db::Db;
@@ -28,6 +29,14 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Identifies this controller process in leases.
     pub instance_id: String,
+    pub authz: rampart_iam::authz::Authorizer,
+    /// Encrypts secrets the controller must read back (TOTP seeds).
+    pub credkey: rampart_iam::credkey::CredentialKey,
+    pub deny_lists: rampart_iam::denylist::DenyLists,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The security-compliance policy, re-read from the database at most every few seconds
+    /// (several controllers may share it).
+    pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,6 +50,24 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn now(&self) -> time::OffsetDateTime {
         self.clock.now()
+    }
+
+    /// The current security-compliance policy.
+    pub async fn compliance(&self) -> Result<SecurityCompliance, rampart_common::Error> {
+        if let Some((at, p)) = self.compliance.read().expect("compliance lock").as_ref()
+            && at.elapsed() < std::time::Duration::from_secs(5)
+        {
+            return Ok(p.clone());
+        }
+        let mut conn = self.db.conn().await?;
+        let p = crate::identity::load_compliance(&mut conn).await?;
+        *self.compliance.write().expect("compliance lock") = Some((std::time::Instant::now(), p.clone()));
+        Ok(p)
+    }
+
+    /// Forgets the cached policy (after a change).
+    pub fn refresh_compliance(&self) {
+        *self.compliance.write().expect("compliance lock") = None;
     }
 
     /// Wakes the long polls of agents after a new generation was committed.

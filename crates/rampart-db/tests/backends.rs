@@ -171,6 +171,8 @@ async fn spec_13_2_4_tokens_expire_and_revoke() {
                 user_id: u.id,
                 project_id: None,
                 scope: "full",
+                methods: &["password".to_string()],
+                application_credential_id: None,
                 expires_at: t + Duration::hours(1),
                 source_ip: Some("127.0.0.1"),
             },
@@ -185,6 +187,8 @@ async fn spec_13_2_4_tokens_expire_and_revoke() {
                 user_id: u.id,
                 project_id: None,
                 scope: "full",
+                methods: &["password".to_string()],
+                application_credential_id: None,
                 expires_at: t - Duration::hours(1),
                 source_ip: None,
             },
@@ -498,4 +502,168 @@ fn rcgen_free_self_signed_pem() -> String {
         .output()
         .expect("openssl");
     String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn spec_13_2_6_failures_lock_and_success_resets() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let u = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "u",
+                password_hash: Some("h"),
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        let until = t + Duration::minutes(30);
+        assert!(!identity::record_failure(&mut c, u.id, 3, until).await.unwrap());
+        assert!(!identity::record_failure(&mut c, u.id, 3, until).await.unwrap());
+        identity::record_success(&mut c, u.id, t).await.unwrap();
+        assert_eq!(
+            identity::user_by_id(&mut c, u.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .failed_attempts,
+            0,
+            "a success resets"
+        );
+        for _ in 0..2 {
+            assert!(!identity::record_failure(&mut c, u.id, 3, until).await.unwrap());
+        }
+        assert!(
+            identity::record_failure(&mut c, u.id, 3, until).await.unwrap(),
+            "third consecutive failure locks"
+        );
+        let row = identity::user_by_id(&mut c, u.id).await.unwrap().unwrap();
+        assert_eq!(row.locked_until, Some(until));
+        assert_eq!(row.failed_attempts, 0, "the count restarts after a lock");
+        identity::unlock(&mut c, u.id).await.unwrap();
+        assert_eq!(
+            identity::user_by_id(&mut c, u.id).await.unwrap().unwrap().locked_until,
+            None
+        );
+        assert!(
+            !identity::record_failure(&mut c, u.id, 0, until).await.unwrap(),
+            "0 turns lockout off"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_13_1_2_4_password_history_keeps_the_latest() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let u = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "u",
+                password_hash: Some("h0"),
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        for i in 1..30 {
+            identity::set_password(&mut c, u.id, &format!("h{i}"), false, t + Duration::seconds(i))
+                .await
+                .unwrap();
+        }
+        let last = identity::password_history(&mut c, u.id, 5).await.unwrap();
+        assert_eq!(last, ["h29", "h28", "h27", "h26", "h25"]);
+        assert_eq!(
+            identity::password_history(&mut c, u.id, 100).await.unwrap().len(),
+            24,
+            "bounded"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_13_2_2_totp_steps_and_recovery_codes_are_single_use() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let u = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "u",
+                password_hash: None,
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        identity::set_totp_pending(&mut c, u.id, Some("sealed")).await.unwrap();
+        identity::confirm_totp(&mut c, u.id, 100).await.unwrap();
+        let row = identity::user_by_id(&mut c, u.id).await.unwrap().unwrap();
+        assert!(row.mfa_enrolled() && row.totp_pending_secret.is_none());
+        assert!(
+            !identity::use_totp_step(&mut c, u.id, 100).await.unwrap(),
+            "the confirming step is spent"
+        );
+        assert!(identity::use_totp_step(&mut c, u.id, 101).await.unwrap());
+        assert!(!identity::use_totp_step(&mut c, u.id, 101).await.unwrap(), "replay");
+        identity::replace_recovery_codes(&mut c, u.id, &["a".into(), "b".into()], t)
+            .await
+            .unwrap();
+        assert!(identity::use_recovery_code(&mut c, u.id, "a", t).await.unwrap());
+        assert!(!identity::use_recovery_code(&mut c, u.id, "a", t).await.unwrap());
+        assert!(!identity::use_recovery_code(&mut c, u.id, "zz", t).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn group_assignments_reach_members_only() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let p = identity::insert_project(&mut c, d.id, "p", t).await.unwrap();
+        let nu = |name| NewUser {
+            domain_id: d.id,
+            name,
+            password_hash: None,
+            password_change_required: false,
+        };
+        let a = identity::insert_user(&mut c, nu("a"), t).await.unwrap();
+        let b = identity::insert_user(&mut c, nu("b"), t).await.unwrap();
+        let g = rampart_db::groups::create(&mut c, d.id, "ops", "", t).await.unwrap();
+        rampart_db::groups::add_member(&mut c, g.id, a.id, t).await.unwrap();
+        let id = identity::create_assignment(&mut c, identity::Holder::Group(g.id), "member", Scope::Project(p.id), t)
+            .await
+            .unwrap();
+        let again =
+            identity::create_assignment(&mut c, identity::Holder::Group(g.id), "member", Scope::Project(p.id), t)
+                .await
+                .unwrap();
+        assert_eq!(id, again, "idempotent");
+        assert_eq!(identity::role_assignments(&mut c, a.id).await.unwrap().len(), 1);
+        assert!(identity::role_assignments(&mut c, b.id).await.unwrap().is_empty());
+        let listed = identity::list_assignments(&mut c, None, Some(Scope::Project(p.id)), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        let found = identity::assignment_by_id(&mut c, id).await.unwrap().unwrap();
+        identity::delete_assignment(&mut c, &found).await.unwrap();
+        assert!(identity::role_assignments(&mut c, a.id).await.unwrap().is_empty());
+    })
+    .await;
 }

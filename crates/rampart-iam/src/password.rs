@@ -57,6 +57,8 @@ pub struct Policy {
     pub min_length: usize,
     /// How many of upper case, lower case, digit and special characters must appear.
     pub min_char_classes: usize,
+    /// Minimum zxcvbn score (0 to 4).
+    pub min_strength: u8,
 }
 
 impl Default for Policy {
@@ -64,6 +66,7 @@ impl Default for Policy {
         Policy {
             min_length: 12,
             min_char_classes: 2,
+            min_strength: 3,
         }
     }
 }
@@ -84,7 +87,26 @@ pub fn char_classes(password: &str) -> usize {
 }
 
 impl Policy {
-    /// Every rule `password` breaks for user `username`.
+    /// Every rule `password` breaks for user `username`; `user_inputs` (name, email...) make
+    /// the strength estimate penalise passwords built from them.
+    pub fn check_full(&self, password: &str, username: &str, user_inputs: &[&str]) -> Vec<Violation> {
+        let mut v = self.check(password, username);
+        if password.len() <= MAX_LENGTH && self.min_strength > 0 {
+            let score = zxcvbn::zxcvbn(password, user_inputs).score() as u8;
+            if score < self.min_strength {
+                v.push(Violation {
+                    rule: "min_strength",
+                    message: format!(
+                        "too easy to guess (strength {score} of 4, at least {} needed)",
+                        self.min_strength
+                    ),
+                });
+            }
+        }
+        v
+    }
+
+    /// The character rules only (length, classes, user name).
     pub fn check(&self, password: &str, username: &str) -> Vec<Violation> {
         let mut v = Vec::new();
         let length = password.chars().count();
@@ -147,6 +169,7 @@ mod tests {
         let eight = Policy {
             min_length: 8,
             min_char_classes: 2,
+            min_strength: 0,
         };
         assert!(eight.check("abcdef1!", "bob").is_empty());
         assert_eq!(eight.check("abcdefg", "bob").len(), 2);
@@ -158,9 +181,36 @@ mod tests {
         let strict = Policy {
             min_length: 64,
             min_char_classes: 4,
+            min_strength: 4,
         };
-        for v in strict.check(pw, "x") {
+        for v in strict.check_full(pw, "x", &["x"]) {
             assert!(!v.message.contains(pw));
         }
+    }
+}
+
+#[cfg(test)]
+mod strength_tests {
+    use super::*;
+
+    #[test]
+    fn spec_13_1_2_1_strength_score_uses_the_users_own_words() {
+        let p = Policy::default();
+        let rules = |pw: &str, inputs: &[&str]| {
+            p.check_full(pw, "jdoe", inputs)
+                .into_iter()
+                .map(|v| v.rule)
+                .collect::<Vec<_>>()
+        };
+        for weak in ["P@ssw0rd2026", "Qwerty123456!", "Abcd1234abcd"] {
+            assert!(rules(weak, &[]).contains(&"min_strength"), "{weak} passes as strong");
+        }
+        assert!(rules("wombat-lantern-ossify-quartz", &[]).is_empty());
+        // Built from the user's own details: weak for that user.
+        assert!(rules("Vandersloot1987!", &[]).is_empty(), "strong for a stranger");
+        assert!(
+            rules("Vandersloot1987!", &["vandersloot"]).contains(&"min_strength"),
+            "weak for Ms Vandersloot"
+        );
     }
 }

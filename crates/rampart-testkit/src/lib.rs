@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use rampart_agent::host::FakeHost;
 use rampart_agent::{Agent, AgentError, AgentOptions};
-use rampart_api::{Client, JoinTokenCreate, NodeState, PasswordChange};
+use rampart_api::{
+    Client, ClientError, JoinTokenCreate, LoginRequest, NodeState, PasswordChange, TokenScope, TotpConfirm,
+    TotpEnrollment,
+};
 use rampart_common::Sensitive;
 use rampart_common::config::Config;
 use rampart_common::time::SharedClock;
@@ -82,6 +85,8 @@ pub struct TestCluster {
     pub agents: Vec<TestAgent>,
     pub db: TestDb,
     pub config: Config,
+    /// The admin's second factor, to log in again.
+    pub admin_mfa: MfaUser,
     clock: SharedClock,
 }
 
@@ -127,7 +132,10 @@ impl TestCluster {
         })
         .await
         .expect("first password change");
-        let (admin, _) = anon.login_as("admin", ADMIN_PASSWORD).await.expect("admin login");
+        let mfa = MfaUser::enrol(&anon, "admin", ADMIN_PASSWORD)
+            .await
+            .expect("admin enrols a second factor");
+        let admin = mfa.login(&anon).await.expect("admin login with TOTP");
         let mut cluster = TestCluster {
             controller,
             data_dir,
@@ -136,6 +144,7 @@ impl TestCluster {
             agents: Vec::new(),
             db,
             config,
+            admin_mfa: mfa,
             clock,
         };
         for i in 0..opts.agents {
@@ -242,6 +251,7 @@ impl TestCluster {
             agents,
             db,
             mut config,
+            admin_mfa,
             clock,
         } = self;
         config.api.listen = controller.addrs.clone();
@@ -262,8 +272,54 @@ impl TestCluster {
             agents,
             db,
             config,
+            admin_mfa,
             clock,
         }
+    }
+
+    /// Creates a user through the API (as the admin) with `password` already set (no change
+    /// required) and the given role grants; returns its id.
+    pub async fn create_user(&self, name: &str, password: &str, grants: &[(&str, rampart_api::ScopeRef)]) -> Uuid {
+        let user: rampart_api::User = self
+            .admin
+            .post(
+                "/v1/users",
+                &rampart_api::UserCreate {
+                    name: name.into(),
+                    password: Some(Sensitive::new(password)),
+                    password_change_required: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create user");
+        for (role, scope) in grants {
+            let _: rampart_api::RoleAssignment = self
+                .admin
+                .post(
+                    "/v1/role-assignments",
+                    &rampart_api::RoleAssignmentCreate {
+                        user: Some(user.id),
+                        group: None,
+                        role: role.to_string(),
+                        scope: scope.clone(),
+                    },
+                )
+                .await
+                .expect("grant role");
+        }
+        user.id
+    }
+
+    /// The id of the bootstrap `admin` project.
+    pub async fn admin_project(&self) -> Uuid {
+        let projects: rampart_api::List<rampart_api::Project> = self.admin.get("/v1/projects").await.expect("projects");
+        projects
+            .items
+            .into_iter()
+            .find(|p| p.name == "admin")
+            .expect("admin project")
+            .id
     }
 
     pub async fn shutdown(self) {
@@ -292,4 +348,82 @@ pub fn init_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// A user with a TOTP second factor, as a person with an authenticator app would use it:
+/// each code is used once, so logins wait for the next time step when needed.
+pub struct MfaUser {
+    pub username: String,
+    pub password: String,
+    pub secret: Sensitive,
+    last_step: std::sync::Mutex<u64>,
+}
+
+impl MfaUser {
+    /// Logs in (getting an enrolment-only token), enrols TOTP and confirms it.
+    pub async fn enrol(anon: &Client, username: &str, password: &str) -> Result<MfaUser, ClientError> {
+        let (enrolling, token) = anon.login_as(username, password).await?;
+        assert_eq!(
+            token.scope,
+            TokenScope::MfaEnrollment,
+            "a privileged user gets an enrolment-only token first"
+        );
+        let enrolment: TotpEnrollment = enrolling.post("/v1/auth/mfa/totp", &serde_json::json!({})).await?;
+        let now = unix_now();
+        let code = rampart_iam::totp::code_at(enrolment.secret.expose(), now).expect("code");
+        enrolling
+            .send(
+                http::Method::POST,
+                "/v1/auth/mfa/totp/confirm",
+                Some(&TotpConfirm {
+                    code: Sensitive::new(code),
+                }),
+            )
+            .await?;
+        Ok(MfaUser {
+            username: username.into(),
+            password: password.into(),
+            secret: enrolment.secret,
+            last_step: std::sync::Mutex::new(now / 30),
+        })
+    }
+
+    /// A code for a time step not used yet, waiting for the next step if both allowed ones
+    /// (now and one ahead) are spent.
+    pub async fn next_code(&self) -> String {
+        loop {
+            let now = unix_now();
+            {
+                let mut last = self.last_step.lock().expect("lock");
+                let step = (*last + 1).max(now / 30);
+                if step <= now / 30 + 1 {
+                    *last = step;
+                    return rampart_iam::totp::code_at(self.secret.expose(), step * 30).expect("code");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub async fn login(&self, anon: &Client) -> Result<Client, ClientError> {
+        let code = self.next_code().await;
+        let token = anon
+            .login(&LoginRequest {
+                username: self.username.clone(),
+                password: Some(Sensitive::new(&self.password)),
+                domain: None,
+                project: None,
+                totp: Some(Sensitive::new(code)),
+                application_credential: None,
+            })
+            .await?;
+        Ok(anon.clone().with_token(token.token))
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }

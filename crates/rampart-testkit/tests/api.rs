@@ -4,6 +4,8 @@
 use http::{Method, StatusCode};
 use rampart_api::{JoinTokenCreate, LoginRequest, PasswordChange};
 use rampart_common::Sensitive;
+#[allow(unused_imports)]
+use rampart_testkit as _;
 use rampart_testkit::{ADMIN_PASSWORD, ClusterOptions, TestCluster};
 
 async fn cluster() -> TestCluster {
@@ -45,10 +47,11 @@ async fn raw(
 fn login(user: &str, password: &str) -> LoginRequest {
     LoginRequest {
         username: user.into(),
-        password: Sensitive::new(password),
+        password: Some(Sensitive::new(password)),
         domain: None,
         project: None,
         totp: None,
+        application_credential: None,
     }
 }
 
@@ -95,7 +98,10 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
         .iter()
         .map(|r| r["rule"].as_str().unwrap())
         .collect();
-    assert_eq!(rules, ["min_length", "min_char_classes", "not_username"]);
+    assert_eq!(
+        rules,
+        ["min_length", "min_char_classes", "not_username", "min_strength"]
+    );
     assert!(!serde_json::to_string(body).unwrap().contains(weak));
 
     anon.change_password(&PasswordChange {
@@ -109,11 +115,14 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
     assert!(!file.exists(), "the spent one-time password is removed");
     let err = anon.login(&login("admin", &bootstrap)).await.unwrap_err();
     assert_eq!(err.code(), Some("invalid_credentials"));
+    // The admin's role needs a second factor: the first token can only enrol one.
     let (client, token) = anon.login_as("admin", "A-much-better-passphrase").await.unwrap();
+    assert_eq!(token.scope, rampart_api::TokenScope::MfaEnrollment);
+    assert_eq!(client.nodes().await.unwrap_err().code(), Some("mfa_required"));
     assert_eq!(token.user.name, "admin");
     assert_eq!(token.user.domain, "default");
     assert!(token.roles.contains(&"system-admin".to_string()));
-    client.nodes().await.unwrap();
+    client.current_token().await.unwrap();
     controller.shutdown().await;
 
     // A restart does not bootstrap again.
@@ -148,26 +157,42 @@ async fn spec_13_2_6_failed_logins_look_the_same_whatever_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_13_2_4_tokens_die_on_logout_and_on_password_change() {
     let c = cluster().await;
-    let (a, _) = c.anon.login_as("admin", ADMIN_PASSWORD).await.unwrap();
-    let (b, _) = c.anon.login_as("admin", ADMIN_PASSWORD).await.unwrap();
+    let project = c.admin_project().await;
+    c.create_user(
+        "operator",
+        "Ledger-wombat-73",
+        &[(
+            "reader",
+            rampart_api::ScopeRef {
+                project: Some(project),
+                ..Default::default()
+            },
+        )],
+    )
+    .await;
+    let (a, _) = c.anon.login_as("operator", "Ledger-wombat-73").await.unwrap();
+    let (b, _) = c.anon.login_as("operator", "Ledger-wombat-73").await.unwrap();
     let info = a.current_token().await.unwrap();
-    assert_eq!(info.user.name, "admin");
+    assert_eq!(info.user.name, "operator");
     assert!(info.expires_at > time::OffsetDateTime::now_utc() + time::Duration::minutes(55));
     a.logout().await.unwrap();
     assert_eq!(a.current_token().await.unwrap_err().code(), Some("unauthenticated"));
-    assert_eq!(a.nodes().await.unwrap_err().status(), Some(StatusCode::UNAUTHORIZED));
-    b.nodes().await.unwrap();
+    assert_eq!(
+        a.current_token().await.unwrap_err().status(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    b.current_token().await.unwrap();
     c.anon
         .change_password(&PasswordChange {
-            username: "admin".into(),
+            username: "operator".into(),
             domain: None,
-            current_password: Sensitive::new(ADMIN_PASSWORD),
+            current_password: Sensitive::new("Ledger-wombat-73"),
             new_password: Sensitive::new("Another-good-passphrase"),
         })
         .await
         .unwrap();
     assert_eq!(
-        b.nodes().await.unwrap_err().code(),
+        b.current_token().await.unwrap_err().code(),
         Some("unauthenticated"),
         "every token revoked"
     );
@@ -463,7 +488,7 @@ async fn only_system_admins_manage_nodes() {
     .unwrap();
     drop(conn);
     let (alice, token) = c.anon.login_as("alice", "Member-passphrase-1").await.unwrap();
-    assert!(token.roles.is_empty(), "unscoped token: no project roles");
+    assert_eq!(token.roles, ["member"], "an unscoped token carries the user's roles");
     let mut scoped = login("alice", "Member-passphrase-1");
     scoped.project = Some("admin".into());
     assert_eq!(c.anon.login(&scoped).await.unwrap().roles, ["member"]);

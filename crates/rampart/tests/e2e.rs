@@ -105,7 +105,10 @@ async fn up_gives_a_ready_node_and_kill_9_loses_nothing_acknowledged() {
     })
     .await
     .unwrap();
-    let (admin, _) = anon.login_as("admin", "E2e-survives-kill-9").await.unwrap();
+    let mfa = rampart_testkit::MfaUser::enrol(&anon, "admin", "E2e-survives-kill-9")
+        .await
+        .unwrap();
+    let admin = mfa.login(&anon).await.unwrap();
     let token = admin.create_join_token(&JoinTokenCreate::default()).await.unwrap();
     let ca_before = std::fs::read(&ca).unwrap();
 
@@ -116,10 +119,10 @@ async fn up_gives_a_ready_node_and_kill_9_loses_nothing_acknowledged() {
     let anon = wait_healthy(&url, &ca, 1, Duration::from_secs(60)).await;
     assert_eq!(std::fs::read(&ca).unwrap(), ca_before, "same CA");
     assert!(!data.join("bootstrap-admin-password").exists(), "no second bootstrap");
-    let (admin, _) = anon
-        .login_as("admin", "E2e-survives-kill-9")
+    let admin = mfa
+        .login(&anon)
         .await
-        .expect("the changed password survived");
+        .expect("the changed password and the second factor survived");
     assert_eq!(
         admin.nodes().await.unwrap().items.len(),
         1,
@@ -315,7 +318,12 @@ async fn spec_10_1_agent_in_another_network_namespace_joins_then_turns_unreachab
     })
     .await
     .unwrap();
-    let (admin, _) = anon.login_as("admin", "Netns-test-passphrase").await.unwrap();
+    let admin = rampart_testkit::MfaUser::enrol(&anon, "admin", "Netns-test-passphrase")
+        .await
+        .unwrap()
+        .login(&anon)
+        .await
+        .unwrap();
     let token = admin
         .create_join_token(&JoinTokenCreate {
             node_name: Some("far-node".into()),

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod identity;
 pub mod meta;
 pub mod nodes;
 
@@ -26,7 +27,8 @@ use crate::state::AppState;
     modifiers(&BearerAuth),
     tags(
         (name = "meta", description = "Health, CA certificate, API description"),
-        (name = "auth", description = "Login, logout, passwords"),
+        (name = "auth", description = "Login, logout, passwords, second factors, application credentials"),
+        (name = "identity", description = "Domains, projects, users, groups, roles, role assignments, security compliance"),
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
     )
 )]
@@ -60,6 +62,49 @@ fn open_routes() -> OpenApiRouter<AppState> {
 fn authenticated_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(auth::current_token, auth::logout))
+        .routes(routes!(auth::totp_enroll))
+        .routes(routes!(auth::totp_confirm))
+        .routes(routes!(auth::recovery_codes))
+        .routes(routes!(auth::create_credential, auth::list_credentials))
+        .routes(routes!(auth::get_credential, auth::delete_credential))
+        .routes(routes!(identity::list_domains, identity::create_domain))
+        .routes(routes!(
+            identity::get_domain,
+            identity::update_domain,
+            identity::delete_domain
+        ))
+        .routes(routes!(identity::list_projects, identity::create_project))
+        .routes(routes!(
+            identity::get_project,
+            identity::update_project,
+            identity::delete_project
+        ))
+        .routes(routes!(identity::list_users, identity::create_user))
+        .routes(routes!(
+            identity::get_user,
+            identity::update_user,
+            identity::delete_user
+        ))
+        .routes(routes!(identity::unlock_user))
+        .routes(routes!(identity::reset_password))
+        .routes(routes!(identity::reset_mfa))
+        .routes(routes!(identity::list_groups, identity::create_group))
+        .routes(routes!(
+            identity::get_group,
+            identity::update_group,
+            identity::delete_group
+        ))
+        .routes(routes!(identity::group_members))
+        .routes(routes!(identity::add_group_member, identity::remove_group_member))
+        .routes(routes!(identity::list_roles, identity::create_role))
+        .routes(routes!(
+            identity::get_role,
+            identity::update_role,
+            identity::delete_role
+        ))
+        .routes(routes!(identity::list_assignments, identity::create_assignment))
+        .routes(routes!(identity::delete_assignment))
+        .routes(routes!(identity::get_compliance, identity::put_compliance))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::create_join_token))
@@ -112,6 +157,7 @@ pub fn router(state: AppState) -> axum::Router {
     let body_limit = state.config.api.request_body_limit_bytes;
     let app = public
         .merge(agent)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::client_ip))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -15,8 +15,6 @@ use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
-const NODE_READERS: &[&str] = &["system-admin", "auditor", "security-admin"];
-
 /// List nodes, ordered by name.
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(PageParams), security(("bearer" = [])),
     responses((status = 200, body = List<Node>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -25,7 +23,7 @@ pub async fn list_nodes(
     principal: Principal,
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<axum::Json<List<Node>>, Error> {
-    principal.require_system_role(NODE_READERS)?;
+    principal.require_system(&state, "system.read")?;
     let page = page.validate()?;
     let mut conn = state.db.conn().await?;
     let rows = nodes::list(&mut conn, page.after.as_deref(), page.limit + 1).await?;
@@ -41,7 +39,7 @@ pub async fn get_node(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<axum::Json<Node>, Error> {
-    principal.require_system_role(NODE_READERS)?;
+    principal.require_system(&state, "system.read")?;
     let mut conn = state.db.conn().await?;
     nodes::get(&mut conn, id)
         .await?
@@ -58,7 +56,7 @@ pub async fn delete_node(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, Error> {
-    principal.require_system_role(&["system-admin"])?;
+    principal.require_system(&state, "system.manage")?;
     let mut tx = state.db.begin().await?;
     if !nodes::delete(&mut tx, id).await? {
         return Err(Error::not_found("no such node"));
@@ -77,7 +75,7 @@ pub async fn create_join_token(
     principal: Principal,
     ApiJson(req): ApiJson<JoinTokenCreate>,
 ) -> Result<(StatusCode, axum::Json<JoinToken>), Error> {
-    principal.require_system_role(&["system-admin"])?;
+    principal.require_system(&state, "system.manage")?;
     let token = issue_join_token(&state, req.node_name, req.ttl_s, Some(principal.user.id)).await?;
     tracing::info!(token_id = %token.id, by = %principal.user.name, node_name = ?token.node_name, "join token issued");
     Ok((StatusCode::CREATED, axum::Json(token)))

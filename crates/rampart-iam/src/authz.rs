@@ -1,0 +1,593 @@
+//! Authorization: every API operation asks one [`Authorizer::authorize`] question, answered by
+//! Cedar policies (`policies/builtin.cedar`, validated against `policies/schema.cedarschema`)
+//! plus optional operator policies (for instance `forbid` rules on time windows or source
+//! ranges). The request context carries the time, the client address and whether the session
+//! used a second factor.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const SCHEMA: &str = include_str!("../policies/schema.cedarschema");
+const BUILTIN: &str = include_str!("../policies/builtin.cedar");
+
+/// The actions of the schema.
+pub const ACTIONS: &[&str] = &[
+    "system.read",
+    "system.manage",
+    "security.read",
+    "security.manage",
+    "audit.read",
+    "audit.verify",
+    "audit.manage",
+    "domain.manage",
+    "identity.read",
+    "identity.manage",
+    "user.unlock",
+    "user.reset_password",
+    "assignment.system",
+    "assignment.security",
+    "assignment.domain",
+    "project.read",
+    "project.write",
+    "project.admin",
+    "keys.manage",
+    "keys.use",
+    "assignment.project",
+    "self.manage",
+];
+
+/// Roles held at system scope.
+pub const SYSTEM_ROLES: &[&str] = &["system-admin", "security-admin", "auditor"];
+/// Roles held on a project.
+pub const PROJECT_ROLES: &[&str] = &["project-admin", "member", "reader", "key-admin", "key-user"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error("the authorization schema does not parse: {0}")]
+    Schema(String),
+    #[error("the authorization policies do not parse: {0}")]
+    Parse(String),
+    #[error("the authorization policies do not validate against the schema: {0}")]
+    Invalid(String),
+    #[error("cannot read operator policies from {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who asks: the roles that apply to this session, already expanded from custom roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub user_id: Uuid,
+    pub system_roles: Vec<String>,
+    /// Domains where the user is `domain-admin`.
+    pub domain_admin_of: Vec<Uuid>,
+    /// `(project, role)` pairs.
+    pub project_roles: Vec<(Uuid, String)>,
+}
+
+/// What the question is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    System,
+    Domain(Uuid),
+    Project { id: Uuid, domain: Uuid },
+    User(Uuid),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub now: OffsetDateTime,
+    pub source_ip: IpAddr,
+    pub mfa: bool,
+}
+
+/// A decision and the policies that made it (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub because: Vec<String>,
+}
+
+pub struct Authorizer {
+    schema: Schema,
+    policies: PolicySet,
+    engine: cedar_policy::Authorizer,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(&format!("Rampart::{ty}")).expect("valid type name"),
+        EntityId::new(id),
+    )
+}
+
+fn grant(scope: &str, id: Uuid, role: &str) -> EntityUid {
+    uid("Grant", &format!("{scope}/{id}/{role}"))
+}
+
+impl Authorizer {
+    /// The built-in policies plus `extra` operator policies (Cedar text), all validated
+    /// against the schema: a typo in an operator file stops start-up instead of silently
+    /// never matching.
+    pub fn new(extra: Option<&str>) -> Result<Authorizer, AuthzError> {
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| AuthzError::Schema(e.to_string()))?;
+        let mut text = BUILTIN.to_string();
+        if let Some(extra) = extra {
+            text.push('\n');
+            text.push_str(extra);
+        }
+        let policies = PolicySet::from_str(&text).map_err(|e| AuthzError::Parse(e.to_string()))?;
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+            return Err(AuthzError::Invalid(errors.join("; ")));
+        }
+        Ok(Authorizer {
+            schema,
+            policies,
+            engine: cedar_policy::Authorizer::new(),
+        })
+    }
+
+    pub fn from_file(path: Option<&std::path::Path>) -> Result<Authorizer, AuthzError> {
+        match path {
+            None => Authorizer::new(None),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| AuthzError::Read { path: p.into(), source })?;
+                Authorizer::new(Some(&text))
+            }
+        }
+    }
+
+    /// May `subject` do `action` on `target` in `ctx`?
+    pub fn authorize(&self, subject: &Subject, action: &str, target: Target, ctx: &Ctx) -> Verdict {
+        match self.evaluate(subject, action, target, ctx) {
+            Ok(v) => v,
+            Err(e) => {
+                // Fail closed: a request the engine cannot evaluate is denied.
+                tracing::error!(action, error = %e, "authorization request could not be evaluated");
+                Verdict {
+                    allowed: false,
+                    because: vec![format!("error: {e}")],
+                }
+            }
+        }
+    }
+
+    fn evaluate(&self, subject: &Subject, action: &str, target: Target, ctx: &Ctx) -> Result<Verdict, String> {
+        let mut entities: HashMap<EntityUid, (HashMap<String, RestrictedExpression>, HashSet<EntityUid>)> =
+            HashMap::new();
+        let mut add = |u: EntityUid, attrs: HashMap<String, RestrictedExpression>, parents: HashSet<EntityUid>| {
+            let e = entities.entry(u).or_insert_with(|| (HashMap::new(), HashSet::new()));
+            e.0.extend(attrs);
+            e.1.extend(parents);
+        };
+        let user = uid("User", &subject.user_id.to_string());
+        let mut parents: HashSet<EntityUid> = HashSet::new();
+        for r in &subject.system_roles {
+            let role = uid("Role", r);
+            add(role.clone(), HashMap::new(), HashSet::new());
+            parents.insert(role);
+        }
+        for d in &subject.domain_admin_of {
+            parents.insert(grant("domain", *d, "domain-admin"));
+        }
+        for (p, r) in &subject.project_roles {
+            parents.insert(grant("project", *p, r));
+        }
+        for g in &parents {
+            add(g.clone(), HashMap::new(), HashSet::new());
+        }
+        add(user.clone(), HashMap::new(), parents);
+
+        let resource = match target {
+            Target::System => {
+                let s = uid("System", "rampart");
+                add(s.clone(), HashMap::new(), HashSet::new());
+                s
+            }
+            Target::Domain(d) => {
+                let admins = grant("domain", d, "domain-admin");
+                add(admins.clone(), HashMap::new(), HashSet::new());
+                let dom = uid("Domain", &d.to_string());
+                add(
+                    dom.clone(),
+                    HashMap::from([("admins".to_string(), RestrictedExpression::new_entity_uid(admins))]),
+                    HashSet::new(),
+                );
+                dom
+            }
+            Target::Project { id, domain } => {
+                let g = |role: &str| grant("project", id, role);
+                // The role chain: project-admin ⊂ member ⊂ reader; the domain's admins are
+                // project admins of every project in the domain.
+                add(g("project-admin"), HashMap::new(), HashSet::from([g("member")]));
+                add(g("member"), HashMap::new(), HashSet::from([g("reader")]));
+                add(g("reader"), HashMap::new(), HashSet::new());
+                add(g("key-admin"), HashMap::new(), HashSet::new());
+                add(g("key-user"), HashMap::new(), HashSet::new());
+                let domain_admins = grant("domain", domain, "domain-admin");
+                add(
+                    domain_admins.clone(),
+                    HashMap::new(),
+                    HashSet::from([g("project-admin")]),
+                );
+                let dom = uid("Domain", &domain.to_string());
+                add(
+                    dom.clone(),
+                    HashMap::from([(
+                        "admins".to_string(),
+                        RestrictedExpression::new_entity_uid(domain_admins),
+                    )]),
+                    HashSet::new(),
+                );
+                let proj = uid("Project", &id.to_string());
+                let attrs = HashMap::from([
+                    ("readers".to_string(), RestrictedExpression::new_entity_uid(g("reader"))),
+                    ("members".to_string(), RestrictedExpression::new_entity_uid(g("member"))),
+                    (
+                        "admins".to_string(),
+                        RestrictedExpression::new_entity_uid(g("project-admin")),
+                    ),
+                    (
+                        "key_admins".to_string(),
+                        RestrictedExpression::new_entity_uid(g("key-admin")),
+                    ),
+                    (
+                        "key_users".to_string(),
+                        RestrictedExpression::new_entity_uid(g("key-user")),
+                    ),
+                ]);
+                add(proj.clone(), attrs, HashSet::from([dom]));
+                proj
+            }
+            Target::User(u) => {
+                let other = uid("User", &u.to_string());
+                add(other.clone(), HashMap::new(), HashSet::new());
+                other
+            }
+        };
+        let entities = entities
+            .into_iter()
+            .map(|(u, (attrs, parents))| Entity::new(u, attrs, parents).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entities = Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        let now = ctx
+            .now
+            .to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| e.to_string())?;
+        // Cedar's datetime takes at most millisecond precision and a "Z" suffix.
+        let now = format!("{}Z", &now[..19]);
+        let context = Context::from_pairs([
+            ("now".to_string(), RestrictedExpression::new_datetime(now)),
+            (
+                "source_ip".to_string(),
+                RestrictedExpression::new_ip(crate::net::canonical(ctx.source_ip).to_string()),
+            ),
+            ("mfa".to_string(), RestrictedExpression::new_bool(ctx.mfa)),
+        ])
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(user, uid("Action", action), resource, context, Some(&self.schema))
+            .map_err(|e| e.to_string())?;
+        let response = self.engine.is_authorized(&request, &self.policies, &entities);
+        // Name policies by their `@id` annotation (Cedar numbers them `policy0`, `policy1`...).
+        let because = response
+            .diagnostics()
+            .reason()
+            .map(|id| {
+                self.policies
+                    .policy(id)
+                    .and_then(|p| p.annotation("id"))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| id.to_string())
+            })
+            .collect::<Vec<_>>();
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            tracing::warn!(action, errors = ?errors, "policy evaluation errors (treated as not matching)");
+        }
+        Ok(Verdict {
+            allowed: response.decision() == Decision::Allow,
+            because,
+        })
+    }
+}
+
+/// The role × action table of the built-in policies, evaluated (not written by hand): each
+/// built-in role held alone, on the target it applies to. `docs/authz.md` embeds it; a test
+/// fails when the two drift apart.
+pub fn role_action_table(authz: &Authorizer) -> String {
+    let user = Uuid::from_u128(1);
+    let domain = Uuid::from_u128(2);
+    let project = Uuid::from_u128(3);
+    let ctx = Ctx {
+        now: OffsetDateTime::UNIX_EPOCH,
+        source_ip: IpAddr::from([127, 0, 0, 1]),
+        mfa: true,
+    };
+    let roles: Vec<(&str, Subject)> = vec![
+        (
+            "system-admin",
+            Subject {
+                user_id: user,
+                system_roles: vec!["system-admin".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "security-admin",
+            Subject {
+                user_id: user,
+                system_roles: vec!["security-admin".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "auditor",
+            Subject {
+                user_id: user,
+                system_roles: vec!["auditor".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "domain-admin",
+            Subject {
+                user_id: user,
+                domain_admin_of: vec![domain],
+                ..Default::default()
+            },
+        ),
+        (
+            "project-admin",
+            Subject {
+                user_id: user,
+                project_roles: vec![(project, "project-admin".into())],
+                ..Default::default()
+            },
+        ),
+        (
+            "member",
+            Subject {
+                user_id: user,
+                project_roles: vec![(project, "member".into())],
+                ..Default::default()
+            },
+        ),
+        (
+            "reader",
+            Subject {
+                user_id: user,
+                project_roles: vec![(project, "reader".into())],
+                ..Default::default()
+            },
+        ),
+        (
+            "key-admin",
+            Subject {
+                user_id: user,
+                project_roles: vec![(project, "key-admin".into())],
+                ..Default::default()
+            },
+        ),
+        (
+            "key-user",
+            Subject {
+                user_id: user,
+                project_roles: vec![(project, "key-user".into())],
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut out = String::from("| action | on | ");
+    out.push_str(&roles.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(" | "));
+    out.push_str(" |\n|---|---|");
+    out.push_str(&"---|".repeat(roles.len()));
+    out.push('\n');
+    for action in ACTIONS {
+        let targets: Vec<(&str, Target)> = match *action {
+            a if a.starts_with("project.") || a.starts_with("keys.") || a == "assignment.project" => {
+                vec![("its project", Target::Project { id: project, domain })]
+            }
+            "self.manage" => vec![("own account", Target::User(user))],
+            a if a.starts_with("system.") || a.starts_with("security.") || a.starts_with("audit.") => {
+                vec![("system", Target::System)]
+            }
+            _ => vec![("system", Target::System), ("its domain", Target::Domain(domain))],
+        };
+        for (label, target) in targets {
+            out.push_str(&format!("| `{action}` | {label} |"));
+            for (_, s) in &roles {
+                let v = authz.authorize(s, action, target, &ctx);
+                out.push_str(if v.allowed { " ✔ |" } else { " · |" });
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            now: OffsetDateTime::now_utc(),
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+            mfa: true,
+        }
+    }
+
+    fn subject(system: &[&str], projects: &[(Uuid, &str)]) -> Subject {
+        Subject {
+            user_id: Uuid::new_v4(),
+            system_roles: system.iter().map(|s| s.to_string()).collect(),
+            domain_admin_of: vec![],
+            project_roles: projects.iter().map(|(p, r)| (*p, r.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn policies_validate_against_the_schema() {
+        Authorizer::new(None).unwrap();
+        let err = Authorizer::new(Some(
+            "permit(principal, action == Rampart::Action::\"no.such\", resource);",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, AuthzError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn spec_13_1_1_2_separation_of_duties() {
+        let a = Authorizer::new(None).unwrap();
+        let admin = subject(&["system-admin"], &[]);
+        let auditor = subject(&["auditor"], &[]);
+        let security = subject(&["security-admin"], &[]);
+        let sys = Target::System;
+        assert!(a.authorize(&admin, "system.manage", sys, &ctx()).allowed);
+        assert!(
+            !a.authorize(&admin, "audit.manage", sys, &ctx()).allowed,
+            "admin cannot change retention"
+        );
+        assert!(
+            !a.authorize(&admin, "security.manage", sys, &ctx()).allowed,
+            "admin cannot weaken the password policy"
+        );
+        assert!(!a.authorize(&admin, "assignment.security", sys, &ctx()).allowed);
+        assert!(a.authorize(&auditor, "audit.read", sys, &ctx()).allowed);
+        assert!(!a.authorize(&auditor, "system.manage", sys, &ctx()).allowed);
+        assert!(!a.authorize(&auditor, "identity.manage", sys, &ctx()).allowed);
+        assert!(a.authorize(&security, "security.manage", sys, &ctx()).allowed);
+        assert!(!a.authorize(&security, "system.manage", sys, &ctx()).allowed);
+        // Nobody at system scope uses a tenant's keys or reads its project.
+        let p = Target::Project {
+            id: Uuid::new_v4(),
+            domain: Uuid::new_v4(),
+        };
+        for s in [&admin, &auditor, &security] {
+            for action in ["keys.use", "keys.manage", "project.read"] {
+                assert!(!a.authorize(s, action, p, &ctx()).allowed, "{action}");
+            }
+        }
+    }
+
+    #[test]
+    fn spec_13_1_1_1_project_roles_nest_and_stay_in_their_project() {
+        let a = Authorizer::new(None).unwrap();
+        let (p1, p2, d) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t1 = Target::Project { id: p1, domain: d };
+        let t2 = Target::Project { id: p2, domain: d };
+        let admin = subject(&[], &[(p1, "project-admin")]);
+        let member = subject(&[], &[(p1, "member")]);
+        let reader = subject(&[], &[(p1, "reader")]);
+        for (s, read, write, adm) in [
+            (&admin, true, true, true),
+            (&member, true, true, false),
+            (&reader, true, false, false),
+        ] {
+            assert_eq!(a.authorize(s, "project.read", t1, &ctx()).allowed, read);
+            assert_eq!(a.authorize(s, "project.write", t1, &ctx()).allowed, write);
+            assert_eq!(a.authorize(s, "project.admin", t1, &ctx()).allowed, adm);
+            for action in ["project.read", "project.write", "project.admin"] {
+                assert!(!a.authorize(s, action, t2, &ctx()).allowed, "another project: {action}");
+            }
+        }
+        // Key roles are not implied by project-admin.
+        assert!(!a.authorize(&admin, "keys.use", t1, &ctx()).allowed);
+        assert!(
+            a.authorize(&subject(&[], &[(p1, "key-user")]), "keys.use", t1, &ctx())
+                .allowed
+        );
+        // A domain admin administers every project of the domain, not of another.
+        let dadmin = Subject {
+            user_id: Uuid::new_v4(),
+            domain_admin_of: vec![d],
+            ..Default::default()
+        };
+        assert!(a.authorize(&dadmin, "project.admin", t1, &ctx()).allowed);
+        assert!(
+            a.authorize(&dadmin, "identity.manage", Target::Domain(d), &ctx())
+                .allowed
+        );
+        assert!(
+            !a.authorize(&dadmin, "identity.manage", Target::Domain(Uuid::new_v4()), &ctx())
+                .allowed
+        );
+        assert!(
+            !a.authorize(
+                &dadmin,
+                "project.read",
+                Target::Project {
+                    id: p2,
+                    domain: Uuid::new_v4()
+                },
+                &ctx()
+            )
+            .allowed
+        );
+        assert!(!a.authorize(&dadmin, "identity.manage", Target::System, &ctx()).allowed);
+    }
+
+    #[test]
+    fn self_service_only_on_ones_own_account() {
+        let a = Authorizer::new(None).unwrap();
+        let s = subject(&[], &[]);
+        assert!(a.authorize(&s, "self.manage", Target::User(s.user_id), &ctx()).allowed);
+        assert!(
+            !a.authorize(&s, "self.manage", Target::User(Uuid::new_v4()), &ctx())
+                .allowed
+        );
+    }
+
+    #[test]
+    fn spec_13_2_5_operator_policies_express_time_windows_and_source_ranges() {
+        let extra = r#"
+            @id("admins-from-the-office")
+            forbid (principal in Rampart::Role::"system-admin", action, resource)
+            unless { context.source_ip.isInRange(ip("10.0.0.0/8")) };
+            @id("no-changes-at-night")
+            forbid (principal, action == Rampart::Action::"system.manage", resource)
+            when { context.now.toTime() < duration("6h") };
+        "#;
+        let a = Authorizer::new(Some(extra)).unwrap();
+        let admin = subject(&["system-admin"], &[]);
+        let at = |h: u8, ip: [u8; 4]| Ctx {
+            now: time::macros::datetime!(2026-11-29 0:00 UTC) + time::Duration::hours(h as i64),
+            source_ip: IpAddr::from(ip),
+            mfa: true,
+        };
+        assert!(
+            a.authorize(&admin, "system.manage", Target::System, &at(12, [10, 1, 2, 3]))
+                .allowed
+        );
+        let v = a.authorize(&admin, "system.manage", Target::System, &at(12, [192, 0, 2, 1]));
+        assert!(!v.allowed);
+        assert_eq!(v.because, ["admins-from-the-office"]);
+        let v = a.authorize(&admin, "system.manage", Target::System, &at(3, [10, 1, 2, 3]));
+        assert!(!v.allowed);
+        assert_eq!(v.because, ["no-changes-at-night"]);
+        assert!(
+            a.authorize(&admin, "system.read", Target::System, &at(3, [10, 1, 2, 3]))
+                .allowed
+        );
+    }
+}
