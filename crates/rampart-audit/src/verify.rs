@@ -24,7 +24,7 @@ use crate::hash::Hash;
 use crate::merkle::CompactRange;
 use crate::record::{AuditRecord, RowError, compute_hash};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
     Modified,
@@ -33,7 +33,7 @@ pub enum ProblemKind {
     BadSignature,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     pub seq: u64,
     pub kind: ProblemKind,
@@ -45,7 +45,7 @@ pub struct Problem {
 }
 
 /// The body of `POST /v1/audit/verify`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     /// Records examined.

@@ -57,7 +57,7 @@ impl LogType {
 }
 
 /// The body of `GET/PUT /v1/audit/retention`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionPolicy {
     pub operation_days: u32,
@@ -188,6 +188,10 @@ pub struct PurgeRefused {
 /// Streams records from the start of the stored chain and stops at the first unexpired one.
 pub struct PurgePlanner {
     cutoff: OffsetDateTime,
+    /// Cutoff of security events (authentication, refused calls), when it differs.
+    security_cutoff: Option<OffsetDateTime>,
+    /// Records after this seq are kept whatever their age.
+    max_seq: u64,
     tree: CompactRange,
     last_hash: Hash,
     next: u64,
@@ -198,6 +202,8 @@ impl PurgePlanner {
     pub fn new(start: ChainStart, cutoff: OffsetDateTime) -> Self {
         PurgePlanner {
             cutoff,
+            security_cutoff: None,
+            max_seq: u64::MAX,
             next: start.first_seq(),
             tree: start.tree,
             last_hash: start.last_hash,
@@ -205,12 +211,28 @@ impl PurgePlanner {
         }
     }
 
+    /// Security events ([`is_security_event`]) expire at this cutoff instead.
+    pub fn with_security_cutoff(mut self, cutoff: OffsetDateTime) -> Self {
+        self.security_cutoff = Some(cutoff);
+        self
+    }
+
+    /// Never drops records after `max_seq`.
+    pub fn up_to(mut self, max_seq: u64) -> Self {
+        self.max_seq = max_seq;
+        self
+    }
+
     /// Feeds the next record; returns `Ok(false)` once the prefix ends (no more input needed).
     pub fn push(&mut self, r: &AuditRecord) -> Result<bool, PurgeRefused> {
         if self.done {
             return Ok(false);
         }
-        if r.time >= self.cutoff {
+        let cutoff = match self.security_cutoff {
+            Some(c) if is_security_event(r) => c,
+            _ => self.cutoff,
+        };
+        if r.time >= cutoff || r.seq > self.max_seq {
             self.done = true;
             return Ok(false);
         }
@@ -234,6 +256,14 @@ impl PurgePlanner {
             last_hash: self.last_hash,
         })
     }
+}
+
+/// Security events keep the `security` retention: authentication events (`auth.*`), calls
+/// refused for authentication or authorization (401, 403) and black-box dumps.
+pub fn is_security_event(r: &AuditRecord) -> bool {
+    r.operation.starts_with("auth.")
+        || r.operation.starts_with("system.blackbox")
+        || matches!(r.result.status, 401 | 403)
 }
 
 /// The whole planner over an in-memory slice (the store-backed job streams instead).

@@ -24,7 +24,7 @@ pub const MAX_USER_AGENT: usize = 512;
 /// Longest value of the other free-text fields (names, ids, codes).
 pub const MAX_FIELD: usize = 256;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// Nobody authenticated (a failed login, a call without a token).
@@ -59,7 +59,7 @@ impl AuthMethod {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Actor {
     pub id: Option<String>,
@@ -97,7 +97,7 @@ impl Actor {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     #[serde(rename = "type")]
@@ -116,7 +116,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Success,
@@ -141,7 +141,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditResult {
     pub outcome: Outcome,
@@ -179,12 +179,14 @@ impl AuditResult {
 }
 
 /// A sealed record, as stored, listed and exported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     pub id: Uuid,
     pub seq: u64,
+    /// RFC 3339 UTC with milliseconds.
     #[serde(with = "ms_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub time: OffsetDateTime,
     pub actor: Actor,
     pub source_ip: Option<String>,
@@ -194,8 +196,13 @@ pub struct AuditRecord {
     pub target: Target,
     pub result: AuditResult,
     pub duration_ms: u64,
+    #[schema(value_type = Object)]
     pub details: Map<String, Value>,
+    /// Hex SHA-256 of the previous record (zeros before seq 1).
+    #[schema(value_type = String)]
     pub prev_hash: Hash,
+    /// Hex `SHA-256(prev_hash || canonical JSON of this record without hash)`.
+    #[schema(value_type = String)]
     pub hash: Hash,
 }
 

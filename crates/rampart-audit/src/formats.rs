@@ -374,6 +374,10 @@ pub struct SyslogOptions {
     pub enterprise_id: u32,
     /// RFC 5424 facility; 13 is "log audit".
     pub facility: u8,
+    /// What the MSG part of a record carries: the canonical record (`Syslog`, the default, so
+    /// the log manager can re-hash it), or the record in OCSF, CADF or CEF for log managers
+    /// that parse one of those. The structured data is the same in every case.
+    pub payload: Format,
 }
 
 impl Default for SyslogOptions {
@@ -384,6 +388,7 @@ impl Default for SyslogOptions {
             procid: None,
             enterprise_id: DEFAULT_ENTERPRISE_ID,
             facility: 13,
+            payload: Format::Syslog,
         }
     }
 }
@@ -465,8 +470,13 @@ pub fn to_rfc5424(r: &AuditRecord, opts: &SyslogOptions) -> String {
             ("hash", Some(r.hash.to_hex())),
         ],
     );
-    let msg = String::from_utf8(crate::canonical::canonical_of(r).expect("sealed records are canonical"))
-        .expect("canonical JSON is UTF-8");
+    let msg = match opts.payload {
+        Format::Syslog => String::from_utf8(crate::canonical::canonical_of(r).expect("sealed records are canonical"))
+            .expect("canonical JSON is UTF-8"),
+        Format::Ocsf => to_ocsf(r, &Product::default()).to_string(),
+        Format::Cadf => to_cadf(r, &Product::default()).to_string(),
+        Format::Cef => to_cef(r, &Product::default()),
+    };
     syslog_line(opts, severity, &r.time, &r.operation, &sd, &msg)
 }
 
@@ -501,7 +511,7 @@ pub fn checkpoint_to_rfc5424(cp: &Checkpoint, opts: &SyslogOptions) -> String {
 }
 
 /// The export formats of `rampart audit export --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     Ocsf,

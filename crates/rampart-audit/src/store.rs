@@ -218,6 +218,8 @@ struct State {
 }
 
 const PAGE: usize = 1000;
+/// Appends retried after a seq conflict before the call fails.
+const MAX_APPEND_ATTEMPTS: u32 = 16;
 
 /// The appender. One per store; appends are serialised by an async mutex so seq and hashes
 /// are assigned in one order.
@@ -313,19 +315,37 @@ impl<S: AuditStore> AuditLog<S> {
     /// An error means the record is not stored: the caller must fail the request.
     pub async fn append(&self, new: NewRecord) -> Result<AuditRecord, AuditError> {
         let mut state = self.state.lock().await;
-        let record = seal(&state.head, new.clone())?;
-        match self.store.append(&record).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
-                // Another writer moved the head: follow it and seal again, once.
-                Self::catch_up_state(&self.store, &mut state).await?;
-                let record = seal(&state.head, new)?;
-                self.store.append(&record).await?;
-                return self.after_append(&mut state, record).await;
+        let mut attempts = 0;
+        loop {
+            let record = seal(&state.head, new.clone())?;
+            match self.store.append(&record).await {
+                Ok(()) => return self.after_append(&mut state, record).await,
+                Err(StoreError::Conflict(_)) if attempts < MAX_APPEND_ATTEMPTS => {
+                    // Another writer (another controller on the same database) moved the
+                    // head: follow it and seal again.
+                    attempts += 1;
+                    Self::catch_up_state(&self.store, &mut state).await?;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-        self.after_append(&mut state, record).await
+    }
+
+    /// Reloads the newest checkpoint after another writer stored one with the number this
+    /// appender meant to use.
+    async fn reload_checkpoints(&self, state: &mut State) -> Result<(), AuditError> {
+        let cps = self.store.checkpoints().await?;
+        if let Some(latest) = cps.iter().max_by_key(|c| c.body.seq) {
+            state.latest = Some(latest.clone());
+        }
+        let attested = cps
+            .iter()
+            .filter(|c| c.body.kind == CheckpointKind::Periodic)
+            .map(|c| c.body.tree_size)
+            .max()
+            .unwrap_or(0);
+        state.attested = state.attested.max(attested);
+        Ok(())
     }
 
     async fn after_append(&self, state: &mut State, record: AuditRecord) -> Result<AuditRecord, AuditError> {
@@ -366,6 +386,20 @@ impl<S: AuditStore> AuditLog<S> {
     }
 
     async fn write_checkpoint(&self, state: &mut State) -> Result<Checkpoint, AuditError> {
+        match self.try_write_checkpoint(state).await {
+            Err(AuditError::Store(StoreError::Conflict(_))) => {
+                self.reload_checkpoints(state).await?;
+                if state.attested >= state.tree.size {
+                    // The other writer attested everything already.
+                    return state.latest.clone().ok_or(AuditError::Broken { seq: 0 });
+                }
+                self.try_write_checkpoint(state).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_write_checkpoint(&self, state: &mut State) -> Result<Checkpoint, AuditError> {
         let now = self.clock.now();
         let body = CheckpointBody {
             version: 1,
@@ -396,6 +430,16 @@ impl<S: AuditStore> AuditLog<S> {
     /// boundary checkpoint in one store transaction. Returns the boundary, or `None` when
     /// nothing expired. Refuses (and drops nothing) when the expired range fails verification.
     pub async fn purge_expired(&self, policy: &RetentionPolicy) -> Result<Option<(Checkpoint, u64)>, AuditError> {
+        self.purge_expired_up_to(policy, u64::MAX).await
+    }
+
+    /// As [`AuditLog::purge_expired`], never dropping records after `max_seq` (those the log
+    /// forwarder has not taken yet).
+    pub async fn purge_expired_up_to(
+        &self,
+        policy: &RetentionPolicy,
+        max_seq: u64,
+    ) -> Result<Option<(Checkpoint, u64)>, AuditError> {
         let mut state = self.state.lock().await;
         Self::catch_up_state(&self.store, &mut state).await?;
         let now = self.clock.now();
@@ -407,7 +451,9 @@ impl<S: AuditStore> AuditLog<S> {
             .and_then(ChainStart::from_boundary)
             .unwrap_or_else(ChainStart::genesis);
         let first = start.first_seq();
-        let mut planner = PurgePlanner::new(start, policy.cutoff(LogType::Operation, now));
+        let mut planner = PurgePlanner::new(start, policy.cutoff(LogType::Operation, now))
+            .with_security_cutoff(policy.cutoff(LogType::Security, now))
+            .up_to(max_seq);
         let mut from = first;
         'outer: loop {
             let rows = self.store.read(from, PAGE).await?;
