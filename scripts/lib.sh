@@ -41,3 +41,5 @@ BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
 RUNTIME_PACKAGES=(iproute2 openssl)
 # Packages the test suite needs besides those.
 TEST_PACKAGES=(postgresql openssl iproute2 curl)
+# The audit trail's forwarding tests run a private RFC 5425 receiver (issue 4).
+TEST_PACKAGES+=(rsyslog rsyslog-gnutls)

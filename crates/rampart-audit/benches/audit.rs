@@ -1,7 +1,7 @@
 //! Audit throughput: sealing (canonical JSON + SHA-256 chain), appends through `AuditLog` on the
 //! memory store (sealing, row conversion, Merkle update, a signed checkpoint every 1000),
 //! verification, and the forwarding queue with its fsync per enqueue.
-//! Run with `scripts/bench.sh` (release build); writes `target/bench/audit.json`.
+//! Run with `scripts/bench-audit.sh` (release build); writes `target/bench/audit.json`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,8 +117,9 @@ fn main() {
     results.insert("records".into(), n.into());
 
     let out = serde_json::Value::Object(results);
-    std::fs::create_dir_all("target/bench").unwrap();
-    std::fs::write("target/bench/audit.json", serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("audit.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
     println!("audit bench ({n} records, 900-byte queue entries)");
     println!("  seal (canonical JSON + SHA-256 chain):      {seal_rate:>10} records/s");
     println!("  append via AuditLog (memory store, cp/1000): {append_rate:>10} records/s");

@@ -33,6 +33,44 @@ pub struct Config {
     pub log: LogConfig,
     pub local_agent: LocalAgentConfig,
     pub authz: AuthzConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A signed checkpoint after this many records.
+    pub checkpoint_every_records: u64,
+    /// A signed checkpoint at least this often while records come in.
+    pub checkpoint_interval_s: u64,
+    /// How often the retention purge runs (records, run logs, black-box dumps).
+    pub purge_interval_s: u64,
+    /// Undelivered bytes the forwarding queue holds before new messages wait in the database.
+    pub forward_queue_max_bytes: u64,
+    /// How often an idle receiver is probed, so a dead one raises the degraded state.
+    pub forward_probe_interval_s: u64,
+    /// Longest pause between delivery attempts while the receiver is down.
+    pub forward_retry_max_s: u64,
+    /// IANA private enterprise number of the syslog structured-data ids (`audit@N`).
+    pub syslog_enterprise_id: u32,
+    /// Run-log events the flight recorder keeps for black-box dumps.
+    pub blackbox_events: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every_records: 1000,
+            checkpoint_interval_s: 60,
+            purge_interval_s: 3600,
+            forward_queue_max_bytes: 1 << 30,
+            forward_probe_interval_s: 30,
+            forward_retry_max_s: 30,
+            syslog_enterprise_id: 32473,
+            blackbox_events: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -150,8 +188,10 @@ pub struct LogConfig {
     pub dir: Option<PathBuf>,
     /// Also write the run log to standard error.
     pub stderr: bool,
-    /// Number of daily log files kept.
+    /// Number of log files kept.
     pub max_files: usize,
+    /// A log file is rotated when it reaches this size (and at midnight UTC).
+    pub max_file_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -161,6 +201,7 @@ impl Default for LogConfig {
             dir: None,
             stderr: true,
             max_files: 14,
+            max_file_bytes: 64 << 20,
         }
     }
 }
@@ -282,6 +323,31 @@ impl Config {
         }
         if self.log.max_files == 0 {
             return invalid("log.max_files", "must be at least 1");
+        }
+        if self.log.max_file_bytes < 4096 {
+            return invalid("log.max_file_bytes", "must be at least 4096");
+        }
+        let a = &self.audit;
+        if a.checkpoint_every_records == 0 {
+            return invalid("audit.checkpoint_every_records", "must be at least 1");
+        }
+        if a.checkpoint_interval_s == 0 {
+            return invalid("audit.checkpoint_interval_s", "must be at least 1");
+        }
+        if a.purge_interval_s == 0 {
+            return invalid("audit.purge_interval_s", "must be at least 1");
+        }
+        if a.forward_queue_max_bytes < 1 << 20 {
+            return invalid("audit.forward_queue_max_bytes", "must be at least 1048576");
+        }
+        if a.forward_probe_interval_s == 0 {
+            return invalid("audit.forward_probe_interval_s", "must be at least 1");
+        }
+        if a.forward_retry_max_s == 0 {
+            return invalid("audit.forward_retry_max_s", "must be at least 1");
+        }
+        if !(10..=100_000).contains(&a.blackbox_events) {
+            return invalid("audit.blackbox_events", "must be between 10 and 100000");
         }
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {

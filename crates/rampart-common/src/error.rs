@@ -178,14 +178,20 @@ pub struct ErrorObject {
     pub details: Option<Value>,
 }
 
+/// The `code` of an error response, in the response's extensions (the audit trail reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        let code = ErrorCode(self.code());
         if let Error::Internal { context, source } = &self {
             // Display of the chain only: sources are our own or library errors, never request data.
             tracing::error!(context = %context, error = %ErrorChain(source.as_ref()), "request failed");
         }
         let mut response = (status, axum::Json(self.body())).into_response();
+        response.extensions_mut().insert(code);
         if let Error::RateLimited { retry_after_s } = self {
             response
                 .headers_mut()

@@ -280,6 +280,7 @@ pub async fn require_token(
         ));
     };
     let principal = authenticate(&state, token, ip).await?;
+    crate::audit::note_principal(&principal);
     if principal.scope != TokenScope::Full && !mfa_enrollment_path(req.uri().path(), req.method()) {
         return Err(Error::Forbidden {
             code: "mfa_required",

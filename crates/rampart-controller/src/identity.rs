@@ -166,6 +166,17 @@ pub async fn count_failure(
     tracing::warn!(user = %user.name, reason, "authentication failed");
     if locked {
         tracing::warn!(user = %user.name, until = %rampart_common::time::rfc3339(until), attempts = policy.lockout_failure_attempts, "account locked after consecutive failures");
+        let mut details = serde_json::Map::new();
+        details.insert("locked_until".into(), rampart_common::time::rfc3339(until).into());
+        details.insert("attempts".into(), policy.lockout_failure_attempts.into());
+        crate::audit::note(|s| {
+            s.events.push((
+                "auth.lockout".into(),
+                rampart_audit::record::Target::new("user", Some(user.id.to_string()), None),
+                rampart_audit::record::AuditResult::success(200),
+                details,
+            ))
+        });
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and desired state, and the background reconcilers. It owns the database; agents only talk
 //! to it over mutual TLS.
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod http;
@@ -51,6 +52,8 @@ pub enum StartError {
     CredKey(#[from] rampart_iam::credkey::CredKeyError),
     #[error("config: `api.trusted_proxies`: {0}")]
     Proxies(String),
+    #[error("audit trail")]
+    Audit(#[from] audit::AuditSetupError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -111,6 +114,8 @@ impl Controller {
         let trusted_proxies = rampart_iam::net::parse_cidrs("api.trusted_proxies", &config.api.trusted_proxies)
             .map_err(|e| StartError::Proxies(e.to_string()))?;
 
+        let audit = Arc::new(audit::Audit::open(&db, &data_dir, clock.clone(), config.audit.clone()).await?);
+
         let mut listeners = Vec::new();
         for addr in &config.api.listen {
             let l = TcpListener::bind(addr)
@@ -138,6 +143,7 @@ impl Controller {
             deny_lists: Default::default(),
             trusted_proxies,
             compliance: std::sync::RwLock::new(None),
+            audit,
         }));
         reconcile::republish_all(&state).await?;
 
@@ -152,6 +158,7 @@ impl Controller {
             )));
         }
         tasks.push(reconcile::spawn(state.clone()));
+        tasks.push(audit::spawn_forwarding(state.clone()));
         tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");
         Ok(Controller { state, addrs, tasks })
     }
@@ -187,6 +194,12 @@ impl Controller {
         for t in self.tasks {
             let _ = t.await;
         }
+        if self.state.audit.is_leader()
+            && let Err(e) = self.state.audit.log.checkpoint_now().await
+        {
+            tracing::error!(error = %rampart_common::error::ErrorChain(&e), "final audit checkpoint failed");
+        }
+        self.state.audit.stop_forwarding();
         self.state.db.close().await;
         tracing::info!("controller stopped");
     }

@@ -40,7 +40,9 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                     false
                 }
             };
+            state.audit.set_leader(leader);
             if leader {
+                crate::audit::leader_tick(&state, ticks).await;
                 if let Err(e) = node_liveness(&state).await {
                     tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "node liveness pass failed");
                 }

@@ -37,6 +37,8 @@ pub struct Inner {
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,
+    /// The audit trail: appender, forwarding queue and forwarder.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl std::ops::Deref for AppState {

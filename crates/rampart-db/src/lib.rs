@@ -6,6 +6,7 @@
 //! run through sqlx's `Any` driver with `$n` placeholders, which both backends accept; the
 //! migrations of both live in `migrations/{sqlite,postgres}` and are embedded in the binary.
 
+pub mod audit;
 pub mod credentials;
 pub mod groups;
 pub mod identity;
@@ -119,7 +120,7 @@ pub struct Db {
 }
 
 /// Path of the SQLite file of a `sqlite:` URL.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub(crate) fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     if path.is_empty() || path == ":memory:" {
@@ -301,7 +302,7 @@ fn prepare_sqlite_file(path: &Path) -> std::io::Result<()> {
 }
 
 /// Puts `password` into the userinfo of `url`, percent-encoded.
-fn with_password(url: &str, password: &str) -> String {
+pub(crate) fn with_password(url: &str, password: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };

@@ -7,6 +7,8 @@
 //! cluster.wait_for_ready_nodes(3).await;
 //! ```
 
+pub mod rsyslog;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

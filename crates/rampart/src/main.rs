@@ -1,6 +1,8 @@
 //! `rampart`: the one binary. `up` runs the controller and a local agent on the embedded
 //! default (SQLite in the data directory); `controller` and `agent` run them apart.
 
+mod audit_cli;
+mod blackbox;
 mod logging;
 
 use std::path::{Path, PathBuf};
@@ -41,10 +43,16 @@ enum Command {
         #[arg(long)]
         agent: bool,
     },
+    /// The audit trail, offline: verify it, list or export records.
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
+    /// Writes a black-box dump through a real panic (tests of the crash path).
+    #[command(hide = true)]
+    DebugCrash(ControllerArgs),
 }
 
 #[derive(Args)]
-struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// State directory: database, CA, logs, bootstrap password [default: /var/lib/rampart as
     /// root, ~/.local/share/rampart otherwise]
     #[arg(long, env = "RAMPART_DATA_DIR")]
@@ -107,7 +115,7 @@ fn is_root() -> bool {
 }
 
 /// Errors of the configuration: exit code 2, like a usage error.
-struct ConfigProblem(anyhow::Error);
+pub(crate) struct ConfigProblem(pub(crate) anyhow::Error);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -127,6 +135,8 @@ fn main() -> ExitCode {
             Command::Up(args) => run_controller(args, true).await,
             Command::Controller(args) => run_controller(args, false).await,
             Command::Agent(args) => run_agent(args).await,
+            Command::Audit(cmd) => audit_cli::run(cmd).await,
+            Command::DebugCrash(args) => debug_crash(args),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()
@@ -146,15 +156,22 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
+            // The fatal path of the black box (a no-op when it is not installed).
+            if let Ok(path) = blackbox::dump("fatal", None, &format!("{e:#}")) {
+                eprintln!("black-box dump written to {}", path.display());
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Config(ConfigProblem),
     Runtime(anyhow::Error),
+    /// A command that reported its result and exits with this code.
+    Exit(u8),
 }
 
 impl From<anyhow::Error> for Failure {
@@ -163,7 +180,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn load_config(args: &ControllerArgs) -> Result<(Config, PathBuf), ConfigProblem> {
+pub(crate) fn load_config(args: &ControllerArgs) -> Result<(Config, PathBuf), ConfigProblem> {
     let mut config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| ConfigProblem(e.into()))?,
         None => Config::default(),
@@ -191,12 +208,16 @@ async fn shutdown_signal() {
 
 async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
-    let _guard = logging::init(
-        &config.log.level,
-        Some(&config.log_dir(&data_dir)),
-        config.log.stderr,
-        config.log.max_files,
-    )?;
+    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
+    let _guard = logging::init(logging::LogOptions {
+        level: &config.log.level,
+        dir: Some(&config.log_dir(&data_dir)),
+        to_stderr: config.log.stderr,
+        max_files: config.log.max_files,
+        max_file_bytes: config.log.max_file_bytes,
+        recorder: Some(recorder.clone()),
+    })?;
+    let mut dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
     let agent_config = config.local_agent.clone();
     let controller = Controller::start(ControllerOptions {
         config,
@@ -206,6 +227,34 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
     let url = controller.url();
+
+    // Black-box dumps become audit records: those left by an earlier run now, new ones as
+    // they come; SIGUSR2 writes one without stopping.
+    let audit = controller.state.audit.clone();
+    let blackbox_dir = data_dir.join("blackbox");
+    let dump_task = tokio::spawn(async move {
+        for d in blackbox::unrecorded(&blackbox_dir) {
+            if let Err(e) = blackbox::record(&audit, &d).await {
+                tracing::error!(error = %e, "cannot record a black-box dump in the audit trail");
+            }
+        }
+        while let Some(d) = dumps.recv().await {
+            if let Err(e) = blackbox::record(&audit, &d).await {
+                tracing::error!(error = %e, "cannot record a black-box dump in the audit trail");
+            }
+        }
+    });
+    let usr2_task = tokio::spawn(async move {
+        let Ok(mut usr2) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
+            return;
+        };
+        while usr2.recv().await.is_some() {
+            match blackbox::dump("signal", None, "black-box dump requested with SIGUSR2") {
+                Ok(path) => tracing::info!(path = %path.display(), "black-box dump written on SIGUSR2"),
+                Err(e) => tracing::error!(error = %e, "cannot write the black-box dump"),
+            }
+        }
+    });
 
     let stop_agent = CancellationToken::new();
     let mut agent_task = None;
@@ -225,8 +274,30 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     if let Some(task) = agent_task {
         let _ = task.await;
     }
+    usr2_task.abort();
+    dump_task.abort();
     controller.shutdown().await;
     Ok(())
+}
+
+/// `rampart debug-crash`: the logging and black box of `rampart up`, then a real panic.
+fn debug_crash(args: ControllerArgs) -> Result<(), Failure> {
+    let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
+    rampart_common::fsutil::ensure_private_dir(&data_dir).map_err(|e| Failure::Runtime(e.into()))?;
+    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
+    let _guard = logging::init(logging::LogOptions {
+        level: &config.log.level,
+        dir: Some(&config.log_dir(&data_dir)),
+        to_stderr: config.log.stderr,
+        max_files: config.log.max_files,
+        max_file_bytes: config.log.max_file_bytes,
+        recorder: Some(recorder.clone()),
+    })?;
+    let _dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
+    for step in 1..=3 {
+        tracing::info!(step, "debug-crash: about to fail");
+    }
+    panic!("debug-crash: deliberate panic to exercise the black box");
 }
 
 async fn start_local_agent(
@@ -299,7 +370,14 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         .map_err(ConfigProblem)
         .map_err(Failure::Config)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| default_dir("rampart-agent"));
-    let _guard = logging::init(&args.log_level, Some(&data_dir.join("logs")), true, 14)?;
+    let _guard = logging::init(logging::LogOptions {
+        level: &args.log_level,
+        dir: Some(&data_dir.join("logs")),
+        to_stderr: true,
+        max_files: 14,
+        max_file_bytes: 64 << 20,
+        recorder: None,
+    })?;
     let join_token = match (&args.join, &args.join_file) {
         (Some(t), _) => Some(Sensitive::new(t.trim())),
         (None, Some(f)) => Some(Sensitive::new(

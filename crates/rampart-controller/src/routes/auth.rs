@@ -65,17 +65,27 @@ async fn check_user_password(
     let candidate = find_candidate(state, username, domain).await?;
     let Some(c) = candidate else {
         verify_password(password, None).await?;
-        tracing::info!(username, "authentication failed: unknown user");
+        // The name is not logged nor recorded: people type passwords into user fields.
+        tracing::info!("authentication failed: unknown user");
+        crate::audit::note_detail("reason", "unknown_user");
         return Err(Error::InvalidCredentials);
     };
+    crate::audit::note_login_actor(
+        c.user.id,
+        &c.user.name,
+        &c.domain_name,
+        rampart_audit::AuthMethod::Password,
+    );
     if is_locked(&c.user, now) {
         // No count while locked: the lock does not grow with an attacker's guesses.
         verify_password(password, None).await?;
         tracing::warn!(user = %c.user.name, "authentication refused: account locked");
+        crate::audit::note_detail("reason", "locked");
         return Err(Error::InvalidCredentials);
     }
     let ok = verify_password(password, c.user.password_hash.clone()).await?;
     if !ok {
+        crate::audit::note_detail("reason", "wrong_password");
         count_failure(state, &policy, &c.user, "wrong password").await?;
         return Err(Error::InvalidCredentials);
     }
@@ -90,6 +100,7 @@ async fn check_user_password(
     };
     if let Some(reason) = refusal {
         tracing::warn!(user = %c.user.name, ip = %ip, reason, "authentication refused");
+        crate::audit::note_detail("reason", reason.replace(' ', "_").replace('\'', ""));
         return Err(Error::InvalidCredentials);
     }
     Ok(c)
@@ -122,6 +133,7 @@ pub async fn login(
     let user = c.user;
     let expired = password_expires_at(&policy, &user).is_some_and(|t| t <= now);
     if user.password_change_required || expired {
+        crate::audit::note_detail("reason", if expired { "password_expired" } else { "password_change_required" });
         let mut conn = state.db.conn().await?;
         identity::record_success(&mut conn, user.id, now).await?;
         return Err(Error::Forbidden {
@@ -141,16 +153,24 @@ pub async fn login(
     let mut scope = TokenScope::Full;
     if user.mfa_enrolled() {
         let Some(code) = &req.totp else {
+            crate::audit::note_detail("reason", "second_factor_missing");
             return Err(Error::Unauthorized {
                 code: "mfa_required",
                 message: "this account needs a second factor: send `totp`".into(),
             });
         };
         if !check_second_factor(&state, &user, code.expose()).await? {
+            crate::audit::note_detail("reason", "wrong_second_factor");
             count_failure(&state, &policy, &user, "wrong second factor").await?;
             return Err(Error::InvalidCredentials);
         }
         methods.push("totp".into());
+        crate::audit::note_login_actor(
+            user.id,
+            &user.name,
+            &c.domain_name,
+            rampart_audit::AuthMethod::PasswordTotp,
+        );
     } else if mfa_required(&policy, &expanded) {
         scope = TokenScope::MfaEnrollment;
     }
@@ -208,6 +228,13 @@ pub async fn login(
             rampart_common::time::rfc3339(t)
         ));
     }
+    crate::audit::note_detail(
+        "scope",
+        match scope {
+            TokenScope::Full => "full",
+            TokenScope::MfaEnrollment => "mfa_enrollment",
+        },
+    );
     if scope == TokenScope::MfaEnrollment {
         warnings.push(
             "your roles require a second factor: enrol one with POST /v1/auth/mfa/totp, then log in again".into(),
@@ -256,8 +283,16 @@ async fn login_with_credential(
     };
     let (Some(cred), Some(user), Some(domain)) = (cred, user, domain) else {
         verify_password(secret, None).await?;
+        crate::audit::note_detail("reason", "unknown_application_credential");
         return Err(Error::InvalidCredentials);
     };
+    crate::audit::note_login_actor(
+        user.id,
+        &user.name,
+        &domain.name,
+        rampart_audit::AuthMethod::ApplicationCredential,
+    );
+    crate::audit::note_detail("application_credential", cred.id.to_string());
     if is_locked(&user, now) {
         verify_password(secret, None).await?;
         return Err(Error::InvalidCredentials);

@@ -1,6 +1,7 @@
 //! The routes of the controller and the OpenAPI documents generated from them.
 
 pub mod agent;
+pub mod audit;
 pub mod auth;
 pub mod identity;
 pub mod meta;
@@ -30,6 +31,7 @@ use crate::state::AppState;
         (name = "auth", description = "Login, logout, passwords, second factors, application credentials"),
         (name = "identity", description = "Domains, projects, users, groups, roles, role assignments, security compliance"),
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
+        (name = "audit", description = "The audit trail: records, verification, retention, forwarding"),
     )
 )]
 struct PublicApi;
@@ -108,6 +110,11 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::create_join_token))
+        // Audit trail (issue 4).
+        .routes(routes!(audit::list_events))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::get_retention, audit::put_retention))
+        .routes(routes!(audit::get_forwarding, audit::put_forwarding))
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {
@@ -157,6 +164,8 @@ pub fn router(state: AppState) -> axum::Router {
     let body_limit = state.config.api.request_body_limit_bytes;
     let app = public
         .merge(agent)
+        // Audit records are written inside the client-address layer and outside the token check.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::audit::record_calls))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::client_ip))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

@@ -1,0 +1,472 @@
+//! The audit trail through the simulated cluster (spec 13.4, 9.2-5, 9.3-3): what each call
+//! records, who may read and manage the trail, tampering found through the API, a failed
+//! audit write failing the call, the retention purge under the lease with a movable clock, and
+//! forwarding to a real rsyslog TLS receiver that goes down and comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rampart_api::{Client, LoginRequest, ScopeRef};
+use rampart_audit::AuditRecord;
+use rampart_common::Sensitive;
+use rampart_testkit::rsyslog::{Rsyslog, available};
+use rampart_testkit::{ClusterOptions, TestCluster};
+use serde_json::{Value, json};
+
+const AUDITOR_PASSWORD: &str = "Ledger-heron-4417";
+
+async fn cluster_with(configure: impl FnOnce(&mut rampart_common::config::Config) + Send + 'static) -> TestCluster {
+    TestCluster::start(ClusterOptions {
+        configure: Box::new(configure),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn auditor(c: &TestCluster, name: &str) -> Client {
+    let system = ScopeRef {
+        system: Some(true),
+        ..Default::default()
+    };
+    c.create_user(name, AUDITOR_PASSWORD, &[("auditor", system)]).await;
+    c.anon.login_as(name, AUDITOR_PASSWORD).await.unwrap().0
+}
+
+async fn events(client: &Client, query: &str) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if query.is_empty() { "" } else { "&" };
+        let path = match &cursor {
+            Some(c) => format!("/v1/audit/events?limit=1000{sep}{query}&cursor={c}"),
+            None => format!("/v1/audit/events?limit=1000{sep}{query}"),
+        };
+        let page: rampart_api::List<AuditRecord> = client.get(&path).await.unwrap();
+        out.extend(page.items);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => return out,
+        }
+    }
+}
+
+fn login(user: &str, password: &str) -> LoginRequest {
+    LoginRequest {
+        username: user.into(),
+        password: Some(Sensitive::new(password)),
+        domain: None,
+        project: None,
+        totp: None,
+        application_credential: None,
+    }
+}
+
+fn sqlite(c: &TestCluster) -> String {
+    format!("sqlite://{}", c.db.sqlite_path().unwrap().display())
+}
+
+async fn raw_sql(c: &TestCluster, sql: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&sqlite(c)).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_what_where_and_result() {
+    let c = cluster_with(|_| {}).await;
+    let alice = auditor(&c, "alice").await;
+
+    // A state change through the API: its record carries the response's request id.
+    let resp = c
+        .admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "ops"})))
+        .await
+        .unwrap();
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let group: Value = resp.json().await.unwrap();
+    let all = events(&alice, "").await;
+    let r = all
+        .iter()
+        .find(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        .expect("a record under the response's request id");
+    assert_eq!(r.operation, "group.create");
+    assert_eq!(r.actor.name.as_deref(), Some("admin"));
+    assert_eq!(r.actor.domain.as_deref(), Some("default"));
+    assert_eq!(r.actor.auth_method, rampart_audit::AuthMethod::Token);
+    assert_eq!(r.source_ip.as_deref(), Some("127.0.0.1"));
+    assert!(r.user_agent.as_deref().unwrap().starts_with("rampart/"));
+    assert_eq!(r.target.kind, "group");
+    assert_eq!(r.target.id.as_deref(), group["id"].as_str());
+    assert_eq!((r.result.outcome, r.result.status), (rampart_audit::Outcome::Success, 201));
+
+    // Authentication events of the cluster's start: the bootstrap admin's password change
+    // and MFA enrolment, and the auditor's login.
+    for op in ["auth.password.change", "auth.mfa.enroll", "auth.mfa.confirm"] {
+        assert!(
+            all.iter()
+                .any(|r| r.operation == op && r.actor.name.as_deref() == Some("admin") && r.result.status < 300),
+            "{op} recorded"
+        );
+    }
+    assert!(all.iter().any(|r| r.operation == "auth.login"
+        && r.actor.name.as_deref() == Some("alice")
+        && r.actor.auth_method == rampart_audit::AuthMethod::Password
+        && r.result.status == 201));
+    assert!(all.iter().any(|r| r.operation == "auth.login"
+        && r.actor.name.as_deref() == Some("admin")
+        && r.actor.auth_method == rampart_audit::AuthMethod::PasswordTotp));
+
+    // A wrong password for a known user, a user that does not exist (a password typed into
+    // the user field is never stored), a call without a token, a call the roles refuse.
+    let typed_password = "Canary-typed-into-user-field-9";
+    assert!(c.anon.login(&login("alice", "wrong-Password-1")).await.is_err());
+    assert!(c.anon.login(&login(typed_password, "whatever-Pass-2")).await.is_err());
+    let no_token = c.anon.send::<()>(Method::GET, "/v1/nodes", None).await.unwrap_err();
+    assert_eq!(no_token.status(), Some(StatusCode::UNAUTHORIZED));
+    let forbidden = alice
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "x"})))
+        .await
+        .unwrap_err();
+    assert_eq!(forbidden.status(), Some(StatusCode::FORBIDDEN));
+
+    // Five failures lock carol's account: the lockout is an event of its own.
+    c.create_user("carol", "Quiet-otter-8812", &[]).await;
+    for _ in 0..5 {
+        assert!(c.anon.login(&login("carol", "not-her-Passw0rd")).await.is_err());
+    }
+    let (bob, _) = {
+        c.create_user("bob", "Amber-lynx-5120", &[]).await;
+        c.anon.login_as("bob", "Amber-lynx-5120").await.unwrap()
+    };
+    bob.logout().await.unwrap();
+
+    let all = events(&alice, "").await;
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains(typed_password), "a name typed at login is never recorded");
+    let failed: Vec<&AuditRecord> = all
+        .iter()
+        .filter(|r| r.operation == "auth.login" && r.result.outcome == rampart_audit::Outcome::Failure)
+        .collect();
+    assert!(failed.iter().any(|r| r.actor.name.as_deref() == Some("alice")
+        && r.result.code.as_deref() == Some("invalid_credentials")
+        && r.details["reason"] == "wrong_password"));
+    assert!(failed.iter().any(|r| r.actor.name.is_none() && r.details["reason"] == "unknown_user"));
+    assert!(all.iter().any(|r| r.operation == "node.list"
+        && r.result.status == 401
+        && r.result.code.as_deref() == Some("unauthenticated")));
+    assert!(all.iter().any(|r| r.operation == "group.create"
+        && r.actor.name.as_deref() == Some("alice")
+        && r.result.status == 403
+        && r.result.code.as_deref() == Some("forbidden")));
+    let lock = all
+        .iter()
+        .find(|r| r.operation == "auth.lockout")
+        .expect("lockout recorded");
+    assert_eq!(lock.actor.name.as_deref(), Some("carol"));
+    assert!(all.iter().any(|r| r.operation == "auth.logout" && r.actor.name.as_deref() == Some("bob")));
+    // Reads of the trail are recorded too (the audit of the auditor).
+    assert!(all.iter().any(|r| r.operation == "audit.events.list" && r.actor.name.as_deref() == Some("alice")));
+    // Plain reads are not.
+    assert!(!all.iter().any(|r| r.operation == "user.list"));
+    // Filters.
+    let mine = events(&alice, "actor=carol&operation=auth.*&result=failure").await;
+    assert!(mine.len() >= 5 && mine.iter().all(|r| r.actor.name.as_deref() == Some("carol")));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_6_retention_is_changed_only_by_auditor_or_security_admin_and_each_change_is_recorded() {
+    let c = cluster_with(|_| {}).await;
+    let alice = auditor(&c, "alice").await;
+    let policy: Value = c.admin.get("/v1/audit/retention").await.unwrap();
+    assert_eq!(
+        policy,
+        json!({"operation_days": 180, "run_days": 30, "blackbox_days": 90, "security_days": 365})
+    );
+    let new = json!({"operation_days": 400, "run_days": 14, "blackbox_days": 60, "security_days": 400});
+    let err = c
+        .admin
+        .send(Method::PUT, "/v1/audit/retention", Some(&new))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "the system admin may not shorten the trail");
+    let bad = json!({"operation_days": 90, "run_days": 14, "blackbox_days": 60, "security_days": 400});
+    let err = alice
+        .send(Method::PUT, "/v1/audit/retention", Some(&bad))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("validation_failed"));
+    let ClientError::Api { body, .. } = &err else { panic!() };
+    assert_eq!(body.error.details.as_ref().unwrap()["fields"][0]["field"], "operation_days");
+    let unknown = json!({"operation_days": 400, "run_days": 14, "blackbox_days": 60, "security_days": 400, "x": 1});
+    let err = alice
+        .send(Method::PUT, "/v1/audit/retention", Some(&unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("invalid_request"));
+    alice
+        .send(Method::PUT, "/v1/audit/retention", Some(&new))
+        .await
+        .unwrap();
+    let now: Value = alice.get("/v1/audit/retention").await.unwrap();
+    assert_eq!(now, new);
+    let changes = events(&alice, "operation=audit.retention.update").await;
+    let ok: Vec<&AuditRecord> = changes.iter().filter(|r| r.result.status == 200).collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].actor.name.as_deref(), Some("alice"));
+    assert_eq!(ok[0].details["old"]["operation_days"], 180);
+    assert_eq!(ok[0].details["new"]["operation_days"], 400);
+    assert!(changes.iter().any(|r| r.result.status == 403 && r.actor.name.as_deref() == Some("admin")));
+    // A project member cannot even read the trail.
+    let project = c.admin_project().await;
+    c.create_user(
+        "mel",
+        "Velvet-crane-2231",
+        &[(
+            "member",
+            ScopeRef {
+                project: Some(project),
+                ..Default::default()
+            },
+        )],
+    )
+    .await;
+    let (mel, _) = c.anon.login_as("mel", "Velvet-crane-2231").await.unwrap();
+    let err = mel.get::<Value>("/v1/audit/events").await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    // No API edits or deletes a record.
+    for (m, p) in [
+        (Method::DELETE, "/v1/audit/events".to_string()),
+        (Method::PUT, "/v1/audit/events".to_string()),
+        (Method::DELETE, format!("/v1/audit/events/{}", changes[0].id)),
+        (Method::PATCH, format!("/v1/audit/events/{}", changes[0].id)),
+    ] {
+        let err = alice.send::<()>(m.clone(), &p, None).await.unwrap_err();
+        assert!(
+            matches!(err.status(), Some(StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)),
+            "{m} {p}: {err:?}"
+        );
+    }
+    c.shutdown().await;
+}
+
+use rampart_api::ClientError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_verify_through_the_api_names_the_tampered_seq_and_kind() {
+    let c = cluster_with(|cfg| cfg.audit.checkpoint_every_records = 5).await;
+    let alice = auditor(&c, "alice").await;
+    for i in 0..12 {
+        c.admin
+            .send(Method::POST, "/v1/groups", Some(&json!({"name": format!("g{i}")})))
+            .await
+            .unwrap();
+    }
+    let report: Value = alice.post("/v1/audit/verify", &json!({})).await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["checked"].as_u64().unwrap() >= 12);
+    assert!(report["checkpoints_trusted"].as_u64().unwrap() >= 2);
+    // An attacker with the database file: drop the guards, change a byte of record 3,
+    // delete record 6, forge checkpoint 1.
+    raw_sql(
+        &c,
+        "DROP TRIGGER audit_records_no_update; DROP TRIGGER audit_records_no_delete; DROP TRIGGER audit_checkpoints_no_update; \
+         UPDATE audit_records SET source_ip = '10.9.9.9' WHERE seq = 3; \
+         DELETE FROM audit_records WHERE seq = 6; \
+         UPDATE audit_checkpoints SET checkpoint = replace(checkpoint, '\"tree_size\":5', '\"tree_size\":4') WHERE seq = 1;",
+    )
+    .await;
+    let report: Value = alice.post("/v1/audit/verify", &json!({})).await.unwrap();
+    assert_eq!(report["ok"], false);
+    let problems: Vec<(u64, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["seq"].as_u64().unwrap(), p["kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(problems.contains(&(3, "modified".into())), "{problems:?}");
+    assert!(problems.contains(&(6, "missing".into())), "{problems:?}");
+    assert!(problems.contains(&(4, "bad_signature".into())), "{problems:?}");
+    // The verification is recorded with its outcome.
+    let v = events(&alice, "operation=audit.verify").await;
+    assert_eq!(v.last().unwrap().details["ok"], false);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_a_call_whose_record_cannot_be_written_fails_with_503() {
+    let c = cluster_with(|_| {}).await;
+    raw_sql(
+        &c,
+        "CREATE TRIGGER test_audit_down BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .await;
+    let err = c
+        .admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "unrecorded"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(err.code(), Some("unavailable"));
+    let ClientError::Api { body, .. } = &err else { panic!() };
+    assert!(!body.error.message.contains("disk full"), "the cause stays in the run log");
+    raw_sql(&c, "DROP TRIGGER test_audit_down").await;
+    c.admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "recorded"})))
+        .await
+        .unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_6_purge_job_runs_under_the_lease_with_a_movable_clock() {
+    let clock = Arc::new(rampart_common::time::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let shared: rampart_common::time::SharedClock = clock.clone();
+    let c = TestCluster::start(ClusterOptions {
+        clock: Some(shared),
+        configure: Box::new(|cfg| {
+            cfg.audit.purge_interval_s = 1;
+            cfg.audit.checkpoint_every_records = 4;
+        }),
+        ..Default::default()
+    })
+    .await;
+    for i in 0..6 {
+        c.admin
+            .send(Method::POST, "/v1/groups", Some(&json!({"name": format!("g{i}")})))
+            .await
+            .unwrap();
+    }
+    let state = c.controller.state.clone();
+    let store = state.audit.store.clone();
+    use rampart_audit::AuditStore;
+    let before = store.read(0, 10_000).await.unwrap().len();
+    assert!(before >= 6);
+    let dumps = c.data_dir.path().join("blackbox");
+    std::fs::create_dir_all(&dumps).unwrap();
+    std::fs::write(dumps.join("panic-old.json"), "{}").unwrap();
+    // 400 days later everything is past the operation and security retention.
+    clock.advance(time::Duration::days(400));
+    TestCluster::wait_for("the purge", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let rows = store.read(0, 10_000).await.ok()?;
+            let first = rows.first()?.as_ref().ok()?.seq;
+            (first > before as u64).then_some(())
+        }
+    })
+    .await;
+    let rows = store.read(0, 10_000).await.unwrap();
+    let purge = rows
+        .iter()
+        .flatten()
+        .find(|r| r.operation == "audit.records.purge")
+        .expect("the purge is itself recorded");
+    assert_eq!(purge.actor.auth_method, rampart_audit::AuthMethod::System);
+    assert!(purge.details["removed"].as_u64().unwrap() >= before as u64);
+    let keys = {
+        let mut conn = state.db.conn().await.unwrap();
+        rampart_db::audit::keys(&mut conn).await.unwrap()
+    };
+    let report = rampart_audit::store::verify_store(&store, &keys, Default::default())
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(!dumps.join("panic-old.json").exists(), "black-box dumps past retention removed");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_5_records_reach_a_real_rsyslog_across_a_restart_without_loss_or_duplicates() {
+    if !available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rsyslog = Rsyslog::new(tmp.path());
+    rsyslog.start();
+    let c = cluster_with(|cfg| {
+        cfg.audit.forward_probe_interval_s = 1;
+        cfg.audit.forward_retry_max_s = 1;
+        cfg.audit.checkpoint_every_records = 10;
+    })
+    .await;
+    let alice = auditor(&c, "alice").await;
+    // The system admin may not redirect the trail; the auditor may.
+    let err = c
+        .admin
+        .send(Method::PUT, "/v1/audit/forwarding", Some(&rsyslog.forwarding_settings()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    let mut bad = rsyslog.forwarding_settings();
+    bad["ca_pem"] = json!("not a certificate");
+    let err = alice
+        .send(Method::PUT, "/v1/audit/forwarding", Some(&bad))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("validation_failed"));
+    alice
+        .send(Method::PUT, "/v1/audit/forwarding", Some(&rsyslog.forwarding_settings()))
+        .await
+        .unwrap();
+    let group = |i: u32| json!({ "name": format!("g{i}") });
+    for i in 0..15 {
+        c.admin.send(Method::POST, "/v1/groups", Some(&group(i))).await.unwrap();
+    }
+    let status = |a: Client| async move { a.get::<Value>("/v1/audit/forwarding").await.unwrap()["status"].clone() };
+    TestCluster::wait_for("forwarding to drain", Duration::from_secs(30), || {
+        let a = alice.clone();
+        async move {
+            let s = status(a).await;
+            (s["active"] == true && s["pending"] == 0 && s["delivered"].as_u64()? > 15).then_some(())
+        }
+    })
+    .await;
+
+    // The receiver goes down while calls go on: degraded, nothing lost.
+    rsyslog.stop();
+    for i in 15..30 {
+        c.admin.send(Method::POST, "/v1/groups", Some(&group(i))).await.unwrap();
+    }
+    let down = TestCluster::wait_for("the degraded alarm", Duration::from_secs(30), || {
+        let a = alice.clone();
+        async move {
+            let s = status(a).await;
+            (s["degraded"] == true).then_some(s)
+        }
+    })
+    .await;
+    assert!(down["degraded_since"].is_string() && down["last_error"].is_string(), "{down}");
+    assert!(down["pending"].as_u64().unwrap() > 0);
+    rsyslog.start();
+    TestCluster::wait_for("recovery", Duration::from_secs(60), || {
+        let a = alice.clone();
+        async move {
+            let s = status(a).await;
+            (s["degraded"] == false && s["pending"] == 0).then_some(())
+        }
+    })
+    .await;
+    let listed = events(&alice, "").await;
+    // Wait for the last listed records to be forwarded, then compare.
+    let last = listed.last().unwrap().seq;
+    TestCluster::wait_for("the last record at the receiver", Duration::from_secs(30), || {
+        let got = rsyslog.received_seqs();
+        async move { got.contains_key(&last).then_some(()) }
+    })
+    .await;
+    let got = rsyslog.received_seqs();
+    let missing: Vec<u64> = listed.iter().map(|r| r.seq).filter(|s| !got.contains_key(s)).collect();
+    let twice: Vec<(&u64, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    assert!(twice.is_empty(), "received twice: {twice:?}");
+    // Checkpoints travel too: the log manager is the external witness.
+    assert!(rsyslog.output().contains("[checkpoint@32473 "));
+    c.shutdown().await;
+}
