@@ -567,10 +567,13 @@ pub async fn create_credential(
         .await?
         .ok_or_else(|| Error::field("project", "no such project in your domain"))?;
     let expanded = expanded_assignments(&mut conn, user.id).await?;
+    // The roles held on the project, with those they include (a member may delegate reader).
     let held: Vec<String> = subject(user.id, &expanded, Some(project.id), None)
         .project_roles
+        .iter()
+        .flat_map(|(_, r)| implied_roles(r).iter().map(|x| x.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
-        .map(|(_, r)| r)
         .collect();
     if held.is_empty() {
         return Err(Error::field("project", "you have no role on this project"));
