@@ -3,6 +3,7 @@
 
 mod audit_cli;
 mod blackbox;
+mod cli;
 mod logging;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,46 @@ enum Command {
     /// Writes a black-box dump through a real panic (tests of the crash path).
     #[command(hide = true)]
     DebugCrash(ControllerArgs),
+    /// Log in to a controller and keep the session for the other verbs.
+    Login {
+        /// Controller URL [default: the saved session's, or https://127.0.0.1:8443]
+        #[arg(long)]
+        url: Option<String>,
+        /// CA certificate of the controller [default: /var/lib/rampart/ca.pem]
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        /// Scope the session to one project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// End the session.
+    Logout,
+    /// Change a password (also the bootstrap admin's one-time password).
+    Passwd {
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Enrol a TOTP second factor for the logged-in user.
+    MfaEnrol,
+    /// Users.
+    #[command(subcommand)]
+    User(cli::identity::UserCmd),
+    /// Projects.
+    #[command(subcommand)]
+    Project(cli::identity::ProjectCmd),
+    /// Roles and role assignments.
+    #[command(subcommand)]
+    Role(cli::identity::RoleCmd),
 }
 
 #[derive(Args)]
@@ -137,6 +178,29 @@ fn main() -> ExitCode {
             Command::Agent(args) => run_agent(args).await,
             Command::Audit(cmd) => audit_cli::run(cmd).await,
             Command::DebugCrash(args) => debug_crash(args),
+            Command::Login {
+                url,
+                ca,
+                user,
+                domain,
+                project,
+            } => cli::session::login(cli::session::LoginArgs {
+                url,
+                ca,
+                user,
+                domain,
+                project,
+            })
+            .await
+            .map_err(Failure::Runtime),
+            Command::Logout => cli::session::logout().await.map_err(Failure::Runtime),
+            Command::Passwd { url, ca, user, domain } => cli::session::passwd(url, ca, user, domain)
+                .await
+                .map_err(Failure::Runtime),
+            Command::MfaEnrol => cli::identity::mfa_enrol().await.map_err(Failure::Runtime),
+            Command::User(cmd) => cli::identity::user(cmd).await.map_err(Failure::Runtime),
+            Command::Project(cmd) => cli::identity::project(cmd).await.map_err(Failure::Runtime),
+            Command::Role(cmd) => cli::identity::role(cmd).await.map_err(Failure::Runtime),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()
