@@ -124,14 +124,14 @@ impl ForwardingSettings {
         );
         match (&self.client_cert_file, &self.client_key_file) {
             (Some(c), Some(k)) => {
-                cfg.client_cert_pem = Some(
-                    std::fs::read(c)
-                        .map_err(|_| Error::field("client_cert_file", "the controller cannot read client_cert_file"))?,
-                );
-                cfg.client_key_pem = Some(Sensitive::new(
-                    std::fs::read_to_string(k)
-                        .map_err(|_| Error::field("client_key_file", "the controller cannot read client_key_file"))?,
-                ));
+                cfg.client_cert_pem =
+                    Some(std::fs::read(c).map_err(|_| {
+                        Error::field("client_cert_file", "the controller cannot read client_cert_file")
+                    })?);
+                cfg.client_key_pem =
+                    Some(Sensitive::new(std::fs::read_to_string(k).map_err(|_| {
+                        Error::field("client_key_file", "the controller cannot read client_key_file")
+                    })?));
             }
             (None, None) => {}
             _ => {
@@ -221,9 +221,8 @@ impl Audit {
         config: AuditConfig,
     ) -> Result<Audit, AuditSetupError> {
         let dir = data_dir.join("audit");
-        rampart_common::fsutil::ensure_private_dir(&dir).map_err(|e| {
-            AuditSetupError::Key(rampart_audit::checkpoint::SignError::Io(e))
-        })?;
+        rampart_common::fsutil::ensure_private_dir(&dir)
+            .map_err(|e| AuditSetupError::Key(rampart_audit::checkpoint::SignError::Io(e)))?;
         let signer = Arc::new(Ed25519Signer::load_or_create(&dir.join("checkpoint.key"))?);
         let key_id = signer.key_id().to_string();
         {
@@ -491,7 +490,13 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
     };
     let resource: String = resource
         .chars()
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let resource = if resource.starts_with(|c: char| c.is_ascii_lowercase()) {
         resource
@@ -519,7 +524,10 @@ pub fn is_audited(method: &Method, c: &Classified, status: u16) -> bool {
     if matches!(status, 401 | 403) {
         return true;
     }
-    if matches!(c.operation.as_str(), "node.status.report" | "node.config.get" | "auth.token.get") {
+    if matches!(
+        c.operation.as_str(),
+        "node.status.report" | "node.config.get" | "auth.token.get"
+    ) {
         return false;
     }
     let mutating = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
@@ -744,7 +752,11 @@ pub async fn purge(state: &AppState) -> Result<u64, Error> {
     };
     let removed = match state.audit.log.purge_expired_up_to(&policy, max_seq).await {
         Ok(Some((cp, n))) => {
-            tracing::info!(removed = n, boundary = cp.body.tree_size, "audit records past retention purged");
+            tracing::info!(
+                removed = n,
+                boundary = cp.body.tree_size,
+                "audit records past retention purged"
+            );
             state
                 .audit
                 .append_system(
@@ -826,31 +838,67 @@ mod tests {
             "user.unlock"
         );
         assert_eq!(
-            op(Method::POST, "/v1/users/{id}/reset-password", &format!("/v1/users/{id}/reset-password")).0,
+            op(
+                Method::POST,
+                "/v1/users/{id}/reset-password",
+                &format!("/v1/users/{id}/reset-password")
+            )
+            .0,
             "user.reset_password"
         );
-        assert_eq!(op(Method::POST, "/v1/role-assignments", "/v1/role-assignments").0, "role_assignment.create");
-        assert_eq!(op(Method::PUT, "/v1/security-compliance", "/v1/security-compliance").0, "security_compliance.update");
-        assert_eq!(op(Method::POST, "/v1/nodes/join-tokens", "/v1/nodes/join-tokens").0, "join_token.create");
+        assert_eq!(
+            op(Method::POST, "/v1/role-assignments", "/v1/role-assignments").0,
+            "role_assignment.create"
+        );
+        assert_eq!(
+            op(Method::PUT, "/v1/security-compliance", "/v1/security-compliance").0,
+            "security_compliance.update"
+        );
+        assert_eq!(
+            op(Method::POST, "/v1/nodes/join-tokens", "/v1/nodes/join-tokens").0,
+            "join_token.create"
+        );
         assert_eq!(
             op(
                 Method::POST,
                 "/v1/projects/{p}/keys/{id}/schedule-deletion",
                 &format!("/v1/projects/{p}/keys/{id}/schedule-deletion")
             ),
-            ("key.schedule_deletion".into(), "key".into(), Some(id.into()), Some(p.into()))
+            (
+                "key.schedule_deletion".into(),
+                "key".into(),
+                Some(id.into()),
+                Some(p.into())
+            )
         );
         assert_eq!(
-            op(Method::POST, "/v1/projects/{p}/security-groups", &format!("/v1/projects/{p}/security-groups")),
-            ("security_group.create".into(), "security_group".into(), None, Some(p.into()))
+            op(
+                Method::POST,
+                "/v1/projects/{p}/security-groups",
+                &format!("/v1/projects/{p}/security-groups")
+            ),
+            (
+                "security_group.create".into(),
+                "security_group".into(),
+                None,
+                Some(p.into())
+            )
         );
         assert_eq!(
             op(Method::PATCH, "/v1/projects/{id}", &format!("/v1/projects/{id}")),
-            ("project.update".into(), "project".into(), Some(id.into()), Some(id.into()))
+            (
+                "project.update".into(),
+                "project".into(),
+                Some(id.into()),
+                Some(id.into())
+            )
         );
         assert_eq!(op(Method::POST, "/v1/auth/tokens", "/v1/auth/tokens").0, "auth.login");
         assert_eq!(op(Method::POST, "/agent/v1/join", "/agent/v1/join").0, "node.join");
-        assert_eq!(op(Method::GET, "/v1/audit/events", "/v1/audit/events").0, "audit.events.list");
+        assert_eq!(
+            op(Method::GET, "/v1/audit/events", "/v1/audit/events").0,
+            "audit.events.list"
+        );
         for (m, p) in [
             (Method::POST, "/v1/groups/{id}/members"),
             (Method::GET, "/v1/projects/{p}/policies"),
@@ -876,7 +924,11 @@ mod tests {
         let c = |m: Method, p: &str| classify(&m, p, p);
         assert!(is_audited(&Method::POST, &c(Method::POST, "/v1/users"), 201));
         assert!(is_audited(&Method::POST, &c(Method::POST, "/v1/users"), 400));
-        assert!(is_audited(&Method::DELETE, &c(Method::DELETE, "/v1/auth/tokens/current"), 204));
+        assert!(is_audited(
+            &Method::DELETE,
+            &c(Method::DELETE, "/v1/auth/tokens/current"),
+            204
+        ));
         assert!(!is_audited(&Method::GET, &c(Method::GET, "/v1/users"), 200));
         assert!(is_audited(&Method::GET, &c(Method::GET, "/v1/users"), 403));
         assert!(is_audited(&Method::GET, &c(Method::GET, "/v1/nodes"), 401));

@@ -19,7 +19,12 @@ use rampart_db::testing::TestDb;
 fn record(i: u64) -> NewRecord {
     NewRecord::new(
         time::OffsetDateTime::now_utc(),
-        Actor::user("7d0c7f6e-7a51-4c1b-9a55-0d3c1f7b2a10", "alice", "default", AuthMethod::Token),
+        Actor::user(
+            "7d0c7f6e-7a51-4c1b-9a55-0d3c1f7b2a10",
+            "alice",
+            "default",
+            AuthMethod::Token,
+        ),
         "instance.create",
         Target::new("instance", Some(format!("vm-{i}")), Some("p-1".into())),
         AuditResult::success(201),
@@ -34,7 +39,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let results = rt.block_on(async {
         let mut out = serde_json::Map::new();
         for t in TestDb::all().await {
@@ -71,5 +79,9 @@ fn main() {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("audit-sql.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("audit-sql.json"),
+        serde_json::to_string_pretty(&results).unwrap(),
+    )
+    .unwrap();
 }

@@ -354,12 +354,7 @@ pub async fn retention(conn: &mut AnyConnection) -> Result<RetentionPolicy> {
 }
 
 /// Stores a (validated) retention policy, naming who changed it.
-pub async fn set_retention(
-    conn: &mut AnyConnection,
-    p: &RetentionPolicy,
-    by: &str,
-    now: OffsetDateTime,
-) -> Result<()> {
+pub async fn set_retention(conn: &mut AnyConnection, p: &RetentionPolicy, by: &str, now: OffsetDateTime) -> Result<()> {
     for (t, d) in [
         ("operation", p.operation_days),
         ("run", p.run_days),
@@ -450,7 +445,8 @@ pub async fn connect_query_only(url: &str, password_file: Option<&std::path::Pat
             Box::pin(async move {
                 match backend {
                     Backend::Sqlite => {
-                        conn.execute("PRAGMA query_only = ON; PRAGMA busy_timeout = 10000;").await?;
+                        conn.execute("PRAGMA query_only = ON; PRAGMA busy_timeout = 10000;")
+                            .await?;
                     }
                     Backend::Postgres => {
                         conn.execute("SET default_transaction_read_only = on").await?;

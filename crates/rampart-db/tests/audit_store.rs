@@ -111,13 +111,20 @@ async fn spec_13_4_1_sql_trail_chains_checkpoints_and_reopens() {
         // Reopened (a restart), it continues the seq and the checkpoint numbers.
         let signer = Arc::new(Ed25519Signer::generate().unwrap().0);
         let keys = KeyRing::new(tr.keys.keys.values().cloned().chain([signer.public_key()]));
-        let again = AuditLog::open(SqlAuditStore::new(db.clone()), signer, tr.shared.clone(), CheckpointPolicy::default())
-            .await
-            .unwrap();
+        let again = AuditLog::open(
+            SqlAuditStore::new(db.clone()),
+            signer,
+            tr.shared.clone(),
+            CheckpointPolicy::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(again.append(event(&tr.shared, 26)).await.unwrap().seq, 26);
         let cp = again.checkpoint_now().await.unwrap().unwrap();
         assert_eq!((cp.body.seq, cp.body.tree_size), (3, 26));
-        let r = verify_store(again.store(), &keys, VerifyOptions::default()).await.unwrap();
+        let r = verify_store(again.store(), &keys, VerifyOptions::default())
+            .await
+            .unwrap();
         assert!(r.ok, "{r:?}");
         assert_eq!(r.checked, 26);
         db.close().await;
@@ -217,15 +224,19 @@ async fn spec_13_4_6_purge_drops_expired_records_and_keeps_the_chain_verifiable(
         };
         let (_, removed) = tr.log.purge_expired(&policy).await.unwrap().unwrap();
         assert_eq!(removed, 13, "records 3..=15 are older than 180 days now");
-        let r = verify_store(tr.log.store(), &tr.keys, VerifyOptions::default()).await.unwrap();
+        let r = verify_store(tr.log.store(), &tr.keys, VerifyOptions::default())
+            .await
+            .unwrap();
         assert!(r.ok, "{r:?}");
         assert_eq!(r.checked, 1);
         // The kept record still cannot be deleted, and deleting it anyway is found.
         assert!(
-            sqlx::raw_sql(sqlx::AssertSqlSafe("DELETE FROM audit_records WHERE seq = 16".to_string()))
-                .execute(db.pool())
-                .await
-                .is_err()
+            sqlx::raw_sql(sqlx::AssertSqlSafe(
+                "DELETE FROM audit_records WHERE seq = 16".to_string()
+            ))
+            .execute(db.pool())
+            .await
+            .is_err()
         );
         drop_guards(&db).await;
         exec(&db, "DELETE FROM audit_records WHERE seq = 16").await;
@@ -257,7 +268,9 @@ async fn spec_13_4_1_two_controllers_share_one_chain() {
         let _ = (ra, rb);
         a.log.checkpoint_now().await.unwrap();
         b.log.checkpoint_now().await.unwrap();
-        let r = verify_store(a.log.store(), &keys, VerifyOptions::default()).await.unwrap();
+        let r = verify_store(a.log.store(), &keys, VerifyOptions::default())
+            .await
+            .unwrap();
         assert!(r.ok, "{:?}: {r:?}", db.backend());
         assert_eq!(r.checked, 40);
         db.close().await;
@@ -278,33 +291,53 @@ async fn spec_13_4_1_events_are_listed_with_filters_and_pages() {
             v.into_iter().map(|r| r.unwrap().seq).collect::<Vec<_>>()
         };
         let all = EventFilter::default();
-        assert_eq!(ok(rampart_db::audit::list_events(&mut c, &all, None, 5).await.unwrap()), vec![1, 2, 3, 4, 5]);
-        assert_eq!(ok(rampart_db::audit::list_events(&mut c, &all, Some(5), 2).await.unwrap()), vec![6, 7]);
+        assert_eq!(
+            ok(rampart_db::audit::list_events(&mut c, &all, None, 5).await.unwrap()),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            ok(rampart_db::audit::list_events(&mut c, &all, Some(5), 2).await.unwrap()),
+            vec![6, 7]
+        );
         let desc = EventFilter {
             descending: true,
             ..EventFilter::default()
         };
-        assert_eq!(ok(rampart_db::audit::list_events(&mut c, &desc, None, 2).await.unwrap()), vec![30, 29]);
+        assert_eq!(
+            ok(rampart_db::audit::list_events(&mut c, &desc, None, 2).await.unwrap()),
+            vec![30, 29]
+        );
         let f = EventFilter {
             operation: Some("auth.*".into()),
             actor: Some("bob".into()),
             outcome: Some("failure".into()),
             ..EventFilter::default()
         };
-        assert_eq!(ok(rampart_db::audit::list_events(&mut c, &f, None, 100).await.unwrap()), vec![15]);
+        assert_eq!(
+            ok(rampart_db::audit::list_events(&mut c, &f, None, 100).await.unwrap()),
+            vec![15]
+        );
         let f = EventFilter {
             since: Some(datetime!(2026-06-01 00:00:10 UTC)),
             until: Some(datetime!(2026-06-01 00:00:12 UTC)),
             project: Some("p-1".into()),
             ..EventFilter::default()
         };
-        assert_eq!(ok(rampart_db::audit::list_events(&mut c, &f, None, 100).await.unwrap()), vec![11, 12]);
+        assert_eq!(
+            ok(rampart_db::audit::list_events(&mut c, &f, None, 100).await.unwrap()),
+            vec![11, 12]
+        );
         // A `_` in a prefix is literal, not a wildcard.
         let f = EventFilter {
             operation: Some("user_*".into()),
             ..EventFilter::default()
         };
-        assert!(rampart_db::audit::list_events(&mut c, &f, None, 100).await.unwrap().is_empty());
+        assert!(
+            rampart_db::audit::list_events(&mut c, &f, None, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let policy = rampart_db::audit::retention(&mut c).await.unwrap();
         assert_eq!(policy, RetentionPolicy::default());
         drop(c);

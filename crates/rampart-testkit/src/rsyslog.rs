@@ -54,7 +54,11 @@ impl Pki {
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_pem = p.self_signed(&key).expect("self-signed").pem();
         let issuer = Issuer::from_params(&p, &key);
-        let (server, server_key) = leaf(&issuer, &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (server, server_key) = leaf(
+            &issuer,
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         let (client, client_key) = leaf(&issuer, &["rampart-controller"], ExtendedKeyUsagePurpose::ClientAuth);
         for (name, body) in [
             ("ca.pem", &ca_pem),
@@ -145,7 +149,11 @@ if $app-name == "rampart" then {{
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("rsyslogd exited with {status}: {}", self.stderr());
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "rsyslogd did not listen: {}", self.stderr());
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "rsyslogd did not listen: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -103,7 +103,10 @@ async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_wh
     assert!(r.user_agent.as_deref().unwrap().starts_with("rampart/"));
     assert_eq!(r.target.kind, "group");
     assert_eq!(r.target.id.as_deref(), group["id"].as_str());
-    assert_eq!((r.result.outcome, r.result.status), (rampart_audit::Outcome::Success, 201));
+    assert_eq!(
+        (r.result.outcome, r.result.status),
+        (rampart_audit::Outcome::Success, 201)
+    );
 
     // Authentication events of the cluster's start: the bootstrap admin's password change
     // and MFA enrolment, and the auditor's login.
@@ -148,7 +151,10 @@ async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_wh
 
     let all = events(&alice, "").await;
     let text = serde_json::to_string(&all).unwrap();
-    assert!(!text.contains(typed_password), "a name typed at login is never recorded");
+    assert!(
+        !text.contains(typed_password),
+        "a name typed at login is never recorded"
+    );
     let failed: Vec<&AuditRecord> = all
         .iter()
         .filter(|r| r.operation == "auth.login" && r.result.outcome == rampart_audit::Outcome::Failure)
@@ -156,7 +162,11 @@ async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_wh
     assert!(failed.iter().any(|r| r.actor.name.as_deref() == Some("alice")
         && r.result.code.as_deref() == Some("invalid_credentials")
         && r.details["reason"] == "wrong_password"));
-    assert!(failed.iter().any(|r| r.actor.name.is_none() && r.details["reason"] == "unknown_user"));
+    assert!(
+        failed
+            .iter()
+            .any(|r| r.actor.name.is_none() && r.details["reason"] == "unknown_user")
+    );
     assert!(all.iter().any(|r| r.operation == "node.list"
         && r.result.status == 401
         && r.result.code.as_deref() == Some("unauthenticated")));
@@ -169,9 +179,15 @@ async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_wh
         .find(|r| r.operation == "auth.lockout")
         .expect("lockout recorded");
     assert_eq!(lock.actor.name.as_deref(), Some("carol"));
-    assert!(all.iter().any(|r| r.operation == "auth.logout" && r.actor.name.as_deref() == Some("bob")));
+    assert!(
+        all.iter()
+            .any(|r| r.operation == "auth.logout" && r.actor.name.as_deref() == Some("bob"))
+    );
     // Reads of the trail are recorded too (the audit of the auditor).
-    assert!(all.iter().any(|r| r.operation == "audit.events.list" && r.actor.name.as_deref() == Some("alice")));
+    assert!(
+        all.iter()
+            .any(|r| r.operation == "audit.events.list" && r.actor.name.as_deref() == Some("alice"))
+    );
     // Plain reads are not.
     assert!(!all.iter().any(|r| r.operation == "user.list"));
     // Filters.
@@ -195,7 +211,11 @@ async fn spec_13_4_6_retention_is_changed_only_by_auditor_or_security_admin_and_
         .send(Method::PUT, "/v1/audit/retention", Some(&new))
         .await
         .unwrap_err();
-    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "the system admin may not shorten the trail");
+    assert_eq!(
+        err.status(),
+        Some(StatusCode::FORBIDDEN),
+        "the system admin may not shorten the trail"
+    );
     let bad = json!({"operation_days": 90, "run_days": 14, "blackbox_days": 60, "security_days": 400});
     let err = alice
         .send(Method::PUT, "/v1/audit/retention", Some(&bad))
@@ -203,7 +223,10 @@ async fn spec_13_4_6_retention_is_changed_only_by_auditor_or_security_admin_and_
         .unwrap_err();
     assert_eq!(err.code(), Some("validation_failed"));
     let ClientError::Api { body, .. } = &err else { panic!() };
-    assert_eq!(body.error.details.as_ref().unwrap()["fields"][0]["field"], "operation_days");
+    assert_eq!(
+        body.error.details.as_ref().unwrap()["fields"][0]["field"],
+        "operation_days"
+    );
     let unknown = json!({"operation_days": 400, "run_days": 14, "blackbox_days": 60, "security_days": 400, "x": 1});
     let err = alice
         .send(Method::PUT, "/v1/audit/retention", Some(&unknown))
@@ -222,7 +245,11 @@ async fn spec_13_4_6_retention_is_changed_only_by_auditor_or_security_admin_and_
     assert_eq!(ok[0].actor.name.as_deref(), Some("alice"));
     assert_eq!(ok[0].details["old"]["operation_days"], 180);
     assert_eq!(ok[0].details["new"]["operation_days"], 400);
-    assert!(changes.iter().any(|r| r.result.status == 403 && r.actor.name.as_deref() == Some("admin")));
+    assert!(
+        changes
+            .iter()
+            .any(|r| r.result.status == 403 && r.actor.name.as_deref() == Some("admin"))
+    );
     // A project member cannot even read the trail.
     let project = c.admin_project().await;
     c.create_user(
@@ -249,7 +276,10 @@ async fn spec_13_4_6_retention_is_changed_only_by_auditor_or_security_admin_and_
     ] {
         let err = alice.send::<()>(m.clone(), &p, None).await.unwrap_err();
         assert!(
-            matches!(err.status(), Some(StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)),
+            matches!(
+                err.status(),
+                Some(StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)
+            ),
             "{m} {p}: {err:?}"
         );
     }
@@ -315,7 +345,10 @@ async fn spec_13_4_1_a_call_whose_record_cannot_be_written_fails_with_503() {
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(err.code(), Some("unavailable"));
     let ClientError::Api { body, .. } = &err else { panic!() };
-    assert!(!body.error.message.contains("disk full"), "the cause stays in the run log");
+    assert!(
+        !body.error.message.contains("disk full"),
+        "the cause stays in the run log"
+    );
     raw_sql(&c, "DROP TRIGGER test_audit_down").await;
     c.admin
         .send(Method::POST, "/v1/groups", Some(&json!({"name": "recorded"})))
@@ -378,7 +411,10 @@ async fn spec_13_4_6_purge_job_runs_under_the_lease_with_a_movable_clock() {
         .await
         .unwrap();
     assert!(report.ok, "{report:?}");
-    assert!(!dumps.join("panic-old.json").exists(), "black-box dumps past retention removed");
+    assert!(
+        !dumps.join("panic-old.json").exists(),
+        "black-box dumps past retention removed"
+    );
     c.shutdown().await;
 }
 
@@ -400,7 +436,11 @@ async fn spec_13_4_5_records_reach_a_real_rsyslog_across_a_restart_without_loss_
     // The system admin may not redirect the trail; the auditor may.
     let err = c
         .admin
-        .send(Method::PUT, "/v1/audit/forwarding", Some(&rsyslog.forwarding_settings()))
+        .send(
+            Method::PUT,
+            "/v1/audit/forwarding",
+            Some(&rsyslog.forwarding_settings()),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
@@ -412,7 +452,11 @@ async fn spec_13_4_5_records_reach_a_real_rsyslog_across_a_restart_without_loss_
         .unwrap_err();
     assert_eq!(err.code(), Some("validation_failed"));
     alice
-        .send(Method::PUT, "/v1/audit/forwarding", Some(&rsyslog.forwarding_settings()))
+        .send(
+            Method::PUT,
+            "/v1/audit/forwarding",
+            Some(&rsyslog.forwarding_settings()),
+        )
         .await
         .unwrap();
     let group = |i: u32| json!({ "name": format!("g{i}") });
@@ -442,7 +486,10 @@ async fn spec_13_4_5_records_reach_a_real_rsyslog_across_a_restart_without_loss_
         }
     })
     .await;
-    assert!(down["degraded_since"].is_string() && down["last_error"].is_string(), "{down}");
+    assert!(
+        down["degraded_since"].is_string() && down["last_error"].is_string(),
+        "{down}"
+    );
     assert!(down["pending"].as_u64().unwrap() > 0);
     rsyslog.start();
     TestCluster::wait_for("recovery", Duration::from_secs(60), || {

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use rampart_audit::checkpoint::{Checkpoint, CheckpointSigner, Ed25519Signer, KeyRing, TrustedKey};
-use rampart_audit::store::{AuditLog, CheckpointPolicy};
 use rampart_audit::formats::{Format, Product, SyslogOptions, export_line};
 use rampart_audit::record::{Actor, AuditResult, NewRecord, Target};
+use rampart_audit::store::{AuditLog, CheckpointPolicy};
 use rampart_audit::verify::VerifyOptions;
 use rampart_common::error::ErrorChain;
 use rampart_db::audit::{EventFilter, SqlAuditStore};
@@ -85,10 +85,18 @@ fn runtime(e: impl std::error::Error + 'static) -> Failure {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf, what: &str) -> Result<T, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::Config(ConfigProblem(anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))))?;
-    serde_json::from_str(&text)
-        .map_err(|_| Failure::Config(ConfigProblem(anyhow::anyhow!("{} is not a valid {what}", path.display()))))
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "cannot read {what} {}: {e}",
+            path.display()
+        )))
+    })?;
+    serde_json::from_str(&text).map_err(|_| {
+        Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "{} is not a valid {what}",
+            path.display()
+        )))
+    })
 }
 
 pub async fn run(cmd: AuditCommand) -> Result<(), Failure> {
@@ -177,6 +185,9 @@ async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
             max_connections: 2,
             connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_s),
             password_file: config.database.password_file.clone(),
+            migration_url: Some(config.database.migration_url.clone()).filter(|u| !u.is_empty()),
+            migration_password_file: config.database.migration_password_file.clone(),
+            runtime_role: Some(config.database.runtime_role.clone()).filter(|r| !r.is_empty()),
         },
     )
     .await
@@ -237,7 +248,10 @@ async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
                 }
                 Err(e) => {
                     after = Some(e.seq);
-                    eprintln!("warning: record {} does not decode ({}); run `rampart audit verify`", e.seq, e.field);
+                    eprintln!(
+                        "warning: record {} does not decode ({}); run `rampart audit verify`",
+                        e.seq, e.field
+                    );
                 }
             }
         }

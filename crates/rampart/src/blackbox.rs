@@ -49,8 +49,13 @@ fn exe_digest() -> String {
         return "unknown".into();
     };
     let mut h = Sha256::new();
-    if std::io::copy(&mut f, &mut h).is_err() {
-        return "unknown".into();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(_) => return "unknown".into(),
+        }
     }
     format!("sha256:{}", hex::encode(h.finalize()))
 }
@@ -65,11 +70,9 @@ pub fn install(
     let build_id = Arc::new(OnceLock::new());
     let b = build_id.clone();
     // Hash the executable once, off the start-up path.
-    let _ = std::thread::Builder::new()
-        .name("build-id".into())
-        .spawn(move || {
-            let _ = b.set(exe_digest());
-        });
+    let _ = std::thread::Builder::new().name("build-id".into()).spawn(move || {
+        let _ = b.set(exe_digest());
+    });
     let _ = BLACKBOX.set(BlackBox {
         dir: data_dir.join("blackbox"),
         recorder,

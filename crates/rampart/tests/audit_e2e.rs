@@ -167,7 +167,11 @@ async fn spec_13_4_1_offline_verify_reads_the_same_database_and_names_tampering(
     let (admin, _) = up.admin(&anon, "Offline-verify-passw0rd").await;
     for i in 0..12 {
         admin
-            .send(http::Method::POST, "/v1/groups", Some(&json!({"name": format!("g{i}")})))
+            .send(
+                http::Method::POST,
+                "/v1/groups",
+                Some(&json!({"name": format!("g{i}")})),
+            )
             .await
             .unwrap();
     }
@@ -200,14 +204,16 @@ async fn spec_13_4_1_offline_verify_reads_the_same_database_and_names_tampering(
     assert_eq!(code, 1, "{out}");
     assert_eq!(problems(&out), vec![(seq, "modified".to_string())]);
     // A deleted row.
-    up.sql(&format!("DELETE FROM audit_records WHERE seq = {}", seq + 2)).await;
+    up.sql(&format!("DELETE FROM audit_records WHERE seq = {}", seq + 2))
+        .await;
     let (code, out, _) = up.audit(&["verify"]);
     assert_eq!(code, 1);
     assert!(problems(&out).contains(&(seq + 2, "missing".to_string())), "{out}");
     // A cut tail: the last checkpoint attests what is gone.
     let (_, listed, _) = up.audit(&["list"]);
     let last: AuditRecord = serde_json::from_str(listed.lines().last().unwrap()).unwrap();
-    up.sql(&format!("DELETE FROM audit_records WHERE seq > {}", last.seq - 4)).await;
+    up.sql(&format!("DELETE FROM audit_records WHERE seq > {}", last.seq - 4))
+        .await;
     let (code, out, _) = up.audit(&["verify"]);
     assert_eq!(code, 1);
     let p = problems(&out);
@@ -290,8 +296,10 @@ async fn spec_13_4_3_black_box_dumps_on_sigusr2_and_panic_are_written_and_audite
     assert!(anon.health().await.is_ok(), "still serving after SIGUSR2");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list: rampart_api::List<AuditRecord> =
-            admin.get("/v1/audit/events?operation=system.blackbox.dump").await.unwrap();
+        let list: rampart_api::List<AuditRecord> = admin
+            .get("/v1/audit/events?operation=system.blackbox.dump")
+            .await
+            .unwrap();
         let kinds: Vec<&str> = list.items.iter().map(|r| r.details["kind"].as_str().unwrap()).collect();
         if kinds.contains(&"panic") && kinds.contains(&"signal") {
             let p = list.items.iter().find(|r| r.details["kind"] == "panic").unwrap();
@@ -342,9 +350,13 @@ async fn spec_13_4_7_canary_secrets_reach_no_log_record_dump_queue_or_receiver()
         .unwrap();
     let sec_mfa = MfaUser::enrol(&anon, "sec", &sec_password).await.unwrap();
     let sec = sec_mfa.login(&anon).await.unwrap();
-    sec.send(http::Method::PUT, "/v1/audit/forwarding", Some(&rsyslog.forwarding_settings()))
-        .await
-        .unwrap();
+    sec.send(
+        http::Method::PUT,
+        "/v1/audit/forwarding",
+        Some(&rsyslog.forwarding_settings()),
+    )
+    .await
+    .unwrap();
 
     // Secrets through every door: a user's password, a wrong password, a password typed into
     // the user name, a weak new password refused by policy, an application credential secret,
@@ -385,7 +397,10 @@ async fn spec_13_4_7_canary_secrets_reach_no_log_record_dump_queue_or_receiver()
         .await
         .unwrap();
     let cred: Value = dora
-        .post("/v1/application-credentials", &json!({"name": "ci", "project": "admin"}))
+        .post(
+            "/v1/application-credentials",
+            &json!({"name": "ci", "project": "admin"}),
+        )
         .await
         .unwrap();
     let join: rampart_api::JoinToken = admin

@@ -87,7 +87,11 @@ pub async fn list_events(
         Some("desc") => true,
         Some(_) => return Err(Error::field("order", "order is `asc` or `desc`")),
     };
-    for (field, v) in [("actor", &q.actor), ("operation", &q.operation), ("project", &q.project)] {
+    for (field, v) in [
+        ("actor", &q.actor),
+        ("operation", &q.operation),
+        ("project", &q.project),
+    ] {
         if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 256) {
             return Err(Error::field(field, format!("{field} must be 1 to 256 characters")));
         }
@@ -109,7 +113,11 @@ pub async fn list_events(
             Ok(r) => items.push(r),
             Err(e) => {
                 // Shown by verification; a listing must not fail on it.
-                tracing::error!(seq = e.seq, field = e.field, "an audit row does not decode; left out of the listing");
+                tracing::error!(
+                    seq = e.seq,
+                    field = e.field,
+                    "an audit row does not decode; left out of the listing"
+                );
             }
         }
     }

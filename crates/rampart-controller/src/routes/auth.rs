@@ -133,7 +133,14 @@ pub async fn login(
     let user = c.user;
     let expired = password_expires_at(&policy, &user).is_some_and(|t| t <= now);
     if user.password_change_required || expired {
-        crate::audit::note_detail("reason", if expired { "password_expired" } else { "password_change_required" });
+        crate::audit::note_detail(
+            "reason",
+            if expired {
+                "password_expired"
+            } else {
+                "password_change_required"
+            },
+        );
         let mut conn = state.db.conn().await?;
         identity::record_success(&mut conn, user.id, now).await?;
         return Err(Error::Forbidden {

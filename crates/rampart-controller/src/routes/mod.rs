@@ -165,7 +165,10 @@ pub fn router(state: AppState) -> axum::Router {
     let app = public
         .merge(agent)
         // Audit records are written inside the client-address layer and outside the token check.
-        .layer(middleware::from_fn_with_state(state.clone(), crate::audit::record_calls))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record_calls,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::client_ip))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
