@@ -463,7 +463,7 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
             _ => "create",
         };
         (singular(res), verb.to_string(), value(segs.len() - 1))
-    } else if segs.len() >= 2 && is_param(segs[segs.len() - 2]) && !(last.ends_with('s') && !last.ends_with("ss")) {
+    } else if segs.len() >= 2 && is_param(segs[segs.len() - 2]) && (!last.ends_with('s') || last.ends_with("ss")) {
         // `/things/{id}/verb`: an action on the thing.
         let res = segs.get(segs.len().wrapping_sub(3)).copied().unwrap_or("api");
         let verb = if m == "GET" {
@@ -670,11 +670,11 @@ pub fn spawn_forwarding(state: AppState) -> tokio::task::JoinHandle<()> {
             }
             let wanted = settings.enabled && state.audit.is_leader();
             let mut running = state.audit.running.lock().expect("forwarder lock").take();
-            if running.as_ref().is_some_and(|r| !wanted || r.settings != settings) {
-                if let Some(r) = running.take() {
-                    tracing::info!("log forwarding stopped");
-                    r.forwarder.stop();
-                }
+            if running.as_ref().is_some_and(|r| !wanted || r.settings != settings)
+                && let Some(r) = running.take()
+            {
+                tracing::info!("log forwarding stopped");
+                r.forwarder.stop();
             }
             if wanted && running.is_none() && failed_config.as_ref() != Some(&settings) {
                 match settings.forwarder_config() {
@@ -729,10 +729,10 @@ pub async fn leader_tick(state: &AppState, tick: u64) {
         tracing::error!(error = %ErrorChain(&e), "audit checkpoint failed");
     }
     let every = state.audit.config.purge_interval_s.max(1);
-    if tick % every == every - 1 {
-        if let Err(e) = purge(state).await {
-            tracing::error!(error = %e, "audit retention purge failed");
-        }
+    if tick % every == every - 1
+        && let Err(e) = purge(state).await
+    {
+        tracing::error!(error = %e, "audit retention purge failed");
     }
 }
 

@@ -20,13 +20,17 @@ fn event(clock: &SharedClock, i: u64) -> NewRecord {
         clock.now(),
         Actor::user(
             "7d0c7f6e-7a51-4c1b-9a55-0d3c1f7b2a10",
-            if i % 2 == 0 { "alice" } else { "bob" },
+            if i.is_multiple_of(2) { "alice" } else { "bob" },
             "default",
             AuthMethod::Token,
         ),
-        if i % 3 == 0 { "auth.login" } else { "user.create" },
+        if i.is_multiple_of(3) {
+            "auth.login"
+        } else {
+            "user.create"
+        },
         Target::new("user", Some(format!("u-{i}")), Some("p-1".into())),
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             AuditResult::failure(409, "conflict")
         } else {
             AuditResult::success(201)

@@ -200,10 +200,10 @@ if $app-name == "rampart" then {{
     pub fn received_seqs(&self) -> std::collections::BTreeMap<u64, usize> {
         let mut out = std::collections::BTreeMap::new();
         for line in self.output().lines() {
-            if line.contains("[audit@") {
-                if let Some(seq) = sd_value(line, "seq").and_then(|s| s.parse().ok()) {
-                    *out.entry(seq).or_default() += 1;
-                }
+            if line.contains("[audit@")
+                && let Some(seq) = sd_value(line, "seq").and_then(|s| s.parse::<u64>().ok())
+            {
+                *out.entry(seq).or_default() += 1;
             }
         }
         out
