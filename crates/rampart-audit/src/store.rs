@@ -147,8 +147,17 @@ impl AuditStore for MemoryStore {
             let kept = i.rows.split_off(&keep_from);
             let removed = i.rows.len() as u64;
             i.rows = kept;
-            i.checkpoints.retain(|_, c| c.body.tree_size >= boundary.body.tree_size);
             i.checkpoints.insert(boundary.body.seq, boundary.clone());
+            // Checkpoints link to their predecessor: only the prefix before the first one that
+            // attests a kept record goes (an older boundary may attest fewer records).
+            let first_kept = i
+                .checkpoints
+                .values()
+                .filter(|c| c.body.tree_size >= boundary.body.tree_size)
+                .map(|c| c.body.seq)
+                .min()
+                .unwrap_or(boundary.body.seq);
+            i.checkpoints.retain(|&seq, _| seq >= first_kept);
             Ok(removed)
         })
     }

@@ -483,7 +483,10 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
             ("DELETE", _) => "delete",
             _ => "call",
         };
-        let parent = (segs.len() >= 2 && is_param(segs[segs.len() - 2]))
+        // The parent of a sub-collection is its target (`/groups/{id}/members`); a project's
+        // own collections already carry the project.
+        let under_project = segs.len() == 3 && project.is_some();
+        let parent = (segs.len() >= 2 && is_param(segs[segs.len() - 2]) && !under_project)
             .then(|| value(segs.len() - 2))
             .flatten();
         (singular(last), verb.to_string(), parent)

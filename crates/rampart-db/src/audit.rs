@@ -246,11 +246,16 @@ impl AuditStore for SqlAuditStore {
             .await
             .map_err(backend_err("purging audit records"))?
             .rows_affected();
-        sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size < $1")
-            .bind(size)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err("purging audit checkpoints"))?;
+        // Checkpoints link to their predecessor, so only a prefix of them may go: those older
+        // than the first one attesting a kept record (an older boundary can attest fewer
+        // records than a periodic checkpoint after it).
+        sqlx::query(
+            "DELETE FROM audit_checkpoints WHERE seq < (SELECT MIN(seq) FROM audit_checkpoints WHERE tree_size >= $1)",
+        )
+        .bind(size)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err("purging audit checkpoints"))?;
         tx.commit().await.map_err(backend_err("committing the purge"))?;
         Ok(removed)
     }
