@@ -80,6 +80,9 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/users/{id}/reset-password" => serde_json::json!({"password": "Totally-new-pass-99"}),
         "/v1/security-compliance" => serde_json::to_value(rampart_api::SecurityCompliance::default()).unwrap(),
         "/v1/application-credentials" => serde_json::json!({"name": "x", "project": "other"}),
+        "/v1/audit/retention" => {
+            serde_json::json!({"operation_days": 180, "run_days": 30, "blackbox_days": 90, "security_days": 365})
+        }
         _ => serde_json::json!({}),
     })
 }

@@ -330,10 +330,10 @@ async fn spec_13_4_7_canary_secrets_reach_no_log_record_dump_queue_or_receiver()
     let proc = up.start();
     let anon = up.anon().await;
     let canary = |label: &str| rampart_audit::canary::new_canary(label);
-    let admin_password = format!("Aa1-{}", canary("admin-password"));
+    let admin_password = format!("Aa1-{}", canary("bootstrap-pw"));
     let (admin, mfa) = up.admin(&anon, &admin_password).await;
     // A security admin (MFA) routes the trail to the receiver.
-    let sec_password = format!("Aa1-{}", canary("secadmin-password"));
+    let sec_password = format!("Aa1-{}", canary("officer-pw"));
     let user: Value = admin
         .post(
             "/v1/users",
