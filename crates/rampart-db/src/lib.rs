@@ -186,12 +186,16 @@ impl Db {
             )));
         }
         // The role name is validated above: safe to place in DDL (GRANT takes no parameters).
+        // The audit trail is append-only for the controller: no UPDATE of records, checkpoints
+        // or their keys even if its triggers were gone (DELETE stays for the retention purge,
+        // which the triggers bound).
         let sql = format!(
             "GRANT USAGE ON SCHEMA public TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
              GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}; \
              REVOKE ALL ON _sqlx_migrations FROM {role}; \
-             GRANT SELECT ON _sqlx_migrations TO {role};"
+             GRANT SELECT ON _sqlx_migrations TO {role}; \
+             REVOKE UPDATE ON audit_records, audit_checkpoints, audit_signing_keys FROM {role};"
         );
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&self.pool).await?;
         tracing::info!(role, "granted the runtime role its data rights");

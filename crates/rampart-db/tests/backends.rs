@@ -735,6 +735,10 @@ async fn spec_9_2_4_runtime_role_has_data_rights_but_no_ddl() {
         "DROP TABLE users",
         "ALTER TABLE users ADD COLUMN evil TEXT",
         "DELETE FROM _sqlx_migrations",
+        // Spec 13.4-1: audit records and checkpoints are append-only for the controller.
+        "UPDATE audit_records SET outcome = 'success'",
+        "UPDATE audit_checkpoints SET key_id = 'x'",
+        "DROP TRIGGER audit_records_append_only ON audit_records",
     ] {
         let err = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl.to_string()))
             .execute(&mut *c)
