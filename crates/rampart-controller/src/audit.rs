@@ -430,7 +430,8 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
     let m = method.as_str();
     // The routes whose names do not follow the rule.
     match (m, matched) {
-        ("POST", "/v1/auth/tokens") => return named("auth.login", "user", false),
+        // A browser session is a login whose token lands in a cookie (details say so).
+        ("POST", "/v1/auth/tokens" | "/v1/auth/sessions") => return named("auth.login", "user", false),
         ("DELETE", "/v1/auth/tokens/current") => return named("auth.logout", "token", false),
         ("GET", "/v1/auth/tokens/current") => return named("auth.token.get", "token", false),
         ("POST", "/v1/auth/password") => return named("auth.password.change", "user", false),
@@ -897,6 +898,10 @@ mod tests {
             )
         );
         assert_eq!(op(Method::POST, "/v1/auth/tokens", "/v1/auth/tokens").0, "auth.login");
+        assert_eq!(
+            op(Method::POST, "/v1/auth/sessions", "/v1/auth/sessions").0,
+            "auth.login"
+        );
         assert_eq!(op(Method::POST, "/agent/v1/join", "/agent/v1/join").0, "node.join");
         assert_eq!(
             op(Method::GET, "/v1/audit/events", "/v1/audit/events").0,
