@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod compute;
 pub mod http;
 pub mod identity;
 pub mod reconcile;

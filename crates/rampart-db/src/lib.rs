@@ -6,6 +6,7 @@
 //! run through sqlx's `Any` driver with `$n` placeholders, which both backends accept; the
 //! migrations of both live in `migrations/{sqlite,postgres}` and are embedded in the binary.
 
+pub mod compute;
 pub mod credentials;
 pub mod groups;
 pub mod identity;
