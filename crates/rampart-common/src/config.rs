@@ -90,7 +90,11 @@ impl ComputeConfig {
         if !self.vm_state_dir.is_absolute() {
             return invalid("compute.vm_state_dir", "must be an absolute path");
         }
-        if self.alarm_webhook_prefixes.iter().any(|p| !p.starts_with("https://") || p.len() < 9) {
+        if self
+            .alarm_webhook_prefixes
+            .iter()
+            .any(|p| !p.starts_with("https://") || p.len() < 9)
+        {
             return invalid("compute.alarm_webhook_prefixes", "must be https:// URL prefixes");
         }
         Ok(())

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rampart_api::agent::AgentStatus;
 use rampart_api::compute::{
-    ComputeStatus, DesiredImage, DesiredInstance, GuestDoc, ImageRole, ImageSignatureDoc, NodeCompute,
-    ObservedPower, PowerState, SignaturePolicy, TrustedKeyDoc,
+    ComputeStatus, DesiredImage, DesiredInstance, GuestDoc, ImageRole, ImageSignatureDoc, NodeCompute, ObservedPower,
+    PowerState, SignaturePolicy, TrustedKeyDoc,
 };
 use rampart_common::Error;
 use rampart_common::time::{from_ms, to_ms};
@@ -238,7 +238,9 @@ pub async fn record_status(state: &AppState, node: Uuid, s: &AgentStatus, genera
                     node = %node,
                     "instance event"
                 ),
-                _ => tracing::info!(target: "rampart::audit", operation = "instance.power", event = %e.kind, instance = %r.id, project = %row.project_id, node = %node, "instance event"),
+                _ => {
+                    tracing::info!(target: "rampart::audit", operation = "instance.power", event = %e.kind, instance = %r.id, project = %row.project_id, node = %node, "instance event")
+                }
             }
         }
         if let Some(m) = &r.metrics {
@@ -361,12 +363,7 @@ pub async fn evaluate_alarms(state: &AppState) -> Result<(), Error> {
         let points: Vec<alarm::Datapoint> = db::metrics(&mut conn, a.instance_id, now_ms - span, 100_000)
             .await?
             .iter()
-            .filter_map(|m| {
-                metric_value(m, &a.metric).map(|value| alarm::Datapoint {
-                    at_ms: m.at_ms,
-                    value,
-                })
-            })
+            .filter_map(|m| metric_value(m, &a.metric).map(|value| alarm::Datapoint { at_ms: m.at_ms, value }))
             .collect();
         let e = alarm::evaluate(&rule, &points, now_ms);
         db::mark_evaluated(&mut conn, a.id, now_ms).await?;
@@ -436,7 +433,9 @@ async fn send_webhooks(hooks: Vec<String>, prefixes: Vec<String>, body: serde_js
         };
         match result {
             Ok(()) => tracing::info!(url = %url, "alarm webhook delivered"),
-            Err(e) => tracing::warn!(url = %url, error = %rampart_common::error::ErrorChain(&e), "alarm webhook failed"),
+            Err(e) => {
+                tracing::warn!(url = %url, error = %rampart_common::error::ErrorChain(&e), "alarm webhook failed")
+            }
         }
     }
 }

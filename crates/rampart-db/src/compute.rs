@@ -73,18 +73,18 @@ pub async fn insert_signing_key(conn: &mut AnyConnection, k: &SigningKeyRow) -> 
 
 /// Keys not revoked: global ones and those of `projects`.
 pub async fn list_signing_keys(conn: &mut AnyConnection) -> Result<Vec<SigningKeyRow>> {
-    let rows: Vec<KeyTuple> = sqlx::query_as(&format!(
+    let rows: Vec<KeyTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {KEY_COLS} FROM signing_keys WHERE revoked_at IS NULL ORDER BY name, id"
-    ))
+    )))
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(key_row).collect()
 }
 
 pub async fn get_signing_key(conn: &mut AnyConnection, id: Uuid) -> Result<Option<SigningKeyRow>> {
-    let row: Option<KeyTuple> = sqlx::query_as(&format!(
+    let row: Option<KeyTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {KEY_COLS} FROM signing_keys WHERE id = $1 AND revoked_at IS NULL"
-    ))
+    )))
     .bind(id.to_string())
     .fetch_optional(conn)
     .await?;
@@ -233,9 +233,9 @@ pub async fn insert_image(conn: &mut AnyConnection, i: &ImageRow) -> Result<()> 
 
 /// An image of `project` by id, or by name when `key` is not a UUID.
 pub async fn find_image(conn: &mut AnyConnection, project: Uuid, key: &str) -> Result<Option<ImageRow>> {
-    let row: Option<ImageDb> = sqlx::query_as(&format!(
+    let row: Option<ImageDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {IMAGE_COLS} FROM images WHERE project_id = $1 AND (id = $2 OR name = $2)"
-    ))
+    )))
     .bind(project.to_string())
     .bind(key)
     .fetch_optional(conn)
@@ -244,10 +244,12 @@ pub async fn find_image(conn: &mut AnyConnection, project: Uuid, key: &str) -> R
 }
 
 pub async fn image_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<ImageRow>> {
-    let row: Option<ImageDb> = sqlx::query_as(&format!("SELECT {IMAGE_COLS} FROM images WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<ImageDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {IMAGE_COLS} FROM images WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?;
     row.map(ImageRow::try_from).transpose()
 }
 
@@ -257,9 +259,9 @@ pub async fn list_images(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<ImageRow>> {
-    let rows: Vec<ImageDb> = sqlx::query_as(&format!(
+    let rows: Vec<ImageDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {IMAGE_COLS} FROM images WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
-    ))
+    )))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(limit as i64)
@@ -297,12 +299,7 @@ pub struct UploadResult<'a> {
     pub storage_key: Option<&'a str>,
 }
 
-pub async fn finish_upload(
-    conn: &mut AnyConnection,
-    id: Uuid,
-    u: UploadResult<'_>,
-    now: OffsetDateTime,
-) -> Result<()> {
+pub async fn finish_upload(conn: &mut AnyConnection, id: Uuid, u: UploadResult<'_>, now: OffsetDateTime) -> Result<()> {
     sqlx::query(
         "UPDATE images SET status = $1, size_bytes = $2, sha256 = $3, signature_verified = $4, storage_key = $5, updated_at = $6 WHERE id = $7",
     )
@@ -414,12 +411,11 @@ pub async fn list_flavors(conn: &mut AnyConnection, after: Option<&str>, limit: 
 
 /// A flavor by id, or by name.
 pub async fn find_flavor(conn: &mut AnyConnection, key: &str) -> Result<Option<FlavorRow>> {
-    let row: Option<FlavorTuple> = sqlx::query_as(
-        "SELECT id, name, vcpus, memory_mib, root_disk_gib FROM flavors WHERE id = $1 OR name = $1",
-    )
-    .bind(key)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<FlavorTuple> =
+        sqlx::query_as("SELECT id, name, vcpus, memory_mib, root_disk_gib FROM flavors WHERE id = $1 OR name = $1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
     row.map(flavor_row).transpose()
 }
 
@@ -569,10 +565,12 @@ pub async fn insert_instance(conn: &mut AnyConnection, i: &InstanceRow) -> Resul
 }
 
 pub async fn instance(conn: &mut AnyConnection, id: Uuid) -> Result<Option<InstanceRow>> {
-    let row: Option<InstanceDb> = sqlx::query_as(&format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<InstanceDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INSTANCE_COLS} FROM instances WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?;
     row.map(InstanceRow::try_from).transpose()
 }
 
@@ -582,9 +580,9 @@ pub async fn list_instances(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<InstanceRow>> {
-    let rows: Vec<InstanceDb> = sqlx::query_as(&format!(
+    let rows: Vec<InstanceDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {INSTANCE_COLS} FROM instances WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
-    ))
+    )))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(limit as i64)
@@ -595,9 +593,9 @@ pub async fn list_instances(
 
 /// Every instance placed on `node` (including those being deleted).
 pub async fn instances_on_node(conn: &mut AnyConnection, node: Uuid) -> Result<Vec<InstanceRow>> {
-    let rows: Vec<InstanceDb> = sqlx::query_as(&format!(
+    let rows: Vec<InstanceDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {INSTANCE_COLS} FROM instances WHERE node_id = $1 ORDER BY id"
-    ))
+    )))
     .bind(node.to_string())
     .fetch_all(conn)
     .await?;
@@ -684,10 +682,12 @@ pub async fn mark_deleting(conn: &mut AnyConnection, id: Uuid, now: OffsetDateTi
 
 pub async fn delete_instance(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
     for table in ["alarms", "instance_metrics", "instance_events", "instance_consoles"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE instance_id = $1"))
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE instance_id = $1"
+        )))
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
     }
     sqlx::query("DELETE FROM instances WHERE id = $1")
         .bind(id.to_string())
@@ -717,7 +717,11 @@ pub async fn insert_event(
 }
 
 /// `(at, kind, detail JSON)`, oldest first, the last `limit`.
-pub async fn events(conn: &mut AnyConnection, instance: Uuid, limit: u32) -> Result<Vec<(OffsetDateTime, String, String)>> {
+pub async fn events(
+    conn: &mut AnyConnection,
+    instance: Uuid,
+    limit: u32,
+) -> Result<Vec<(OffsetDateTime, String, String)>> {
     let mut rows: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT at, kind, detail FROM instance_events WHERE instance_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
     )
@@ -839,14 +843,16 @@ pub async fn set_node_compute(
     reason: &str,
     now: OffsetDateTime,
 ) -> Result<()> {
-    let r = sqlx::query("UPDATE node_compute SET available = $1, accel = $2, reason = $3, updated_at = $4 WHERE node_id = $5")
-        .bind(i64::from(available))
-        .bind(accel)
-        .bind(reason)
-        .bind(to_ms(now))
-        .bind(node.to_string())
-        .execute(&mut *conn)
-        .await?;
+    let r = sqlx::query(
+        "UPDATE node_compute SET available = $1, accel = $2, reason = $3, updated_at = $4 WHERE node_id = $5",
+    )
+    .bind(i64::from(available))
+    .bind(accel)
+    .bind(reason)
+    .bind(to_ms(now))
+    .bind(node.to_string())
+    .execute(&mut *conn)
+    .await?;
     if r.rows_affected() == 0 {
         sqlx::query(
             "INSERT INTO node_compute (node_id, available, accel, reason, updated_at) VALUES ($1, $2, $3, $4, $5)",
@@ -968,10 +974,12 @@ pub async fn insert_alarm(conn: &mut AnyConnection, a: &AlarmRow) -> Result<()> 
 }
 
 pub async fn alarm(conn: &mut AnyConnection, id: Uuid) -> Result<Option<AlarmRow>> {
-    let row: Option<AlarmDb> = sqlx::query_as(&format!("SELECT {ALARM_COLS} FROM alarms WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<AlarmDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ALARM_COLS} FROM alarms WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?;
     row.map(AlarmRow::try_from).transpose()
 }
 
@@ -981,9 +989,9 @@ pub async fn list_alarms(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AlarmRow>> {
-    let rows: Vec<AlarmDb> = sqlx::query_as(&format!(
+    let rows: Vec<AlarmDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALARM_COLS} FROM alarms WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
-    ))
+    )))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(limit as i64)
@@ -993,9 +1001,9 @@ pub async fn list_alarms(
 }
 
 pub async fn enabled_alarms(conn: &mut AnyConnection) -> Result<Vec<AlarmRow>> {
-    let rows: Vec<AlarmDb> = sqlx::query_as(&format!(
+    let rows: Vec<AlarmDb> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALARM_COLS} FROM alarms WHERE enabled = 1 ORDER BY id"
-    ))
+    )))
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(AlarmRow::try_from).collect()

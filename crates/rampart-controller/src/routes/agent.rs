@@ -253,7 +253,9 @@ pub async fn image_data(
     if !rampart_db::compute::image_needed_on_node(&mut conn, id, node).await? {
         return Err(not_found());
     }
-    let image = rampart_db::compute::image_by_id(&mut conn, id).await?.ok_or_else(not_found)?;
+    let image = rampart_db::compute::image_by_id(&mut conn, id)
+        .await?
+        .ok_or_else(not_found)?;
     drop(conn);
     let Some(key) = image.storage_key.filter(|_| image.status == "active") else {
         return Err(not_found());
@@ -267,7 +269,11 @@ pub async fn image_data(
     let file = tokio::fs::File::open(dir.join(&key))
         .await
         .map_err(|e| Error::internal("opening an image", e))?;
-    let len = file.metadata().await.map_err(|e| Error::internal("opening an image", e))?.len();
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::internal("opening an image", e))?
+        .len();
     let stream = futures::stream::unfold(file, |mut f| async move {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0u8; 1 << 20];

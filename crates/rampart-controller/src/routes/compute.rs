@@ -345,7 +345,10 @@ pub async fn create_image(
                 return Err(Error::field("signature", "signature must be the base64 of 64 bytes"));
             }
             if key.len() != 16 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::field("signing_key", "signing_key must be a key id of 16 hex digits"));
+                return Err(Error::field(
+                    "signing_key",
+                    "signing_key must be a key id of 16 hex digits",
+                ));
             }
         }
         (None, None) => {}
@@ -585,7 +588,12 @@ pub async fn upload_image_data(
 }
 
 /// Streams the body into `tmp` (0600, in `dir`), hashing as it goes.
-async fn receive(state: &AppState, dir: &std::path::Path, tmp: &std::path::Path, body: Body) -> Result<(Digest, u64), Error> {
+async fn receive(
+    state: &AppState,
+    dir: &std::path::Path,
+    tmp: &std::path::Path,
+    body: Body,
+) -> Result<(Digest, u64), Error> {
     rampart_common::fsutil::ensure_private_dir(dir).map_err(|e| Error::internal("creating the image directory", e))?;
     let mut file = tokio::fs::OpenOptions::new()
         .create_new(true)
@@ -609,7 +617,9 @@ async fn receive(state: &AppState, dir: &std::path::Path, tmp: &std::path::Path,
             .await
             .map_err(|e| Error::internal("writing an image", e))?;
     }
-    file.sync_all().await.map_err(|e| Error::internal("writing an image", e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| Error::internal("writing an image", e))?;
     let (digest, size) = hasher.finish();
     if size == 0 {
         return Err(Error::validation("the image is empty"));
@@ -684,7 +694,10 @@ fn check_instance(req: &InstanceCreate) -> Result<(), Error> {
     if let Some(p) = &req.password {
         let n = p.expose().chars().count();
         if !(8..=256).contains(&n) || p.expose().chars().any(char::is_control) {
-            return Err(Error::field("password", "the password must be 8 to 256 printable characters"));
+            return Err(Error::field(
+                "password",
+                "the password must be 8 to 256 printable characters",
+            ));
         }
     }
     Ok(())
@@ -714,9 +727,14 @@ pub async fn create_instance(
         nics: vec![],
     })
     .map_err(|e| match e {
-        rampart_compute::configdrive::ConfigDriveError::Invalid { field, reason } => {
-            Error::field(if field == "ssh_authorized_keys" { "ssh_keys" } else { field }, reason)
-        }
+        rampart_compute::configdrive::ConfigDriveError::Invalid { field, reason } => Error::field(
+            if field == "ssh_authorized_keys" {
+                "ssh_keys"
+            } else {
+                field
+            },
+            reason,
+        ),
         other => Error::internal("checking the guest configuration", other),
     })?;
     let password_hash = match &req.password {
@@ -736,15 +754,27 @@ pub async fn create_instance(
         .await?
         .ok_or_else(|| Error::field("image", "no image of that id or name in this project"))?;
     if image.status != "active" {
-        return Err(Error::field("image", format!("the image is {}, not active", image.status)));
+        return Err(Error::field(
+            "image",
+            format!("the image is {}, not active", image.status),
+        ));
     }
     if image.disk_format == "initrd" {
-        return Err(Error::field("image", "an initrd does not boot by itself: give its kernel image"));
+        return Err(Error::field(
+            "image",
+            "an initrd does not boot by itself: give its kernel image",
+        ));
     }
     let flavor = db::find_flavor(&mut tx, &req.flavor)
         .await?
         .ok_or_else(|| Error::field("flavor", "no flavor of that id or name"))?;
-    let node = logic::schedule(&mut tx, &req.security_groups, req.anti_affinity, flavor.memory_mib as u64).await?;
+    let node = logic::schedule(
+        &mut tx,
+        &req.security_groups,
+        req.anti_affinity,
+        flavor.memory_mib as u64,
+    )
+    .await?;
     let start = req.start.unwrap_or(true);
     let row = InstanceRow {
         id: Uuid::new_v4(),
@@ -891,7 +921,9 @@ pub async fn instance_action(
     let mut tx = state.db.begin().await?;
     db::set_desired_power(&mut tx, id, power, bump, status, state.now()).await?;
     logic::publish_node(&state, &mut tx, node).await?;
-    let after = db::instance(&mut tx, id).await?.ok_or_else(|| Error::not_found("no such instance"))?;
+    let after = db::instance(&mut tx, id)
+        .await?
+        .ok_or_else(|| Error::not_found("no such instance"))?;
     rampart_db::Db::commit(tx).await?;
     state.notify_node_changes();
     tracing::info!(instance = %id, action = ?action, by = %principal.user.name, "instance power action");
@@ -1048,10 +1080,9 @@ pub async fn create_alarm(
     rule.validate().map_err(|e| Error::field("period_s", e.to_string()))?;
     let prefixes = &state.config.compute.alarm_webhook_prefixes;
     if req.webhooks.len() > 8
-        || req
-            .webhooks
-            .iter()
-            .any(|u| u.len() > 2048 || !u.starts_with("https://") || !prefixes.iter().any(|p| u.starts_with(p.as_str())))
+        || req.webhooks.iter().any(|u| {
+            u.len() > 2048 || !u.starts_with("https://") || !prefixes.iter().any(|p| u.starts_with(p.as_str()))
+        })
     {
         return Err(Error::field(
             "webhooks",
