@@ -82,14 +82,14 @@ pub async fn node_compute(conn: &mut rampart_db::Conn, node: Uuid) -> rampart_db
         } else {
             images.extend(desired_image(ImageRole::Disk, &image));
         }
-        if !policies.contains_key(&inst.project_id) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = policies.entry(inst.project_id) {
             let p = policy(conn, inst.project_id).await?;
             let keys = db::trusted_keys(conn, inst.project_id)
                 .await?
                 .into_iter()
                 .map(|(key_id, public_key)| TrustedKeyDoc { key_id, public_key })
                 .collect();
-            policies.insert(inst.project_id, (p, keys));
+            slot.insert((p, keys));
         }
         let (signature_policy, trusted_keys) = policies[&inst.project_id].clone();
         out.instances.push(DesiredInstance {
@@ -422,14 +422,16 @@ async fn send_webhooks(hooks: Vec<String>, prefixes: Vec<String>, body: serde_js
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let client = rampart_api::tls::client_config(&bundle, None)
-            .map_err(rampart_api::ClientError::from)
-            .and_then(|tls| {
-                rampart_api::Client::with_timeout(&format!("https://{host}"), tls, std::time::Duration::from_secs(10))
-            });
-        let result = match client {
-            Ok(c) => c.send(http::Method::POST, path, Some(&body)).await.map(|_| ()),
-            Err(e) => Err(e),
+        let result = match rampart_api::tls::client_config(&bundle, None) {
+            Ok(tls) => match rampart_api::Client::with_timeout(
+                &format!("https://{host}"),
+                tls,
+                std::time::Duration::from_secs(10),
+            ) {
+                Ok(c) => c.send(http::Method::POST, path, Some(&body)).await.map(|_| ()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(rampart_api::ClientError::from(e)),
         };
         match result {
             Ok(()) => tracing::info!(url = %url, "alarm webhook delivered"),
