@@ -43,3 +43,13 @@ RUNTIME_PACKAGES=(iproute2 openssl)
 TEST_PACKAGES=(postgresql openssl iproute2 curl)
 # The audit trail's forwarding tests run a private RFC 5425 receiver (issue 4).
 TEST_PACKAGES+=(rsyslog rsyslog-gnutls)
+# What a node needs to run VMs and build the demo guest (qemu-system-x86, genisoimage, cpio,
+# lz4, busybox-static, openssh-client, util-linux, dropbear-bin): the list lives in
+# crates/rampart-compute/scripts/install-host-deps.sh, which takes QEMU from bookworm-backports
+# when the machine's qemu-utils already comes from there (Debian 12's qemu-system-x86 breaks it).
+
+install_compute_packages() {
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" bash crates/rampart-compute/scripts/install-host-deps.sh >&2
+}

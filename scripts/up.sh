@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 apt_install "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"
+install_compute_packages
 need_cargo
 cargo build --release --locked -p rampart
 # Put the CLI on the PATH when we may (the other verbs — login, user, project... — use it).

@@ -2,6 +2,7 @@
 //! full desired state of its node (long poll, generation-numbered), applies it, keeps it in a
 //! ledger on disk, and reports status, which is also its heartbeat.
 
+pub mod compute;
 pub mod host;
 pub mod identity;
 pub mod ledger;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::compute::{ComputeOptions, ComputeRuntime};
 use crate::host::HostDriver;
 use crate::identity::Identity;
 use crate::ledger::Ledger;
@@ -65,6 +67,8 @@ pub struct AgentOptions {
     /// CA certificate to trust instead of fetching it (it must still match the token's pin).
     pub ca_file: Option<PathBuf>,
     pub host: Arc<dyn HostDriver>,
+    /// How this node runs VMs; `None`: it runs none (and takes no instances).
+    pub compute: Option<ComputeOptions>,
 }
 
 /// An enrolled agent, ready to run.
@@ -72,6 +76,7 @@ pub struct Agent {
     identity: Identity,
     data_dir: PathBuf,
     host: Arc<dyn HostDriver>,
+    compute: Option<ComputeOptions>,
 }
 
 impl Agent {
@@ -104,6 +109,7 @@ impl Agent {
             identity,
             data_dir: opts.data_dir,
             host: opts.host,
+            compute: opts.compute,
         })
     }
 
@@ -120,6 +126,11 @@ impl Agent {
         let poll_client = self.identity.client(POLL_CLIENT_TIMEOUT)?;
         let status_client = self.identity.client(STATUS_CLIENT_TIMEOUT)?;
         let ledger = Ledger::new(&self.data_dir);
+        let node_id = self.node_id();
+        let compute = match self.compute {
+            Some(c) => Some(ComputeRuntime::new(c, &self.data_dir, &self.identity)?),
+            None => None,
+        };
         let applied = Arc::new(AtomicI64::new(0));
         let (desired_tx, desired_rx) = watch::channel::<Option<NodeConfig>>(None);
         if let Some(doc) = ledger.load()? {
@@ -128,7 +139,6 @@ impl Agent {
             applied.store(doc.generation, Ordering::SeqCst);
             desired_tx.send_replace(Some(doc));
         }
-        let node_id = self.node_id();
         let dir = self.data_dir.clone();
         let removed = CancellationToken::new();
         let poller = tokio::spawn(poll_loop(
@@ -142,6 +152,7 @@ impl Agent {
         let heartbeat = tokio::spawn(status_loop(
             status_client,
             self.host,
+            compute,
             applied,
             desired_rx,
             shutdown.clone(),
@@ -242,6 +253,7 @@ fn apply(ledger: &Ledger, doc: &NodeConfig) -> Result<(), AgentError> {
 async fn status_loop(
     client: Client,
     host: Arc<dyn HostDriver>,
+    mut compute: Option<ComputeRuntime>,
     applied: Arc<AtomicI64>,
     mut desired: watch::Receiver<Option<NodeConfig>>,
     shutdown: CancellationToken,
@@ -249,14 +261,33 @@ async fn status_loop(
 ) {
     let mut failing = false;
     loop {
+        let applied_generation = applied.load(Ordering::SeqCst);
+        let report = match compute.as_mut() {
+            Some(rt) => {
+                // Converge on the document that was applied, then report what the node has.
+                let doc = desired.borrow().as_ref().map(|d| d.compute.clone()).unwrap_or_default();
+                rt.reconcile(&doc).await;
+                Some(rt.report())
+            }
+            None => None,
+        };
         let status = AgentStatus {
-            applied_generation: applied.load(Ordering::SeqCst),
+            applied_generation,
             agent_version: rampart_common::VERSION.to_string(),
             host: host.facts(),
             errors: vec![],
+            compute: report,
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
-        match client.agent_status(&status).await {
+        let result = client.agent_status(&status).await;
+        if let (Some(rt), Some(sent)) = (compute.as_mut(), status.compute) {
+            if result.is_ok() {
+                rt.delivered(&sent);
+            } else {
+                rt.requeue(sent);
+            }
+        }
+        match result {
             Ok(ack) => {
                 if failing {
                     tracing::info!("controller reachable again");
@@ -297,7 +328,10 @@ async fn status_loop(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(sent + interval) => break,
-                changed = desired.changed() => if changed.is_err() {
+                changed = desired.changed() => if changed.is_ok() && compute.is_some() {
+                    // A new document: apply its VMs now rather than at the next heartbeat.
+                    break;
+                } else if changed.is_err() {
                     // The poller is gone (shutting down): keep the last interval.
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -74,9 +74,12 @@ pub struct NodeConfig {
     pub generation: i64,
     /// How often the agent must send its status.
     pub heartbeat_interval_s: u64,
+    /// The VMs this node must run (left out when there is none).
+    #[serde(default, skip_serializing_if = "crate::compute::NodeCompute::is_empty")]
+    pub compute: crate::compute::NodeCompute,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentStatus {
     /// Last generation fully applied on the node (0 before the first).
@@ -86,6 +89,9 @@ pub struct AgentStatus {
     /// Problems met while applying the desired state, one line each.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// The node's VMs: power state, failures, events, metrics, console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<crate::compute::ComputeStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

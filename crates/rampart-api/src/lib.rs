@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod compute;
 pub mod identity;
 pub mod tls;
 pub mod types;

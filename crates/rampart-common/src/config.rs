@@ -34,6 +34,7 @@ pub struct Config {
     pub local_agent: LocalAgentConfig,
     pub authz: AuthzConfig,
     pub audit: AuditConfig,
+    pub compute: ComputeConfig,
 }
 
 /// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
@@ -70,6 +71,71 @@ impl Default for AuditConfig {
             syslog_enterprise_id: 32473,
             blackbox_events: 500,
         }
+    }
+}
+
+/// `[compute]`: images, VMs, monitoring and alarms.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// Where the controller keeps uploaded image blobs. Empty: `<data_dir>/images`.
+    pub image_dir: Option<PathBuf>,
+    /// Largest image upload accepted.
+    pub max_image_bytes: u64,
+    /// How long instance metrics are kept.
+    pub metrics_retention_s: u64,
+    /// State directory of the VMs of the local agent (`rampart up`): one directory per VM,
+    /// owned by its uid. Must not be under the data directory (0700), which VM uids cannot
+    /// traverse.
+    pub vm_state_dir: PathBuf,
+    /// Accelerator of the local agent: `auto` (KVM only with hardware virtualization and a
+    /// passing probe boot, otherwise TCG), `kvm` or `tcg`.
+    pub accel: String,
+    /// URL prefixes alarm webhooks may use (HTTPS only). Empty: no webhooks.
+    pub alarm_webhook_prefixes: Vec<String>,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            image_dir: None,
+            max_image_bytes: 16 << 30,
+            metrics_retention_s: 86_400,
+            vm_state_dir: PathBuf::from("/var/lib/rampart-vms"),
+            accel: "auto".into(),
+            alarm_webhook_prefixes: vec![],
+        }
+    }
+}
+
+impl ComputeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        if !["auto", "kvm", "tcg"].contains(&self.accel.as_str()) {
+            return invalid("compute.accel", "must be auto, kvm or tcg");
+        }
+        if self.max_image_bytes < 1 << 20 {
+            return invalid("compute.max_image_bytes", "must be at least 1048576");
+        }
+        if !(60..=366 * 86_400).contains(&self.metrics_retention_s) {
+            return invalid("compute.metrics_retention_s", "must be between 60 and 31622400");
+        }
+        if !self.vm_state_dir.is_absolute() {
+            return invalid("compute.vm_state_dir", "must be an absolute path");
+        }
+        if self
+            .alarm_webhook_prefixes
+            .iter()
+            .any(|p| !p.starts_with("https://") || p.len() < 9)
+        {
+            return invalid("compute.alarm_webhook_prefixes", "must be https:// URL prefixes");
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +438,7 @@ impl Config {
         if !(10..=100_000).contains(&a.blackbox_events) {
             return invalid("audit.blackbox_events", "must be between 10 and 100000");
         }
+        self.compute.validate()?;
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
                 key: "local_agent.name",

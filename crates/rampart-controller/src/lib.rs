@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod compute;
 pub mod http;
 pub mod identity;
 pub mod reconcile;

@@ -16,6 +16,7 @@ const LEASE_TTL: time::Duration = time::Duration::seconds(15);
 const TICK: Duration = Duration::from_secs(1);
 const TOKEN_PURGE_EVERY: u64 = 600;
 const CERT_CHECK_EVERY: u64 = 3600;
+const METRICS_PRUNE_EVERY: u64 = 300;
 
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -45,6 +46,14 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                 crate::audit::leader_tick(&state, ticks).await;
                 if let Err(e) = node_liveness(&state).await {
                     tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "node liveness pass failed");
+                }
+                if let Err(e) = crate::compute::evaluate_alarms(&state).await {
+                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "alarm evaluation failed");
+                }
+                if ticks % METRICS_PRUNE_EVERY == 7
+                    && let Err(e) = crate::compute::prune_metrics(&state).await
+                {
+                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "metrics pruning failed");
                 }
                 if ticks.is_multiple_of(TOKEN_PURGE_EVERY)
                     && let Err(e) = purge_tokens(&state).await
@@ -102,12 +111,8 @@ pub async fn republish_all(state: &AppState) -> rampart_db::Result<()> {
     for (id, name) in all {
         let mut tx = state.db.begin().await?;
         let before = nodes::generation(&mut tx, id).await?;
-        let after = nodes::publish_config(
-            &mut tx,
-            id,
-            &crate::render::node_config_json(id, &name, &state.config.nodes),
-        )
-        .await?;
+        let doc = crate::render::node_document_json(&mut tx, &state.config, id, &name).await?;
+        let after = nodes::publish_config(&mut tx, id, &doc).await?;
         rampart_db::Db::commit(tx).await?;
         changed |= before != Some(after);
     }

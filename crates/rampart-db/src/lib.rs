@@ -7,6 +7,7 @@
 //! migrations of both live in `migrations/{sqlite,postgres}` and are embedded in the binary.
 
 pub mod audit;
+pub mod compute;
 pub mod credentials;
 pub mod groups;
 pub mod identity;

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_agent::compute::ComputeOptions;
 use rampart_agent::host::FakeHost;
 use rampart_agent::{Agent, AgentError, AgentOptions};
 use rampart_api::{
@@ -22,6 +23,7 @@ use rampart_api::{
 use rampart_common::Sensitive;
 use rampart_common::config::Config;
 use rampart_common::time::SharedClock;
+pub use rampart_compute::driver::FakeHypervisor;
 use rampart_controller::{Controller, ControllerOptions};
 use rampart_db::testing::TestDb;
 use tokio::task::JoinHandle;
@@ -56,6 +58,8 @@ pub struct TestAgent {
     pub node_id: Uuid,
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The node's hypervisor (fake): tests look at its VMs and inject crashes.
+    pub vms: FakeHypervisor,
     stop: CancellationToken,
     handle: JoinHandle<Result<(), AgentError>>,
 }
@@ -181,6 +185,7 @@ impl TestCluster {
         dir: tempfile::TempDir,
         token: Option<Sensitive>,
     ) -> Result<TestAgent, AgentError> {
+        let vms = FakeHypervisor::new();
         let agent = Agent::enrol(AgentOptions {
             controller_url: self.controller.url(),
             data_dir: dir.path().to_path_buf(),
@@ -188,6 +193,7 @@ impl TestCluster {
             name: Some(name.into()),
             ca_file: None,
             host: Arc::new(FakeHost::named(name)),
+            compute: Some(ComputeOptions::fake(vms.clone(), dir.path().join("vms"))),
         })
         .await?;
         let stop = CancellationToken::new();
@@ -197,6 +203,7 @@ impl TestCluster {
             node_id,
             name: name.into(),
             dir,
+            vms,
             stop,
             handle,
         })

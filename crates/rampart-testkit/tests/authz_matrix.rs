@@ -60,6 +60,8 @@ fn fill(path: &str, ids: &Ids) -> String {
     };
     path.replace("{id}", &id)
         .replace("{p}", &ids.other_project.to_string())
+        .replace("{project}", &ids.other_project.to_string())
+        .replace("{action}", "stop")
         .replace("{user}", &ids.admin_user.to_string())
 }
 
@@ -83,6 +85,18 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/audit/retention" => {
             serde_json::json!({"operation_days": 180, "run_days": 30, "blackbox_days": 90, "security_days": 365})
         }
+        "/v1/signing-keys" => serde_json::json!({
+            "name": "intruder", "public_key": "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+            "project": ids.other_project,
+        }),
+        "/v1/flavors" => serde_json::json!({"name": "intruder", "vcpus": 1, "memory_mib": 256, "root_disk_gib": 1}),
+        "/v1/projects/{project}/compute-settings" => serde_json::json!({"image_signature_policy": "off"}),
+        "/v1/projects/{project}/images" => serde_json::json!({"name": "intruder", "disk_format": "raw"}),
+        "/v1/projects/{project}/instances" => serde_json::json!({"name": "intruder", "image": "x", "flavor": "x"}),
+        "/v1/projects/{project}/alarms" => serde_json::json!({
+            "name": "intruder", "instance": uuid::Uuid::new_v4(), "metric": "cpu_percent", "comparison": ">",
+            "threshold": 90.0, "periods": 3, "datapoints": 2, "period_s": 60,
+        }),
         _ => serde_json::json!({}),
     })
 }

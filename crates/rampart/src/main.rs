@@ -131,6 +131,26 @@ struct AgentArgs {
     /// `tracing` filter for the run log.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Directory of the VMs (one 0700 directory per VM, owned by its uid).
+    #[arg(long, default_value = "/var/lib/rampart-vms")]
+    vm_state_dir: PathBuf,
+    /// Accelerator: auto (KVM only with hardware virtualization), kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    accel: String,
+}
+
+/// How the node runs VMs, or none (logged) when this host cannot.
+fn node_compute(state_dir: PathBuf, accel: &str) -> Option<rampart_agent::compute::ComputeOptions> {
+    match rampart_agent::compute::ComputeOptions::real(state_dir, accel) {
+        Ok(c) => {
+            tracing::info!(accel = %c.accel, reason = %c.reason, "this node runs VMs");
+            Some(c)
+        }
+        Err(why) => {
+            tracing::warn!(reason = %why, "this node runs no VMs");
+            None
+        }
+    }
 }
 
 fn default_dir(name: &str) -> PathBuf {
@@ -283,6 +303,7 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     })?;
     let mut dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
     let agent_config = config.local_agent.clone();
+    let compute_config = config.compute.clone();
     let controller = Controller::start(ControllerOptions {
         config,
         data_dir: data_dir.clone(),
@@ -323,7 +344,15 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     let stop_agent = CancellationToken::new();
     let mut agent_task = None;
     if with_agent && agent_config.enabled {
-        match start_local_agent(&controller, &data_dir, &agent_config.name, stop_agent.clone()).await {
+        match start_local_agent(
+            &controller,
+            &data_dir,
+            &agent_config.name,
+            &compute_config,
+            stop_agent.clone(),
+        )
+        .await
+        {
             Ok(task) => agent_task = Some(task),
             Err(e) => {
                 controller.shutdown().await;
@@ -368,6 +397,7 @@ async fn start_local_agent(
     controller: &Controller,
     data_dir: &Path,
     name: &str,
+    compute: &rampart_common::config::ComputeConfig,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let agent_dir = data_dir.join("agent");
@@ -396,6 +426,7 @@ async fn start_local_agent(
         name: Some(name),
         ca_file: Some(data_dir.join("ca.pem")),
         host,
+        compute: node_compute(compute.vm_state_dir.clone(), &compute.accel),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
@@ -462,6 +493,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         name: args.name.clone(),
         ca_file: args.ca_file.clone(),
         host: Arc::new(RealHost),
+        compute: node_compute(args.vm_state_dir.clone(), &args.accel),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;

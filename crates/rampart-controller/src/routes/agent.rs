@@ -230,5 +230,69 @@ pub async fn status(
     if !s.errors.is_empty() {
         tracing::warn!(node = %node, errors = ?s.errors, "agent reports errors");
     }
+    drop(conn);
+    let before_publish = generation;
+    crate::compute::record_status(&state, node, &s, before_publish).await?;
     Ok(axum::Json(StatusAck { generation }))
+}
+
+/// Download an image's bytes, for an instance placed on the calling node (and only then).
+#[utoipa::path(get, path = "/agent/v1/images/{id}/data", tag = "agent", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The image bytes", content_type = "application/octet-stream"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such image for this node"),
+    ))]
+pub async fn image_data(
+    State(state): State<AppState>,
+    NodeIdentity(node): NodeIdentity,
+    crate::http::ApiPath(id): crate::http::ApiPath<Uuid>,
+) -> Result<Response, Error> {
+    let mut conn = state.db.conn().await?;
+    let not_found = || Error::not_found("no such image for this node");
+    if !rampart_db::compute::image_needed_on_node(&mut conn, id, node).await? {
+        return Err(not_found());
+    }
+    let image = rampart_db::compute::image_by_id(&mut conn, id)
+        .await?
+        .ok_or_else(not_found)?;
+    drop(conn);
+    let Some(key) = image.storage_key.filter(|_| image.status == "active") else {
+        return Err(not_found());
+    };
+    let dir = state
+        .config
+        .compute
+        .image_dir
+        .clone()
+        .unwrap_or_else(|| state.data_dir.join("images"));
+    let file = tokio::fs::File::open(dir.join(&key))
+        .await
+        .map_err(|e| Error::internal("opening an image", e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::internal("opening an image", e))?
+        .len();
+    let stream = futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    tracing::info!(node = %node, image = %id, bytes = len, "serving an image to a node");
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

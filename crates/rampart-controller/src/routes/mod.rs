@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub mod compute;
 pub mod identity;
 pub mod meta;
 pub mod nodes;
@@ -32,6 +33,7 @@ use crate::state::AppState;
         (name = "identity", description = "Domains, projects, users, groups, roles, role assignments, security compliance"),
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
         (name = "audit", description = "The audit trail: records, verification, retention, forwarding"),
+        (name = "compute", description = "Signing keys, images, flavors, instances, metrics, console, alarms"),
     )
 )]
 struct PublicApi;
@@ -116,6 +118,24 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::get_retention, audit::put_retention))
         .routes(routes!(audit::get_forwarding, audit::put_forwarding))
+        // Compute (issue 7).
+        .routes(routes!(compute::list_signing_keys, compute::create_signing_key))
+        .routes(routes!(compute::delete_signing_key))
+        .routes(routes!(compute::get_settings, compute::put_settings))
+        .routes(routes!(compute::list_flavors, compute::create_flavor))
+        .routes(routes!(compute::delete_flavor))
+        .routes(routes!(compute::list_images, compute::create_image))
+        .routes(routes!(compute::get_image, compute::delete_image))
+        .routes(routes!(compute::upload_image_data))
+        .routes(routes!(compute::list_instances, compute::create_instance))
+        .routes(routes!(compute::get_instance, compute::delete_instance))
+        .routes(routes!(compute::instance_action))
+        .routes(routes!(compute::console))
+        .routes(routes!(compute::events))
+        .routes(routes!(compute::metrics))
+        .routes(routes!(compute::list_alarms, compute::create_alarm))
+        .routes(routes!(compute::get_alarm, compute::delete_alarm))
+        .routes(routes!(compute::alarm_history))
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {
@@ -123,6 +143,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::join))
         .routes(routes!(agent::config))
         .routes(routes!(agent::status))
+        .routes(routes!(agent::image_data))
 }
 
 /// The public OpenAPI document (checked in as `openapi/rampart-v1.json`).
@@ -179,6 +200,10 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 async fn timeout(req: Request, next: Next, limit: Duration) -> Result<Response, Error> {
+    // Image uploads stream for as long as the bytes keep coming.
+    if req.method() == ::http::Method::PUT && req.uri().path().ends_with("/data") {
+        return Ok(next.run(req).await);
+    }
     tokio::time::timeout(limit, next.run(req))
         .await
         .map_err(|_| Error::Unavailable("the request took longer than api.request_timeout_s".into()))

@@ -74,7 +74,11 @@ fn demo_image() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = root.join("target/demo-image");
+        // RAMPART_DEMO_IMAGE names a directory to build (or reuse) it in; by default the
+        // workspace's target/demo-image.
+        let out = std::env::var_os("RAMPART_DEMO_IMAGE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("../../target/demo-image"));
         let st = std::process::Command::new(root.join("scripts/build-demo-image.sh"))
             .arg(&out)
             .status()

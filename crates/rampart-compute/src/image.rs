@@ -343,6 +343,11 @@ pub struct ImageSignature {
 }
 
 impl ImageSignature {
+    /// Whether `b64` is the base64 of a 64-byte Ed25519 signature (input checking).
+    pub fn is_well_formed(b64: &str) -> bool {
+        B64.decode(b64.trim()).is_ok_and(|b| b.len() == 64)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("signature serialises")
     }

@@ -1,0 +1,645 @@
+//! The compute section of the desired state, applied on the node: image cache, staging,
+//! verification before every boot, power reconciliation both ways, and the report back.
+//!
+//! The order of one boot is fixed: fetch the image into the node cache (digest checked while it
+//! streams), stage a copy into the VM's own directory, re-hash and verify that copy
+//! ([`verify_and_start`]), and only then ask the hypervisor for a process. Any integrity failure
+//! leaves the instance `failed` with `image_signature_invalid` and no process exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_api::Client;
+use rampart_api::compute::{
+    ComputeStatus, DesiredImage, DesiredInstance, Failure, ImageRole, InstanceEventReport, InstanceReport, NodeCompute,
+    ObservedPower, PowerState as WantedPower, SignaturePolicy as DocPolicy,
+};
+use rampart_compute::configdrive::{self, GuestConfig, NicConfig};
+use rampart_compute::confine::Limits;
+use rampart_compute::driver::{
+    DriverError, FakeHypervisor, Hypervisor, ImageCheck, ObservedVm, PowerState, QemuDriver, StartRequest,
+    verify_and_start,
+};
+use rampart_compute::image::{self, Digest, ImageSignature, SignaturePolicy, StreamingHasher, TrustedKey};
+use rampart_compute::qemu::{self, Accel, Boot, Disk, DiskFormat, Machine, Nic, VmSpec};
+use uuid::Uuid;
+
+const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const IMAGE_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The hypervisor of a node: the real confined QEMU driver, or the fake of the simulated cluster
+/// (same rules: specs must render, permits must cover the image files).
+#[derive(Clone)]
+pub enum VmDriver {
+    Fake { hv: FakeHypervisor, dir: PathBuf },
+    Qemu(Arc<QemuDriver>),
+}
+
+impl VmDriver {
+    /// Creates the VM's own directory (for QEMU: 0700, owned by the VM's uid).
+    fn prepare(&self, id: Uuid) -> Result<PathBuf, DriverError> {
+        match self {
+            VmDriver::Fake { dir, .. } => {
+                let d = dir.join(id.to_string());
+                std::fs::create_dir_all(&d).map_err(|e| DriverError::Io {
+                    what: "creating the VM dir".into(),
+                    source: e,
+                })?;
+                Ok(d)
+            }
+            VmDriver::Qemu(q) => q.prepare_dir(id).map(|(d, _)| d),
+        }
+    }
+
+    /// Copies a cached image into the VM's directory; that copy is what is verified and booted.
+    fn stage(&self, id: Uuid, src: &Path, name: &str) -> Result<PathBuf, DriverError> {
+        match self {
+            VmDriver::Fake { dir, .. } => {
+                let to = dir.join(id.to_string()).join(name);
+                std::fs::copy(src, &to).map_err(|e| DriverError::Io {
+                    what: "staging an image".into(),
+                    source: e,
+                })?;
+                Ok(to)
+            }
+            VmDriver::Qemu(q) => q.stage_image(id, src, name),
+        }
+    }
+
+    fn console_tail(&self, id: Uuid) -> Option<String> {
+        match self {
+            VmDriver::Fake { .. } => None,
+            VmDriver::Qemu(q) => q.console_tail(id, CONSOLE_TAIL_BYTES).ok(),
+        }
+    }
+
+    fn forget(&self, id: Uuid) {
+        if let VmDriver::Fake { dir, .. } = self {
+            let _ = std::fs::remove_dir_all(dir.join(id.to_string()));
+        }
+    }
+}
+
+impl Hypervisor for VmDriver {
+    async fn start(&self, req: StartRequest, permits: &[image::BootPermit]) -> Result<ObservedVm, DriverError> {
+        match self {
+            VmDriver::Fake { hv, .. } => hv.start(req, permits).await,
+            VmDriver::Qemu(q) => q.start(req, permits).await,
+        }
+    }
+    async fn stop(&self, id: Uuid, grace: Duration) -> Result<(), DriverError> {
+        match self {
+            VmDriver::Fake { hv, .. } => hv.stop(id, grace).await,
+            VmDriver::Qemu(q) => q.stop(id, grace).await,
+        }
+    }
+    async fn destroy(&self, id: Uuid) -> Result<(), DriverError> {
+        match self {
+            VmDriver::Fake { hv, .. } => hv.destroy(id).await,
+            VmDriver::Qemu(q) => q.destroy(id).await,
+        }
+    }
+    async fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
+        match self {
+            VmDriver::Fake { hv, .. } => hv.observe().await,
+            VmDriver::Qemu(q) => q.observe().await,
+        }
+    }
+}
+
+/// What a node needs to run VMs.
+#[derive(Clone)]
+pub struct ComputeOptions {
+    pub driver: VmDriver,
+    /// The accelerator chosen once at agent start.
+    pub accel: Accel,
+    /// Why that accelerator (reported to the controller).
+    pub reason: String,
+    /// Host TSC frequency for the microvm kernel command line (`tsc_early_khz`).
+    pub tsc_khz: u64,
+    /// Build a NoCloud config drive (needs `genisoimage`); the fake driver goes without.
+    pub config_drive: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Vm {
+    boot_seq: i64,
+    power: ObservedPower,
+    error: Option<Failure>,
+    pid: Option<u32>,
+    uid: Option<u32>,
+    console: Option<String>,
+}
+
+/// The node's compute state between two heartbeats.
+pub struct ComputeRuntime {
+    opts: ComputeOptions,
+    cache: PathBuf,
+    client: Client,
+    vms: BTreeMap<Uuid, Vm>,
+    events: BTreeMap<Uuid, Vec<InstanceEventReport>>,
+    console_sent: BTreeMap<Uuid, String>,
+}
+
+fn now_ms() -> i64 {
+    rampart_common::time::to_ms(time::OffsetDateTime::now_utc())
+}
+
+fn failure(code: &str, message: impl Into<String>) -> Failure {
+    Failure {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn is_up(s: PowerState) -> bool {
+    matches!(s, PowerState::Running | PowerState::Paused | PowerState::Panicked)
+}
+
+impl ComputeRuntime {
+    pub fn new(
+        opts: ComputeOptions,
+        data_dir: &Path,
+        identity: &crate::identity::Identity,
+    ) -> Result<Self, crate::AgentError> {
+        let cache = data_dir.join("images");
+        std::fs::create_dir_all(&cache).map_err(|source| crate::AgentError::Io {
+            action: "create",
+            path: cache.clone(),
+            source,
+        })?;
+        Ok(ComputeRuntime {
+            opts,
+            cache,
+            client: identity.client(IMAGE_CLIENT_TIMEOUT)?,
+            vms: BTreeMap::new(),
+            events: BTreeMap::new(),
+            console_sent: BTreeMap::new(),
+        })
+    }
+
+    fn event(&mut self, id: Uuid, kind: &str, detail: serde_json::Value) {
+        self.events.entry(id).or_default().push(InstanceEventReport {
+            kind: kind.into(),
+            at_ms: now_ms(),
+            detail,
+        });
+    }
+
+    /// One level-triggered pass: every desired VM converges on its power state; VMs that are
+    /// no longer desired are destroyed.
+    pub async fn reconcile(&mut self, desired: &NodeCompute) {
+        let observed = match self.opts.driver.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "cannot observe the VMs");
+                return;
+            }
+        };
+        let obs: BTreeMap<Uuid, ObservedVm> = observed.into_iter().map(|o| (o.id, o)).collect();
+        for d in &desired.instances {
+            self.converge(d, obs.get(&d.id)).await;
+        }
+        let wanted: std::collections::BTreeSet<Uuid> = desired.instances.iter().map(|d| d.id).collect();
+        let gone: Vec<Uuid> = obs
+            .keys()
+            .chain(self.vms.keys())
+            .filter(|id| !wanted.contains(id))
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for id in gone {
+            if obs.contains_key(&id)
+                && let Err(e) = self.opts.driver.destroy(id).await
+            {
+                tracing::warn!(instance = %id, error = %rampart_common::error::ErrorChain(&e), "cannot destroy a VM");
+                continue;
+            }
+            self.opts.driver.forget(id);
+            self.vms.remove(&id);
+            self.console_sent.remove(&id);
+            tracing::info!(instance = %id, "VM destroyed");
+        }
+    }
+
+    async fn converge(&mut self, d: &DesiredInstance, o: Option<&ObservedVm>) {
+        let up = o.is_some_and(|o| is_up(o.state));
+        let adopted = !self.vms.contains_key(&d.id);
+        let vm = self.vms.entry(d.id).or_insert(Vm {
+            // A VM found running after an agent restart is the current boot.
+            boot_seq: if up { d.boot_seq } else { 0 },
+            power: if up {
+                ObservedPower::Running
+            } else {
+                ObservedPower::Stopped
+            },
+            error: None,
+            pid: None,
+            uid: None,
+            console: None,
+        });
+        if let Some(o) = o {
+            vm.pid = o.pid.or(vm.pid);
+            vm.uid = o.uid.or(vm.uid);
+        }
+        if adopted && up {
+            tracing::info!(instance = %d.id, "re-adopted a running VM");
+        }
+        match d.power {
+            WantedPower::Running => {
+                if up && d.boot_seq > vm.boot_seq {
+                    // Reboot: a new boot, so the images are verified again.
+                    if let Err(e) = self.opts.driver.stop(d.id, STOP_GRACE).await {
+                        tracing::warn!(instance = %d.id, error = %rampart_common::error::ErrorChain(&e), "cannot stop a VM for reboot");
+                        return;
+                    }
+                    self.event(d.id, "stopped", serde_json::json!({"reason": "reboot"}));
+                    self.boot(d).await;
+                    return;
+                }
+                if up {
+                    let panicked = o.is_some_and(|o| o.state == PowerState::Panicked);
+                    if panicked && vm.power != ObservedPower::Panicked {
+                        vm.power = ObservedPower::Panicked;
+                        self.event(d.id, "guest_panicked", serde_json::json!({}));
+                    } else if !panicked {
+                        vm.power = ObservedPower::Running;
+                    }
+                    return;
+                }
+                match vm.power {
+                    ObservedPower::Running | ObservedPower::Paused | ObservedPower::Panicked
+                        if vm.boot_seq >= d.boot_seq =>
+                    {
+                        // Gone without being asked: report it, do not restart by itself.
+                        vm.power = ObservedPower::Crashed;
+                        vm.pid = None;
+                        self.event(d.id, "crashed", serde_json::json!({}));
+                        tracing::warn!(instance = %d.id, "VM died by itself");
+                    }
+                    ObservedPower::Failed | ObservedPower::Crashed if vm.boot_seq >= d.boot_seq => {}
+                    _ => self.boot(d).await,
+                }
+            }
+            WantedPower::Stopped => {
+                if up {
+                    match self.opts.driver.stop(d.id, STOP_GRACE).await {
+                        Ok(()) => {
+                            if let Some(vm) = self.vms.get_mut(&d.id) {
+                                vm.power = ObservedPower::Stopped;
+                                vm.pid = None;
+                            }
+                            self.event(d.id, "stopped", serde_json::json!({}));
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance = %d.id, error = %rampart_common::error::ErrorChain(&e), "cannot stop a VM")
+                        }
+                    }
+                } else if !matches!(vm.power, ObservedPower::Failed | ObservedPower::Crashed) {
+                    vm.power = ObservedPower::Stopped;
+                    vm.pid = None;
+                }
+            }
+        }
+    }
+
+    async fn boot(&mut self, d: &DesiredInstance) {
+        let result = self.try_boot(d).await;
+        let vm = self.vms.get_mut(&d.id).expect("entry made by converge");
+        vm.boot_seq = d.boot_seq;
+        match result {
+            Ok(o) => {
+                vm.power = ObservedPower::Running;
+                vm.error = None;
+                vm.pid = o.pid;
+                vm.uid = o.uid;
+                tracing::info!(instance = %d.id, uid = ?o.uid, "VM started");
+                self.event(d.id, "started", serde_json::json!({"uid": o.uid}));
+            }
+            Err(f) => {
+                vm.power = ObservedPower::Failed;
+                vm.pid = None;
+                tracing::warn!(instance = %d.id, code = %f.code, message = %f.message, "VM not started");
+                let kind = if f.code == image::CODE_IMAGE_SIGNATURE_INVALID {
+                    image::CODE_IMAGE_SIGNATURE_INVALID
+                } else {
+                    "start_failed"
+                };
+                let detail = serde_json::json!({"code": f.code, "message": f.message});
+                vm.error = Some(f);
+                self.event(d.id, kind, detail);
+            }
+        }
+    }
+
+    async fn try_boot(&mut self, d: &DesiredInstance) -> Result<ObservedVm, Failure> {
+        let drv = |e: DriverError| failure(e.code(), e.to_string());
+        let dir = self.opts.driver.prepare(d.id).map_err(drv)?;
+        let policy = match d.signature_policy {
+            DocPolicy::Require => SignaturePolicy::Require,
+            DocPolicy::Warn => SignaturePolicy::Warn,
+            DocPolicy::Off => SignaturePolicy::Off,
+        };
+        let trusted: Vec<TrustedKey> = d
+            .trusted_keys
+            .iter()
+            .map(|k| TrustedKey {
+                key_id: k.key_id.clone(),
+                public_key: k.public_key.clone(),
+            })
+            .collect();
+        let mut checks = Vec::new();
+        let (mut kernel, mut initrd, mut disk) = (None, None, None);
+        for img in &d.images {
+            let cached = self.fetch(img).await?;
+            let name = match img.role {
+                ImageRole::Kernel => "vmlinux",
+                ImageRole::Initrd => "initrd.img",
+                ImageRole::Disk => "root.img",
+            };
+            let staged = self.opts.driver.stage(d.id, &cached, name).map_err(drv)?;
+            checks.push(ImageCheck {
+                path: staged.clone(),
+                digest: parse_digest(&img.sha256)?,
+                signature: img
+                    .signature
+                    .as_ref()
+                    .map(|s| {
+                        Ok::<_, Failure>(ImageSignature {
+                            format: s.format.clone(),
+                            hash_method: s.hash_method.clone(),
+                            digest: parse_digest(&s.digest)?,
+                            key_type: s.key_type.clone(),
+                            key_id: s.key_id.clone(),
+                            signature: s.signature.clone(),
+                        })
+                    })
+                    .transpose()?,
+            });
+            match img.role {
+                ImageRole::Kernel => kernel = Some(staged),
+                ImageRole::Initrd => initrd = Some(staged),
+                ImageRole::Disk => disk = Some(staged),
+            }
+        }
+        let nics: Vec<Nic> = d
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Nic {
+                id: format!("net{i}"),
+                tap: p.tap.clone(),
+                mac: p.mac.clone(),
+            })
+            .collect();
+        let guest = GuestConfig {
+            instance_id: d.id,
+            hostname: d.guest.hostname.clone(),
+            user: d.guest.user.clone(),
+            ssh_authorized_keys: d.guest.ssh_authorized_keys.clone(),
+            password_hash: d.guest.password_hash.clone(),
+            nics: nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NicConfig {
+                    name: format!("eth{i}"),
+                    mac: n.mac.clone(),
+                })
+                .collect(),
+        };
+        let files = configdrive::render(&guest).map_err(|e| failure("invalid_guest_config", e.to_string()))?;
+        let config_drive = if self.opts.config_drive {
+            let iso = dir.join("cidata.iso");
+            configdrive::build_iso(&files, &iso).map_err(|e| failure("config_drive_failed", e.to_string()))?;
+            Some(iso)
+        } else {
+            None
+        };
+        let (machine, boot, disks) = match (kernel, disk) {
+            (Some(kernel), _) => (
+                Machine::Microvm,
+                Boot::Kernel {
+                    kernel,
+                    initrd,
+                    cmdline: qemu::microvm_cmdline(self.opts.tsc_khz, &d.kernel_cmdline_extra),
+                },
+                vec![],
+            ),
+            (None, Some(root)) => (
+                Machine::Q35,
+                Boot::Disk,
+                vec![Disk {
+                    id: "root".into(),
+                    path: root,
+                    format: DiskFormat::Raw,
+                    read_only: false,
+                }],
+            ),
+            (None, None) => return Err(failure("invalid_image", "the instance has no bootable image")),
+        };
+        let spec = VmSpec {
+            id: d.id,
+            name: d.name.clone(),
+            vcpus: d.vcpus,
+            memory_mib: d.memory_mib,
+            machine,
+            accel: self.opts.accel,
+            boot,
+            disks,
+            nics,
+            config_drive,
+            serial_log: dir.join("console.log"),
+            qmp_socket: dir.join("qmp.sock"),
+        };
+        let req = StartRequest {
+            limits: Limits::for_flavor(d.vcpus, d.memory_mib, self.opts.accel == Accel::Tcg, vec![]),
+            spec,
+            netns: d.ports.iter().find_map(|p| p.netns.clone()),
+        };
+        let (vm, permits) = verify_and_start(&self.opts.driver, req, &checks, &trusted, policy)
+            .await
+            .map_err(drv)?;
+        for p in &permits {
+            for w in p.warnings() {
+                // Policy `warn`: the boot goes on, the reason is recorded.
+                self.event(d.id, "image_signature_warning", serde_json::json!({"message": w}));
+            }
+        }
+        Ok(vm)
+    }
+
+    /// The node's cached copy of an image, downloaded when missing. The download is hashed
+    /// while it streams and dropped unless it has the digest recorded at upload.
+    async fn fetch(&self, img: &DesiredImage) -> Result<PathBuf, Failure> {
+        let digest = parse_digest(&img.sha256)?;
+        let path = self.cache.join(digest.to_string());
+        if path.exists() {
+            return Ok(path);
+        }
+        let fail = |m: String| failure("image_unavailable", m);
+        let mut resp = self
+            .client
+            .send::<()>(
+                http::Method::GET,
+                &format!("/agent/v1/images/{}/data", img.image_id),
+                None,
+            )
+            .await
+            .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?;
+        let tmp = self.cache.join(format!(".{}.part", Uuid::new_v4()));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+        let mut hasher = StreamingHasher::new();
+        let result: Result<(), Failure> = async {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?
+            {
+                hasher.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+            Ok(())
+        }
+        .await;
+        if let Err(f) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(f);
+        }
+        let (got, _) = hasher.finish();
+        if got != digest {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failure(
+                image::CODE_IMAGE_SIGNATURE_INVALID,
+                format!(
+                    "image {} downloaded with sha256:{got}, expected sha256:{digest}",
+                    img.image_id
+                ),
+            ));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| fail(format!("writing the image cache: {e}")))?;
+        Ok(path)
+    }
+
+    /// The report for the next status; events move out with it (see [`Self::requeue`]).
+    pub fn report(&mut self) -> ComputeStatus {
+        let mut instances = Vec::new();
+        let ids: Vec<Uuid> = self.vms.keys().copied().collect();
+        for id in ids {
+            let console = self.opts.driver.console_tail(id);
+            let vm = self.vms.get_mut(&id).expect("listed");
+            vm.console = console.clone();
+            let console = console.filter(|c| self.console_sent.get(&id) != Some(c));
+            instances.push(InstanceReport {
+                id,
+                power: vm.power,
+                boot_seq: vm.boot_seq,
+                pid: vm.pid,
+                uid: vm.uid,
+                error: vm.error.clone(),
+                events: self.events.remove(&id).unwrap_or_default(),
+                metrics: None,
+                console,
+            });
+        }
+        ComputeStatus {
+            available: true,
+            accel: Some(self.opts.accel.to_string()),
+            reason: self.opts.reason.clone(),
+            instances,
+        }
+    }
+
+    /// The report reached the controller.
+    pub fn delivered(&mut self, sent: &ComputeStatus) {
+        for i in &sent.instances {
+            if let Some(c) = &i.console {
+                self.console_sent.insert(i.id, c.clone());
+            }
+        }
+    }
+
+    /// The report did not reach the controller: keep its events for the next one.
+    pub fn requeue(&mut self, sent: ComputeStatus) {
+        for i in sent.instances {
+            if !i.events.is_empty() {
+                let q = self.events.entry(i.id).or_default();
+                let later = std::mem::take(q);
+                *q = i.events;
+                q.extend(later);
+            }
+        }
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, Failure> {
+    s.parse::<Digest>()
+        .map_err(|_| failure(image::CODE_IMAGE_SIGNATURE_INVALID, "malformed image digest"))
+}
+
+impl ComputeOptions {
+    /// The simulated cluster's node: the fake hypervisor, VM directories under `dir`.
+    pub fn fake(hv: FakeHypervisor, dir: PathBuf) -> ComputeOptions {
+        ComputeOptions {
+            driver: VmDriver::Fake { hv, dir },
+            accel: Accel::Tcg,
+            reason: "fake hypervisor (simulated node)".into(),
+            tsc_khz: 1_000_000,
+            config_drive: false,
+        }
+    }
+
+    /// A real node: confined QEMU processes with VM directories under `state_dir`. `Err` says
+    /// why this host cannot run VMs (the agent then runs without compute).
+    pub fn real(state_dir: PathBuf, accel: &str) -> Result<ComputeOptions, String> {
+        use rampart_compute::driver::QemuDriverConfig;
+        use rampart_compute::qemu::{AccelSetting, VirtFacts, choose_accel};
+        let setting = match accel {
+            "auto" => AccelSetting::Auto,
+            "kvm" => AccelSetting::Kvm,
+            "tcg" => AccelSetting::Tcg,
+            other => return Err(format!("compute.accel {other:?} is not auto, kvm or tcg")),
+        };
+        // Confinement (setuid to VM uids, cgroups, mount namespaces) needs root.
+        if std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1) == Some("0")))
+        }) != Some(true)
+        {
+            return Err("VMs need the agent to run as root (per-VM uids, cgroups, namespaces)".into());
+        }
+        let cfg = QemuDriverConfig::new(state_dir).map_err(|e| e.to_string())?;
+        if !cfg.qemu_binary.exists() {
+            return Err(format!(
+                "{} is missing (install qemu-system-x86)",
+                cfg.qemu_binary.display()
+            ));
+        }
+        let facts = VirtFacts::probe();
+        // The probe boot needs a signed guest kernel that a fresh node does not have yet; without
+        // one, `auto` keeps to TCG even where KVM may work (set `kvm` explicitly there).
+        let mut decision = choose_accel(setting, &facts, || false);
+        if setting == AccelSetting::Auto && facts.hardware_virtualization() {
+            decision.reason =
+                "hardware virtualization present but no probe kernel: TCG (set compute.accel = \"kvm\")".into();
+        }
+        Ok(ComputeOptions {
+            driver: VmDriver::Qemu(Arc::new(QemuDriver::new(cfg))),
+            accel: decision.accel,
+            reason: decision.reason,
+            tsc_khz: qemu::host_tsc_khz().unwrap_or(2_000_000),
+            config_drive: true,
+        })
+    }
+}

@@ -1,0 +1,454 @@
+//! Compute logic shared by the routes, the agent protocol and the reconcilers: the compute
+//! section of a node's desired state, placement, what agents report about their VMs, and the
+//! evaluation of threshold alarms.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rampart_api::agent::AgentStatus;
+use rampart_api::compute::{
+    ComputeStatus, DesiredImage, DesiredInstance, GuestDoc, ImageRole, ImageSignatureDoc, NodeCompute, ObservedPower,
+    PowerState, SignaturePolicy, TrustedKeyDoc,
+};
+use rampart_common::Error;
+use rampart_common::time::{from_ms, to_ms};
+use rampart_compute::alarm::{self, AlarmRule, Comparison, TimeWindow};
+use rampart_compute::image::SIGNATURE_FORMAT;
+use rampart_db::compute::{self as db, InstanceRow};
+use rampart_db::nodes;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// Console output kept per instance.
+pub const CONSOLE_MAX_BYTES: usize = 64 * 1024;
+
+pub fn json_list<T: serde::de::DeserializeOwned>(s: &str) -> Vec<T> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+/// The project's image signature policy (default `require`).
+pub async fn policy(conn: &mut rampart_db::Conn, project: Uuid) -> rampart_db::Result<SignaturePolicy> {
+    Ok(db::signature_policy(conn, project)
+        .await?
+        .and_then(|p| SignaturePolicy::parse(&p))
+        .unwrap_or_default())
+}
+
+fn signature_doc(sha256: &str, key_id: Option<&str>, signature: Option<&str>) -> Option<ImageSignatureDoc> {
+    Some(ImageSignatureDoc {
+        format: SIGNATURE_FORMAT.into(),
+        hash_method: "sha256".into(),
+        digest: sha256.into(),
+        key_type: "ed25519".into(),
+        key_id: key_id?.into(),
+        signature: signature?.into(),
+    })
+}
+
+fn desired_image(role: ImageRole, i: &db::ImageRow) -> Option<DesiredImage> {
+    let sha = i.sha256.as_deref()?;
+    Some(DesiredImage {
+        role,
+        image_id: i.id,
+        sha256: sha.into(),
+        size: i.size_bytes.unwrap_or(0).max(0) as u64,
+        signature: signature_doc(sha, i.signing_key_id.as_deref(), i.signature.as_deref()),
+    })
+}
+
+/// The compute section of `node`'s document: every instance placed there and not being
+/// deleted (a deleted instance is absent, so the node destroys it).
+pub async fn node_compute(conn: &mut rampart_db::Conn, node: Uuid) -> rampart_db::Result<NodeCompute> {
+    let mut out = NodeCompute::default();
+    let mut policies: BTreeMap<Uuid, (SignaturePolicy, Vec<TrustedKeyDoc>)> = BTreeMap::new();
+    for inst in db::instances_on_node(conn, node).await? {
+        if inst.status == "deleting" {
+            continue;
+        }
+        let Some(image) = db::image_by_id(conn, inst.image_id).await? else {
+            continue;
+        };
+        let Some(flavor) = db::find_flavor(conn, &inst.flavor_id.to_string()).await? else {
+            continue;
+        };
+        let mut images = Vec::new();
+        if image.disk_format == "kernel" {
+            images.extend(desired_image(ImageRole::Kernel, &image));
+            if let Some(rd) = image.ramdisk_image_id
+                && let Some(rd) = db::image_by_id(conn, rd).await?
+            {
+                images.extend(desired_image(ImageRole::Initrd, &rd));
+            }
+        } else {
+            images.extend(desired_image(ImageRole::Disk, &image));
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = policies.entry(inst.project_id) {
+            let p = policy(conn, inst.project_id).await?;
+            let keys = db::trusted_keys(conn, inst.project_id)
+                .await?
+                .into_iter()
+                .map(|(key_id, public_key)| TrustedKeyDoc { key_id, public_key })
+                .collect();
+            slot.insert((p, keys));
+        }
+        let (signature_policy, trusted_keys) = policies[&inst.project_id].clone();
+        out.instances.push(DesiredInstance {
+            id: inst.id,
+            project_id: inst.project_id,
+            name: inst.name.clone(),
+            power: PowerState::parse(&inst.desired_power).unwrap_or(PowerState::Stopped),
+            boot_seq: inst.boot_seq,
+            vcpus: flavor.vcpus.max(1) as u32,
+            memory_mib: flavor.memory_mib.max(32) as u64,
+            images,
+            kernel_cmdline_extra: image.kernel_cmdline.clone().unwrap_or_default(),
+            signature_policy,
+            trusted_keys,
+            // Filled from the tenant-networking ports once that service is in.
+            ports: vec![],
+            guest: GuestDoc {
+                hostname: inst.name.clone(),
+                user: inst.login_user.clone(),
+                ssh_authorized_keys: json_list(&inst.ssh_keys),
+                password_hash: inst.password_hash.clone(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Re-renders `node`'s document in the caller's transaction (the generation moves only when it
+/// changed). The caller commits, then calls [`AppState::notify_node_changes`].
+pub async fn publish_node(state: &AppState, tx: &mut rampart_db::Conn, node: Uuid) -> rampart_db::Result<()> {
+    let Some(n) = nodes::get(tx, node).await? else {
+        return Ok(());
+    };
+    let doc = crate::render::node_document_json(tx, &state.config, node, &n.name).await?;
+    nodes::publish_config(tx, node, &doc).await?;
+    Ok(())
+}
+
+/// Picks a ready node that can run VMs for a new instance of `flavor_memory_mib`, spreading the
+/// members of its security groups over nodes (spec 10.3-3): fewest members of its groups first,
+/// then fewest instances, then the name. With `anti_affinity`, only nodes with no member of its
+/// groups qualify.
+pub async fn schedule(
+    conn: &mut rampart_db::Conn,
+    groups: &[Uuid],
+    anti_affinity: bool,
+    memory_mib: u64,
+) -> Result<Uuid, Error> {
+    let candidates = db::schedulable_nodes(conn).await?;
+    if candidates.is_empty() {
+        return Err(Error::Unavailable(
+            "no ready node can run VMs now (see GET /v1/nodes: a node needs QEMU, root and cgroups)".into(),
+        ));
+    }
+    let placements = db::placements(conn).await?;
+    let wanted: BTreeSet<Uuid> = groups.iter().copied().collect();
+    let mut best: Option<((usize, usize, String), Uuid)> = None;
+    for (id, name) in candidates {
+        let here: Vec<&(Uuid, String)> = placements.iter().filter(|(n, _)| *n == id).collect();
+        let members = here
+            .iter()
+            .filter(|(_, g)| json_list::<Uuid>(g).iter().any(|g| wanted.contains(g)))
+            .count();
+        if anti_affinity && members > 0 {
+            continue;
+        }
+        if let Some(n) = nodes::get(conn, id).await?
+            && let Some(host) = n.host
+        {
+            // Guests plus QEMU's overhead must fit in the host's memory.
+            let used: u64 = here.len() as u64 * 512;
+            if host.memory_bytes > 0 && (used + memory_mib) << 20 > host.memory_bytes {
+                continue;
+            }
+        }
+        let key = (members, here.len(), name);
+        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+            best = Some((key, id));
+        }
+    }
+    best.map(|(_, id)| id).ok_or_else(|| {
+        if anti_affinity {
+            Error::Unavailable(
+                "anti-affinity: every node that can run VMs already runs a member of these security groups".into(),
+            )
+        } else {
+            Error::Unavailable("no node has room for this flavor".into())
+        }
+    })
+}
+
+fn observed_status(p: ObservedPower, desired: &str, current: &str) -> Option<&'static str> {
+    Some(match p {
+        ObservedPower::Running | ObservedPower::Paused => "running",
+        ObservedPower::Failed => "failed",
+        ObservedPower::Crashed | ObservedPower::Panicked => "crashed",
+        ObservedPower::Stopped if desired == "stopped" => "stopped",
+        ObservedPower::Stopped | ObservedPower::Starting => {
+            if current == "running" || current == "stopped" {
+                return None;
+            }
+            "creating"
+        }
+    })
+}
+
+/// Applies what an agent reports about its VMs: node capability, instance status, events,
+/// metrics, console; and forgets deleted instances the node no longer has.
+pub async fn record_status(state: &AppState, node: Uuid, s: &AgentStatus, generation: i64) -> Result<(), Error> {
+    let now = state.now();
+    let mut conn = state.db.conn().await?;
+    let Some(c) = &s.compute else {
+        return Ok(());
+    };
+    check_report(c)?;
+    db::set_node_compute(&mut conn, node, c.available, c.accel.as_deref(), &c.reason, now).await?;
+    let rows: BTreeMap<Uuid, InstanceRow> = db::instances_on_node(&mut conn, node)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut reported = BTreeSet::new();
+    for r in &c.instances {
+        reported.insert(r.id);
+        let Some(row) = rows.get(&r.id) else {
+            continue;
+        };
+        for e in &r.events {
+            let detail = serde_json::to_string(&e.detail).unwrap_or_else(|_| "{}".into());
+            db::insert_event(&mut conn, r.id, from_ms(e.at_ms), &e.kind, &detail).await?;
+            let (code, message) = (
+                e.detail.get("code").and_then(|v| v.as_str()).unwrap_or(""),
+                e.detail.get("message").and_then(|v| v.as_str()).unwrap_or(""),
+            );
+            match e.kind.as_str() {
+                // The audit record of the refused boot (operation instance.boot, failure).
+                "image_signature_invalid" | "start_failed" | "crashed" | "guest_panicked" => tracing::warn!(
+                    target: "rampart::audit",
+                    operation = "instance.boot",
+                    outcome = "failure",
+                    event = %e.kind,
+                    code,
+                    message,
+                    instance = %r.id,
+                    project = %row.project_id,
+                    node = %node,
+                    "instance event"
+                ),
+                _ => {
+                    tracing::info!(target: "rampart::audit", operation = "instance.power", event = %e.kind, instance = %r.id, project = %row.project_id, node = %node, "instance event")
+                }
+            }
+        }
+        if let Some(m) = &r.metrics {
+            db::insert_metrics(
+                &mut conn,
+                r.id,
+                &db::MetricsRow {
+                    at_ms: m.at_ms,
+                    cpu_percent: m.cpu_percent,
+                    memory_bytes: m.memory_bytes.min(i64::MAX as u64) as i64,
+                    disk_read_bps: m.disk_read_bps,
+                    disk_write_bps: m.disk_write_bps,
+                    disk_write_iops: m.disk_write_iops,
+                    net_rx_bps: m.net_rx_bps,
+                    net_tx_bps: m.net_tx_bps,
+                },
+            )
+            .await?;
+        }
+        if let Some(out) = &r.console {
+            let mut start = out.len().saturating_sub(CONSOLE_MAX_BYTES);
+            while !out.is_char_boundary(start) {
+                start += 1;
+            }
+            db::set_console(&mut conn, r.id, &out[start..], now).await?;
+        }
+        if row.status == "deleting" {
+            continue;
+        }
+        if let Some(status) = observed_status(r.power, &row.desired_power, &row.status) {
+            let launched = (status == "running" && row.status != "running").then_some(now);
+            let changed = db::record_observed(
+                &mut conn,
+                r.id,
+                r.boot_seq,
+                db::Observed {
+                    status,
+                    failure_code: r.error.as_ref().map(|e| e.code.as_str()),
+                    failure_message: r.error.as_ref().map(|e| e.message.as_str()),
+                    vm_uid: r.uid.map(i64::from),
+                    launched_at: launched,
+                },
+                now,
+            )
+            .await?;
+            if changed && status != row.status {
+                tracing::info!(instance = %r.id, from = %row.status, to = status, node = %node, "instance status");
+            }
+        }
+    }
+    // A deleted instance is gone once the node applied a document without it and no longer
+    // reports it.
+    if s.applied_generation >= generation {
+        for row in rows.values() {
+            if row.status == "deleting" && !reported.contains(&row.id) {
+                db::delete_instance(&mut conn, row.id).await?;
+                tracing::info!(instance = %row.id, node = %node, "instance deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_report(c: &ComputeStatus) -> Result<(), Error> {
+    let too_big = c.instances.len() > 10_000
+        || c.reason.len() > 4096
+        || c.instances.iter().any(|i| {
+            i.events.len() > 1000
+                || i.console.as_ref().is_some_and(|s| s.len() > 1 << 20)
+                || i.error.as_ref().is_some_and(|e| e.message.len() > 4096)
+        });
+    if too_big {
+        return Err(Error::field("compute", "the compute report is too large"));
+    }
+    Ok(())
+}
+
+/// The alarm rule of a stored alarm.
+pub fn rule_of(a: &db::AlarmRow) -> Result<AlarmRule, Error> {
+    let comparison: Comparison = serde_json::from_value(serde_json::Value::String(a.comparison.clone()))
+        .map_err(|_| Error::internal("reading an alarm", "bad comparison"))?;
+    let windows: Vec<TimeWindow> = serde_json::from_str(&a.windows).unwrap_or_default();
+    Ok(AlarmRule {
+        metric: a.metric.clone(),
+        comparison,
+        threshold: a.threshold,
+        period_s: a.period_s.max(1) as u64,
+        periods: a.periods.max(1) as u32,
+        datapoints: a.datapoints.max(1) as u32,
+        windows,
+    })
+}
+
+fn metric_value(m: &db::MetricsRow, name: &str) -> Option<f64> {
+    Some(match name {
+        "cpu_percent" => m.cpu_percent,
+        "memory_bytes" => m.memory_bytes as f64,
+        "disk_read_bps" => m.disk_read_bps,
+        "disk_write_bps" => m.disk_write_bps,
+        "disk_write_iops" => m.disk_write_iops,
+        "net_rx_bps" => m.net_rx_bps,
+        "net_tx_bps" => m.net_tx_bps,
+        _ => return None,
+    })
+}
+
+/// One pass of the alarm evaluator (leader only): each enabled alarm whose period has passed
+/// since its last evaluation is evaluated over its instance's metrics; a state change is
+/// recorded as a transition, logged as an audit event and sent to the alarm's webhooks.
+pub async fn evaluate_alarms(state: &AppState) -> Result<(), Error> {
+    let now = state.now();
+    let now_ms = to_ms(now);
+    let mut conn = state.db.conn().await?;
+    for a in db::enabled_alarms(&mut conn).await? {
+        if a.last_evaluated_at.is_some_and(|t| now_ms - t < a.period_s * 1000) {
+            continue;
+        }
+        let rule = rule_of(&a)?;
+        let span = a.period_s * 1000 * a.periods;
+        let points: Vec<alarm::Datapoint> = db::metrics(&mut conn, a.instance_id, now_ms - span, 100_000)
+            .await?
+            .iter()
+            .filter_map(|m| metric_value(m, &a.metric).map(|value| alarm::Datapoint { at_ms: m.at_ms, value }))
+            .collect();
+        let e = alarm::evaluate(&rule, &points, now_ms);
+        db::mark_evaluated(&mut conn, a.id, now_ms).await?;
+        let to = match e.state {
+            alarm::AlarmState::Ok => "OK",
+            alarm::AlarmState::Alarm => "ALARM",
+            alarm::AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+        };
+        if to == a.state {
+            continue;
+        }
+        let reason = format!(
+            "{} of the last {} periods of {} s breached {} {} (need {}); {} had data",
+            e.breaching, a.periods, a.period_s, a.comparison, a.threshold, a.datapoints, e.present
+        );
+        if db::transition_alarm(&mut conn, a.id, &a.state, to, &reason, now).await? {
+            tracing::warn!(
+                target: "rampart::audit",
+                operation = "alarm.transition",
+                alarm = %a.id,
+                name = %a.name,
+                project = %a.project_id,
+                instance = %a.instance_id,
+                from = %a.state,
+                to,
+                reason = %reason,
+                "alarm state changed"
+            );
+            let hooks: Vec<String> = json_list(&a.webhooks);
+            if !hooks.is_empty() {
+                let body = serde_json::json!({
+                    "alarm": a.id, "name": a.name, "project": a.project_id, "instance": a.instance_id,
+                    "metric": a.metric, "from": a.state, "to": to, "reason": reason,
+                    "at": rampart_common::time::rfc3339(now),
+                });
+                let prefixes = state.config.compute.alarm_webhook_prefixes.clone();
+                tokio::spawn(send_webhooks(hooks, prefixes, body));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Posts a transition to each webhook (HTTPS, trusting the system's CA bundle, 10 s), once;
+/// failures are logged. URLs are checked against the allowed prefixes again at send time.
+async fn send_webhooks(hooks: Vec<String>, prefixes: Vec<String>, body: serde_json::Value) {
+    let bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    for url in hooks {
+        if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
+            continue;
+        }
+        let Some(rest) = url.strip_prefix("https://") else {
+            continue;
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let result = match rampart_api::tls::client_config(&bundle, None) {
+            Ok(tls) => match rampart_api::Client::with_timeout(
+                &format!("https://{host}"),
+                tls,
+                std::time::Duration::from_secs(10),
+            ) {
+                Ok(c) => c.send(http::Method::POST, path, Some(&body)).await.map(|_| ()),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(rampart_api::ClientError::from(e)),
+        };
+        match result {
+            Ok(()) => tracing::info!(url = %url, "alarm webhook delivered"),
+            Err(e) => {
+                tracing::warn!(url = %url, error = %rampart_common::error::ErrorChain(&e), "alarm webhook failed")
+            }
+        }
+    }
+}
+
+/// Drops metrics older than `compute.metrics_retention_s`.
+pub async fn prune_metrics(state: &AppState) -> Result<(), Error> {
+    let cutoff = to_ms(state.now()) - state.config.compute.metrics_retention_s as i64 * 1000;
+    let mut conn = state.db.conn().await?;
+    let n = db::prune_metrics(&mut conn, cutoff).await?;
+    if n > 0 {
+        tracing::debug!(rows = n, "pruned instance metrics");
+    }
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! Compute through the API on the simulated cluster (controller + agents on the fake
+//! hypervisor, real mTLS): signed images, flavors, the instance life cycle as the node applies
+//! it, the image verified on the node before every boot, and project isolation.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use rampart_api::{Client, ClientError, ScopeRef};
+use rampart_compute::image::{Digest, SigningKey};
+use rampart_testkit::{ClusterOptions, TestCluster};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn cluster(agents: usize) -> TestCluster {
+    let c = TestCluster::start(ClusterOptions {
+        agents,
+        ..Default::default()
+    })
+    .await;
+    c.wait_for_ready_nodes(agents).await;
+    c
+}
+
+fn sha(bytes: &[u8]) -> Digest {
+    rampart_compute::image::sha256_reader(bytes).unwrap().0
+}
+
+/// Uploads raw bytes as an image's data (the typed client speaks JSON only).
+async fn put_data(c: &TestCluster, client: &Client, project: Uuid, image: Uuid, data: &[u8]) -> (StatusCode, Value) {
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let resp = http
+        .put(format!(
+            "{}/v1/projects/{project}/images/{image}/data",
+            c.controller.url()
+        ))
+        .bearer_auth(client.token().unwrap().expose())
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn trust(c: &TestCluster, key: &SigningKey, name: &str) -> Value {
+    c.admin
+        .post(
+            "/v1/signing-keys",
+            &json!({"name": name, "public_key": key.public_key().to_text()}),
+        )
+        .await
+        .unwrap()
+}
+
+/// Registers an image signed over `signed` and uploads `uploaded`.
+#[allow(clippy::too_many_arguments)]
+async fn image(
+    c: &TestCluster,
+    client: &Client,
+    project: Uuid,
+    name: &str,
+    format: &str,
+    extra: Value,
+    key: &SigningKey,
+    signed: &[u8],
+    uploaded: &[u8],
+) -> (Value, StatusCode, Value) {
+    let sig = key.sign_digest(&sha(signed));
+    let mut body = json!({
+        "name": name, "disk_format": format, "signature": sig.signature, "signing_key": sig.key_id,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let created: Value = client
+        .post(&format!("/v1/projects/{project}/images"), &body)
+        .await
+        .unwrap();
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (status, after) = put_data(c, client, project, id, uploaded).await;
+    (created, status, after)
+}
+
+async fn flavor(c: &TestCluster) -> Value {
+    c.admin
+        .post(
+            "/v1/flavors",
+            &json!({"name": format!("f-{}", &Uuid::new_v4().to_string()[..8]), "vcpus": 1, "memory_mib": 256, "root_disk_gib": 1}),
+        )
+        .await
+        .unwrap()
+}
+
+/// A kernel and its initrd, both signed by `key` and uploaded; returns the kernel image's id.
+async fn demo_images(c: &TestCluster, project: Uuid, key: &SigningKey) -> Uuid {
+    let (rd, s, _) = image(
+        c,
+        &c.admin,
+        project,
+        "demo-initrd",
+        "initrd",
+        json!({}),
+        key,
+        b"initrd bytes",
+        b"initrd bytes",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (k, s, after) = image(
+        c,
+        &c.admin,
+        project,
+        "demo-kernel",
+        "kernel",
+        json!({"ramdisk_image": rd["id"]}),
+        key,
+        b"kernel bytes",
+        b"kernel bytes",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{after}");
+    assert_eq!(after["status"], "active");
+    assert_eq!(after["signature_verified"], true);
+    k["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn instance(c: &TestCluster, project: Uuid, id: Uuid) -> Value {
+    c.admin
+        .get(&format!("/v1/projects/{project}/instances/{id}"))
+        .await
+        .unwrap()
+}
+
+async fn wait_status(c: &TestCluster, project: Uuid, id: Uuid, want: &str) -> Value {
+    TestCluster::wait_for(&format!("instance {want}"), WAIT, || async {
+        let i = instance(c, project, id).await;
+        (i["status"] == want).then_some(i)
+    })
+    .await
+}
+
+async fn events(c: &TestCluster, project: Uuid, id: Uuid) -> Vec<String> {
+    let v: Value = c
+        .admin
+        .get(&format!("/v1/projects/{project}/instances/{id}/events"))
+        .await
+        .unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn code(e: &ClientError) -> Option<&str> {
+    e.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_signed_image_boots_and_the_instance_follows_its_power_actions() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    let f = flavor(&c).await;
+
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "web-1", "image": kernel.to_string(), "flavor": f["name"],
+                    "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test"],
+                    "password": "Guest-pass-2026"}),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(created["password_set"], true);
+    assert!(
+        !created.to_string().contains("Guest-pass-2026"),
+        "the password never comes back"
+    );
+    let running = wait_status(&c, project, id, "running").await;
+    assert_eq!(running["node_id"], c.agents[0].node_id.to_string());
+
+    // The node booted the staged, verified kernel and initrd as a non-root uid.
+    let fake = &c.agents[0].vms;
+    let vm = fake.vm(id).expect("the node started the VM");
+    assert_ne!(vm.uid, 0);
+    assert_eq!(running["vm_uid"], vm.uid);
+    assert_eq!(fake.starts(), 1);
+    match &vm.spec.boot {
+        rampart_compute::qemu::Boot::Kernel { kernel, initrd, .. } => {
+            assert_eq!(std::fs::read(kernel).unwrap(), b"kernel bytes");
+            assert_eq!(std::fs::read(initrd.as_ref().unwrap()).unwrap(), b"initrd bytes");
+        }
+        other => panic!("kernel boot expected, got {other:?}"),
+    }
+    let listed: Value = c.admin.get(&format!("/v1/projects/{project}/instances")).await.unwrap();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id.to_string())
+    );
+
+    let act = |a: &'static str| {
+        let path = format!("/v1/projects/{project}/instances/{id}/{a}");
+        let admin = c.admin.clone();
+        async move { admin.post::<_, Value>(&path, &json!({})).await.unwrap() }
+    };
+    act("stop").await;
+    wait_status(&c, project, id, "stopped").await;
+    assert_eq!(fake.vm(id).unwrap().state, rampart_compute::driver::PowerState::Stopped);
+    act("start").await;
+    wait_status(&c, project, id, "running").await;
+    assert_eq!(fake.starts(), 2, "a start is a new boot");
+    act("reboot").await;
+    TestCluster::wait_for("reboot", WAIT, || async { (fake.starts() == 3).then_some(()) }).await;
+    wait_status(&c, project, id, "running").await;
+    let ev = events(&c, project, id).await;
+    assert!(ev.iter().filter(|k| *k == "started").count() >= 3, "{ev:?}");
+    assert!(ev.iter().any(|k| k == "stopped"), "{ev:?}");
+
+    // A VM that dies by itself becomes `crashed` and is not restarted by the node.
+    fake.crash(id);
+    wait_status(&c, project, id, "crashed").await;
+    assert!(events(&c, project, id).await.iter().any(|k| k == "crashed"));
+    assert_eq!(fake.starts(), 3);
+    act("start").await;
+    wait_status(&c, project, id, "running").await;
+    assert_eq!(fake.starts(), 4);
+
+    // Delete: the node destroys the VM, then the instance is gone.
+    c.admin
+        .send::<()>(
+            http::Method::DELETE,
+            &format!("/v1/projects/{project}/instances/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    TestCluster::wait_for("VM destroyed", WAIT, || async { fake.vm(id).is_none().then_some(()) }).await;
+    TestCluster::wait_for("instance gone", WAIT, || async {
+        let r = c
+            .admin
+            .get::<Value>(&format!("/v1/projects/{project}/instances/{id}"))
+            .await;
+        matches!(r, Err(ref e) if code(e) == Some("not_found")).then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_tampered_or_untrusted_upload_is_refused_with_image_signature_invalid() {
+    let c = cluster(0).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+
+    // Signed over other bytes than those uploaded.
+    let (created, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "tampered",
+        "raw",
+        json!({}),
+        &key,
+        b"the signed disk",
+        b"the signed disk, then modified",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "policy_violation");
+    assert_eq!(body["error"]["details"]["code"], "image_signature_invalid");
+    let after: Value = c
+        .admin
+        .get(&format!(
+            "/v1/projects/{project}/images/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(after["status"], "rejected");
+
+    // Signed by a key nobody trusts.
+    let rogue = SigningKey::generate().unwrap();
+    let (_, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "untrusted",
+        "raw",
+        json!({}),
+        &rogue,
+        b"disk",
+        b"disk",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["details"]["code"], "image_signature_invalid");
+
+    // A rejected image cannot be launched.
+    let f = flavor(&c).await;
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "nope", "image": "tampered", "flavor": f["name"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("validation_failed"), "{e}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_image_tampered_after_upload_is_refused_on_the_node_before_any_start() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    // Someone with access to the controller's image store swaps the kernel's bytes.
+    let blob = c.data_dir.path().join("images").join(sha(b"kernel bytes").to_string());
+    assert!(blob.exists(), "{}", blob.display());
+    std::fs::write(&blob, b"kernel bytes with a backdoor").unwrap();
+
+    let f = flavor(&c).await;
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "victim", "image": kernel.to_string(), "flavor": f["name"]}),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let failed = wait_status(&c, project, id, "failed").await;
+    assert_eq!(failed["failure"]["code"], "image_signature_invalid", "{failed}");
+    assert_eq!(c.agents[0].vms.starts(), 0, "no VM process was started");
+    assert!(c.agents[0].vms.vm(id).is_none());
+    assert!(
+        events(&c, project, id)
+            .await
+            .iter()
+            .any(|k| k == "image_signature_invalid")
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_5_instances_and_images_of_another_project_are_invisible() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    let f = flavor(&c).await;
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "private", "image": kernel.to_string(), "flavor": f["name"]}),
+        )
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let other: rampart_api::Project = c
+        .admin
+        .post(
+            "/v1/projects",
+            &rampart_api::ProjectCreate {
+                name: "tenant-b".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.create_user(
+        "bob",
+        "Gannet-quarry-73",
+        &[(
+            "member",
+            ScopeRef {
+                project: Some(other.id),
+                ..Default::default()
+            },
+        )],
+    )
+    .await;
+    let (bob, _) = c.anon.login_as("bob", "Gannet-quarry-73").await.unwrap();
+    for path in [
+        format!("/v1/projects/{project}/instances/{id}"),
+        format!("/v1/projects/{project}/instances/{id}/console"),
+        format!("/v1/projects/{project}/images/{kernel}"),
+        format!("/v1/projects/{project}/instances"),
+    ] {
+        let e = bob.get::<Value>(&path).await.unwrap_err();
+        assert!(matches!(code(&e), Some("not_found" | "forbidden")), "{path}: {e}");
+    }
+    let e = bob
+        .post::<_, Value>(&format!("/v1/projects/{project}/instances/{id}/stop"), &json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(code(&e), Some("not_found" | "forbidden")), "{e}");
+    // Bob cannot launch the other project's image in his own project either.
+    let e = bob
+        .post::<_, Value>(
+            &format!("/v1/projects/{}/instances", other.id),
+            &json!({"name": "steal", "image": kernel.to_string(), "flavor": f["name"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("validation_failed"), "{e}");
+    let mine: Value = bob.get(&format!("/v1/projects/{}/instances", other.id)).await.unwrap();
+    assert_eq!(mine["items"].as_array().unwrap().len(), 0);
+    c.shutdown().await;
+}
