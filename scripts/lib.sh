@@ -39,5 +39,9 @@ need_cargo() {
 BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
 # Packages Rampart uses at run time on a node.
 RUNTIME_PACKAGES=(iproute2 openssl)
+# Tenant networking on a node (rampart-net): nft, conntrack, platform DHCP.
+RUNTIME_PACKAGES+=(nftables conntrack dnsmasq-base)
 # Packages the test suite needs besides those.
 TEST_PACKAGES=(postgresql openssl iproute2 curl)
+# Network data-plane tests: "VMs" in namespaces ping, lease (udhcpc), arping (busybox).
+TEST_PACKAGES+=(busybox-static iputils-ping python3)
