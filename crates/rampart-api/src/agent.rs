@@ -74,6 +74,11 @@ pub struct NodeConfig {
     pub generation: i64,
     /// How often the agent must send its status.
     pub heartbeat_interval_s: u64,
+    /// The tenant networks this node must build: every VPC with a port bound here, whole
+    /// (see `rampart_net::desired`). Left out when there is none.
+    #[serde(default, skip_serializing_if = "rampart_net::desired::NodeNetwork::is_empty")]
+    #[schema(value_type = Object)]
+    pub network: rampart_net::desired::NodeNetwork,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -86,6 +91,9 @@ pub struct AgentStatus {
     /// Problems met while applying the desired state, one line each.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// The node's data plane: counters and flow logs per VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod client;
 pub mod identity;
+pub mod network;
 pub mod tls;
 pub mod types;
 

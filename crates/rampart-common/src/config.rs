@@ -33,6 +33,48 @@ pub struct Config {
     pub log: LogConfig,
     pub local_agent: LocalAgentConfig,
     pub authz: AuthzConfig,
+    pub network: NetworkConfig,
+}
+
+/// Tenant networking (`[network]`): the external network VPC routers may reach, and how the
+/// local agent of `rampart up` runs its data plane.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The external (provider) network of SNAT egress and floating IPs, an IPv4 CIDR. Unset:
+    /// no VPC reaches anything outside itself.
+    pub external_cidr: Option<String>,
+    /// Default route of VPC routers on the external network (inside `external_cidr`).
+    pub external_gateway: Option<String>,
+    /// Prefix of the network namespaces the local agent owns (it deletes stale ones with it).
+    pub netns_prefix: String,
+    /// How often the local agent checks its data plane against the desired state.
+    pub reconcile_interval_s: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            external_cidr: None,
+            external_gateway: None,
+            netns_prefix: "rp-".into(),
+            reconcile_interval_s: 30,
+        }
+    }
+}
+
+/// `a.b.c.d/len` with no host bits set.
+fn ipv4_network(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(ip) & !mask == 0).then_some((ip, len))
+}
+
+/// Whether `name` may prefix network namespace names: 1 to 12 of `a-z`, `0-9`, `-`.
+pub fn valid_netns_prefix(name: &str) -> bool {
+    (1..=12).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -283,6 +325,40 @@ impl Config {
         if self.log.max_files == 0 {
             return invalid("log.max_files", "must be at least 1");
         }
+        let net = &self.network;
+        let external = match &net.external_cidr {
+            Some(c) => match ipv4_network(c) {
+                Some((ip, len)) if (8..=30).contains(&len) => Some((ip, len)),
+                _ => {
+                    return invalid(
+                        "network.external_cidr",
+                        format!("{c:?} is not an IPv4 network between /8 and /30 like 203.0.113.0/24"),
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Some(g) = &net.external_gateway {
+            let inside = match (g.parse::<std::net::Ipv4Addr>(), external) {
+                (Ok(gw), Some((ip, len))) => {
+                    let mask = u32::MAX << (32 - len);
+                    u32::from(gw) & mask == u32::from(ip) && u32::from(gw) != u32::from(ip)
+                }
+                _ => false,
+            };
+            if !inside {
+                return invalid(
+                    "network.external_gateway",
+                    "must be an address inside network.external_cidr (which must be set)",
+                );
+            }
+        }
+        if !valid_netns_prefix(&net.netns_prefix) {
+            return invalid("network.netns_prefix", "must be 1 to 12 of a-z, 0-9 and '-'");
+        }
+        if !(1..=3600).contains(&net.reconcile_interval_s) {
+            return invalid("network.reconcile_interval_s", "must be between 1 and 3600");
+        }
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
                 key: "local_agent.name",
@@ -383,7 +459,13 @@ mod doc_tests {
             }
         }
         // Options that default to "unset" do not serialise; list them by hand.
-        for name in ["`database.password_file`", "`log.dir`", "`authz.policy_file`"] {
+        for name in [
+            "`database.password_file`",
+            "`log.dir`",
+            "`authz.policy_file`",
+            "`network.external_cidr`",
+            "`network.external_gateway`",
+        ] {
             if !doc.contains(name) {
                 missing.push(name.to_string());
             }

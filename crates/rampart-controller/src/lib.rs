@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod http;
 pub mod identity;
+pub mod network;
 pub mod reconcile;
 pub mod render;
 pub mod routes;

@@ -457,7 +457,7 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         parts.push(format!("counter name \"pol_{id}\""));
         parts.push(s(match pol.action {
             Action::Allow => "accept",
-            Action::Deny => "drop",
+            Action::Deny => "goto deny",
         }));
         parts.push(format!("comment \"policy {}\"", pol.name));
         policy_rules.push(parts.join(" "));
@@ -476,7 +476,7 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
             counters.push(format!("port_{id}_ct_drop"));
             port_chains.push(Chain::regular(
                 format!("port_{id}_ct"),
-                vec![format!("ct count over {n} counter name \"port_{id}_ct_drop\" drop")],
+                vec![format!("ct count over {n} counter name \"port_{id}_ct_drop\" goto deny")],
             ));
             limit_by_mark
                 .elements
@@ -492,9 +492,9 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         let mut groups = p.security_groups.clone();
         groups.sort();
         let mut out_rules: Vec<String> = groups.iter().map(|g| format!("jump sg_{}_out", short_id(g))).collect();
-        out_rules.push(format!("counter name \"port_{id}_drop_out\" drop"));
+        out_rules.push(format!("counter name \"port_{id}_drop_out\" goto deny"));
         let mut in_rules: Vec<String> = groups.iter().map(|g| format!("jump sg_{}_in", short_id(g))).collect();
-        in_rules.push(format!("counter name \"port_{id}_drop_in\" drop"));
+        in_rules.push(format!("counter name \"port_{id}_drop_in\" goto deny"));
         port_chains.push(Chain::regular(format!("port_{id}_out"), out_rules));
         port_chains.push(Chain::regular(format!("port_{id}_in"), in_rules));
         egress_by_mark
@@ -517,6 +517,10 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         sg_chains.push(Chain::regular(format!("sg_{id}_out"), rules(Direction::Egress)));
     }
     sets.extend([limit_by_mark, limit_by_ip, egress_by_mark, ingress_by_ip]);
+    // Flow logs (10.9-2): the data path records each new accepted flow and each denied
+    // attempt, keyed by addresses, protocol and destination port, with a packet counter.
+    sets.push(Set::flow_log(names::FLOWS_ALLOWED, FLOW_KEY));
+    sets.push(Set::flow_log(names::FLOWS_DENIED, FLOW_KEY));
     t.sets = sets;
     counters.sort();
     t.counters = counters;
@@ -564,6 +568,17 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
             "from_outside",
             vec![s("ct status dnat return"), s("counter name \"drop_outside\" drop")],
         ),
+        Chain {
+            // Runs after `forward` has accepted a packet (a drop there is final).
+            name: s("flows"),
+            base: Some(s("type filter hook forward priority 10; policy accept;")),
+            rules: flow_log_rules("ct state new ", names::FLOWS_ALLOWED, ""),
+        },
+        Chain::regular("deny", {
+            let mut r = flow_log_rules("", names::FLOWS_DENIED, " drop");
+            r.push(s("drop"));
+            r
+        }),
         Chain::regular("policies", policy_rules),
         Chain::regular(
             "to_port",
@@ -578,6 +593,18 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
     chains.extend(sg_chains);
     t.chains = chains;
     t
+}
+
+/// Key of the flow-log sets: source, destination, protocol, destination port (0 without ports).
+pub const FLOW_KEY: &str = "ipv4_addr . ipv4_addr . inet_proto . inet_service";
+
+fn flow_log_rules(prefix: &str, set: &str, verdict: &str) -> Vec<String> {
+    vec![
+        format!(
+            "{prefix}meta l4proto {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . th dport }}{verdict}"
+        ),
+        format!("{prefix}meta l4proto != {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . 0 }}{verdict}"),
+    ]
 }
 
 fn nat_table(ctx: &Ctx, router_ip: Ipv4Addr) -> Table {

@@ -44,7 +44,7 @@ pub struct ExternalNetwork {
     pub gateway: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum PortDevice {
     /// A tap created in the VPC namespace for QEMU (the compute driver opens it).
@@ -89,6 +89,13 @@ pub struct NodeNetwork {
     pub vpcs: Vec<VpcNetwork>,
 }
 
+impl NodeNetwork {
+    /// Nothing to build on the node (documents leave the section out then).
+    pub fn is_empty(&self) -> bool {
+        self.vpcs.is_empty()
+    }
+}
+
 /// Device names are per namespace and at most 15 bytes.
 pub mod names {
     use super::*;
@@ -98,6 +105,8 @@ pub mod names {
     pub const TABLE_GUARD: &str = "rampart_guard";
     pub const TABLE_FW: &str = "rampart_fw";
     pub const TABLE_NAT: &str = "rampart_nat";
+    pub const FLOWS_ALLOWED: &str = "flows_allowed";
+    pub const FLOWS_DENIED: &str = "flows_denied";
 
     pub fn bridge(subnet: &Uuid) -> String {
         format!("rb{}", short_id(subnet))

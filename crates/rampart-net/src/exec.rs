@@ -39,6 +39,17 @@ pub struct ApplyReport {
 pub trait NetDriver: Send + Sync {
     fn observe(&self, cfg: &NetNodeConfig) -> Result<Observed, NetError>;
     fn apply(&self, cfg: &NetNodeConfig, steps: &[Step]) -> ApplyReport;
+
+    /// Only the nft rulesets of the namespaces (counters, flow logs): the cheap read behind
+    /// the agent's metrics, between two full observations.
+    fn rulesets(&self, cfg: &NetNodeConfig) -> Result<BTreeMap<String, ObservedRuleset>, NetError> {
+        Ok(self
+            .observe(cfg)?
+            .namespaces
+            .into_iter()
+            .map(|(n, ns)| (n, ns.nft))
+            .collect())
+    }
 }
 
 /// Observe, plan, apply: one pass of the agent's network reconciler.
@@ -59,11 +70,63 @@ pub fn reconcile(
 /// Named counters of every table in a namespace (drop counters, per-policy hits), for the
 /// metrics the agent reports (`port_<id>_ct_drop` is the 10.8 "connection allowance exceeded").
 pub fn counters(ns: &ObservedNamespace) -> BTreeMap<String, u64> {
-    ns.nft
-        .tables
+    ruleset_counters(&ns.nft)
+}
+
+pub fn ruleset_counters(nft: &ObservedRuleset) -> BTreeMap<String, u64> {
+    nft.tables
         .values()
         .flat_map(|t| t.counters.iter().map(|(n, (p, _))| (n.clone(), *p)))
         .collect()
+}
+
+/// One element of a flow log: `packets` packets from `src` to `dst` (`port` 0 for protocols
+/// without ports) were accepted as new flows (`allowed`) or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FlowRecord {
+    #[schema(value_type = String)]
+    pub src: Ipv4Addr,
+    #[schema(value_type = String)]
+    pub dst: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+    pub packets: u64,
+    pub allowed: bool,
+}
+
+/// The flow logs of a VPC namespace's ruleset (10.9-2), at most `limit` records, the busiest
+/// first.
+pub fn flow_records(nft: &ObservedRuleset, limit: usize) -> Vec<FlowRecord> {
+    let Some(t) = nft
+        .tables
+        .get(&(crate::nft::Family::Inet, crate::desired::names::TABLE_FW.to_string()))
+    else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (set, allowed) in [
+        (crate::desired::names::FLOWS_ALLOWED, true),
+        (crate::desired::names::FLOWS_DENIED, false),
+    ] {
+        for (e, packets) in t.element_counters.get(set).into_iter().flatten() {
+            let parts: Vec<&str> = e.split(" . ").collect();
+            if let [src, dst, proto, port] = parts[..]
+                && let (Ok(src), Ok(dst), Ok(port)) = (src.parse(), dst.parse(), port.parse())
+            {
+                out.push(FlowRecord {
+                    src,
+                    dst,
+                    protocol: proto.to_string(),
+                    port,
+                    packets: *packets,
+                    allowed,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.cmp(b)));
+    out.truncate(limit);
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,22 +289,28 @@ impl IpNftDriver {
             .filter_map(|l| l.split_once(" = "))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
-        let nft_json = self.exec_ok(ns, &["nft", "-j", "list", "ruleset"], None)?;
-        let nft = if nft_json.trim().is_empty() {
-            ObservedRuleset::default()
-        } else {
-            let v: Value = serde_json::from_str(&nft_json).map_err(|e| parse_err("nft", e))?;
-            ObservedRuleset::from_json(&v).map_err(|e| NetError::Parse {
-                program: "nft".into(),
-                source: e.into(),
-            })?
-        };
+        let nft = self.observe_nft(ns)?;
         Ok(ObservedNamespace {
             links,
             sysctls,
             default_route,
             nft,
             dnsmasq: observe_dnsmasq(&dnsmasq_dir(cfg, ns)),
+        })
+    }
+
+    fn observe_nft(&self, ns: &str) -> Result<ObservedRuleset, NetError> {
+        let nft_json = self.exec_ok(ns, &["nft", "-j", "list", "ruleset"], None)?;
+        if nft_json.trim().is_empty() {
+            return Ok(ObservedRuleset::default());
+        }
+        let v: Value = serde_json::from_str(&nft_json).map_err(|e| NetError::Parse {
+            program: "nft".into(),
+            source: Box::new(e),
+        })?;
+        ObservedRuleset::from_json(&v).map_err(|e| NetError::Parse {
+            program: "nft".into(),
+            source: e.into(),
         })
     }
 
@@ -395,6 +464,14 @@ impl NetDriver for IpNftDriver {
         Ok(Observed { namespaces })
     }
 
+    fn rulesets(&self, cfg: &NetNodeConfig) -> Result<BTreeMap<String, ObservedRuleset>, NetError> {
+        let mut out = BTreeMap::new();
+        for ns in self.list_namespaces(&cfg.netns_prefix)? {
+            out.insert(ns.clone(), self.observe_nft(&ns)?);
+        }
+        Ok(out)
+    }
+
     fn apply(&self, cfg: &NetNodeConfig, steps: &[Step]) -> ApplyReport {
         let mut report = ApplyReport {
             steps: steps.len(),
@@ -516,14 +593,19 @@ pub fn parse_links(v: &Value) -> BTreeMap<String, ObservedLink> {
 pub struct FakeNet {
     pub state: Mutex<Observed>,
     pub applied: Mutex<Vec<Step>>,
+    /// Link names whose creation fails, as when the kernel refuses a device (fault injection).
+    pub refuse: Mutex<BTreeSet<String>>,
     peers: Mutex<Vec<Peer>>,
 }
 
 type Peer = ((String, String), (String, String));
 
 impl FakeNet {
-    fn apply_one(state: &mut Observed, peers: &mut Vec<Peer>, step: &Step) -> Result<(), String> {
+    fn apply_one(state: &mut Observed, peers: &mut Vec<Peer>, refuse: &BTreeSet<String>, step: &Step) -> Result<(), String> {
         match step {
+            Step::CreateLink { link, .. } if refuse.contains(&link.name) => {
+                return Err(format!("Cannot create {}: Operation not permitted", link.name));
+            }
             Step::CreateNamespace { netns } => {
                 if state.namespaces.contains_key(netns) {
                     return Err(format!("namespace {netns} exists"));
@@ -668,8 +750,9 @@ impl NetDriver for FakeNet {
             steps: steps.len(),
             ..Default::default()
         };
+        let refuse = self.refuse.lock().expect("fake refuse").clone();
         for s in steps {
-            if let Err(e) = Self::apply_one(&mut state, &mut peers, s) {
+            if let Err(e) = Self::apply_one(&mut state, &mut peers, &refuse, s) {
                 report.errors.push(format!("{}: {e}", s.netns()));
             }
         }

@@ -26,6 +26,7 @@ impl VpcBuilder {
         let vpc = VpcCreate {
             name: "vpc".into(),
             cidr: cidr.parse().expect("cidr"),
+            external: false,
         }
         .into_vpc(
             Uuid::from_u128((u128::from(seed) << 64) | 1),

@@ -54,6 +54,8 @@ pub struct TestAgent {
     pub node_id: Uuid,
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The fake host it runs on (its in-memory data plane is `host.net`).
+    pub host: Arc<FakeHost>,
     stop: CancellationToken,
     handle: JoinHandle<Result<(), AgentError>>,
 }
@@ -179,13 +181,18 @@ impl TestCluster {
         dir: tempfile::TempDir,
         token: Option<Sensitive>,
     ) -> Result<TestAgent, AgentError> {
+        let host = Arc::new(FakeHost::named(name));
         let agent = Agent::enrol(AgentOptions {
             controller_url: self.controller.url(),
             data_dir: dir.path().to_path_buf(),
             join_token: token,
             name: Some(name.into()),
             ca_file: None,
-            host: Arc::new(FakeHost::named(name)),
+            host: host.clone(),
+            network: rampart_agent::NetOptions {
+                reconcile_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
         })
         .await?;
         let stop = CancellationToken::new();
@@ -195,6 +202,7 @@ impl TestCluster {
             node_id,
             name: name.into(),
             dir,
+            host,
             stop,
             handle,
         })

@@ -119,6 +119,7 @@ async fn spec_12_3_1_agent_certificate_from_another_ca_is_refused() {
         agent_version: "evil".into(),
         host: HostFacts::default(),
         errors: vec![],
+        network: None,
     };
     let err = client.agent_status(&status).await.unwrap_err();
     assert!(

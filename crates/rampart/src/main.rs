@@ -82,6 +82,13 @@ struct AgentArgs {
     /// `tracing` filter for the run log.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Prefix of the network namespaces this agent owns (VPC routers, external network). Two
+    /// agents on one host need different prefixes.
+    #[arg(long, default_value = "rp-")]
+    netns_prefix: String,
+    /// Seconds between checks of the data plane against the desired state (drift repair).
+    #[arg(long, default_value_t = 30)]
+    reconcile_interval_s: u64,
 }
 
 fn default_dir(name: &str) -> PathBuf {
@@ -261,6 +268,11 @@ async fn start_local_agent(
         name: Some(name),
         ca_file: Some(data_dir.join("ca.pem")),
         host,
+        network: rampart_agent::NetOptions {
+            netns_prefix: controller.state.config.network.netns_prefix.clone(),
+            run_dir: None,
+            reconcile_interval: std::time::Duration::from_secs(controller.state.config.network.reconcile_interval_s),
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
@@ -313,6 +325,16 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         rampart_common::names::validate_node_name(name)
             .map_err(|e| Failure::Config(ConfigProblem(anyhow::anyhow!("--name: {e}"))))?;
     }
+    if !rampart_common::config::valid_netns_prefix(&args.netns_prefix) {
+        return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "--netns-prefix: must be 1 to 12 of a-z, 0-9 and '-'"
+        ))));
+    }
+    if !(1..=3600).contains(&args.reconcile_interval_s) {
+        return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "--reconcile-interval-s: must be between 1 and 3600"
+        ))));
+    }
     let agent = Agent::enrol(AgentOptions {
         controller_url: args.controller.clone(),
         data_dir,
@@ -320,6 +342,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         name: args.name.clone(),
         ca_file: args.ca_file.clone(),
         host: Arc::new(RealHost),
+        network: rampart_agent::NetOptions {
+            netns_prefix: args.netns_prefix.clone(),
+            run_dir: None,
+            reconcile_interval: std::time::Duration::from_secs(args.reconcile_interval_s),
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;

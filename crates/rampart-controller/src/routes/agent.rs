@@ -230,5 +230,9 @@ pub async fn status(
     if !s.errors.is_empty() {
         tracing::warn!(node = %node, errors = ?s.errors, "agent reports errors");
     }
+    if let Some(net) = &s.network {
+        let json = serde_json::to_string(net).map_err(|e| Error::internal("encoding a network report", e))?;
+        rampart_db::network::record_node_status(&mut conn, node, &json, state.now()).await?;
+    }
     Ok(axum::Json(StatusAck { generation }))
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod auth;
 pub mod identity;
 pub mod meta;
+pub mod network;
 pub mod nodes;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::state::AppState;
         (name = "auth", description = "Login, logout, passwords, second factors, application credentials"),
         (name = "identity", description = "Domains, projects, users, groups, roles, role assignments, security compliance"),
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
+        (name = "network", description = "VPCs, subnets, security groups, ports, segmentation policies, floating IPs, reachability, flows"),
     )
 )]
 struct PublicApi;
@@ -108,6 +110,29 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::create_join_token))
+        // Tenant networking (issue 6).
+        .routes(routes!(network::list_vpcs, network::create_vpc))
+        .routes(routes!(network::get_vpc, network::update_vpc, network::delete_vpc))
+        .routes(routes!(network::list_subnets, network::create_subnet))
+        .routes(routes!(network::get_subnet, network::delete_subnet))
+        .routes(routes!(network::list_groups, network::create_group))
+        .routes(routes!(network::get_group, network::update_group, network::delete_group))
+        .routes(routes!(network::list_rules, network::create_rule))
+        .routes(routes!(network::delete_rule))
+        .routes(routes!(network::list_ports, network::create_port))
+        .routes(routes!(network::get_port, network::update_port, network::delete_port))
+        .routes(routes!(network::bind_port, network::unbind_port))
+        .routes(routes!(network::list_policies, network::create_policy))
+        .routes(routes!(network::get_policy, network::delete_policy))
+        .routes(routes!(network::list_floating_ips, network::create_floating_ip))
+        .routes(routes!(
+            network::get_floating_ip,
+            network::update_floating_ip,
+            network::delete_floating_ip
+        ))
+        .routes(routes!(network::reachability))
+        .routes(routes!(network::flows))
+        .routes(routes!(network::node_network))
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {
