@@ -110,5 +110,7 @@ CREATE TABLE floating_ips (
 CREATE TABLE node_network_status (
     node_id TEXT PRIMARY KEY REFERENCES nodes (id) ON DELETE CASCADE,
     status TEXT NOT NULL,
+    -- The node's tenant-plane address (VXLAN source), as its agent reports it.
+    tunnel_ip TEXT,
     updated_at BIGINT NOT NULL
 );

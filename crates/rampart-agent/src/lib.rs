@@ -84,6 +84,9 @@ pub struct NetOptions {
     /// How often the data plane is checked against the desired state (drift repair) when no
     /// new generation arrives.
     pub reconcile_interval: Duration,
+    /// The tenant plane (VXLAN underlay): without it, VPCs of this node reach no port on
+    /// another node.
+    pub underlay: Option<rampart_net::desired::Underlay>,
 }
 
 impl Default for NetOptions {
@@ -92,6 +95,7 @@ impl Default for NetOptions {
             netns_prefix: "rp-".into(),
             run_dir: None,
             reconcile_interval: Duration::from_secs(30),
+            underlay: None,
         }
     }
 }
@@ -174,6 +178,7 @@ impl Agent {
                 .run_dir
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("net")),
+            underlay: self.network.underlay.clone(),
         };
         let network = tokio::spawn(netloop::run(netloop::NetLoop {
             host: self.host.clone(),

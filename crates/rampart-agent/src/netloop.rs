@@ -100,6 +100,7 @@ fn full_pass(host: &dyn HostDriver, cfg: &NetNodeConfig, doc: &NodeConfig) -> (N
     }
     let ok = errors.is_empty();
     status.errors = clip(errors);
+    status.tunnel_ip = cfg.underlay.as_ref().map(|u| u.local_ip);
     (status, ok)
 }
 

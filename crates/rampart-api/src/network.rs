@@ -206,6 +206,10 @@ pub struct NetworkStatus {
     /// Failures of the last pass, one line each (also in the agent's `errors`).
     #[serde(default)]
     pub errors: Vec<String>,
+    /// The node's tenant-plane address, where other nodes send its VPCs' VXLAN traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub tunnel_ip: Option<Ipv4Addr>,
 }
 
 /// `GET /v1/nodes/{id}/network`: the latest data-plane report of a node.

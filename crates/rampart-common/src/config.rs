@@ -50,6 +50,16 @@ pub struct NetworkConfig {
     pub netns_prefix: String,
     /// How often the local agent checks its data plane against the desired state.
     pub reconcile_interval_s: u64,
+    /// The management plane's interface: non-loopback API listeners are pinned to it
+    /// (`SO_BINDTODEVICE`), so the API cannot be reached through another plane's interface.
+    pub management_interface: Option<String>,
+    /// Source ranges admitted to the API ports by a host input filter (nftables); empty: no
+    /// filter.
+    pub management_sources: Vec<String>,
+    /// The tenant plane's interface of this machine (VXLAN underlay of the local agent).
+    pub tunnel_interface: Option<String>,
+    /// This machine's address on the tenant plane (the local agent's VXLAN source).
+    pub tunnel_ip: Option<String>,
 }
 
 impl Default for NetworkConfig {
@@ -59,8 +69,20 @@ impl Default for NetworkConfig {
             external_gateway: None,
             netns_prefix: "rp-".into(),
             reconcile_interval_s: 30,
+            management_interface: None,
+            management_sources: vec![],
+            tunnel_interface: None,
+            tunnel_ip: None,
         }
     }
+}
+
+/// Whether `name` is a network interface name (1 to 15 of letters, digits, `-`, `_`, `.`).
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// `a.b.c.d/len` with no host bits set.
@@ -359,6 +381,27 @@ impl Config {
         if !(1..=3600).contains(&net.reconcile_interval_s) {
             return invalid("network.reconcile_interval_s", "must be between 1 and 3600");
         }
+        if net.management_interface.as_deref().is_some_and(|i| !valid_ifname(i)) {
+            return invalid("network.management_interface", "must be an interface name like eth0");
+        }
+        for p in &net.management_sources {
+            if !is_cidr(p) {
+                return invalid(
+                    "network.management_sources",
+                    format!("{p:?} is not an address range like 10.20.0.0/24"),
+                );
+            }
+        }
+        match (&net.tunnel_interface, &net.tunnel_ip) {
+            (None, None) => {}
+            (Some(i), Some(ip)) if valid_ifname(i) && ip.parse::<std::net::Ipv4Addr>().is_ok() => {}
+            _ => {
+                return invalid(
+                    "network.tunnel_interface",
+                    "network.tunnel_interface (an interface name) and network.tunnel_ip (its IPv4 address) go together",
+                );
+            }
+        }
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
                 key: "local_agent.name",
@@ -465,6 +508,9 @@ mod doc_tests {
             "`authz.policy_file`",
             "`network.external_cidr`",
             "`network.external_gateway`",
+            "`network.management_interface`",
+            "`network.tunnel_interface`",
+            "`network.tunnel_ip`",
         ] {
             if !doc.contains(name) {
                 missing.push(name.to_string());

@@ -62,21 +62,42 @@ pub async fn vpc_network(conn: &mut Conn, vpc: Uuid, node: Option<Uuid>) -> ramp
         local_ports,
         floating_ips,
         router_external_ip: row.router_external_ip,
+        remote_ports: Default::default(),
     }))
 }
 
 /// The `network` section of a node's document.
+///
+/// A VPC spanning several nodes is joined over VXLAN: the document lists the ports bound
+/// elsewhere with their node's tunnel address. Its outside access (SNAT address, floating
+/// IPs) lives on one node, the VPC's holder with the lowest id, for its own ports there: two
+/// routers must never claim one external address.
 pub async fn node_network(conn: &mut Conn, config: &Config, node: Uuid) -> rampart_db::Result<NodeNetwork> {
     let external = external(config);
+    let tunnels = db::tunnel_ips(conn).await?;
     let mut vpcs = Vec::new();
     for vpc in db::vpcs_on_node(conn, node).await? {
-        if let Some(mut v) = vpc_network(conn, vpc, Some(node)).await? {
-            if external.is_none() {
-                v.router_external_ip = None;
-                v.floating_ips.clear();
-            }
-            vpcs.push(v);
+        let ports = db::ports_of_vpc(conn, vpc).await?;
+        let Some(mut v) = vpc_network(conn, vpc, Some(node)).await? else {
+            continue;
+        };
+        let holders: BTreeSet<Uuid> = ports.iter().filter_map(|p| p.node).collect();
+        let uplink_node = holders.iter().next().copied();
+        let local: BTreeSet<Uuid> = v.local_ports.iter().map(|l| l.port).collect();
+        if external.is_none() || uplink_node != Some(node) {
+            v.router_external_ip = None;
         }
+        if v.router_external_ip.is_none() {
+            v.floating_ips.clear();
+        }
+        v.floating_ips
+            .retain(|f| f.port.is_some_and(|p| local.contains(&p)));
+        v.remote_ports = ports
+            .iter()
+            .filter(|p| p.node.is_some_and(|n| n != node) && p.device.is_some())
+            .filter_map(|p| Some((p.port.id, *tunnels.get(&p.node?)?)))
+            .collect();
+        vpcs.push(v);
     }
     if vpcs.is_empty() {
         return Ok(NodeNetwork::default());
@@ -134,7 +155,7 @@ pub fn flow_graph(
     }
     let mut nodes: BTreeMap<String, FlowNode> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String, String, u16, bool), u64> = BTreeMap::new();
-    let mut endpoint = |vpc: Uuid, ip: Ipv4Addr, nodes: &mut BTreeMap<String, FlowNode>| -> String {
+    let endpoint = |vpc: Uuid, ip: Ipv4Addr, nodes: &mut BTreeMap<String, FlowNode>| -> String {
         match owner.get(&(vpc, ip)) {
             Some(p) => {
                 let id = p.port.id.to_string();

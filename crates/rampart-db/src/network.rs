@@ -67,7 +67,11 @@ fn vpc_row(r: VpcTuple) -> Result<VpcRow> {
     })
 }
 
-const VPC_COLUMNS: &str = "id, project_id, name, cidr, router_external_ip, created_at";
+macro_rules! vpc_columns {
+    () => {
+        "id, project_id, name, cidr, router_external_ip, created_at"
+    };
+}
 
 pub async fn insert_vpc(
     conn: &mut AnyConnection,
@@ -92,9 +96,7 @@ pub async fn insert_vpc(
 }
 
 pub async fn get_vpc(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<VpcRow>> {
-    let r: Option<VpcTuple> = sqlx::query_as(&format!(
-        "SELECT {VPC_COLUMNS} FROM vpcs WHERE id = $1 AND project_id = $2"
-    ))
+    let r: Option<VpcTuple> = sqlx::query_as(concat!("SELECT ", vpc_columns!(), " FROM vpcs WHERE id = $1 AND project_id = $2"))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -103,7 +105,7 @@ pub async fn get_vpc(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Resul
 }
 
 pub async fn vpc_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<VpcRow>> {
-    let r: Option<VpcTuple> = sqlx::query_as(&format!("SELECT {VPC_COLUMNS} FROM vpcs WHERE id = $1"))
+    let r: Option<VpcTuple> = sqlx::query_as(concat!("SELECT ", vpc_columns!(), " FROM vpcs WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(conn)
         .await?;
@@ -112,9 +114,7 @@ pub async fn vpc_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<VpcR
 
 /// VPCs of a project ordered by name, after the name `after`.
 pub async fn list_vpcs(conn: &mut AnyConnection, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<VpcRow>> {
-    let rows: Vec<VpcTuple> = sqlx::query_as(&format!(
-        "SELECT {VPC_COLUMNS} FROM vpcs WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
-    ))
+    let rows: Vec<VpcTuple> = sqlx::query_as(concat!("SELECT ", vpc_columns!(), " FROM vpcs WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(i64::from(limit))
@@ -186,7 +186,11 @@ fn subnet_row(r: SubnetTuple) -> Result<Subnet> {
     })
 }
 
-const SUBNET_COLUMNS: &str = "id, vpc_id, name, cidr, gateway, dhcp, segment_id";
+macro_rules! subnet_columns {
+    () => {
+        "id, vpc_id, name, cidr, gateway, dhcp, segment_id"
+    };
+}
 
 pub async fn insert_subnet(conn: &mut AnyConnection, project: Uuid, s: &Subnet, now: OffsetDateTime) -> Result<()> {
     sqlx::query(
@@ -209,9 +213,7 @@ pub async fn insert_subnet(conn: &mut AnyConnection, project: Uuid, s: &Subnet, 
 }
 
 pub async fn get_subnet(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<Subnet>> {
-    let r: Option<SubnetTuple> = sqlx::query_as(&format!(
-        "SELECT {SUBNET_COLUMNS} FROM subnets WHERE id = $1 AND project_id = $2"
-    ))
+    let r: Option<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE id = $1 AND project_id = $2"))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -220,9 +222,7 @@ pub async fn get_subnet(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Re
 }
 
 pub async fn subnets_of_vpc(conn: &mut AnyConnection, vpc: Uuid) -> Result<Vec<Subnet>> {
-    let rows: Vec<SubnetTuple> = sqlx::query_as(&format!(
-        "SELECT {SUBNET_COLUMNS} FROM subnets WHERE vpc_id = $1 ORDER BY id"
-    ))
+    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE vpc_id = $1 ORDER BY id"))
     .bind(vpc.to_string())
     .fetch_all(conn)
     .await?;
@@ -237,10 +237,8 @@ pub async fn list_subnets(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Subnet>> {
-    let rows: Vec<SubnetTuple> = sqlx::query_as(&format!(
-        "SELECT {SUBNET_COLUMNS} FROM subnets WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) AND id > $3 \
-         ORDER BY id LIMIT $4"
-    ))
+    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) AND id > $3 \
+         ORDER BY id LIMIT $4"))
     .bind(project.to_string())
     .bind(vpc.map(|v| v.to_string()).unwrap_or_default())
     .bind(after.unwrap_or(""))
@@ -304,8 +302,11 @@ fn rule_row(r: RuleTuple) -> Result<(Uuid, SecurityGroupRule)> {
     ))
 }
 
-const RULE_COLUMNS: &str =
-    "r.id, r.group_id, r.direction, r.protocol, r.port_min, r.port_max, r.remote_cidr, r.remote_group_id";
+macro_rules! rule_columns {
+    () => {
+        "r.id, r.group_id, r.direction, r.protocol, r.port_min, r.port_max, r.remote_cidr, r.remote_group_id"
+    };
+}
 
 async fn insert_rule_at(
     conn: &mut AnyConnection,
@@ -394,10 +395,8 @@ pub async fn groups(conn: &mut AnyConnection, project: Uuid, ids: Option<&BTreeS
             .bind(project.to_string())
             .fetch_all(&mut *conn)
             .await?;
-    let rules: Vec<RuleTuple> = sqlx::query_as(&format!(
-        "SELECT {RULE_COLUMNS} FROM security_group_rules r JOIN security_groups g ON g.id = r.group_id \
-         WHERE g.project_id = $1 ORDER BY r.group_id, r.position"
-    ))
+    let rules: Vec<RuleTuple> = sqlx::query_as(concat!("SELECT ", rule_columns!(), " FROM security_group_rules r JOIN security_groups g ON g.id = r.group_id \
+         WHERE g.project_id = $1 ORDER BY r.group_id, r.position"))
     .bind(project.to_string())
     .fetch_all(conn)
     .await?;
@@ -432,9 +431,7 @@ pub async fn get_group(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Res
     let Some((_, name, description)) = row else {
         return Ok(None);
     };
-    let rules: Vec<RuleTuple> = sqlx::query_as(&format!(
-        "SELECT {RULE_COLUMNS} FROM security_group_rules r WHERE r.group_id = $1 ORDER BY r.position"
-    ))
+    let rules: Vec<RuleTuple> = sqlx::query_as(concat!("SELECT ", rule_columns!(), " FROM security_group_rules r WHERE r.group_id = $1 ORDER BY r.position"))
     .bind(id.to_string())
     .fetch_all(conn)
     .await?;
@@ -562,26 +559,52 @@ struct PortDbRow {
     updated_at: i64,
 }
 
-const PORT_COLUMNS: &str = "id, project_id, vpc_id, subnet_id, mac, ip, port_security, max_connections, tags, \
-     allowed_address_pairs, node_id, device, created_at, updated_at";
+macro_rules! port_columns {
+    () => {
+        "id, project_id, vpc_id, subnet_id, mac, ip, port_security, max_connections, tags, \
+     allowed_address_pairs, node_id, device, created_at, updated_at"
+    };
+}
 
-async fn port_rows(conn: &mut AnyConnection, rows: Vec<PortDbRow>) -> Result<Vec<PortRow>> {
+/// Which ports' group memberships to read for a batch of port rows (one query).
+enum GroupScope {
+    Port(Uuid),
+    Project(Uuid),
+    Vpc(Uuid),
+    Node(Uuid),
+}
+
+async fn port_rows(conn: &mut AnyConnection, rows: Vec<PortDbRow>, scope: GroupScope) -> Result<Vec<PortRow>> {
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    // One query for the groups of all these ports.
+    let ids: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let pairs: Vec<(String, String)> = match scope {
+        GroupScope::Port(id) => sqlx::query_as(
+            "SELECT port_id, group_id FROM port_security_groups WHERE port_id = $1 ORDER BY port_id, group_id",
+        )
+        .bind(id.to_string()),
+        GroupScope::Project(id) => sqlx::query_as(
+            "SELECT g.port_id, g.group_id FROM port_security_groups g JOIN ports p ON p.id = g.port_id \
+             WHERE p.project_id = $1 ORDER BY g.port_id, g.group_id",
+        )
+        .bind(id.to_string()),
+        GroupScope::Vpc(id) => sqlx::query_as(
+            "SELECT g.port_id, g.group_id FROM port_security_groups g JOIN ports p ON p.id = g.port_id \
+             WHERE p.vpc_id = $1 ORDER BY g.port_id, g.group_id",
+        )
+        .bind(id.to_string()),
+        GroupScope::Node(id) => sqlx::query_as(
+            "SELECT g.port_id, g.group_id FROM port_security_groups g JOIN ports p ON p.id = g.port_id \
+             WHERE p.node_id = $1 ORDER BY g.port_id, g.group_id",
+        )
+        .bind(id.to_string()),
+    }
+    .fetch_all(&mut *conn)
+    .await?;
     let mut groups: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
-    for chunk in rows.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT port_id, group_id FROM port_security_groups WHERE port_id IN ({}) ORDER BY port_id, group_id",
-            placeholders.join(", ")
-        );
-        let mut q = sqlx::query_as::<_, (String, String)>(&sql);
-        for r in chunk {
-            q = q.bind(r.id.clone());
-        }
-        for (p, g) in q.fetch_all(&mut *conn).await? {
+    for (p, g) in pairs {
+        if ids.contains(p.as_str()) {
             groups.entry(p).or_default().push(uuid_col(&g)?);
         }
     }
@@ -685,14 +708,12 @@ pub async fn bind_port(
 }
 
 pub async fn get_port(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(&format!(
-        "SELECT {PORT_COLUMNS} FROM ports WHERE id = $1 AND project_id = $2"
-    ))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE id = $1 AND project_id = $2"))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(port_rows(conn, rows).await?.pop())
+    Ok(port_rows(conn, rows, GroupScope::Port(id)).await?.pop())
 }
 
 /// Ports of a project (optionally of one VPC or subnet) ordered by id, after `after`.
@@ -704,10 +725,8 @@ pub async fn list_ports(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(&format!(
-        "SELECT {PORT_COLUMNS} FROM ports WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) \
-         AND ($3 = '' OR subnet_id = $3) AND id > $4 ORDER BY id LIMIT $5"
-    ))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) \
+         AND ($3 = '' OR subnet_id = $3) AND id > $4 ORDER BY id LIMIT $5"))
     .bind(project.to_string())
     .bind(vpc.map(|v| v.to_string()).unwrap_or_default())
     .bind(subnet.map(|v| v.to_string()).unwrap_or_default())
@@ -715,29 +734,25 @@ pub async fn list_ports(
     .bind(i64::from(limit))
     .fetch_all(&mut *conn)
     .await?;
-    port_rows(conn, rows).await
+    port_rows(conn, rows, GroupScope::Project(project)).await
 }
 
 /// Every port of a VPC, by id.
 pub async fn ports_of_vpc(conn: &mut AnyConnection, vpc: Uuid) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(&format!(
-        "SELECT {PORT_COLUMNS} FROM ports WHERE vpc_id = $1 ORDER BY id"
-    ))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE vpc_id = $1 ORDER BY id"))
     .bind(vpc.to_string())
     .fetch_all(&mut *conn)
     .await?;
-    port_rows(conn, rows).await
+    port_rows(conn, rows, GroupScope::Vpc(vpc)).await
 }
 
 /// Ports bound to a node, by id.
 pub async fn ports_on_node(conn: &mut AnyConnection, node: Uuid) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(&format!(
-        "SELECT {PORT_COLUMNS} FROM ports WHERE node_id = $1 ORDER BY id"
-    ))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE node_id = $1 ORDER BY id"))
     .bind(node.to_string())
     .fetch_all(&mut *conn)
     .await?;
-    port_rows(conn, rows).await
+    port_rows(conn, rows, GroupScope::Node(node)).await
 }
 
 /// Deletes a port and releases its floating IP association.
@@ -775,7 +790,11 @@ fn policy_row(r: PolicyTuple) -> Result<SegmentationPolicy> {
     })
 }
 
-const POLICY_COLUMNS: &str = "id, name, from_selector, to_selector, protocol, ports, action";
+macro_rules! policy_columns {
+    () => {
+        "id, name, from_selector, to_selector, protocol, ports, action"
+    };
+}
 
 pub async fn insert_policy(conn: &mut AnyConnection, project: Uuid, p: &SegmentationPolicy, now: OffsetDateTime) -> Result<()> {
     sqlx::query(
@@ -801,9 +820,7 @@ pub async fn insert_policy(conn: &mut AnyConnection, project: Uuid, p: &Segmenta
 }
 
 pub async fn get_policy(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<SegmentationPolicy>> {
-    let r: Option<PolicyTuple> = sqlx::query_as(&format!(
-        "SELECT {POLICY_COLUMNS} FROM segmentation_policies WHERE id = $1 AND project_id = $2"
-    ))
+    let r: Option<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE id = $1 AND project_id = $2"))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -817,9 +834,7 @@ pub async fn list_policies(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SegmentationPolicy>> {
-    let rows: Vec<PolicyTuple> = sqlx::query_as(&format!(
-        "SELECT {POLICY_COLUMNS} FROM segmentation_policies WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
-    ))
+    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(i64::from(limit))
@@ -830,9 +845,7 @@ pub async fn list_policies(
 
 /// All policies of a project, by id.
 pub async fn policies_of_project(conn: &mut AnyConnection, project: Uuid) -> Result<Vec<SegmentationPolicy>> {
-    let rows: Vec<PolicyTuple> = sqlx::query_as(&format!(
-        "SELECT {POLICY_COLUMNS} FROM segmentation_policies WHERE project_id = $1 ORDER BY id"
-    ))
+    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE project_id = $1 ORDER BY id"))
     .bind(project.to_string())
     .fetch_all(conn)
     .await?;
@@ -957,18 +970,44 @@ pub async fn nodes_of_project(conn: &mut AnyConnection, project: Uuid) -> Result
     rows.into_iter().map(|(id, name)| Ok((uuid_col(&id)?, name))).collect()
 }
 
-/// Stores the latest data-plane report of a node.
-pub async fn record_node_status(conn: &mut AnyConnection, node: Uuid, status_json: &str, now: OffsetDateTime) -> Result<()> {
+/// Stores the latest data-plane report of a node; true when its tunnel address changed (the
+/// documents of the other nodes name it).
+pub async fn record_node_status(
+    conn: &mut AnyConnection,
+    node: Uuid,
+    status_json: &str,
+    tunnel_ip: Option<Ipv4Addr>,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let before: Option<Option<String>> =
+        sqlx::query_scalar("SELECT tunnel_ip FROM node_network_status WHERE node_id = $1")
+            .bind(node.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let tunnel = tunnel_ip.map(|t| t.to_string());
     sqlx::query(
-        "INSERT INTO node_network_status (node_id, status, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (node_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+        "INSERT INTO node_network_status (node_id, status, tunnel_ip, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (node_id) DO UPDATE SET status = excluded.status, tunnel_ip = excluded.tunnel_ip, \
+         updated_at = excluded.updated_at",
     )
     .bind(node.to_string())
     .bind(status_json)
+    .bind(tunnel.clone())
     .bind(to_ms(now))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(before.flatten() != tunnel)
+}
+
+/// The tunnel addresses nodes reported.
+pub async fn tunnel_ips(conn: &mut AnyConnection) -> Result<BTreeMap<Uuid, Ipv4Addr>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT node_id, tunnel_ip FROM node_network_status WHERE tunnel_ip IS NOT NULL")
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter()
+        .map(|(n, ip)| Ok((uuid_col(&n)?, parse("tunnel_ip", &ip)?)))
+        .collect()
 }
 
 /// The data-plane reports of the given nodes: `(node, status JSON, updated_at)`.

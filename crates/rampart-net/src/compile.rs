@@ -40,6 +40,13 @@ pub enum LinkKind {
         peer_mac: Option<MacAddr>,
     },
     Tap,
+    /// A VXLAN device created in the agent's own namespace on the underlay `device` (so its
+    /// UDP socket lives there) and moved into the VPC namespace.
+    Vxlan {
+        vni: u32,
+        local: Ipv4Addr,
+        device: String,
+    },
 }
 
 impl LinkKind {
@@ -49,8 +56,21 @@ impl LinkKind {
             LinkKind::Bridge => "bridge",
             LinkKind::Veth { .. } => "veth",
             LinkKind::Tap => "tun",
+            LinkKind::Vxlan { .. } => "vxlan",
         }
     }
+}
+
+/// VXLAN UDP port (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// A static forwarding entry of a VXLAN device: frames for `mac` go to the node at `dst`
+/// (the all-zero MAC: broadcast and unknown destinations, head-end replicated to each node).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +90,8 @@ pub struct NamespaceSpec {
     pub sysctls: BTreeMap<String, String>,
     pub links: Vec<LinkSpec>,
     pub default_route: Option<Ipv4Addr>,
+    /// Static VXLAN forwarding entries.
+    pub fdb: BTreeSet<FdbEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +193,11 @@ fn check(net: &VpcNetwork) -> Result<(), NetError> {
             return bad(format!("local port {} is unknown or listed twice", l.port));
         }
     }
+    for r in net.remote_ports.keys() {
+        if !net.ports.iter().any(|p| p.id == *r) || seen.contains(r) {
+            return bad(format!("remote port {r} is unknown or also local"));
+        }
+    }
     if seen.len() >= 0xffff {
         return bad("too many local ports in one VPC".into());
     }
@@ -202,7 +229,7 @@ pub fn compile_vpc(
         _ => None,
     };
 
-    let mut tables = vec![guard_table(&ctx), fw_table(&ctx, uplink.is_some())];
+    let mut tables = vec![guard_table(&ctx, &tunnel_names(cfg, net)), fw_table(&ctx, uplink.is_some())];
     if let Some((_, ip)) = uplink {
         tables.push(nat_table(&ctx, ip));
     }
@@ -236,6 +263,50 @@ pub fn compile_vpc(
             master: Some(names::bridge(&p.subnet)),
             addrs: BTreeSet::new(),
         });
+    }
+    // Subnets with ports on other nodes are joined to them over VXLAN.
+    let mut fdb = BTreeSet::new();
+    let mut tunnels = Vec::new();
+    if let Some(u) = &cfg.underlay {
+        for s in &subnets {
+            let remote: Vec<(&Port, Ipv4Addr)> = net
+                .ports
+                .iter()
+                .filter(|p| p.subnet == s.id)
+                .filter_map(|p| net.remote_ports.get(&p.id).map(|v| (p, *v)))
+                .filter(|(_, v)| *v != u.local_ip)
+                .collect();
+            if remote.is_empty() {
+                continue;
+            }
+            let dev = names::vxlan(&s.id);
+            for (p, vtep) in &remote {
+                fdb.insert(FdbEntry {
+                    dev: dev.clone(),
+                    mac: MacAddr([0; 6]),
+                    dst: *vtep,
+                });
+                for (mac, _) in p.bindings() {
+                    fdb.insert(FdbEntry {
+                        dev: dev.clone(),
+                        mac,
+                        dst: *vtep,
+                    });
+                }
+            }
+            tunnels.push(dev.clone());
+            links.push(LinkSpec {
+                name: dev,
+                kind: LinkKind::Vxlan {
+                    vni: s.segment_id,
+                    local: u.local_ip,
+                    device: u.device.clone(),
+                },
+                mac: None,
+                master: Some(names::bridge(&s.id)),
+                addrs: BTreeSet::new(),
+            });
+        }
     }
     let mut ext_links = Vec::new();
     let mut default_route = None;
@@ -276,6 +347,7 @@ pub fn compile_vpc(
             sysctls: vpc_sysctls(),
             links,
             default_route,
+            fdb,
         },
         ext_links,
         ruleset: Ruleset { tables },
@@ -287,7 +359,26 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
-fn guard_table(ctx: &Ctx) -> Table {
+/// The VXLAN devices [`compile_vpc`] creates (the guard treats them as tunnel ports).
+fn tunnel_names(cfg: &NetNodeConfig, net: &VpcNetwork) -> Vec<String> {
+    let Some(u) = &cfg.underlay else {
+        return vec![];
+    };
+    let mut v: Vec<String> = net
+        .subnets
+        .iter()
+        .filter(|s| {
+            net.ports
+                .iter()
+                .any(|p| p.subnet == s.id && net.remote_ports.get(&p.id).is_some_and(|v| *v != u.local_ip))
+        })
+        .map(|s| names::vxlan(&s.id))
+        .collect();
+    v.sort();
+    v
+}
+
+fn guard_table(ctx: &Ctx, tunnels: &[String]) -> Table {
     let mut t = Table::new(Family::Bridge, names::TABLE_GUARD);
     t.counters = [
         "drop_vlan",
@@ -299,6 +390,7 @@ fn guard_table(ctx: &Ctx) -> Table {
         "drop_ipv6",
         "drop_ethertype",
         "drop_misdelivered",
+        "drop_tunnel",
     ]
     .iter()
     .map(|c| s(c))
@@ -320,13 +412,32 @@ fn guard_table(ctx: &Ctx) -> Table {
             bind_dst4.elements.insert(elem::concat(&[dev.clone(), ip.to_string()]));
         }
     }
-    t.sets = vec![vm_ports, bind_mac, bind_ip4, bind_dst4, port_mark];
+    let mut tunnel_ports = Set::plain("tunnel_ports", "ifname");
+    tunnel_ports.elements.extend(tunnels.iter().map(|t| elem::ifname(t)));
+    let mut gateways = Set::plain("gateways", "ipv4_addr");
+    gateways
+        .elements
+        .extend(ctx.net.subnets.iter().map(|s| s.gateway.to_string()));
+    t.sets = vec![vm_ports, bind_mac, bind_ip4, bind_dst4, port_mark, tunnel_ports, gateways];
     t.chains = vec![
         Chain {
             name: s("prerouting"),
             base: Some(s("type filter hook prerouting priority -200; policy accept;")),
-            rules: vec![s("iifname @vm_ports jump port_guard")],
+            rules: vec![
+                s("iifname @vm_ports jump port_guard"),
+                s("iifname @tunnel_ports jump from_tunnel"),
+            ],
         },
+        // Frames from other nodes were guarded at their source port. Each node's router is the
+        // gateway of its own ports (distributed router): ARP for a gateway address that
+        // arrives over a tunnel is not answered here, and 802.1Q frames never enter.
+        Chain::regular(
+            "from_tunnel",
+            vec![
+                s("ether type vlan counter name \"drop_tunnel\" drop"),
+                s("ether type arp arp daddr ip @gateways counter name \"drop_tunnel\" drop"),
+            ],
+        ),
         Chain::regular(
             "port_guard",
             vec![

@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::NetError;
-use crate::compile::{LinkKind, ext_sysctls, vpc_sysctls};
+use crate::compile::{FdbEntry, LinkKind, VXLAN_PORT, ext_sysctls, vpc_sysctls};
 use crate::desired::{NetNodeConfig, NodeNetwork};
 use crate::nft::{ObservedRuleset, render_ops};
 use crate::plan::{Observed, ObservedDnsmasq, ObservedLink, ObservedNamespace, Step, plan};
@@ -290,7 +290,10 @@ impl IpNftDriver {
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
         let nft = self.observe_nft(ns)?;
+        let fdb_json = self.run_ok("bridge", &["-n", ns, "-j", "fdb", "show"], None, ns)?;
+        let fdb = parse_fdb(&serde_json::from_str(&fdb_json).map_err(|e| parse_err("bridge fdb", e))?);
         Ok(ObservedNamespace {
+            fdb,
             links,
             sysctls,
             default_route,
@@ -409,6 +412,35 @@ impl IpNftDriver {
                 }
             }
             Step::StopDnsmasq { netns } => stop_dnsmasq(&dnsmasq_dir(cfg, netns)),
+            Step::CreateLink { netns, link } => {
+                let LinkKind::Vxlan { vni, local, device } = &link.kind else {
+                    unreachable!("other links are batched")
+                };
+                // In the agent's own namespace, where the underlay device is, so the tunnel's
+                // UDP socket stays there; then into the VPC namespace.
+                let _ = run("ip", &["link", "del", &link.name], None, netns, self.timeout);
+                let (vni, local, port) = (vni.to_string(), local.to_string(), VXLAN_PORT.to_string());
+                self.run_ok(
+                    "ip",
+                    &[
+                        "link", "add", &link.name, "type", "vxlan", "id", &vni, "local", &local, "dev", device, "dstport",
+                        &port, "nolearning",
+                    ],
+                    None,
+                    netns,
+                )?;
+                self.run_ok("ip", &["link", "set", &link.name, "netns", netns], None, netns)?;
+            }
+            Step::FdbAdd { netns, entry } | Step::FdbDel { netns, entry } => {
+                let verb = if matches!(step, Step::FdbAdd { .. }) { "append" } else { "del" };
+                let (mac, dst) = (entry.mac.to_string(), entry.dst.to_string());
+                self.run_ok(
+                    "bridge",
+                    &["-n", netns, "fdb", verb, &mac, "dev", &entry.dev, "dst", &dst],
+                    None,
+                    netns,
+                )?;
+            }
             _ => unreachable!("link steps are batched"),
         }
         Ok(())
@@ -437,6 +469,8 @@ fn ip_line(step: &Step) -> Option<String> {
                 s
             }
             LinkKind::Tap => format!("tuntap add dev {} mode tap", link.name),
+            // Created outside the namespace: see `apply_step`.
+            LinkKind::Vxlan { .. } => return None,
         },
         Step::DeleteLink { name, .. } => format!("link del {name}"),
         Step::SetMac { name, mac, .. } => format!("link set dev {name} address {mac}"),
@@ -538,6 +572,25 @@ fn observe_dnsmasq(dir: &Path) -> Option<ObservedDnsmasq> {
         hosts: std::fs::read_to_string(dir.join("dhcp-hosts")).unwrap_or_default(),
         running: read_pid(&dir.join("dnsmasq.pid")).is_some(),
     })
+}
+
+/// Parses `bridge -j fdb show`: the static entries of our VXLAN devices (those with a `dst`).
+pub fn parse_fdb(v: &Value) -> BTreeSet<FdbEntry> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let dev = e.get("ifname")?.as_str()?;
+            if !dev.starts_with("vx") {
+                return None;
+            }
+            Some(FdbEntry {
+                dev: dev.to_string(),
+                mac: e.get("mac")?.as_str()?.parse().ok()?,
+                dst: e.get("dst")?.as_str()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Parses `ip -j -d addr show`.
@@ -691,6 +744,20 @@ impl FakeNet {
             Step::DeleteLink { netns, name } => {
                 let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
                 ns.links.remove(name).ok_or("no such link")?;
+                ns.fdb.retain(|e| e.dev != *name);
+            }
+            Step::FdbAdd { netns, entry } => {
+                let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
+                if !ns.links.contains_key(&entry.dev) {
+                    return Err(format!("no device {}", entry.dev));
+                }
+                ns.fdb.insert(entry.clone());
+            }
+            Step::FdbDel { netns, entry } => {
+                let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
+                if !ns.fdb.remove(entry) {
+                    return Err("no such fdb entry".into());
+                }
             }
             Step::SetMac { netns, name, mac } => link_mut(state, netns, name)?.mac = Some(*mac),
             Step::SetMaster { netns, name, master } => link_mut(state, netns, name)?.master = master.clone(),

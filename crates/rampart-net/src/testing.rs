@@ -43,6 +43,7 @@ impl VpcBuilder {
                 local_ports: vec![],
                 floating_ips: vec![],
                 router_external_ip: None,
+                remote_ports: Default::default(),
             },
             seed,
             next: 2,

@@ -789,3 +789,294 @@ async fn spec_10_2_same_cidr_vpcs_apart_10_4_floating_ips_and_restart_keeps_flow
     };
     assert!(alive, "the restart cut an established connection");
 }
+
+/// Two addresses joined by a veth pair between namespaces `a` and `b` (`a` and `b` may be
+/// "root" for the initial namespace). Returns the interface names.
+fn wire(a: Option<&str>, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
+    let side_a = a.map(|n| format!("netns {n}")).unwrap_or_default();
+    must(&format!(
+        "ip link add {a_if} {side_a} type veth peer name {b_if} netns {b} && \
+         ip {na} addr add {a_ip} dev {a_if} && ip {na} link set {a_if} up && \
+         ip -n {b} addr add {b_ip} dev {b_if} && ip -n {b} link set {b_if} up",
+        na = a.map(|n| format!("-n {n}")).unwrap_or_default(),
+    ));
+}
+
+async fn admin_of(url: &str, data: &Path) -> Client {
+    let anon = healthy_nodes(url, &data.join("ca.pem"), 1).await;
+    let bootstrap = std::fs::read_to_string(data.join("bootstrap-admin-password")).unwrap();
+    let password = "Network-e2e-passphrase-8";
+    anon.change_password(&PasswordChange {
+        username: "admin".into(),
+        domain: None,
+        current_password: Sensitive::new(bootstrap.trim()),
+        new_password: Sensitive::new(password),
+    })
+    .await
+    .unwrap();
+    rampart_testkit::MfaUser::enrol(&anon, "admin", password)
+        .await
+        .unwrap()
+        .login(&anon)
+        .await
+        .unwrap()
+}
+
+async fn healthy_nodes(url: &str, ca: &Path, ready: u64) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(pem) = std::fs::read(ca)
+            && let Ok(c) = Client::with_ca(url, &pem)
+            && let Ok(h) = c.health().await
+            && h.nodes.ready == ready
+        {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{url} not healthy with {ready} ready nodes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes every namespace whose name starts with one of the prefixes.
+struct PrefixGuard(Vec<String>);
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if self.0.iter().any(|p| n.starts_with(p)) {
+                    let _ = sh(&format!("ip netns pids {n} | xargs -r kill -9; ip netns del {n}"));
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_reach_the_other() {
+    if !privileged("vxlan e2e") {
+        return;
+    }
+    // Two "hosts" (namespaces), joined by a veth underlay (the tenant plane) and each running
+    // its own agent; host A also runs the controller, reached from here over a management veth.
+    let (host_a, host_b) = (Ns::new(), Ns::new());
+    let o = rand_u32() % 200 + 20;
+    let t = tag();
+    let (prefix_a, prefix_b) = (format!("rqa{t}-"), format!("rqb{t}-"));
+    let _cleanup = PrefixGuard(vec![prefix_a.clone(), prefix_b.clone()]);
+    wire(None, &format!("rm{t}"), &format!("10.232.{o}.1/30"), &host_a.0, "mgmt0", &format!("10.232.{o}.2/30"));
+    must(&format!(
+        "ip link add und0 netns {a} type veth peer name und0 netns {b} && \
+         ip -n {a} addr add 172.31.{o}.1/24 dev und0 && ip -n {a} link set und0 up && \
+         ip -n {b} addr add 172.31.{o}.2/24 dev und0 && ip -n {b} link set und0 up",
+        a = host_a.0,
+        b = host_b.0
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("rampart.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = [\"10.232.{o}.2:{port}\", \"172.31.{o}.1:{port}\"]\n\
+             [nodes]\nheartbeat_interval_s = 1\nheartbeat_timeout_s = 3\n\
+             [local_agent]\nname = \"host-a\"\n\
+             [network]\nnetns_prefix = \"{prefix_a}\"\nreconcile_interval_s = 5\n\
+             tunnel_interface = \"und0\"\ntunnel_ip = \"172.31.{o}.1\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    // nsenter switches only the network namespace: the namespaces the agents create stay
+    // visible in /run/netns to everyone (ip netns exec would hide them in a mount namespace).
+    let _controller = Proc(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", host_a.0))
+            .args([BIN, "up", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("a.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://10.232.{o}.2:{port}");
+    let admin = admin_of(&url, &data).await;
+    let token = admin
+        .create_join_token(&rampart_api::JoinTokenCreate {
+            node_name: Some("host-b".into()),
+            ttl_s: None,
+        })
+        .await
+        .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.token.expose()).unwrap();
+    let _agent_b = Proc(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", host_b.0))
+            .args([BIN, "agent", "--controller", &format!("https://172.31.{o}.1:{port}"), "--name", "host-b"])
+            .arg("--join-file")
+            .arg(&token_file)
+            .arg("--data-dir")
+            .arg(dir.path().join("b"))
+            .args(["--netns-prefix", &prefix_b, "--reconcile-interval-s", "5"])
+            .args(["--tunnel-interface", "und0", "--tunnel-ip", &format!("172.31.{o}.2")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("b.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    healthy_nodes(&url, &data.join("ca.pem"), 2).await;
+    let nodes = admin.nodes().await.unwrap().items;
+    let node = |name: &str| nodes.iter().find(|n| n.name == name).unwrap().id;
+    let (na, nb) = (node("host-a"), node("host-b"));
+    let projects: rampart_api::List<rampart_api::Project> = admin.get("/v1/projects").await.unwrap();
+    let p = projects.items.iter().find(|p| p.name == "admin").unwrap().id;
+    let post = |path: String, body: Value| {
+        let admin = admin.clone();
+        async move {
+            let v: Value = admin
+                .post(&format!("/v1/projects/{p}/{path}"), &body)
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            v
+        }
+    };
+    let vpc = post("vpcs".into(), json!({"name":"span","cidr":"10.64.0.0/16"})).await;
+    let subnet = post("subnets".into(), json!({"vpc": vpc["id"], "name":"s","cidr":"10.64.1.0/24","dhcp": false})).await;
+    let g = post("security-groups".into(), json!({"name":"g"})).await;
+    let h = post("security-groups".into(), json!({"name":"h"})).await;
+    let a1: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[h["id"]]})).await).unwrap();
+    let b1: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[g["id"]]})).await).unwrap();
+    let b2: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[h["id"]]})).await).unwrap();
+    let mut vms = Vec::new();
+    for (port_, node_) in [(&a1, na), (&b1, nb), (&b2, nb)] {
+        let ns = Ns::new();
+        admin
+            .send(
+                Method::PUT,
+                &format!("/v1/projects/{p}/ports/{}/binding", port_.id),
+                Some(&json!({"node": node_, "device": {"kind":"veth","peer_netns": ns.0, "peer_name":"eth0"}})),
+            )
+            .await
+            .unwrap();
+        vms.push(ns);
+    }
+    let applied = |node_: Uuid| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let g = admin.nodes().await.unwrap().items.into_iter().find(|n| n.id == node_).unwrap().generation;
+                if let Ok(r) = admin.get::<NodeNetworkReport>(&format!("/v1/nodes/{node_}/network")).await
+                    && r.status.applied_generation == g
+                    && r.status.errors.is_empty()
+                {
+                    return r;
+                }
+                assert!(Instant::now() < deadline, "node {node_} did not apply generation {g}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ra = applied(na).await;
+    applied(nb).await;
+    assert_eq!(ra.status.tunnel_ip.map(|i| i.to_string()), Some(format!("172.31.{o}.1")));
+    let gw: Ipv4Addr = subnet["gateway"].as_str().unwrap().parse().unwrap();
+    for (pt, ns) in [(&a1, &vms[0]), (&b1, &vms[1]), (&b2, &vms[2])] {
+        ns.configure(pt.ip, 24, Some(gw));
+    }
+    let (va1, vb1, vb2) = (&vms[0], &vms[1], &vms[2]);
+    let vpc_id: Uuid = serde_json::from_value(vpc["id"].clone()).unwrap();
+    let segment = subnet["segment_id"].as_u64().unwrap();
+    let vx = must(&format!("ip -n {prefix_a}vpc-{} -d link show", vpc_id.simple()));
+    assert!(vx.contains(&format!("vxlan id {segment}")), "host A's end of the tunnel: {vx}");
+
+    // Across hosts, inside one group: a1 (host A) and b2 (host B) are both in h.
+    assert!(va1.ping(b2.ip), "same group across hosts (VXLAN)");
+    let _s = vb1.serve(80);
+    assert!(!va1.can_connect(b1.ip, 80), "a1 is not in b1's group");
+    // The membership change of a port on host A takes effect on host B.
+    admin
+        .send(
+            Method::PATCH,
+            &format!("/v1/projects/{p}/ports/{}", a1.id),
+            Some(&json!({"security_groups":[g["id"], h["id"]]})),
+        )
+        .await
+        .unwrap();
+    let took = time_until(Duration::from_secs(15), || va1.can_connect(b1.ip, 80));
+    eprintln!("membership change on host A enforced on host B after {took:?}");
+    assert!(took.is_some(), "b1 on host B never admitted a1 after it joined g");
+    applied(nb).await;
+    assert!(vb2.ping(a1.ip), "and the way back");
+    // Another subnet's traffic never crosses: b1's host-B router does not answer for host A.
+    let vni = must(&format!("ip -n {prefix_b}vpc-{} -d link show", vpc_id.simple()));
+    assert!(vni.contains(&format!("vxlan id {segment}")), "{vni}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_10_1_and_10_6_api_answers_only_on_the_management_plane_from_trusted_sources() {
+    if !privileged("planes e2e") {
+        return;
+    }
+    // A node with a management and a storage interface; clients on each plane.
+    let node = Ns::new();
+    let mgmt = Ns::new();
+    let stor = Ns::new();
+    let o = rand_u32() % 200 + 20;
+    let t = tag();
+    wire(Some(&node.0), "mgmt0", &format!("10.20.{o}.1/24"), &mgmt.0, &format!("mc{t}"), &format!("10.20.{o}.2/24"));
+    must(&format!("ip -n {} addr add 10.20.{o}.3/24 dev mc{t}", mgmt.0));
+    wire(Some(&node.0), "stor0", &format!("10.30.{o}.1/24"), &stor.0, &format!("sc{t}"), &format!("10.30.{o}.2/24"));
+    // The storage client routes to the management address through the storage interface: on
+    // Linux (weak host model) a service bound only to the address would answer it.
+    must(&format!("ip -n {} route add 10.20.{o}.0/24 via 10.30.{o}.1", stor.0));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("rampart.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = [\"10.20.{o}.1:{port}\"]\n\
+             [network]\nmanagement_interface = \"mgmt0\"\nmanagement_sources = [\"10.20.{o}.2/32\"]\n"
+        ),
+    )
+    .unwrap();
+    let _controller = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", &node.0, BIN, "controller", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("c.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://10.20.{o}.1:{port}/v1/health");
+    let curl = |ns: &Ns, from: &str| ns.exec(&format!("curl -sk --connect-timeout 2 --interface {from} {url}"));
+    let up = time_until(Duration::from_secs(60), || curl(&mgmt, &format!("10.20.{o}.2")).0);
+    assert!(
+        up.is_some(),
+        "API not reachable from the trusted management client: {}",
+        std::fs::read_to_string(dir.path().join("c.log")).unwrap_or_default()
+    );
+    assert!(!curl(&mgmt, &format!("10.20.{o}.3")).0, "untrusted source on the management plane answered");
+    assert!(!curl(&stor, &format!("10.30.{o}.2")).0, "the API answered on the storage plane");
+    // Control: an ordinary service bound to the same address does answer the storage plane.
+    let _leak = node.serve(port + 1);
+    assert!(
+        stor.can_connect(format!("10.20.{o}.1").parse().unwrap(), port + 1),
+        "control: the weak host model lets the storage plane in"
+    );
+    let counters = must(&format!("ip netns exec {} nft list counter inet rampart_api_{port} refused", node.0));
+    assert!(!counters.contains("packets 0 "), "{counters}");
+    // Each layer holds on its own: without the input filter, pinning still refuses the
+    // storage plane (while the untrusted management source now gets in).
+    must(&format!("ip netns exec {} nft delete table inet rampart_api_{port}", node.0));
+    assert!(curl(&mgmt, &format!("10.20.{o}.3")).0, "filter gone: the management plane answers all");
+    assert!(!curl(&stor, &format!("10.30.{o}.2")).0, "SO_BINDTODEVICE alone keeps the storage plane out");
+}

@@ -232,7 +232,13 @@ pub async fn status(
     }
     if let Some(net) = &s.network {
         let json = serde_json::to_string(net).map_err(|e| Error::internal("encoding a network report", e))?;
-        rampart_db::network::record_node_status(&mut conn, node, &json, state.now()).await?;
+        let moved = rampart_db::network::record_node_status(&mut conn, node, &json, net.tunnel_ip, state.now()).await?;
+        drop(conn);
+        if moved {
+            // Other nodes' documents name this node's tunnel address.
+            tracing::info!(node = %node, tunnel_ip = ?net.tunnel_ip, "node tunnel address changed; republishing");
+            crate::reconcile::republish_all(&state).await?;
+        }
     }
     Ok(axum::Json(StatusAck { generation }))
 }
