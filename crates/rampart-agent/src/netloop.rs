@@ -36,7 +36,11 @@ pub(crate) struct NetLoop {
     pub shutdown: CancellationToken,
 }
 
-fn vpc_status(cfg: &NetNodeConfig, net: &NodeNetwork, rulesets: &BTreeMap<String, ObservedRuleset>) -> Vec<VpcNetworkStatus> {
+fn vpc_status(
+    cfg: &NetNodeConfig,
+    net: &NodeNetwork,
+    rulesets: &BTreeMap<String, ObservedRuleset>,
+) -> Vec<VpcNetworkStatus> {
     net.vpcs
         .iter()
         .map(|v| {

@@ -96,7 +96,10 @@ fn ipv4_network(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
 
 /// Whether `name` may prefix network namespace names: 1 to 12 of `a-z`, `0-9`, `-`.
 pub fn valid_netns_prefix(name: &str) -> bool {
-    (1..=12).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    (1..=12).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -18,11 +18,7 @@ pub fn external(config: &Config) -> Option<ExternalNetwork> {
     let cidr: Ipv4Net = config.network.external_cidr.as_deref()?.parse().ok()?;
     Some(ExternalNetwork {
         cidr,
-        gateway: config
-            .network
-            .external_gateway
-            .as_deref()
-            .and_then(|g| g.parse().ok()),
+        gateway: config.network.external_gateway.as_deref().and_then(|g| g.parse().ok()),
     })
 }
 
@@ -33,7 +29,10 @@ pub async fn vpc_network(conn: &mut Conn, vpc: Uuid, node: Option<Uuid>) -> ramp
     };
     let subnets = db::subnets_of_vpc(conn, vpc).await?;
     let ports = db::ports_of_vpc(conn, vpc).await?;
-    let mut wanted: BTreeSet<Uuid> = ports.iter().flat_map(|p| p.port.security_groups.iter().copied()).collect();
+    let mut wanted: BTreeSet<Uuid> = ports
+        .iter()
+        .flat_map(|p| p.port.security_groups.iter().copied())
+        .collect();
     // Remote groups named by the rules of used groups: their sets are compiled too.
     let used = db::groups(conn, row.vpc.project, Some(&wanted)).await?;
     wanted.extend(used.iter().flat_map(|g| g.rules.iter().filter_map(|r| r.remote_group)));
@@ -90,8 +89,7 @@ pub async fn node_network(conn: &mut Conn, config: &Config, node: Uuid) -> rampa
         if v.router_external_ip.is_none() {
             v.floating_ips.clear();
         }
-        v.floating_ips
-            .retain(|f| f.port.is_some_and(|p| local.contains(&p)));
+        v.floating_ips.retain(|f| f.port.is_some_and(|p| local.contains(&p)));
         v.remote_ports = ports
             .iter()
             .filter(|p| p.node.is_some_and(|n| n != node) && p.device.is_some())
@@ -107,7 +105,11 @@ pub async fn node_network(conn: &mut Conn, config: &Config, node: Uuid) -> rampa
 
 /// Re-renders the documents of `nodes` in the caller's transaction; true when a generation
 /// moved (the caller wakes the long polls after commit).
-pub async fn republish(conn: &mut Conn, config: &Config, nodes_to_do: &BTreeSet<(Uuid, String)>) -> rampart_db::Result<bool> {
+pub async fn republish(
+    conn: &mut Conn,
+    config: &Config,
+    nodes_to_do: &BTreeSet<(Uuid, String)>,
+) -> rampart_db::Result<bool> {
     let mut changed = false;
     for (id, name) in nodes_to_do {
         let before = nodes::generation(conn, *id).await?;

@@ -113,8 +113,14 @@ mod tests {
         cfg.management_interface = Some("mgmt0".into());
         let f = input_filter(&cfg, &addrs).unwrap();
         assert!(f.contains("tcp dport { 8443 } iif \"lo\" accept"), "{f}");
-        assert!(f.contains("tcp dport { 8443 } iifname \"mgmt0\" ip saddr { 10.20.0.0/24 } accept"), "{f}");
+        assert!(
+            f.contains("tcp dport { 8443 } iifname \"mgmt0\" ip saddr { 10.20.0.0/24 } accept"),
+            "{f}"
+        );
         assert!(f.contains("ip6 saddr { fd00::/64 } accept"), "{f}");
-        assert!(f.trim_end().ends_with("drop\n\t}\n}") || f.contains("counter name \"refused\" drop"), "{f}");
+        assert!(
+            f.trim_end().ends_with("drop\n\t}\n}") || f.contains("counter name \"refused\" drop"),
+            "{f}"
+        );
     }
 }

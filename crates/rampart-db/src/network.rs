@@ -96,7 +96,11 @@ pub async fn insert_vpc(
 }
 
 pub async fn get_vpc(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<VpcRow>> {
-    let r: Option<VpcTuple> = sqlx::query_as(concat!("SELECT ", vpc_columns!(), " FROM vpcs WHERE id = $1 AND project_id = $2"))
+    let r: Option<VpcTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        vpc_columns!(),
+        " FROM vpcs WHERE id = $1 AND project_id = $2"
+    ))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -113,8 +117,17 @@ pub async fn vpc_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<VpcR
 }
 
 /// VPCs of a project ordered by name, after the name `after`.
-pub async fn list_vpcs(conn: &mut AnyConnection, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<VpcRow>> {
-    let rows: Vec<VpcTuple> = sqlx::query_as(concat!("SELECT ", vpc_columns!(), " FROM vpcs WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"))
+pub async fn list_vpcs(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<VpcRow>> {
+    let rows: Vec<VpcTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        vpc_columns!(),
+        " FROM vpcs WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+    ))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(i64::from(limit))
@@ -123,7 +136,12 @@ pub async fn list_vpcs(conn: &mut AnyConnection, project: Uuid, after: Option<&s
     rows.into_iter().map(vpc_row).collect()
 }
 
-pub async fn set_router_external_ip(conn: &mut AnyConnection, id: Uuid, ip: Option<Ipv4Addr>, now: OffsetDateTime) -> Result<()> {
+pub async fn set_router_external_ip(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    ip: Option<Ipv4Addr>,
+    now: OffsetDateTime,
+) -> Result<()> {
     sqlx::query("UPDATE vpcs SET router_external_ip = $1, updated_at = $2 WHERE id = $3")
         .bind(ip.map(|a| a.to_string()))
         .bind(to_ms(now))
@@ -213,7 +231,11 @@ pub async fn insert_subnet(conn: &mut AnyConnection, project: Uuid, s: &Subnet, 
 }
 
 pub async fn get_subnet(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<Subnet>> {
-    let r: Option<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE id = $1 AND project_id = $2"))
+    let r: Option<SubnetTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        subnet_columns!(),
+        " FROM subnets WHERE id = $1 AND project_id = $2"
+    ))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -222,7 +244,11 @@ pub async fn get_subnet(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Re
 }
 
 pub async fn subnets_of_vpc(conn: &mut AnyConnection, vpc: Uuid) -> Result<Vec<Subnet>> {
-    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE vpc_id = $1 ORDER BY id"))
+    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        subnet_columns!(),
+        " FROM subnets WHERE vpc_id = $1 ORDER BY id"
+    ))
     .bind(vpc.to_string())
     .fetch_all(conn)
     .await?;
@@ -237,8 +263,12 @@ pub async fn list_subnets(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Subnet>> {
-    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!("SELECT ", subnet_columns!(), " FROM subnets WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) AND id > $3 \
-         ORDER BY id LIMIT $4"))
+    let rows: Vec<SubnetTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        subnet_columns!(),
+        " FROM subnets WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) AND id > $3 \
+         ORDER BY id LIMIT $4"
+    ))
     .bind(project.to_string())
     .bind(vpc.map(|v| v.to_string()).unwrap_or_default())
     .bind(after.unwrap_or(""))
@@ -277,7 +307,16 @@ pub async fn delete_subnet(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
 // Security groups
 // ---------------------------------------------------------------------------------------------
 
-type RuleTuple = (String, String, String, String, Option<i64>, Option<i64>, Option<String>, Option<String>);
+type RuleTuple = (
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 fn rule_row(r: RuleTuple) -> Result<(Uuid, SecurityGroupRule)> {
     let port = |p: Option<i64>| -> Result<Option<u16>> {
@@ -338,7 +377,12 @@ async fn insert_rule_at(
 }
 
 /// Inserts a group with its (default) rules, in order.
-pub async fn insert_group(conn: &mut AnyConnection, project: Uuid, g: &SecurityGroup, now: OffsetDateTime) -> Result<()> {
+pub async fn insert_group(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    g: &SecurityGroup,
+    now: OffsetDateTime,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO security_groups (id, project_id, name, description, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $5)",
@@ -350,7 +394,12 @@ pub async fn insert_group(conn: &mut AnyConnection, project: Uuid, g: &SecurityG
     .bind(to_ms(now))
     .execute(&mut *conn)
     .await
-    .map_err(|e| conflict_on_unique(e, format!("a security group named {:?} already exists in this project", g.name)))?;
+    .map_err(|e| {
+        conflict_on_unique(
+            e,
+            format!("a security group named {:?} already exists in this project", g.name),
+        )
+    })?;
     for (i, r) in g.rules.iter().enumerate() {
         insert_rule_at(conn, g.id, i as i64 + 1, r, now).await?;
     }
@@ -358,7 +407,12 @@ pub async fn insert_group(conn: &mut AnyConnection, project: Uuid, g: &SecurityG
 }
 
 /// Appends a rule to a group (after its last rule).
-pub async fn insert_rule(conn: &mut AnyConnection, group: Uuid, r: &SecurityGroupRule, now: OffsetDateTime) -> Result<()> {
+pub async fn insert_rule(
+    conn: &mut AnyConnection,
+    group: Uuid,
+    r: &SecurityGroupRule,
+    now: OffsetDateTime,
+) -> Result<()> {
     let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM security_group_rules WHERE group_id = $1")
         .bind(group.to_string())
         .fetch_one(&mut *conn)
@@ -389,14 +443,22 @@ pub async fn delete_rule(conn: &mut AnyConnection, group: Uuid, rule: Uuid, now:
 type GroupTuple = (String, String, String);
 
 /// Groups of a project by id with their rules in order; `ids` None means all of them.
-pub async fn groups(conn: &mut AnyConnection, project: Uuid, ids: Option<&BTreeSet<Uuid>>) -> Result<Vec<SecurityGroup>> {
+pub async fn groups(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    ids: Option<&BTreeSet<Uuid>>,
+) -> Result<Vec<SecurityGroup>> {
     let rows: Vec<GroupTuple> =
         sqlx::query_as("SELECT id, name, description FROM security_groups WHERE project_id = $1 ORDER BY id")
             .bind(project.to_string())
             .fetch_all(&mut *conn)
             .await?;
-    let rules: Vec<RuleTuple> = sqlx::query_as(concat!("SELECT ", rule_columns!(), " FROM security_group_rules r JOIN security_groups g ON g.id = r.group_id \
-         WHERE g.project_id = $1 ORDER BY r.group_id, r.position"))
+    let rules: Vec<RuleTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        rule_columns!(),
+        " FROM security_group_rules r JOIN security_groups g ON g.id = r.group_id \
+         WHERE g.project_id = $1 ORDER BY r.group_id, r.position"
+    ))
     .bind(project.to_string())
     .fetch_all(conn)
     .await?;
@@ -431,7 +493,11 @@ pub async fn get_group(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Res
     let Some((_, name, description)) = row else {
         return Ok(None);
     };
-    let rules: Vec<RuleTuple> = sqlx::query_as(concat!("SELECT ", rule_columns!(), " FROM security_group_rules r WHERE r.group_id = $1 ORDER BY r.position"))
+    let rules: Vec<RuleTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        rule_columns!(),
+        " FROM security_group_rules r WHERE r.group_id = $1 ORDER BY r.position"
+    ))
     .bind(id.to_string())
     .fetch_all(conn)
     .await?;
@@ -439,7 +505,10 @@ pub async fn get_group(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Res
         id,
         name,
         description,
-        rules: rules.into_iter().map(|r| rule_row(r).map(|x| x.1)).collect::<Result<_>>()?,
+        rules: rules
+            .into_iter()
+            .map(|r| rule_row(r).map(|x| x.1))
+            .collect::<Result<_>>()?,
     }))
 }
 
@@ -450,14 +519,13 @@ pub async fn list_groups(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SecurityGroup>> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM security_groups WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3",
-    )
-    .bind(project.to_string())
-    .bind(after.unwrap_or(""))
-    .bind(i64::from(limit))
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM security_groups WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(project.to_string())
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
     let mut out = Vec::new();
     for id in ids {
         if let Some(g) = get_group(conn, project, uuid_col(&id)?).await? {
@@ -490,7 +558,12 @@ pub async fn update_group(
         .bind(id.to_string())
         .execute(conn)
         .await
-        .map_err(|e| conflict_on_unique(e, format!("a security group named {name:?} already exists in this project")))?;
+        .map_err(|e| {
+            conflict_on_unique(
+                e,
+                format!("a security group named {name:?} already exists in this project"),
+            )
+        })?;
     Ok(())
 }
 
@@ -505,12 +578,11 @@ pub async fn delete_group(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
             "{ports} port(s) are still in this security group"
         )));
     }
-    let refs: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1",
-    )
-    .bind(id.to_string())
-    .fetch_one(&mut *conn)
-    .await?;
+    let refs: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1")
+            .bind(id.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
     if refs > 0 {
         return Err(DbError::Conflict(format!(
             "{refs} rule(s) of other security groups still name this group"
@@ -708,7 +780,11 @@ pub async fn bind_port(
 }
 
 pub async fn get_port(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE id = $1 AND project_id = $2"))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        port_columns!(),
+        " FROM ports WHERE id = $1 AND project_id = $2"
+    ))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_all(&mut *conn)
@@ -725,8 +801,12 @@ pub async fn list_ports(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) \
-         AND ($3 = '' OR subnet_id = $3) AND id > $4 ORDER BY id LIMIT $5"))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        port_columns!(),
+        " FROM ports WHERE project_id = $1 AND ($2 = '' OR vpc_id = $2) \
+         AND ($3 = '' OR subnet_id = $3) AND id > $4 ORDER BY id LIMIT $5"
+    ))
     .bind(project.to_string())
     .bind(vpc.map(|v| v.to_string()).unwrap_or_default())
     .bind(subnet.map(|v| v.to_string()).unwrap_or_default())
@@ -739,7 +819,11 @@ pub async fn list_ports(
 
 /// Every port of a VPC, by id.
 pub async fn ports_of_vpc(conn: &mut AnyConnection, vpc: Uuid) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE vpc_id = $1 ORDER BY id"))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        port_columns!(),
+        " FROM ports WHERE vpc_id = $1 ORDER BY id"
+    ))
     .bind(vpc.to_string())
     .fetch_all(&mut *conn)
     .await?;
@@ -748,7 +832,11 @@ pub async fn ports_of_vpc(conn: &mut AnyConnection, vpc: Uuid) -> Result<Vec<Por
 
 /// Ports bound to a node, by id.
 pub async fn ports_on_node(conn: &mut AnyConnection, node: Uuid) -> Result<Vec<PortRow>> {
-    let rows: Vec<PortDbRow> = sqlx::query_as(concat!("SELECT ", port_columns!(), " FROM ports WHERE node_id = $1 ORDER BY id"))
+    let rows: Vec<PortDbRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        port_columns!(),
+        " FROM ports WHERE node_id = $1 ORDER BY id"
+    ))
     .bind(node.to_string())
     .fetch_all(&mut *conn)
     .await?;
@@ -796,7 +884,12 @@ macro_rules! policy_columns {
     };
 }
 
-pub async fn insert_policy(conn: &mut AnyConnection, project: Uuid, p: &SegmentationPolicy, now: OffsetDateTime) -> Result<()> {
+pub async fn insert_policy(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    p: &SegmentationPolicy,
+    now: OffsetDateTime,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO segmentation_policies (id, project_id, name, from_selector, to_selector, protocol, ports, \
          action, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -820,7 +913,11 @@ pub async fn insert_policy(conn: &mut AnyConnection, project: Uuid, p: &Segmenta
 }
 
 pub async fn get_policy(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<SegmentationPolicy>> {
-    let r: Option<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE id = $1 AND project_id = $2"))
+    let r: Option<PolicyTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        policy_columns!(),
+        " FROM segmentation_policies WHERE id = $1 AND project_id = $2"
+    ))
     .bind(id.to_string())
     .bind(project.to_string())
     .fetch_optional(conn)
@@ -834,7 +931,11 @@ pub async fn list_policies(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SegmentationPolicy>> {
-    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"))
+    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        policy_columns!(),
+        " FROM segmentation_policies WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+    ))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
     .bind(i64::from(limit))
@@ -845,7 +946,11 @@ pub async fn list_policies(
 
 /// All policies of a project, by id.
 pub async fn policies_of_project(conn: &mut AnyConnection, project: Uuid) -> Result<Vec<SegmentationPolicy>> {
-    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!("SELECT ", policy_columns!(), " FROM segmentation_policies WHERE project_id = $1 ORDER BY id"))
+    let rows: Vec<PolicyTuple> = sqlx::query_as(concat!(
+        "SELECT ",
+        policy_columns!(),
+        " FROM segmentation_policies WHERE project_id = $1 ORDER BY id"
+    ))
     .bind(project.to_string())
     .fetch_all(conn)
     .await?;
@@ -874,7 +979,12 @@ fn fip_row(r: FipTuple) -> Result<FloatingIp> {
     })
 }
 
-pub async fn insert_floating_ip(conn: &mut AnyConnection, project: Uuid, f: &FloatingIp, now: OffsetDateTime) -> Result<()> {
+pub async fn insert_floating_ip(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    f: &FloatingIp,
+    now: OffsetDateTime,
+) -> Result<()> {
     sqlx::query("INSERT INTO floating_ips (id, project_id, address, port_id, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(f.id.to_string())
         .bind(project.to_string())

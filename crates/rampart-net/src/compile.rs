@@ -229,7 +229,10 @@ pub fn compile_vpc(
         _ => None,
     };
 
-    let mut tables = vec![guard_table(&ctx, &tunnel_names(cfg, net)), fw_table(&ctx, uplink.is_some())];
+    let mut tables = vec![
+        guard_table(&ctx, &tunnel_names(cfg, net)),
+        fw_table(&ctx, uplink.is_some()),
+    ];
     if let Some((_, ip)) = uplink {
         tables.push(nat_table(&ctx, ip));
     }
@@ -418,7 +421,15 @@ fn guard_table(ctx: &Ctx, tunnels: &[String]) -> Table {
     gateways
         .elements
         .extend(ctx.net.subnets.iter().map(|s| s.gateway.to_string()));
-    t.sets = vec![vm_ports, bind_mac, bind_ip4, bind_dst4, port_mark, tunnel_ports, gateways];
+    t.sets = vec![
+        vm_ports,
+        bind_mac,
+        bind_ip4,
+        bind_dst4,
+        port_mark,
+        tunnel_ports,
+        gateways,
+    ];
     t.chains = vec![
         Chain {
             name: s("prerouting"),
@@ -587,7 +598,9 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
             counters.push(format!("port_{id}_ct_drop"));
             port_chains.push(Chain::regular(
                 format!("port_{id}_ct"),
-                vec![format!("ct count over {n} counter name \"port_{id}_ct_drop\" goto deny")],
+                vec![format!(
+                    "ct count over {n} counter name \"port_{id}_ct_drop\" goto deny"
+                )],
             ));
             limit_by_mark
                 .elements
@@ -714,7 +727,9 @@ fn flow_log_rules(prefix: &str, set: &str, verdict: &str) -> Vec<String> {
         format!(
             "{prefix}meta l4proto {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . th dport }}{verdict}"
         ),
-        format!("{prefix}meta l4proto != {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . 0 }}{verdict}"),
+        format!(
+            "{prefix}meta l4proto != {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . 0 }}{verdict}"
+        ),
     ]
 }
 

@@ -386,7 +386,7 @@ impl IpNftDriver {
                     )?;
                 }
             }
-            Step::Dnsmasq { netns, spec, restart } => {
+            Step::Dnsmasq { netns, spec, .. } => {
                 let dir = dnsmasq_dir(cfg, netns);
                 let io = |path: &Path, source| NetError::Io {
                     path: path.display().to_string(),
@@ -396,20 +396,25 @@ impl IpNftDriver {
                 let hosts = dir.join("dhcp-hosts");
                 let conf = dir.join("dnsmasq.conf");
                 std::fs::write(&hosts, &spec.hosts).map_err(|e| io(&hosts, e))?;
-                let pid = dir.join("dnsmasq.pid");
-                if *restart {
-                    stop_dnsmasq(&dir);
-                    std::fs::write(&conf, &spec.conf).map_err(|e| io(&conf, e))?;
-                    let (c, h, p) = (
-                        format!("--conf-file={}", conf.display()),
-                        format!("--dhcp-hostsfile={}", hosts.display()),
-                        format!("--pid-file={}", pid.display()),
-                    );
-                    self.exec_ok(netns, &["dnsmasq", &c, &h, &p], None)?;
-                } else if let Some(p) = read_pid(&pid) {
-                    // dnsmasq re-reads --dhcp-hostsfile on SIGHUP.
-                    let _ = run("kill", &["-HUP", &p.to_string()], None, netns, self.timeout)?;
+                // dnsmasq reads `--dhcp-hostsfile` (at start and on SIGHUP) after dropping to
+                // `nobody`, who cannot traverse the agent's private data directory. The
+                // static leases therefore go into the file it reads as root at start, and a
+                // change of leases restarts it (milliseconds; clients retry). `dnsmasq.conf`
+                // and `dhcp-hosts` stay as rendered: they are what `observe` compares.
+                let run_conf = dir.join("dnsmasq.run.conf");
+                let mut text = spec.conf.clone();
+                for line in spec.hosts.lines().filter(|l| !l.trim().is_empty()) {
+                    text.push_str(&format!("dhcp-host={line}\n"));
                 }
+                let pid = dir.join("dnsmasq.pid");
+                stop_dnsmasq(&dir);
+                std::fs::write(&conf, &spec.conf).map_err(|e| io(&conf, e))?;
+                std::fs::write(&run_conf, &text).map_err(|e| io(&run_conf, e))?;
+                let (c, p) = (
+                    format!("--conf-file={}", run_conf.display()),
+                    format!("--pid-file={}", pid.display()),
+                );
+                self.exec_ok(netns, &["dnsmasq", &c, &p], None)?;
             }
             Step::StopDnsmasq { netns } => stop_dnsmasq(&dnsmasq_dir(cfg, netns)),
             Step::CreateLink { netns, link } => {
@@ -423,8 +428,20 @@ impl IpNftDriver {
                 self.run_ok(
                     "ip",
                     &[
-                        "link", "add", &link.name, "type", "vxlan", "id", &vni, "local", &local, "dev", device, "dstport",
-                        &port, "nolearning",
+                        "link",
+                        "add",
+                        &link.name,
+                        "type",
+                        "vxlan",
+                        "id",
+                        &vni,
+                        "local",
+                        &local,
+                        "dev",
+                        device,
+                        "dstport",
+                        &port,
+                        "nolearning",
                     ],
                     None,
                     netns,
@@ -432,7 +449,11 @@ impl IpNftDriver {
                 self.run_ok("ip", &["link", "set", &link.name, "netns", netns], None, netns)?;
             }
             Step::FdbAdd { netns, entry } | Step::FdbDel { netns, entry } => {
-                let verb = if matches!(step, Step::FdbAdd { .. }) { "append" } else { "del" };
+                let verb = if matches!(step, Step::FdbAdd { .. }) {
+                    "append"
+                } else {
+                    "del"
+                };
                 let (mac, dst) = (entry.mac.to_string(), entry.dst.to_string());
                 self.run_ok(
                     "bridge",
@@ -563,6 +584,7 @@ fn stop_dnsmasq(dir: &Path) {
     }
     let _ = std::fs::remove_file(pidfile);
     let _ = std::fs::remove_file(dir.join("dnsmasq.conf"));
+    let _ = std::fs::remove_file(dir.join("dnsmasq.run.conf"));
 }
 
 fn observe_dnsmasq(dir: &Path) -> Option<ObservedDnsmasq> {
@@ -654,7 +676,12 @@ pub struct FakeNet {
 type Peer = ((String, String), (String, String));
 
 impl FakeNet {
-    fn apply_one(state: &mut Observed, peers: &mut Vec<Peer>, refuse: &BTreeSet<String>, step: &Step) -> Result<(), String> {
+    fn apply_one(
+        state: &mut Observed,
+        peers: &mut Vec<Peer>,
+        refuse: &BTreeSet<String>,
+        step: &Step,
+    ) -> Result<(), String> {
         match step {
             Step::CreateLink { link, .. } if refuse.contains(&link.name) => {
                 return Err(format!("Cannot create {}: Operation not permitted", link.name));

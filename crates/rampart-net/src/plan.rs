@@ -110,6 +110,8 @@ pub enum Step {
         netns: String,
         addr: Ipv4Addr,
     },
+    /// `restart` is false when only the static leases changed. `IpNftDriver` restarts dnsmasq
+    /// either way (see its `Dnsmasq` step); the flag stays for drivers that can reload.
     Dnsmasq {
         netns: String,
         spec: DnsmasqSpec,
@@ -435,10 +437,18 @@ pub fn describe(steps: &[Step]) -> String {
             Step::Dnsmasq { netns, restart, .. } => writeln!(out, "[{netns}] dnsmasq restart={restart}"),
             Step::StopDnsmasq { netns } => writeln!(out, "[{netns}] dnsmasq stop"),
             Step::FdbAdd { netns, entry } => {
-                writeln!(out, "[{netns}] fdb add {} dev {} dst {}", entry.mac, entry.dev, entry.dst)
+                writeln!(
+                    out,
+                    "[{netns}] fdb add {} dev {} dst {}",
+                    entry.mac, entry.dev, entry.dst
+                )
             }
             Step::FdbDel { netns, entry } => {
-                writeln!(out, "[{netns}] fdb del {} dev {} dst {}", entry.mac, entry.dev, entry.dst)
+                writeln!(
+                    out,
+                    "[{netns}] fdb del {} dev {} dst {}",
+                    entry.mac, entry.dev, entry.dst
+                )
             }
         };
     }

@@ -71,15 +71,30 @@ struct Net {
 
 async fn net(c: &TestCluster) -> Net {
     let p = c.admin_project().await;
-    let vpc: Vpc = post(&c.admin, &format!("/v1/projects/{p}/vpcs"), json!({"name":"prod","cidr":"10.10.0.0/16"})).await;
+    let vpc: Vpc = post(
+        &c.admin,
+        &format!("/v1/projects/{p}/vpcs"),
+        json!({"name":"prod","cidr":"10.10.0.0/16"}),
+    )
+    .await;
     let subnet: Subnet = post(
         &c.admin,
         &format!("/v1/projects/{p}/subnets"),
         json!({"vpc": vpc.id, "name":"web","cidr":"10.10.1.0/24"}),
     )
     .await;
-    let web: SecurityGroup = post(&c.admin, &format!("/v1/projects/{p}/security-groups"), json!({"name":"web"})).await;
-    let db: SecurityGroup = post(&c.admin, &format!("/v1/projects/{p}/security-groups"), json!({"name":"db"})).await;
+    let web: SecurityGroup = post(
+        &c.admin,
+        &format!("/v1/projects/{p}/security-groups"),
+        json!({"name":"web"}),
+    )
+    .await;
+    let db: SecurityGroup = post(
+        &c.admin,
+        &format!("/v1/projects/{p}/security-groups"),
+        json!({"name":"db"}),
+    )
+    .await;
     Net {
         p,
         vpc,
@@ -161,29 +176,137 @@ async fn spec_10_4_network_api_validates_with_clear_codes_and_changes_nothing() 
     let vpcs = format!("/v1/projects/{p}/vpcs");
     let subnets = format!("/v1/projects/{p}/subnets");
     let cases: Vec<(&str, Value, u16, &str, &str)> = vec![
-        (&vpcs, json!({"name":"x","cidr":"10.0.0.1/16"}), 400, "validation_failed", "cidr_not_network_address"),
-        (&vpcs, json!({"name":"x","cidr":"10.0.0.0/30"}), 400, "validation_failed", "cidr_size"),
-        (&vpcs, json!({"name":"Bad Name","cidr":"10.0.0.0/16"}), 400, "validation_failed", ""),
-        (&vpcs, json!({"name":"x","cidr":"10.0.0.0/16","colour":"red"}), 400, "invalid_request", ""),
+        (
+            &vpcs,
+            json!({"name":"x","cidr":"10.0.0.1/16"}),
+            400,
+            "validation_failed",
+            "cidr_not_network_address",
+        ),
+        (
+            &vpcs,
+            json!({"name":"x","cidr":"10.0.0.0/30"}),
+            400,
+            "validation_failed",
+            "cidr_size",
+        ),
+        (
+            &vpcs,
+            json!({"name":"Bad Name","cidr":"10.0.0.0/16"}),
+            400,
+            "validation_failed",
+            "",
+        ),
+        (
+            &vpcs,
+            json!({"name":"x","cidr":"10.0.0.0/16","colour":"red"}),
+            400,
+            "invalid_request",
+            "",
+        ),
         (&vpcs, json!({"name":"prod","cidr":"10.20.0.0/16"}), 409, "conflict", ""),
-        (&subnets, json!({"vpc": n.vpc.id, "name":"db","cidr":"10.10.0.0/20"}), 400, "validation_failed", "subnet_overlap"),
-        (&subnets, json!({"vpc": n.vpc.id, "name":"db","cidr":"10.11.0.0/24"}), 400, "validation_failed", "subnet_outside_vpc"),
-        (&subnets, json!({"vpc": n.vpc.id, "name":"db","cidr":"10.10.2.0/24","gateway":"10.10.3.1"}), 400, "validation_failed", "gateway_outside_subnet"),
-        (&subnets, json!({"vpc": Uuid::new_v4(), "name":"db","cidr":"10.10.2.0/24"}), 400, "validation_failed", "unknown_vpc"),
+        (
+            &subnets,
+            json!({"vpc": n.vpc.id, "name":"db","cidr":"10.10.0.0/20"}),
+            400,
+            "validation_failed",
+            "subnet_overlap",
+        ),
+        (
+            &subnets,
+            json!({"vpc": n.vpc.id, "name":"db","cidr":"10.11.0.0/24"}),
+            400,
+            "validation_failed",
+            "subnet_outside_vpc",
+        ),
+        (
+            &subnets,
+            json!({"vpc": n.vpc.id, "name":"db","cidr":"10.10.2.0/24","gateway":"10.10.3.1"}),
+            400,
+            "validation_failed",
+            "gateway_outside_subnet",
+        ),
+        (
+            &subnets,
+            json!({"vpc": Uuid::new_v4(), "name":"db","cidr":"10.10.2.0/24"}),
+            400,
+            "validation_failed",
+            "unknown_vpc",
+        ),
     ];
     let ports = format!("/v1/projects/{p}/ports");
     let rules = format!("/v1/projects/{p}/security-groups/{}/rules", n.db.id);
     let more: Vec<(&str, Value, u16, &str, &str)> = vec![
-        (&ports, json!({"subnet": n.subnet.id, "ip":"10.10.2.5"}), 400, "validation_failed", "ip_outside_subnet"),
-        (&ports, json!({"subnet": n.subnet.id, "ip":"10.10.1.1"}), 400, "validation_failed", "ip_reserved"),
-        (&ports, json!({"subnet": n.subnet.id, "security_groups":[Uuid::new_v4()]}), 400, "validation_failed", "unknown_security_group"),
-        (&ports, json!({"subnet": n.subnet.id, "security_groups":[n.web.id], "port_security": false}), 400, "validation_failed", "security_groups_need_port_security"),
-        (&ports, json!({"subnet": n.subnet.id, "max_connections": 0}), 400, "validation_failed", "max_connections_out_of_range"),
-        (&ports, json!({"subnet": n.subnet.id, "tags": {"Role":"db"}}), 400, "validation_failed", "invalid_tag_key"),
-        (&rules, json!({"direction":"ingress","protocol":"tcp","port_min":90,"port_max":80}), 400, "validation_failed", "port_range_inverted"),
-        (&rules, json!({"direction":"ingress","protocol":"icmp","port_min":8}), 400, "validation_failed", "ports_require_tcp_or_udp"),
-        (&rules, json!({"direction":"ingress","protocol":"tcp","remote_group": Uuid::new_v4()}), 400, "validation_failed", "unknown_security_group"),
-        (&rules, json!({"direction":"sideways","protocol":"tcp"}), 400, "invalid_request", ""),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "ip":"10.10.2.5"}),
+            400,
+            "validation_failed",
+            "ip_outside_subnet",
+        ),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "ip":"10.10.1.1"}),
+            400,
+            "validation_failed",
+            "ip_reserved",
+        ),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "security_groups":[Uuid::new_v4()]}),
+            400,
+            "validation_failed",
+            "unknown_security_group",
+        ),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "security_groups":[n.web.id], "port_security": false}),
+            400,
+            "validation_failed",
+            "security_groups_need_port_security",
+        ),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "max_connections": 0}),
+            400,
+            "validation_failed",
+            "max_connections_out_of_range",
+        ),
+        (
+            &ports,
+            json!({"subnet": n.subnet.id, "tags": {"Role":"db"}}),
+            400,
+            "validation_failed",
+            "invalid_tag_key",
+        ),
+        (
+            &rules,
+            json!({"direction":"ingress","protocol":"tcp","port_min":90,"port_max":80}),
+            400,
+            "validation_failed",
+            "port_range_inverted",
+        ),
+        (
+            &rules,
+            json!({"direction":"ingress","protocol":"icmp","port_min":8}),
+            400,
+            "validation_failed",
+            "ports_require_tcp_or_udp",
+        ),
+        (
+            &rules,
+            json!({"direction":"ingress","protocol":"tcp","remote_group": Uuid::new_v4()}),
+            400,
+            "validation_failed",
+            "unknown_security_group",
+        ),
+        (
+            &rules,
+            json!({"direction":"sideways","protocol":"tcp"}),
+            400,
+            "invalid_request",
+            "",
+        ),
     ];
     for (path, body, status, code, why) in cases.into_iter().chain(more) {
         let e = c.admin.post::<_, Value>(path, &body).await.unwrap_err();
@@ -200,13 +323,20 @@ async fn spec_10_4_network_api_validates_with_clear_codes_and_changes_nothing() 
     assert_eq!(s.items.len(), 1);
     let pl: List<Port> = c.admin.get(&ports).await.unwrap();
     assert!(pl.items.is_empty());
-    let g: SecurityGroup = c.admin.get(&format!("/v1/projects/{p}/security-groups/{}", n.db.id)).await.unwrap();
+    let g: SecurityGroup = c
+        .admin
+        .get(&format!("/v1/projects/{p}/security-groups/{}", n.db.id))
+        .await
+        .unwrap();
     assert_eq!(g.rules.len(), 2, "only the default rules");
 
     // IPAM: addresses in order from the first after the gateway, MACs locally administered.
     let a = port(&c, &n, json!({})).await;
     let b = port(&c, &n, json!({})).await;
-    assert_eq!((a.ip.to_string(), b.ip.to_string()), ("10.10.1.2".into(), "10.10.1.3".into()));
+    assert_eq!(
+        (a.ip.to_string(), b.ip.to_string()),
+        ("10.10.1.2".into(), "10.10.1.3".into())
+    );
     assert_ne!(a.mac, b.mac);
     assert!(a.mac.is_local_unicast());
     let e = c
@@ -216,13 +346,23 @@ async fn spec_10_4_network_api_validates_with_clear_codes_and_changes_nothing() 
         .unwrap_err();
     assert_eq!(reason(&e).0, 409, "an address in use");
     // Referenced objects cannot go.
-    let e = call(&c.admin, Method::DELETE, &format!("/v1/projects/{p}/vpcs/{}", n.vpc.id), None)
-        .await
-        .unwrap_err();
+    let e = call(
+        &c.admin,
+        Method::DELETE,
+        &format!("/v1/projects/{p}/vpcs/{}", n.vpc.id),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(reason(&e).0, 409);
-    let e = call(&c.admin, Method::DELETE, &format!("/v1/projects/{p}/subnets/{}", n.subnet.id), None)
-        .await
-        .unwrap_err();
+    let e = call(
+        &c.admin,
+        Method::DELETE,
+        &format!("/v1/projects/{p}/subnets/{}", n.subnet.id),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(reason(&e).0, 409);
     c.shutdown().await;
 }
@@ -244,22 +384,32 @@ async fn spec_10_3_1_groups_have_default_rules_and_project_roles_decide_who_may_
         project: Some(p),
         ..Default::default()
     };
-    c.create_user("netreader", "Reader-of-nets-42", &[("reader", project_scope.clone())])
+    c.create_user(
+        "netreader",
+        "Tulip-Harbor-Quartz-42",
+        &[("reader", project_scope.clone())],
+    )
+    .await;
+    c.create_user("netmember", "Violet-Canyon-Ember-42", &[("member", project_scope)])
         .await;
-    c.create_user("netmember", "Member-of-nets-42", &[("member", project_scope)])
-        .await;
-    c.create_user("stranger", "Stranger-to-nets-42", &[]).await;
-    let (reader, _) = c.anon.login_as("netreader", "Reader-of-nets-42").await.unwrap();
-    let (member, _) = c.anon.login_as("netmember", "Member-of-nets-42").await.unwrap();
-    let (stranger, _) = c.anon.login_as("stranger", "Stranger-to-nets-42").await.unwrap();
+    c.create_user("stranger", "Copper-Meadow-Lantern-42", &[]).await;
+    let (reader, _) = c.anon.login_as("netreader", "Tulip-Harbor-Quartz-42").await.unwrap();
+    let (member, _) = c.anon.login_as("netmember", "Violet-Canyon-Ember-42").await.unwrap();
+    let (stranger, _) = c.anon.login_as("stranger", "Copper-Meadow-Lantern-42").await.unwrap();
     let groups = format!("/v1/projects/{p}/security-groups");
     let body = json!({"name":"app"});
 
     let listed: List<SecurityGroup> = reader.get(&groups).await.unwrap();
     assert_eq!(listed.items.len(), 2);
-    assert_eq!(reason(&reader.post::<_, Value>(&groups, &body).await.unwrap_err()).0, 403);
+    assert_eq!(
+        reason(&reader.post::<_, Value>(&groups, &body).await.unwrap_err()).0,
+        403
+    );
     assert_eq!(reason(&stranger.get::<Value>(&groups).await.unwrap_err()).0, 404);
-    assert_eq!(reason(&stranger.post::<_, Value>(&groups, &body).await.unwrap_err()).0, 404);
+    assert_eq!(
+        reason(&stranger.post::<_, Value>(&groups, &body).await.unwrap_err()).0,
+        404
+    );
     let created: SecurityGroup = member.post(&groups, &body).await.unwrap();
     assert_eq!(created.rules.len(), 2);
     // A member may add rules but not plug ports into hosts.
@@ -301,7 +451,22 @@ async fn spec_10_3_3_changes_republish_every_node_holding_the_vpc_and_agents_app
         let p = n.p;
         let (a0, a1, a2) = (&c.agents[0], &c.agents[1], &c.agents[2]);
         let web1 = port(&c, &n, json!({"security_groups":[n.web.id], "tags": {"role":"web"}})).await;
-        let db1 = port(&c, &n, json!({"security_groups":[n.db.id], "tags": {"role":"db"}, "max_connections": 3})).await;
+        let db1 = port(
+            &c,
+            &n,
+            json!({"security_groups":[n.db.id], "tags": {"role":"db"}, "max_connections": 3}),
+        )
+        .await;
+        // db admits web: node-1 (db only) then needs web's member set, which is how a
+        // membership on node-0 reaches it.
+        call(
+            &c.admin,
+            Method::POST,
+            &format!("/v1/projects/{p}/security-groups/{}/rules", n.db.id),
+            Some(json!({"direction":"ingress","protocol":"tcp","port_min":5432,"port_max":5432,"remote_group": n.web.id})),
+        )
+        .await
+        .unwrap();
         let (g2_before, _) = node_generation(&c, a2.node_id).await;
         bind(&c, &n, &web1, a0, "vm-web1").await;
         bind(&c, &n, &db1, a1, "vm-db1").await;
@@ -310,7 +475,11 @@ async fn spec_10_3_3_changes_republish_every_node_holding_the_vpc_and_agents_app
         // Each node got the whole VPC: its own port as a device, the other's in the sets.
         assert!(has_ns(a0, n.vpc.id) && has_ns(a1, n.vpc.id), "{backend:?}");
         assert!(!has_ns(a2, n.vpc.id), "a node without ports of the VPC builds nothing");
-        assert_eq!(node_generation(&c, a2.node_id).await.0, g2_before, "and is not republished");
+        assert_eq!(
+            node_generation(&c, a2.node_id).await.0,
+            g2_before,
+            "and is not republished"
+        );
         let web_set = format!("sg_{}", &n.web.id.simple().to_string()[20..]);
         assert_eq!(
             fw_set(a1, n.vpc.id, &web_set),
@@ -321,7 +490,11 @@ async fn spec_10_3_3_changes_republish_every_node_holding_the_vpc_and_agents_app
             let st = a0.host.net.state.lock().unwrap();
             let ns = &st.namespaces[&format!("rp-vpc-{}", n.vpc.id.simple())];
             let dev = names::port_dev(&web1.id);
-            assert!(ns.links.contains_key(&dev), "port device on node-0: {:?}", ns.links.keys());
+            assert!(
+                ns.links.contains_key(&dev),
+                "port device on node-0: {:?}",
+                ns.links.keys()
+            );
             assert!(!ns.links.contains_key(&names::port_dev(&db1.id)));
             assert_eq!(
                 ns.links[&dev].master.as_deref(),
@@ -380,22 +553,37 @@ async fn spec_10_3_3_changes_republish_every_node_holding_the_vpc_and_agents_app
         );
 
         // Unbinding and deleting leave nothing behind on the node.
-        call(&c.admin, Method::DELETE, &format!("/v1/projects/{p}/ports/{}/binding", web1.id), None)
-            .await
-            .unwrap();
+        call(
+            &c.admin,
+            Method::DELETE,
+            &format!("/v1/projects/{p}/ports/{}/binding", web1.id),
+            None,
+        )
+        .await
+        .unwrap();
         converged(&c, a0.node_id).await;
         assert!(!has_ns(a0, n.vpc.id), "node-0 lost its last port of the VPC");
         for pt in [&web1, &web2, &db1] {
-            call(&c.admin, Method::DELETE, &format!("/v1/projects/{p}/ports/{}", pt.id), None)
-                .await
-                .unwrap();
+            call(
+                &c.admin,
+                Method::DELETE,
+                &format!("/v1/projects/{p}/ports/{}", pt.id),
+                None,
+            )
+            .await
+            .unwrap();
         }
         converged(&c, a1.node_id).await;
         assert!(!has_ns(a1, n.vpc.id));
         assert!(a1.host.net.state.lock().unwrap().namespaces.is_empty());
-        call(&c.admin, Method::DELETE, &format!("/v1/projects/{p}/vpcs/{}", n.vpc.id), None)
-            .await
-            .unwrap();
+        call(
+            &c.admin,
+            Method::DELETE,
+            &format!("/v1/projects/{p}/vpcs/{}", n.vpc.id),
+            None,
+        )
+        .await
+        .unwrap();
         c.shutdown().await;
     }
 }
@@ -416,7 +604,10 @@ async fn agent_repairs_drift_and_reports_counters_flows_and_errors() {
     // rebuilds it without a new generation.
     let ns = format!("rp-vpc-{}", n.vpc.id.simple());
     a.host.net.state.lock().unwrap().namespaces.remove(&ns);
-    TestCluster::wait_for("drift repaired", Duration::from_secs(10), || async { has_ns(a, n.vpc.id).then_some(()) }).await;
+    TestCluster::wait_for("drift repaired", Duration::from_secs(10), || async {
+        has_ns(a, n.vpc.id).then_some(())
+    })
+    .await;
 
     // Counters and flow-log elements the data path would write reach the API.
     {
@@ -447,8 +638,18 @@ async fn agent_repairs_drift_and_reports_counters_flows_and_errors() {
     let edges = graph["edges"].as_array().unwrap();
     let allowed = edges.iter().find(|e| e["verdict"] == "allowed").unwrap();
     assert_eq!(
-        (allowed["from"].as_str(), allowed["to"].as_str(), allowed["port"].as_u64(), allowed["count"].as_u64()),
-        (Some(web1.id.to_string().as_str()), Some(web2.id.to_string().as_str()), Some(80), Some(3)),
+        (
+            allowed["from"].as_str(),
+            allowed["to"].as_str(),
+            allowed["port"].as_u64(),
+            allowed["count"].as_u64()
+        ),
+        (
+            Some(web1.id.to_string().as_str()),
+            Some(web2.id.to_string().as_str()),
+            Some(80),
+            Some(3)
+        ),
         "edges name the ports: {graph}"
     );
     let denied = edges.iter().find(|e| e["verdict"] == "denied").unwrap();
@@ -465,9 +666,17 @@ async fn agent_repairs_drift_and_reports_counters_flows_and_errors() {
         .send::<()>(Method::GET, &format!("/v1/projects/{p}/flows?format=dot"), None)
         .await
         .unwrap();
-    assert!(dot.headers()["content-type"].to_str().unwrap().starts_with("text/vnd.graphviz"));
+    assert!(
+        dot.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/vnd.graphviz")
+    );
     let dot = dot.text().await.unwrap();
-    assert!(dot.starts_with("digraph flows {") && dot.contains("tcp/80 x3 allowed"), "{dot}");
+    assert!(
+        dot.starts_with("digraph flows {") && dot.contains("tcp/80 x3 allowed"),
+        "{dot}"
+    );
     let report: NodeNetworkReport = c.admin.get(&format!("/v1/nodes/{}/network", a.node_id)).await.unwrap();
     assert_eq!(report.status.vpcs[0].counters.get("drop_ip_spoof"), Some(&5));
 
@@ -483,9 +692,16 @@ async fn agent_repairs_drift_and_reports_counters_flows_and_errors() {
         (!r.status.errors.is_empty()).then_some(r)
     })
     .await;
-    assert!(r.status.errors.iter().any(|e| e.contains(&dev3)), "{:?}", r.status.errors);
+    assert!(
+        r.status.errors.iter().any(|e| e.contains(&dev3)),
+        "{:?}",
+        r.status.errors
+    );
     assert!(r.status.applied_generation < g);
-    assert!(node_generation(&c, a.node_id).await.1 < g, "the node's applied generation stays behind");
+    assert!(
+        node_generation(&c, a.node_id).await.1 < g,
+        "the node's applied generation stays behind"
+    );
     a.host.net.refuse.lock().unwrap().clear();
     converged(&c, a.node_id).await;
     c.shutdown().await;
@@ -507,9 +723,15 @@ async fn spec_10_9_1_reachability_api_names_the_deciding_rule_and_refuses_bad_qu
     let ask = |from: Uuid, to: Uuid, q: &str| format!("/v1/projects/{p}/reachability?from={from}&to={to}&{q}");
     let r: Reachability = c.admin.get(&ask(w.id, d.id, "protocol=tcp&port=5432")).await.unwrap();
     assert!(r.allowed);
-    assert_eq!(r.because.last().unwrap(), &format!("security_group_rule:{}", rule["id"].as_str().unwrap()));
+    assert_eq!(
+        r.because.last().unwrap(),
+        &format!("security_group_rule:{}", rule["id"].as_str().unwrap())
+    );
     let r: Reachability = c.admin.get(&ask(w.id, d.id, "protocol=tcp&port=22")).await.unwrap();
-    assert_eq!((r.allowed, r.because), (false, vec![format!("ingress_default_deny:{}", d.id)]));
+    assert_eq!(
+        (r.allowed, r.because),
+        (false, vec![format!("ingress_default_deny:{}", d.id)])
+    );
     let r: Reachability = c.admin.get(&ask(d.id, w.id, "protocol=icmp")).await.unwrap();
     assert!(!r.allowed, "web admits only its own members");
     for (q, why) in [
@@ -521,7 +743,12 @@ async fn spec_10_9_1_reachability_api_names_the_deciding_rule_and_refuses_bad_qu
         assert_eq!(reason(&e).2, why, "{q}");
     }
     // A port of another VPC: different_vpc; an unknown one: 404.
-    let other: Vpc = post(&c.admin, &format!("/v1/projects/{p}/vpcs"), json!({"name":"other","cidr":"10.10.0.0/16"})).await;
+    let other: Vpc = post(
+        &c.admin,
+        &format!("/v1/projects/{p}/vpcs"),
+        json!({"name":"other","cidr":"10.10.0.0/16"}),
+    )
+    .await;
     let os: Subnet = post(
         &c.admin,
         &format!("/v1/projects/{p}/subnets"),
@@ -530,9 +757,17 @@ async fn spec_10_9_1_reachability_api_names_the_deciding_rule_and_refuses_bad_qu
     .await;
     let op: Port = post(&c.admin, &format!("/v1/projects/{p}/ports"), json!({"subnet": os.id})).await;
     assert_eq!(op.ip, w.ip, "the same addresses in two VPCs");
-    let e = c.admin.get::<Value>(&ask(w.id, op.id, "protocol=icmp")).await.unwrap_err();
+    let e = c
+        .admin
+        .get::<Value>(&ask(w.id, op.id, "protocol=icmp"))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e).2, "different_vpc");
-    let e = c.admin.get::<Value>(&ask(w.id, Uuid::new_v4(), "protocol=icmp")).await.unwrap_err();
+    let e = c
+        .admin
+        .get::<Value>(&ask(w.id, Uuid::new_v4(), "protocol=icmp"))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e).0, 404);
     c.shutdown().await;
 }
@@ -544,7 +779,11 @@ async fn spec_10_4_floating_ips_need_an_external_vpc_and_come_from_the_pool() {
     let p = n.p;
     let pt = port(&c, &n, json!({"security_groups":[n.web.id]})).await;
     let fips = format!("/v1/projects/{p}/floating-ips");
-    let e = c.admin.post::<_, Value>(&fips, &json!({"port": pt.id})).await.unwrap_err();
+    let e = c
+        .admin
+        .post::<_, Value>(&fips, &json!({"port": pt.id}))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e).2, "vpc_not_external", "secure by default: no outside access");
     let v: Value = call(
         &c.admin,
@@ -557,7 +796,11 @@ async fn spec_10_4_floating_ips_need_an_external_vpc_and_come_from_the_pool() {
     assert_eq!(v["router_external_ip"], "203.0.113.2", "the gateway .1 is reserved");
     let f: FloatingIp = c.admin.post(&fips, &json!({"port": pt.id})).await.unwrap();
     assert_eq!(f.address.to_string(), "203.0.113.3");
-    let e = c.admin.post::<_, Value>(&fips, &json!({"port": pt.id})).await.unwrap_err();
+    let e = c
+        .admin
+        .post::<_, Value>(&fips, &json!({"port": pt.id}))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e).0, 409, "one floating IP per port");
     let e = call(
         &c.admin,
@@ -568,17 +811,27 @@ async fn spec_10_4_floating_ips_need_an_external_vpc_and_come_from_the_pool() {
     .await
     .unwrap_err();
     assert_eq!(reason(&e).0, 409, "not while a floating IP points in");
-    call(&c.admin, Method::PATCH, &format!("{fips}/{}", f.id), Some(json!({"port": null})))
+    call(
+        &c.admin,
+        Method::PATCH,
+        &format!("{fips}/{}", f.id),
+        Some(json!({"port": null})),
+    )
+    .await
+    .unwrap();
+    call(&c.admin, Method::DELETE, &format!("{fips}/{}", f.id), None)
         .await
         .unwrap();
-    call(&c.admin, Method::DELETE, &format!("{fips}/{}", f.id), None).await.unwrap();
 
     // Without an external network configured, nothing is reachable from outside.
     let c2 = TestCluster::start(ClusterOptions::default()).await;
     let p2 = c2.admin_project().await;
     let e = c2
         .admin
-        .post::<_, Value>(&format!("/v1/projects/{p2}/vpcs"), &json!({"name":"x","cidr":"10.0.0.0/16","external":true}))
+        .post::<_, Value>(
+            &format!("/v1/projects/{p2}/vpcs"),
+            &json!({"name":"x","cidr":"10.0.0.0/16","external":true}),
+        )
         .await
         .unwrap_err();
     assert_eq!(reason(&e).2, "no_external_network");

@@ -356,7 +356,10 @@ fn local_net_options(cfg: &rampart_common::config::NetworkConfig) -> rampart_age
         netns_prefix: cfg.netns_prefix.clone(),
         run_dir: None,
         reconcile_interval: std::time::Duration::from_secs(cfg.reconcile_interval_s),
-        underlay: match (&cfg.tunnel_interface, cfg.tunnel_ip.as_deref().and_then(|ip| ip.parse().ok())) {
+        underlay: match (
+            &cfg.tunnel_interface,
+            cfg.tunnel_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        ) {
             (Some(device), Some(local_ip)) => Some(rampart_net::desired::Underlay {
                 device: device.clone(),
                 local_ip,
@@ -412,7 +415,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
             "--netns-prefix: must be 1 to 12 of a-z, 0-9 and '-'"
         ))));
     }
-    if args.tunnel_interface.as_deref().is_some_and(|i| !rampart_common::config::valid_ifname(i)) {
+    if args
+        .tunnel_interface
+        .as_deref()
+        .is_some_and(|i| !rampart_common::config::valid_ifname(i))
+    {
         return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
             "--tunnel-interface: not an interface name"
         ))));

@@ -30,9 +30,12 @@ fn privileged(test: &str) -> bool {
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    let tools = ["nft", "conntrack", "dnsmasq", "busybox"]
-        .iter()
-        .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()));
+    let tools = ["nft", "conntrack", "dnsmasq", "busybox"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if !(root && tools) {
         assert!(
             std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
@@ -61,7 +64,10 @@ fn tag() -> String {
 }
 
 fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("timeout").args(["20", "bash", "-c", cmd]).output().unwrap();
+    let out = Command::new("timeout")
+        .args(["20", "bash", "-c", cmd])
+        .output()
+        .unwrap();
     let mut s = String::from_utf8_lossy(&out.stdout).to_string();
     s.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), s)
@@ -137,7 +143,9 @@ impl Ns {
     fn connect_many(&self, ip: Ipv4Addr, port: u16, n: usize) -> Vec<TcpStream> {
         self.run(move || {
             (0..n)
-                .filter_map(|_| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(400)).ok())
+                .filter_map(|_| {
+                    TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(400)).ok()
+                })
                 .collect()
         })
     }
@@ -328,7 +336,10 @@ impl Cloud {
     }
 
     async fn report(&self) -> NodeNetworkReport {
-        self.admin.get(&format!("/v1/nodes/{}/network", self.node)).await.unwrap()
+        self.admin
+            .get(&format!("/v1/nodes/{}/network", self.node))
+            .await
+            .unwrap()
     }
 
     /// Waits until the agent reports the node's current generation applied without errors.
@@ -409,7 +420,10 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     let c = Cloud::up("").await;
     let vpc: Vpc = c.post("vpcs", json!({"name":"prod","cidr":"10.61.0.0/16"})).await;
     let subnet: Subnet = c
-        .post("subnets", json!({"vpc": vpc.id, "name":"s1","cidr":"10.61.1.0/24","dhcp": false}))
+        .post(
+            "subnets",
+            json!({"vpc": vpc.id, "name":"s1","cidr":"10.61.1.0/24","dhcp": false}),
+        )
         .await;
     let ga: SecurityGroup = c.post("security-groups", json!({"name":"a"})).await;
     let gb: SecurityGroup = c.post("security-groups", json!({"name":"b"})).await;
@@ -425,7 +439,10 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     let a1: Port = c.post("ports", mk(vec![ga.id], json!({"role":"web"}), json!({}))).await;
     let a2: Port = c.post("ports", mk(vec![ga.id], json!({"role":"web"}), json!({}))).await;
     let b1: Port = c
-        .post("ports", mk(vec![gb.id], json!({"role":"db"}), json!({"max_connections": 3})))
+        .post(
+            "ports",
+            mk(vec![gb.id], json!({"role":"db"}), json!({"max_connections": 3})),
+        )
         .await;
     let n1: Port = c.post("ports", mk(vec![gb.id], json!({"role":"db"}), json!({}))).await;
     let ports = [&a1, &a2, &b1, &n1];
@@ -437,7 +454,7 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     for (p, ns) in ports.iter().zip(&vms) {
         ns.configure(p.ip, 24, Some(subnet.gateway));
     }
-    let (va1, va2, vb1, vn1) = (&vms[0], &vms[1], &vms[2], &vms[3]);
+    let (va1, va2, vb1) = (&vms[0], &vms[1], &vms[2]);
     let _servers: Vec<Server> = vms.iter().flat_map(|v| [v.serve(80), v.serve(443)]).collect();
 
     // 10.3-4: intra-group allowed, inter-group refused by default.
@@ -500,7 +517,12 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     assert_eq!(held.len(), 3, "limited port");
     let held_n = va1.connect_many(n1.ip, 80, 6);
     assert_eq!(held_n.len(), 6, "neighbour unaffected");
-    let ct_drops = c.counter(vpc.id, &format!("port_{}_ct_drop", rampart_net::model::short_id(&b1.id))).await;
+    let ct_drops = c
+        .counter(
+            vpc.id,
+            &format!("port_{}_ct_drop", rampart_net::model::short_id(&b1.id)),
+        )
+        .await;
     assert!(ct_drops >= 3, "connection allowance exceeded, exposed: {ct_drops}");
     drop((held, held_n));
 
@@ -525,7 +547,10 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     )
     .await;
     let took = time_until(Duration::from_secs(10), || !va2.can_connect(n1.ip, 80)).expect("retag never enforced");
-    eprintln!("retag enforced {took:?} after the API call returned ({:?} in all)", t0.elapsed());
+    eprintln!(
+        "retag enforced {took:?} after the API call returned ({:?} in all)",
+        t0.elapsed()
+    );
     assert_eq!(rules_before, rules_without_elements(&vpc_ns), "a retag rewrote rules");
     assert!(va1.can_connect(n1.ip, 80), "the other web port is not affected");
 
@@ -542,14 +567,15 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
         if has(&a1, &b1, "allowed") && has(&a2, &n1, "denied") {
             break g;
         }
-        assert!(Instant::now() < deadline, "flows never showed a1→b1 allowed and a2→n1 denied: {g}");
+        assert!(
+            Instant::now() < deadline,
+            "flows never showed a1→b1 allowed and a2→n1 denied: {g}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let icmp_denied = graph["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["from"] == json!(a1.id) && e["to"] == json!(b1.id) && e["protocol"] == "icmp" && e["verdict"] == "denied");
+    let icmp_denied = graph["edges"].as_array().unwrap().iter().any(|e| {
+        e["from"] == json!(a1.id) && e["to"] == json!(b1.id) && e["protocol"] == "icmp" && e["verdict"] == "denied"
+    });
     assert!(icmp_denied, "the refused ping is in the graph: {graph}");
     let dot = c
         .admin
@@ -562,7 +588,10 @@ async fn spec_10_3_4_groups_segmentation_limits_and_flows_with_real_packets_thro
     assert!(dot.contains(&format!("\"{}\" -> \"{}\"", a1.id, b1.id)), "{dot}");
 
     // 9.1-1c: the VPC namespace routes, the root namespace does not forward.
-    assert_eq!(must(&format!("ip netns exec {vpc_ns} sysctl -n net.ipv4.ip_forward")).trim(), "1");
+    assert_eq!(
+        must(&format!("ip netns exec {vpc_ns} sysctl -n net.ipv4.ip_forward")).trim(),
+        "1"
+    );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(),
         "0",
@@ -608,7 +637,10 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
     let c = Cloud::up("").await;
     let vpc: Vpc = c.post("vpcs", json!({"name":"prod","cidr":"10.63.0.0/16"})).await;
     let subnet: Subnet = c
-        .post("subnets", json!({"vpc": vpc.id, "name":"s1","cidr":"10.63.1.0/24","dhcp": true}))
+        .post(
+            "subnets",
+            json!({"vpc": vpc.id, "name":"s1","cidr":"10.63.1.0/24","dhcp": true}),
+        )
         .await;
     let g: SecurityGroup = c.post("security-groups", json!({"name":"g"})).await;
     // Admit DHCP-client-port traffic from the whole subnet, so only the quarantine can stop a
@@ -629,7 +661,13 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
     let p3: Port = c.post("ports", port(json!({"security_groups":[g.id]}))).await;
     let client: Port = c.post("ports", port(json!({"security_groups":[g.id]}))).await;
     let open: Port = c.post("ports", port(json!({"port_security": false}))).await;
-    let (v1, v2, v3, vc, vo) = (c.vm(&p1).await, c.vm(&p2).await, c.vm(&p3).await, c.vm(&client).await, c.vm(&open).await);
+    let (v1, v2, v3, vc, vo) = (
+        c.vm(&p1).await,
+        c.vm(&p2).await,
+        c.vm(&p3).await,
+        c.vm(&client).await,
+        c.vm(&open).await,
+    );
     c.applied().await;
     for (p, v) in [(&p1, &v1), (&p2, &v2), (&p3, &v3), (&open, &vo)] {
         v.configure(p.ip, 24, Some(subnet.gateway));
@@ -638,7 +676,10 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
 
     // 10.5: a spoofed source address is dropped.
     must(&format!("ip -n {} addr add 10.63.1.99/24 dev eth0", v1.0));
-    assert!(!v1.exec(&format!("ping -c1 -W1 -I 10.63.1.99 {}", p3.ip)).0, "spoofed source passed");
+    assert!(
+        !v1.exec(&format!("ping -c1 -W1 -I 10.63.1.99 {}", p3.ip)).0,
+        "spoofed source passed"
+    );
     must(&format!("ip -n {} addr del 10.63.1.99/24 dev eth0", v1.0));
     assert!(c.counter(vpc.id, "drop_ip_spoof").await >= 1);
     // A changed MAC is dropped.
@@ -650,7 +691,10 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
     assert!(v1.ping(p3.ip), "restored MAC passes again");
     // A gratuitous ARP for a neighbour's address does not poison anyone.
     assert!(v3.ping(p2.ip));
-    must(&format!("ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1", v1.0));
+    must(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1",
+        v1.0
+    ));
     v1.exec(&format!("busybox arping -U -c 3 -w 2 -I eth0 -s {0} {0}", p2.ip));
     v1.exec(&format!("busybox arping -c 2 -w 2 -I eth0 -s {} {}", p2.ip, p3.ip));
     let neigh = v3.exec(&format!("ip neigh show {}", p2.ip)).1;
@@ -658,11 +702,17 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
     assert!(c.counter(vpc.id, "drop_arp_spoof").await >= 1);
     // Control: the same attack from the port without port security works, so the checks
     // above can fail.
-    must(&format!("ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1", vo.0));
+    must(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_nonlocal_bind=1",
+        vo.0
+    ));
     vo.exec(&format!("busybox arping -U -c 3 -w 2 -I eth0 -s {0} {0}", p2.ip));
     vo.exec(&format!("busybox arping -c 2 -w 2 -I eth0 -s {} {}", p2.ip, p3.ip));
     let neigh = v3.exec(&format!("ip neigh show {}", p2.ip)).1;
-    assert!(neigh.contains(&open.mac.to_string()), "control: poisoning from an open port: {neigh}");
+    assert!(
+        neigh.contains(&open.mac.to_string()),
+        "control: poisoning from an open port: {neigh}"
+    );
 
     // 10.7: a rogue DHCP server in a VM never leases; the platform's DHCP does.
     let (ok, out) = v2.exec(&format!(
@@ -673,8 +723,18 @@ async fn spec_10_5_anti_spoofing_and_10_7_dhcp_quarantine_with_real_packets_thro
     assert!(ok, "rogue dnsmasq: {out}");
     let lease = udhcpc(&vc);
     let want = format!("lease of {} obtained from {}", client.ip, subnet.gateway);
-    assert!(lease.contains(&want), "expected the platform's static lease ({want}): {lease}");
+    assert!(
+        lease.contains(&want),
+        "expected the platform's static lease ({want}): {lease}"
+    );
     assert!(!lease.contains("10.63.1.15"), "rogue range leased: {lease}");
+    // udhcpc ran without a script: put the leased address on the NIC as a guest would.
+    vc.configure(client.ip, 24, Some(subnet.gateway));
+    // The rogue server holds UDP/67 in v2; stop it so the probe below can send from that port.
+    v2.exec(&format!(
+        "timeout 5 sh -c 'p=$(cat /tmp/rogue-{}.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.05; done'",
+        v2.0
+    ));
     // Even unicast DHCP-server traffic from a VM is dropped; ordinary UDP passes; from the
     // open port (control) the same datagram passes.
     assert!(!udp_arrives(&v2, &vc, client.ip, 67, 68), "DHCP server traffic passed");
@@ -694,10 +754,16 @@ async fn spec_10_2_same_cidr_vpcs_apart_10_4_floating_ips_and_restart_keeps_flow
     let mut nets = Vec::new();
     for name in ["a", "b"] {
         let vpc: Vpc = c
-            .post("vpcs", json!({"name": name, "cidr":"10.62.0.0/16", "external": name == "a"}))
+            .post(
+                "vpcs",
+                json!({"name": name, "cidr":"10.62.0.0/16", "external": name == "a"}),
+            )
             .await;
         let s: Subnet = c
-            .post("subnets", json!({"vpc": vpc.id, "name":"s","cidr":"10.62.1.0/24","dhcp": false}))
+            .post(
+                "subnets",
+                json!({"vpc": vpc.id, "name":"s","cidr":"10.62.1.0/24","dhcp": false}),
+            )
             .await;
         let g: SecurityGroup = c.post("security-groups", json!({"name": format!("g{name}")})).await;
         let p1: Port = c.post("ports", json!({"subnet": s.id, "security_groups":[g.id]})).await;
@@ -715,7 +781,9 @@ async fn spec_10_2_same_cidr_vpcs_apart_10_4_floating_ips_and_restart_keeps_flow
         Some(json!({"direction":"ingress","protocol":"tcp","port_min":80,"port_max":80,"remote_cidr":"0.0.0.0/0"})),
     )
     .await;
-    let fip: Value = c.call(Method::POST, &c.path("floating-ips"), Some(json!({"port": a1.id}))).await;
+    let fip: Value = c
+        .call(Method::POST, &c.path("floating-ips"), Some(json!({"port": a1.id})))
+        .await;
     let fip: Ipv4Addr = fip["address"].as_str().unwrap().parse().unwrap();
     c.applied().await;
     let gw = nets[0].1.gateway;
@@ -743,7 +811,9 @@ async fn spec_10_2_same_cidr_vpcs_apart_10_4_floating_ips_and_restart_keeps_flow
     let _s22 = va1.serve(22);
     assert!(out.can_connect(fip, 80), "floating IP on an allowed port");
     assert!(!out.can_connect(fip, 22), "floating IP on a port the group refuses");
-    let router: Value = c.call(Method::GET, &c.path(&format!("vpcs/{}", nets[0].0.id)), None).await;
+    let router: Value = c
+        .call(Method::GET, &c.path(&format!("vpcs/{}", nets[0].0.id)), None)
+        .await;
     let router = router["router_external_ip"].as_str().unwrap().to_string();
     must(&format!("ip -n {} route add 10.62.0.0/16 via {router}", out.0));
     assert!(!out.can_connect(a1.ip, 80), "a private address reached from outside");
@@ -865,7 +935,14 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
     let t = tag();
     let (prefix_a, prefix_b) = (format!("rqa{t}-"), format!("rqb{t}-"));
     let _cleanup = PrefixGuard(vec![prefix_a.clone(), prefix_b.clone()]);
-    wire(None, &format!("rm{t}"), &format!("10.232.{o}.1/30"), &host_a.0, "mgmt0", &format!("10.232.{o}.2/30"));
+    wire(
+        None,
+        &format!("rm{t}"),
+        &format!("10.232.{o}.1/30"),
+        &host_a.0,
+        "mgmt0",
+        &format!("10.232.{o}.2/30"),
+    );
     must(&format!(
         "ip link add und0 netns {a} type veth peer name und0 netns {b} && \
          ip -n {a} addr add 172.31.{o}.1/24 dev und0 && ip -n {a} link set und0 up && \
@@ -916,7 +993,14 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
     let _agent_b = Proc(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", host_b.0))
-            .args([BIN, "agent", "--controller", &format!("https://172.31.{o}.1:{port}"), "--name", "host-b"])
+            .args([
+                BIN,
+                "agent",
+                "--controller",
+                &format!("https://172.31.{o}.1:{port}"),
+                "--name",
+                "host-b",
+            ])
             .arg("--join-file")
             .arg(&token_file)
             .arg("--data-dir")
@@ -945,12 +1029,37 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
         }
     };
     let vpc = post("vpcs".into(), json!({"name":"span","cidr":"10.64.0.0/16"})).await;
-    let subnet = post("subnets".into(), json!({"vpc": vpc["id"], "name":"s","cidr":"10.64.1.0/24","dhcp": false})).await;
+    let subnet = post(
+        "subnets".into(),
+        json!({"vpc": vpc["id"], "name":"s","cidr":"10.64.1.0/24","dhcp": false}),
+    )
+    .await;
     let g = post("security-groups".into(), json!({"name":"g"})).await;
     let h = post("security-groups".into(), json!({"name":"h"})).await;
-    let a1: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[h["id"]]})).await).unwrap();
-    let b1: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[g["id"]]})).await).unwrap();
-    let b2: Port = serde_json::from_value(post("ports".into(), json!({"subnet": subnet["id"], "security_groups":[h["id"]]})).await).unwrap();
+    let a1: Port = serde_json::from_value(
+        post(
+            "ports".into(),
+            json!({"subnet": subnet["id"], "security_groups":[h["id"]]}),
+        )
+        .await,
+    )
+    .unwrap();
+    let b1: Port = serde_json::from_value(
+        post(
+            "ports".into(),
+            json!({"subnet": subnet["id"], "security_groups":[g["id"]]}),
+        )
+        .await,
+    )
+    .unwrap();
+    let b2: Port = serde_json::from_value(
+        post(
+            "ports".into(),
+            json!({"subnet": subnet["id"], "security_groups":[h["id"]]}),
+        )
+        .await,
+    )
+    .unwrap();
     let mut vms = Vec::new();
     for (port_, node_) in [(&a1, na), (&b1, nb), (&b2, nb)] {
         let ns = Ns::new();
@@ -969,8 +1078,18 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let g = admin.nodes().await.unwrap().items.into_iter().find(|n| n.id == node_).unwrap().generation;
-                if let Ok(r) = admin.get::<NodeNetworkReport>(&format!("/v1/nodes/{node_}/network")).await
+                let g = admin
+                    .nodes()
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .find(|n| n.id == node_)
+                    .unwrap()
+                    .generation;
+                if let Ok(r) = admin
+                    .get::<NodeNetworkReport>(&format!("/v1/nodes/{node_}/network"))
+                    .await
                     && r.status.applied_generation == g
                     && r.status.errors.is_empty()
                 {
@@ -983,7 +1102,10 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
     };
     let ra = applied(na).await;
     applied(nb).await;
-    assert_eq!(ra.status.tunnel_ip.map(|i| i.to_string()), Some(format!("172.31.{o}.1")));
+    assert_eq!(
+        ra.status.tunnel_ip.map(|i| i.to_string()),
+        Some(format!("172.31.{o}.1"))
+    );
     let gw: Ipv4Addr = subnet["gateway"].as_str().unwrap().parse().unwrap();
     for (pt, ns) in [(&a1, &vms[0]), (&b1, &vms[1]), (&b2, &vms[2])] {
         ns.configure(pt.ip, 24, Some(gw));
@@ -992,7 +1114,10 @@ async fn spec_10_3_3_vxlan_joins_a_vpc_across_two_hosts_and_membership_changes_r
     let vpc_id: Uuid = serde_json::from_value(vpc["id"].clone()).unwrap();
     let segment = subnet["segment_id"].as_u64().unwrap();
     let vx = must(&format!("ip -n {prefix_a}vpc-{} -d link show", vpc_id.simple()));
-    assert!(vx.contains(&format!("vxlan id {segment}")), "host A's end of the tunnel: {vx}");
+    assert!(
+        vx.contains(&format!("vxlan id {segment}")),
+        "host A's end of the tunnel: {vx}"
+    );
 
     // Across hosts, inside one group: a1 (host A) and b2 (host B) are both in h.
     assert!(va1.ping(b2.ip), "same group across hosts (VXLAN)");
@@ -1028,9 +1153,23 @@ async fn spec_10_1_and_10_6_api_answers_only_on_the_management_plane_from_truste
     let stor = Ns::new();
     let o = rand_u32() % 200 + 20;
     let t = tag();
-    wire(Some(&node.0), "mgmt0", &format!("10.20.{o}.1/24"), &mgmt.0, &format!("mc{t}"), &format!("10.20.{o}.2/24"));
+    wire(
+        Some(&node.0),
+        "mgmt0",
+        &format!("10.20.{o}.1/24"),
+        &mgmt.0,
+        &format!("mc{t}"),
+        &format!("10.20.{o}.2/24"),
+    );
     must(&format!("ip -n {} addr add 10.20.{o}.3/24 dev mc{t}", mgmt.0));
-    wire(Some(&node.0), "stor0", &format!("10.30.{o}.1/24"), &stor.0, &format!("sc{t}"), &format!("10.30.{o}.2/24"));
+    wire(
+        Some(&node.0),
+        "stor0",
+        &format!("10.30.{o}.1/24"),
+        &stor.0,
+        &format!("sc{t}"),
+        &format!("10.30.{o}.2/24"),
+    );
     // The storage client routes to the management address through the storage interface: on
     // Linux (weak host model) a service bound only to the address would answer it.
     must(&format!("ip -n {} route add 10.20.{o}.0/24 via 10.30.{o}.1", stor.0));
@@ -1064,19 +1203,37 @@ async fn spec_10_1_and_10_6_api_answers_only_on_the_management_plane_from_truste
         "API not reachable from the trusted management client: {}",
         std::fs::read_to_string(dir.path().join("c.log")).unwrap_or_default()
     );
-    assert!(!curl(&mgmt, &format!("10.20.{o}.3")).0, "untrusted source on the management plane answered");
-    assert!(!curl(&stor, &format!("10.30.{o}.2")).0, "the API answered on the storage plane");
+    assert!(
+        !curl(&mgmt, &format!("10.20.{o}.3")).0,
+        "untrusted source on the management plane answered"
+    );
+    assert!(
+        !curl(&stor, &format!("10.30.{o}.2")).0,
+        "the API answered on the storage plane"
+    );
     // Control: an ordinary service bound to the same address does answer the storage plane.
     let _leak = node.serve(port + 1);
     assert!(
         stor.can_connect(format!("10.20.{o}.1").parse().unwrap(), port + 1),
         "control: the weak host model lets the storage plane in"
     );
-    let counters = must(&format!("ip netns exec {} nft list counter inet rampart_api_{port} refused", node.0));
+    let counters = must(&format!(
+        "ip netns exec {} nft list counter inet rampart_api_{port} refused",
+        node.0
+    ));
     assert!(!counters.contains("packets 0 "), "{counters}");
     // Each layer holds on its own: without the input filter, pinning still refuses the
     // storage plane (while the untrusted management source now gets in).
-    must(&format!("ip netns exec {} nft delete table inet rampart_api_{port}", node.0));
-    assert!(curl(&mgmt, &format!("10.20.{o}.3")).0, "filter gone: the management plane answers all");
-    assert!(!curl(&stor, &format!("10.30.{o}.2")).0, "SO_BINDTODEVICE alone keeps the storage plane out");
+    must(&format!(
+        "ip netns exec {} nft delete table inet rampart_api_{port}",
+        node.0
+    ));
+    assert!(
+        curl(&mgmt, &format!("10.20.{o}.3")).0,
+        "filter gone: the management plane answers all"
+    );
+    assert!(
+        !curl(&stor, &format!("10.30.{o}.2")).0,
+        "SO_BINDTODEVICE alone keeps the storage plane out"
+    );
 }

@@ -116,7 +116,11 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(network::list_subnets, network::create_subnet))
         .routes(routes!(network::get_subnet, network::delete_subnet))
         .routes(routes!(network::list_groups, network::create_group))
-        .routes(routes!(network::get_group, network::update_group, network::delete_group))
+        .routes(routes!(
+            network::get_group,
+            network::update_group,
+            network::delete_group
+        ))
         .routes(routes!(network::list_rules, network::create_rule))
         .routes(routes!(network::delete_rule))
         .routes(routes!(network::list_ports, network::create_port))

@@ -435,7 +435,11 @@ pub async fn create_rule(
     let mut w = Write::begin(&state, &principal, p).await?;
     let g = group_in(&mut w.tx, p, id).await?;
     if g.rules.len() >= 1000 {
-        return Err(invalid("rules", "too_many_rules", "a security group holds at most 1000 rules"));
+        return Err(invalid(
+            "rules",
+            "too_many_rules",
+            "a security group holds at most 1000 rules",
+        ));
     }
     let groups = db::group_ids(&mut w.tx, p).await?;
     let rule = req.into_rule(Uuid::new_v4(), |g| groups.contains(g))?;
