@@ -184,6 +184,31 @@ pub struct TokenResponse {
     pub warnings: Vec<String>,
 }
 
+/// What `POST /v1/auth/sessions` returns. The session token itself travels only in the
+/// `rampart_session` cookie (`Secure; HttpOnly; SameSite=Strict`), out of reach of scripts;
+/// every state-changing call made with the cookie must send `csrf_token` as `X-CSRF-Token`
+/// from a same-origin page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionResponse {
+    pub csrf_token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    pub user: UserRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectRef>,
+    pub roles: Vec<String>,
+    pub scope: TokenScope,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub password_expires_at: Option<OffsetDateTime>,
+    pub warnings: Vec<String>,
+}
+
 /// What `GET /v1/auth/tokens/current` says about the caller's token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {

@@ -65,6 +65,8 @@ pub struct Principal {
     pub mfa: bool,
     pub client_ip: IpAddr,
     pub application_credential: Option<Uuid>,
+    /// Authenticated by the browser session cookie rather than a bearer header.
+    pub via_cookie: bool,
 }
 
 impl Principal {
@@ -256,30 +258,48 @@ pub async fn authenticate(state: &AppState, token: &str, client_ip: IpAddr) -> R
         mfa: row.methods.iter().any(|m| m == "totp"),
         client_ip,
         application_credential: row.application_credential_id,
+        via_cookie: false,
     })
 }
 
-/// The middleware of every authenticated route.
+/// The cookie that carries a browser session's token (`POST /v1/auth/sessions`).
+pub const SESSION_COOKIE: &str = "rampart_session";
+
+/// The middleware of every authenticated route. A bearer header wins; without one, the session
+/// cookie is accepted, and then a state-changing call must come from a same-origin page and
+/// carry the session's CSRF token, since a browser attaches the cookie to any site's request.
 pub async fn require_token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     mut req: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let header = req
+    let bearer = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
-    let Some(token) = header
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-    else {
-        return Err(Error::Unauthenticated(
-            "this operation needs Authorization: Bearer <token>".into(),
-        ));
+        .map(str::to_string);
+    let (token, via_cookie) = match bearer {
+        Some(t) => (t, false),
+        None => match session_cookie(req.headers()) {
+            Some(t) => (t, true),
+            None => {
+                return Err(Error::Unauthenticated(
+                    "this operation needs Authorization: Bearer <token>".into(),
+                ));
+            }
+        },
     };
-    let principal = authenticate(&state, token, ip).await?;
+    // Before the token is even looked up, so a forged request has no effect at all (not even
+    // on the session's idle timer).
+    if via_cookie && !req.method().is_safe() {
+        check_csrf(&req, &token)?;
+    }
+    let mut principal = authenticate(&state, &token, ip).await?;
+    principal.via_cookie = via_cookie;
     if principal.scope != TokenScope::Full && !mfa_enrollment_path(req.uri().path(), req.method()) {
         return Err(Error::Forbidden {
             code: "mfa_required",
@@ -288,6 +308,42 @@ pub async fn require_token(
     }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
+}
+
+fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+        .map(|(_, value)| value.to_string())
+}
+
+/// Same origin (`Sec-Fetch-Site` when the browser sends it, and `Origin` equal to this API's
+/// own https origin) plus the session's CSRF token in `X-CSRF-Token`.
+fn check_csrf(req: &Request, token: &str) -> Result<(), Error> {
+    let refuse = |why: &str| Error::Forbidden {
+        code: "csrf_check_failed",
+        message: format!("a state-changing call with the session cookie {why}"),
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok());
+    if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
+        return Err(refuse("must come from a page of this origin (Sec-Fetch-Site)"));
+    }
+    let host = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let same_origin = match (header("origin"), host) {
+        (Some(origin), Some(host)) => origin.eq_ignore_ascii_case(&format!("https://{host}")),
+        _ => false,
+    };
+    if !same_origin {
+        return Err(refuse("must carry an Origin header equal to this API's origin"));
+    }
+    match header("x-csrf-token") {
+        Some(presented) if secrets::verify_csrf_token(token, presented) => Ok(()),
+        _ => Err(refuse("needs the session's csrf_token in X-CSRF-Token")),
+    }
 }
 
 fn mfa_enrollment_path(path: &str, method: &http::Method) -> bool {

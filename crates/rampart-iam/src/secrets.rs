@@ -39,6 +39,17 @@ pub fn verify_secret(secret: &str, stored_hash: &str) -> bool {
     hash_secret(secret).as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
+/// The CSRF token of a cookie session: a one-way function of the session token, so the server
+/// needs no state to check it, and a page that learns it cannot recover the session cookie.
+pub fn csrf_token(session_token: &str) -> String {
+    hash_secret(&format!("rampart-csrf-v1\0{session_token}"))
+}
+
+/// Constant-time check of a presented CSRF token against the session's.
+pub fn verify_csrf_token(session_token: &str, presented: &str) -> bool {
+    csrf_token(session_token).as_bytes().ct_eq(presented.as_bytes()).into()
+}
+
 /// A password a person can type: `groups` groups of 5 characters from an alphabet without
 /// look-alikes, joined by '-'; about 5.9 bits per character.
 pub fn random_password(groups: usize) -> Sensitive {

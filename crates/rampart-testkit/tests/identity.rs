@@ -790,3 +790,93 @@ async fn spec_13_1_1_1_groups_and_custom_roles_grant_what_they_bundle() {
     assert_eq!(e.status(), Some(StatusCode::CONFLICT), "still assigned to the group");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_3_cookie_sessions_need_same_origin_and_csrf_token() {
+    let c = TestCluster::start(ClusterOptions::default()).await;
+    let p = c.admin_project().await;
+    c.create_user("browser", "Plover-saffron-31", &[("reader", project_scope(p))])
+        .await;
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    let base = c.controller.url().trim_end_matches('/').to_string();
+    let r = http
+        .post(format!("{base}/v1/auth/sessions"))
+        .json(&serde_json::json!({"username": "browser", "password": "Plover-saffron-31"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{attr} missing from the session cookie");
+    }
+    let session_token = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("rampart_session=")
+        .unwrap()
+        .to_string();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body.get("token").is_none(), "the token stays out of reach of scripts");
+    assert!(!body.to_string().contains(&session_token));
+    let csrf = body["csrf_token"].as_str().unwrap().to_string();
+    let cookie = format!("rampart_session={session_token}");
+
+    let current = async || {
+        http.get(format!("{base}/v1/auth/tokens/current"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(current().await, StatusCode::OK, "safe calls work with the cookie alone");
+    let logout = async |origin: Option<&str>, site: Option<&str>, token: Option<&str>| {
+        let mut r = http
+            .delete(format!("{base}/v1/auth/tokens/current"))
+            .header("cookie", &cookie);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(s) = site {
+            r = r.header("sec-fetch-site", s);
+        }
+        if let Some(t) = token {
+            r = r.header("x-csrf-token", t);
+        }
+        r.send().await.unwrap()
+    };
+    let refused = [
+        (Some(base.as_str()), None, None),
+        (Some(base.as_str()), None, Some("0000")),
+        (Some("https://evil.example"), None, Some(csrf.as_str())),
+        (None, None, Some(csrf.as_str())),
+        (Some(base.as_str()), Some("cross-site"), Some(csrf.as_str())),
+    ];
+    for (origin, site, token) in refused {
+        let r = logout(origin, site, token).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin:?} {site:?} {token:?}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "csrf_check_failed");
+        assert_eq!(current().await, StatusCode::OK, "a refused call changes nothing");
+    }
+    let r = logout(Some(&base), Some("same-origin"), Some(&csrf)).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(current().await, StatusCode::UNAUTHORIZED, "logged out");
+
+    let r = http
+        .post(format!("{base}/v1/auth/sessions"))
+        .json(&serde_json::json!({"username": "browser",
+            "application_credential": {"id": uuid::Uuid::new_v4(), "secret": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    c.shutdown().await;
+}

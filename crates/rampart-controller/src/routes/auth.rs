@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use rampart_api::{
     ApplicationCredential, ApplicationCredentialCreate, List, LoginRequest, PasswordChange, ProjectRef, RecoveryCodes,
-    TokenInfo, TokenResponse, TokenScope, TotpConfirm, TotpEnrollment, UserRef,
+    SessionResponse, TokenInfo, TokenResponse, TokenScope, TotpConfirm, TotpEnrollment, UserRef,
 };
 use rampart_common::error::ErrorBody;
 use rampart_common::page::{PageParams, finish_page};
@@ -17,7 +17,7 @@ use rampart_iam::authz::Target;
 use rampart_iam::{secrets, totp};
 use uuid::Uuid;
 
-use crate::auth::{ClientIp, Principal};
+use crate::auth::{ClientIp, Principal, SESSION_COOKIE};
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::*;
 use crate::state::AppState;
@@ -233,6 +233,59 @@ pub async fn login(
     ))
 }
 
+/// Log in for a browser (the web console): the token goes only into an `HttpOnly` cookie.
+#[utoipa::path(post, path = "/v1/auth/sessions", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 201, body = SessionResponse,
+            headers(("set-cookie" = String, description = "`rampart_session=…; Path=/; Max-Age=…; Secure; HttpOnly; SameSite=Strict`")),
+            description = "Session opened; send `csrf_token` as `X-CSRF-Token` with every state-changing call"),
+        (status = 400, body = ErrorBody, description = "application credentials cannot open a browser session"),
+        (status = 401, body = ErrorBody, description = "invalid_credentials, or mfa_required"),
+        (status = 403, body = ErrorBody, description = "password_change_required, or no role on the project"),
+    ))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<
+    (
+        StatusCode,
+        [(http::HeaderName, http::HeaderValue); 1],
+        axum::Json<SessionResponse>,
+    ),
+    Error,
+> {
+    if req.application_credential.is_some() {
+        return Err(Error::field(
+            "application_credential",
+            "browser sessions are for people: log in with username and password",
+        ));
+    }
+    let now = state.now();
+    let (_, axum::Json(t)) = login(State(state), ip, ApiJson(req)).await?;
+    let max_age = (t.expires_at - now).whole_seconds().max(0);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
+        t.token.expose()
+    );
+    let cookie = http::HeaderValue::try_from(cookie)
+        .map_err(|_| Error::internal("opening a session", "token is not a valid cookie value"))?;
+    Ok((
+        StatusCode::CREATED,
+        [(http::header::SET_COOKIE, cookie)],
+        axum::Json(SessionResponse {
+            csrf_token: secrets::csrf_token(t.token.expose()),
+            expires_at: t.expires_at,
+            user: t.user,
+            project: t.project,
+            roles: t.roles,
+            scope: t.scope,
+            password_expires_at: t.password_expires_at,
+            warnings: t.warnings,
+        }),
+    ))
+}
+
 async fn login_with_credential(
     state: &AppState,
     ip: std::net::IpAddr,
@@ -414,11 +467,21 @@ pub async fn current_token(principal: Principal) -> axum::Json<TokenInfo> {
 /// Log out: the token is dead everywhere at once.
 #[utoipa::path(delete, path = "/v1/auth/tokens/current", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "Token revoked"), (status = 401, body = ErrorBody)))]
-pub async fn logout(State(state): State<AppState>, principal: Principal) -> Result<StatusCode, Error> {
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<(StatusCode, http::HeaderMap), Error> {
     let mut conn = state.db.conn().await?;
     identity::revoke_token(&mut conn, principal.token_id, state.now()).await?;
     tracing::info!(user = %principal.user.name, "logout");
-    Ok(StatusCode::NO_CONTENT)
+    let mut headers = http::HeaderMap::new();
+    if principal.via_cookie {
+        headers.insert(
+            http::header::SET_COOKIE,
+            http::HeaderValue::from_static("rampart_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+        );
+    }
+    Ok((StatusCode::NO_CONTENT, headers))
 }
 
 async fn own_user(state: &AppState, principal: &Principal) -> Result<User, Error> {

@@ -57,6 +57,7 @@ fn open_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(meta::health))
         .routes(routes!(meta::ca_certificate))
         .routes(routes!(auth::login))
+        .routes(routes!(auth::create_session))
         .routes(routes!(auth::change_password))
 }
 
