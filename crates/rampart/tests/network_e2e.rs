@@ -140,11 +140,13 @@ impl Ns {
         Server { listener, held }
     }
 
+    /// Up to `n` connections; a refused one costs the full timeout, which is generous because a
+    /// loaded CI machine must not turn an allowed connection into a "denied" verdict.
     fn connect_many(&self, ip: Ipv4Addr, port: u16, n: usize) -> Vec<TcpStream> {
         self.run(move || {
             (0..n)
                 .filter_map(|_| {
-                    TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(400)).ok()
+                    TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(1000)).ok()
                 })
                 .collect()
         })
