@@ -39,6 +39,8 @@ need_cargo() {
 BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
 # Packages Rampart uses at run time on a node.
 RUNTIME_PACKAGES=(iproute2 openssl)
+# Tenant networking on a node (rampart-net): nft, conntrack, platform DHCP.
+RUNTIME_PACKAGES+=(nftables conntrack dnsmasq-base)
 # Packages the test suite needs besides those.
 TEST_PACKAGES=(postgresql openssl iproute2 curl)
 # The audit trail's forwarding tests run a private RFC 5425 receiver (issue 4).
@@ -53,3 +55,5 @@ install_compute_packages() {
   [ "$(id -u)" = 0 ] || sudo=(sudo)
   "${sudo[@]}" bash crates/rampart-compute/scripts/install-host-deps.sh >&2
 }
+# Network data-plane tests: "VMs" in namespaces ping, lease (udhcpc), arping (busybox).
+TEST_PACKAGES+=(busybox-static iputils-ping python3)

@@ -1,11 +1,20 @@
 //! What the agent needs from its host, behind a trait so the real agent code runs in fast
-//! tests on a fake host. Later capabilities add their drivers (network, QEMU, volumes) here.
+//! tests on a fake host. Later capabilities add their drivers (QEMU, volumes) here.
+
+use std::sync::{Arc, LazyLock};
 
 use rampart_api::HostFacts;
+use rampart_net::exec::{FakeNet, IpNftDriver, NetDriver};
 
 pub trait HostDriver: Send + Sync + 'static {
     fn facts(&self) -> HostFacts;
+
+    /// The tenant-network driver: namespaces, bridges, nft, dnsmasq.
+    fn net(&self) -> &dyn NetDriver;
 }
+
+/// The real network driver (`ip`, `nft`, `conntrack`, `dnsmasq`), stateless.
+static REAL_NET: LazyLock<IpNftDriver> = LazyLock::new(IpNftDriver::default);
 
 /// The machine the agent runs on.
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,12 +59,18 @@ impl HostDriver for RealHost {
             memory_bytes,
         }
     }
+
+    fn net(&self) -> &dyn NetDriver {
+        &*REAL_NET
+    }
 }
 
 /// A host that exists only in tests.
 #[derive(Debug, Clone)]
 pub struct FakeHost {
     pub facts: HostFacts,
+    /// Its data plane, in memory: tests read what the agent built there.
+    pub net: Arc<FakeNet>,
 }
 
 impl FakeHost {
@@ -68,6 +83,7 @@ impl FakeHost {
                 cpus: 8,
                 memory_bytes: 32 << 30,
             },
+            net: Arc::new(FakeNet::default()),
         }
     }
 }
@@ -75,6 +91,10 @@ impl FakeHost {
 impl HostDriver for FakeHost {
     fn facts(&self) -> HostFacts {
         self.facts.clone()
+    }
+
+    fn net(&self) -> &dyn NetDriver {
+        &*self.net
     }
 }
 

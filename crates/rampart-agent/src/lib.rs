@@ -1,18 +1,23 @@
 //! The node agent. It listens on no port: it enrols once with a join token, then pulls the
-//! full desired state of its node (long poll, generation-numbered), applies it, keeps it in a
-//! ledger on disk, and reports status, which is also its heartbeat.
+//! full desired state of its node (long poll, generation-numbered), keeps it in a ledger on
+//! disk, converges the host on it (the network section through the host's network driver, on
+//! every new generation and on a drift timer), and reports status, which is also its
+//! heartbeat: the generation applied without error, the errors, and the data plane's counters
+//! and flow logs.
 
 pub mod compute;
 pub mod host;
 pub mod identity;
 pub mod ledger;
+mod netloop;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_api::agent::{AgentStatus, NodeConfig};
+use rampart_api::network::NetworkStatus;
 use rampart_api::{Client, ClientError};
 use rampart_common::Sensitive;
 use tokio::sync::watch;
@@ -69,6 +74,34 @@ pub struct AgentOptions {
     pub host: Arc<dyn HostDriver>,
     /// How this node runs VMs; `None`: it runs none (and takes no instances).
     pub compute: Option<ComputeOptions>,
+    pub network: NetOptions,
+}
+
+/// How the agent runs the node's data plane.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    /// Prefix of every network namespace the agent owns; it deletes the stale ones that carry
+    /// it, so two agents on one host need different prefixes.
+    pub netns_prefix: String,
+    /// Where the per-VPC dnsmasq files live (default `<data-dir>/net`).
+    pub run_dir: Option<PathBuf>,
+    /// How often the data plane is checked against the desired state (drift repair) when no
+    /// new generation arrives.
+    pub reconcile_interval: Duration,
+    /// The tenant plane (VXLAN underlay): without it, VPCs of this node reach no port on
+    /// another node.
+    pub underlay: Option<rampart_net::desired::Underlay>,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            netns_prefix: "rp-".into(),
+            run_dir: None,
+            reconcile_interval: Duration::from_secs(30),
+            underlay: None,
+        }
+    }
 }
 
 /// An enrolled agent, ready to run.
@@ -77,6 +110,7 @@ pub struct Agent {
     data_dir: PathBuf,
     host: Arc<dyn HostDriver>,
     compute: Option<ComputeOptions>,
+    network: NetOptions,
 }
 
 impl Agent {
@@ -110,6 +144,7 @@ impl Agent {
             data_dir: opts.data_dir,
             host: opts.host,
             compute: opts.compute,
+            network: opts.network,
         })
     }
 
@@ -131,33 +166,60 @@ impl Agent {
             Some(c) => Some(ComputeRuntime::new(c, &self.data_dir, &self.identity)?),
             None => None,
         };
+        // `fetched`: the generation held (the poll cursor); `applied`: the one the host
+        // converged on without error (what the status reports).
+        let fetched = Arc::new(AtomicI64::new(0));
         let applied = Arc::new(AtomicI64::new(0));
+        let report = Arc::new(Mutex::new(None::<NetworkStatus>));
+        let (wake_tx, wake_rx) = watch::channel(());
         let (desired_tx, desired_rx) = watch::channel::<Option<NodeConfig>>(None);
         if let Some(doc) = ledger.load()? {
             // Converge on the last known state before talking to anyone.
             tracing::info!(generation = doc.generation, "resuming from the ledger");
-            applied.store(doc.generation, Ordering::SeqCst);
+            fetched.store(doc.generation, Ordering::SeqCst);
             desired_tx.send_replace(Some(doc));
         }
         let dir = self.data_dir.clone();
         let removed = CancellationToken::new();
+        let net_cfg = rampart_net::desired::NetNodeConfig {
+            netns_prefix: self.network.netns_prefix.clone(),
+            run_dir: self
+                .network
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("net")),
+            underlay: self.network.underlay.clone(),
+        };
+        let network = tokio::spawn(netloop::run(netloop::NetLoop {
+            host: self.host.clone(),
+            cfg: net_cfg,
+            interval: self.network.reconcile_interval,
+            desired: desired_rx.clone(),
+            applied: applied.clone(),
+            report: report.clone(),
+            wake: wake_tx,
+            shutdown: shutdown.clone(),
+        }));
         let poller = tokio::spawn(poll_loop(
             poll_client,
             ledger,
-            applied.clone(),
+            fetched.clone(),
             desired_tx,
             shutdown.clone(),
             removed.clone(),
         ));
-        let heartbeat = tokio::spawn(status_loop(
-            status_client,
-            self.host,
+        let heartbeat = tokio::spawn(status_loop(StatusLoop {
+            client: status_client,
+            host: self.host,
             compute,
             applied,
-            desired_rx,
-            shutdown.clone(),
-            removed.clone(),
-        ));
+            fetched,
+            report,
+            wake: wake_rx,
+            desired: desired_rx,
+            shutdown: shutdown.clone(),
+            removed: removed.clone(),
+        }));
         tracing::info!(node = %node_id, "agent running");
         Ok(tokio::spawn(async move {
             tokio::select! {
@@ -167,6 +229,7 @@ impl Agent {
             shutdown.cancel();
             let _ = poller.await;
             let _ = heartbeat.await;
+            let _ = network.await;
             if removed.is_cancelled() {
                 Err(AgentError::Removed(dir))
             } else {
@@ -194,14 +257,14 @@ fn backoff(attempt: u32) -> Duration {
 async fn poll_loop(
     client: Client,
     ledger: Ledger,
-    applied: Arc<AtomicI64>,
+    fetched: Arc<AtomicI64>,
     desired: watch::Sender<Option<NodeConfig>>,
     shutdown: CancellationToken,
     removed: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        let after = applied.load(Ordering::SeqCst);
+        let after = fetched.load(Ordering::SeqCst);
         tracing::debug!(after, "polling for desired state");
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -212,8 +275,8 @@ async fn poll_loop(
                 failures = 0;
                 match apply(&ledger, &doc) {
                     Ok(()) => {
-                        tracing::info!(generation = doc.generation, "applied desired state");
-                        applied.store(doc.generation, Ordering::SeqCst);
+                        tracing::info!(generation = doc.generation, "received desired state");
+                        fetched.store(doc.generation, Ordering::SeqCst);
                         desired.send_replace(Some(doc));
                     }
                     Err(e) => {
@@ -243,26 +306,45 @@ async fn poll_loop(
     }
 }
 
-/// Applies a desired-state document: the node converges on it, then it goes to the ledger.
-/// The document carries only node settings so far; later capabilities plan their host
-/// changes here (`plan(desired, observed) -> steps`) before the ledger write.
+/// Keeps a desired-state document in the ledger; the host converges on it in the network
+/// loop (and, later, the other drivers' loops), which report what they applied.
 fn apply(ledger: &Ledger, doc: &NodeConfig) -> Result<(), AgentError> {
     ledger.store(doc)
 }
 
-async fn status_loop(
+struct StatusLoop {
     client: Client,
     host: Arc<dyn HostDriver>,
-    mut compute: Option<ComputeRuntime>,
+    compute: Option<ComputeRuntime>,
     applied: Arc<AtomicI64>,
-    mut desired: watch::Receiver<Option<NodeConfig>>,
+    fetched: Arc<AtomicI64>,
+    report: Arc<Mutex<Option<NetworkStatus>>>,
+    /// Changed after each apply: report at once rather than at the next heartbeat.
+    wake: watch::Receiver<()>,
+    desired: watch::Receiver<Option<NodeConfig>>,
     shutdown: CancellationToken,
     removed: CancellationToken,
-) {
+}
+
+async fn status_loop(s: StatusLoop) {
+    let StatusLoop {
+        client,
+        host,
+        mut compute,
+        applied,
+        fetched,
+        report,
+        mut wake,
+        mut desired,
+        shutdown,
+        removed,
+    } = s;
     let mut failing = false;
+    let mut wake_alive = true;
     loop {
-        let applied_generation = applied.load(Ordering::SeqCst);
-        let report = match compute.as_mut() {
+        wake.mark_unchanged();
+        let network = report.lock().expect("report lock").clone();
+        let compute_report = match compute.as_mut() {
             Some(rt) => {
                 // Converge on the document that was applied, then report what the node has.
                 let doc = desired.borrow().as_ref().map(|d| d.compute.clone()).unwrap_or_default();
@@ -272,11 +354,12 @@ async fn status_loop(
             None => None,
         };
         let status = AgentStatus {
-            applied_generation,
+            applied_generation: applied.load(Ordering::SeqCst),
             agent_version: rampart_common::VERSION.to_string(),
             host: host.facts(),
-            errors: vec![],
-            compute: report,
+            errors: network.as_ref().map(|n| n.errors.clone()).unwrap_or_default(),
+            network,
+            compute: compute_report,
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
         let result = client.agent_status(&status).await;
@@ -293,15 +376,16 @@ async fn status_loop(
                     tracing::info!("controller reachable again");
                     failing = false;
                 }
-                if ack.generation < status.applied_generation {
+                let held = fetched.load(Ordering::SeqCst);
+                if ack.generation < held {
                     // The controller's database went back in time (restored backup): take its
                     // word over the ledger's and fetch everything again.
                     tracing::warn!(
                         controller = ack.generation,
-                        ledger = status.applied_generation,
+                        ledger = held,
                         "controller generation is behind the ledger; refetching"
                     );
-                    applied.store(0, Ordering::SeqCst);
+                    fetched.store(0, Ordering::SeqCst);
                 }
             }
             Err(e) if is_removed(&e) => {
@@ -328,6 +412,10 @@ async fn status_loop(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(sent + interval) => break,
+                woken = wake.changed(), if wake_alive => match woken {
+                    Ok(()) => break,
+                    Err(_) => wake_alive = false,
+                },
                 changed = desired.changed() => if changed.is_ok() && compute.is_some() {
                     // A new document: apply its VMs now rather than at the next heartbeat.
                     break;

@@ -77,6 +77,11 @@ pub struct NodeConfig {
     /// The VMs this node must run (left out when there is none).
     #[serde(default, skip_serializing_if = "crate::compute::NodeCompute::is_empty")]
     pub compute: crate::compute::NodeCompute,
+    /// The tenant networks this node must build: every VPC with a port bound here, whole
+    /// (see `rampart_net::desired`). Left out when there is none.
+    #[serde(default, skip_serializing_if = "rampart_net::desired::NodeNetwork::is_empty")]
+    #[schema(value_type = Object)]
+    pub network: rampart_net::desired::NodeNetwork,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -92,6 +97,9 @@ pub struct AgentStatus {
     /// The node's VMs: power state, failures, events, metrics, console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute: Option<crate::compute::ComputeStatus>,
+    /// The node's data plane: counters and flow logs per VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::NetworkStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

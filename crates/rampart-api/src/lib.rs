@@ -5,6 +5,7 @@ pub mod agent;
 pub mod client;
 pub mod compute;
 pub mod identity;
+pub mod network;
 pub mod tls;
 pub mod types;
 

@@ -35,6 +35,7 @@ pub struct Config {
     pub authz: AuthzConfig,
     pub audit: AuditConfig,
     pub compute: ComputeConfig,
+    pub network: NetworkConfig,
 }
 
 /// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
@@ -70,6 +71,47 @@ impl Default for AuditConfig {
             forward_retry_max_s: 30,
             syslog_enterprise_id: 32473,
             blackbox_events: 500,
+        }
+    }
+}
+
+/// Tenant networking (`[network]`): the external network VPC routers may reach, and how the
+/// local agent of `rampart up` runs its data plane.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The external (provider) network of SNAT egress and floating IPs, an IPv4 CIDR. Unset:
+    /// no VPC reaches anything outside itself.
+    pub external_cidr: Option<String>,
+    /// Default route of VPC routers on the external network (inside `external_cidr`).
+    pub external_gateway: Option<String>,
+    /// Prefix of the network namespaces the local agent owns (it deletes stale ones with it).
+    pub netns_prefix: String,
+    /// How often the local agent checks its data plane against the desired state.
+    pub reconcile_interval_s: u64,
+    /// The management plane's interface: non-loopback API listeners are pinned to it
+    /// (`SO_BINDTODEVICE`), so the API cannot be reached through another plane's interface.
+    pub management_interface: Option<String>,
+    /// Source ranges admitted to the API ports by a host input filter (nftables); empty: no
+    /// filter.
+    pub management_sources: Vec<String>,
+    /// The tenant plane's interface of this machine (VXLAN underlay of the local agent).
+    pub tunnel_interface: Option<String>,
+    /// This machine's address on the tenant plane (the local agent's VXLAN source).
+    pub tunnel_ip: Option<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            external_cidr: None,
+            external_gateway: None,
+            netns_prefix: "rp-".into(),
+            reconcile_interval_s: 30,
+            management_interface: None,
+            management_sources: vec![],
+            tunnel_interface: None,
+            tunnel_ip: None,
         }
     }
 }
@@ -137,6 +179,31 @@ impl ComputeConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is a network interface name (1 to 15 of letters, digits, `-`, `_`, `.`).
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `a.b.c.d/len` with no host bits set.
+fn ipv4_network(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(ip) & !mask == 0).then_some((ip, len))
+}
+
+/// Whether `name` may prefix network namespace names: 1 to 12 of `a-z`, `0-9`, `-`.
+pub fn valid_netns_prefix(name: &str) -> bool {
+    (1..=12).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -439,6 +506,61 @@ impl Config {
             return invalid("audit.blackbox_events", "must be between 10 and 100000");
         }
         self.compute.validate()?;
+        let net = &self.network;
+        let external = match &net.external_cidr {
+            Some(c) => match ipv4_network(c) {
+                Some((ip, len)) if (8..=30).contains(&len) => Some((ip, len)),
+                _ => {
+                    return invalid(
+                        "network.external_cidr",
+                        format!("{c:?} is not an IPv4 network between /8 and /30 like 203.0.113.0/24"),
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Some(g) = &net.external_gateway {
+            let inside = match (g.parse::<std::net::Ipv4Addr>(), external) {
+                (Ok(gw), Some((ip, len))) => {
+                    let mask = u32::MAX << (32 - len);
+                    u32::from(gw) & mask == u32::from(ip) && u32::from(gw) != u32::from(ip)
+                }
+                _ => false,
+            };
+            if !inside {
+                return invalid(
+                    "network.external_gateway",
+                    "must be an address inside network.external_cidr (which must be set)",
+                );
+            }
+        }
+        if !valid_netns_prefix(&net.netns_prefix) {
+            return invalid("network.netns_prefix", "must be 1 to 12 of a-z, 0-9 and '-'");
+        }
+        if !(1..=3600).contains(&net.reconcile_interval_s) {
+            return invalid("network.reconcile_interval_s", "must be between 1 and 3600");
+        }
+        if net.management_interface.as_deref().is_some_and(|i| !valid_ifname(i)) {
+            return invalid("network.management_interface", "must be an interface name like eth0");
+        }
+        for p in &net.management_sources {
+            if !is_cidr(p) {
+                return invalid(
+                    "network.management_sources",
+                    format!("{p:?} is not an address range like 10.20.0.0/24"),
+                );
+            }
+        }
+        match (&net.tunnel_interface, &net.tunnel_ip) {
+            (None, None) => {}
+            (Some(i), Some(ip)) if valid_ifname(i) && ip.parse::<std::net::Ipv4Addr>().is_ok() => {}
+            _ => {
+                return invalid(
+                    "network.tunnel_interface",
+                    "network.tunnel_interface (an interface name) and network.tunnel_ip (its IPv4 address) go together",
+                );
+            }
+        }
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
                 key: "local_agent.name",
@@ -544,6 +666,11 @@ mod doc_tests {
             "`database.migration_password_file`",
             "`log.dir`",
             "`authz.policy_file`",
+            "`network.external_cidr`",
+            "`network.external_gateway`",
+            "`network.management_interface`",
+            "`network.tunnel_interface`",
+            "`network.tunnel_ip`",
         ] {
             if !doc.contains(name) {
                 missing.push(name.to_string());

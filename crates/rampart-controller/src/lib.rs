@@ -8,6 +8,8 @@ pub mod bootstrap;
 pub mod compute;
 pub mod http;
 pub mod identity;
+pub mod network;
+pub mod planes;
 pub mod reconcile;
 pub mod render;
 pub mod routes;
@@ -25,7 +27,6 @@ use rampart_common::fsutil;
 use rampart_common::time::SharedClock;
 use rampart_db::{ConnectOptions, Db, DbError};
 use rampart_kms::CertificateAuthority;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +56,8 @@ pub enum StartError {
     Proxies(String),
     #[error("audit trail")]
     Audit(#[from] audit::AuditSetupError),
+    #[error("management plane: {0}")]
+    Plane(String),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -122,12 +125,12 @@ impl Controller {
 
         let mut listeners = Vec::new();
         for addr in &config.api.listen {
-            let l = TcpListener::bind(addr)
-                .await
+            let l = planes::bind_listener(*addr, config.network.management_interface.as_deref())
                 .map_err(|source| StartError::Bind { addr: *addr, source })?;
             listeners.push(l);
         }
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        planes::apply_input_filter(&config.network, &addrs).map_err(StartError::Plane)?;
 
         let ca = Arc::new(ca);
         let tls_config = Arc::new(tls::server_config(&ca, server_cert.clone())?);

@@ -13,6 +13,7 @@ pub fn node_config(node_id: Uuid, node_name: &str, nodes: &NodesConfig) -> NodeC
         generation: 0,
         heartbeat_interval_s: nodes.heartbeat_interval_s,
         compute: Default::default(),
+        network: Default::default(),
     }
 }
 
@@ -26,6 +27,7 @@ pub async fn node_document_json(
 ) -> rampart_db::Result<String> {
     let mut doc = node_config(node_id, node_name, &config.nodes);
     doc.compute = crate::compute::node_compute(conn, node_id).await?;
+    doc.network = crate::network::node_network(conn, config, node_id).await?;
     Ok(serde_json::to_string(&doc).expect("node config serialises"))
 }
 

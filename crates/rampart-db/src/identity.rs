@@ -262,7 +262,13 @@ pub async fn delete_project(conn: &mut AnyConnection, id: Uuid) -> Result<bool> 
     let r = sqlx::query("DELETE FROM projects WHERE id = $1")
         .bind(id.to_string())
         .execute(conn)
-        .await?;
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                DbError::Conflict("the project still has resources (networks, ...); delete them first".into())
+            }
+            _ => DbError::Sqlx(e),
+        })?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -13,6 +13,7 @@ pub mod groups;
 pub mod identity;
 pub mod leases;
 pub mod meta;
+pub mod network;
 pub mod nodes;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -60,6 +60,8 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     /// The node's hypervisor (fake): tests look at its VMs and inject crashes.
     pub vms: FakeHypervisor,
+    /// The fake host it runs on (its in-memory data plane is `host.net`).
+    pub host: Arc<FakeHost>,
     stop: CancellationToken,
     handle: JoinHandle<Result<(), AgentError>>,
 }
@@ -186,14 +188,19 @@ impl TestCluster {
         token: Option<Sensitive>,
     ) -> Result<TestAgent, AgentError> {
         let vms = FakeHypervisor::new();
+        let host = Arc::new(FakeHost::named(name));
         let agent = Agent::enrol(AgentOptions {
             controller_url: self.controller.url(),
             data_dir: dir.path().to_path_buf(),
             join_token: token,
             name: Some(name.into()),
             ca_file: None,
-            host: Arc::new(FakeHost::named(name)),
+            host: host.clone(),
             compute: Some(ComputeOptions::fake(vms.clone(), dir.path().join("vms"))),
+            network: rampart_agent::NetOptions {
+                reconcile_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
         })
         .await?;
         let stop = CancellationToken::new();
@@ -204,6 +211,7 @@ impl TestCluster {
             name: name.into(),
             dir,
             vms,
+            host,
             stop,
             handle,
         })

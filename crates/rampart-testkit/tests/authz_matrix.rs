@@ -58,11 +58,19 @@ fn fill(path: &str, ids: &Ids) -> String {
     } else {
         uuid::Uuid::new_v4().to_string()
     };
-    path.replace("{id}", &id)
+    let url = path
+        .replace("{id}", &id)
+        .replace("{rule}", &uuid::Uuid::new_v4().to_string())
         .replace("{p}", &ids.other_project.to_string())
         .replace("{project}", &ids.other_project.to_string())
         .replace("{action}", "stop")
-        .replace("{user}", &ids.admin_user.to_string())
+        .replace("{user}", &ids.admin_user.to_string());
+    if path.ends_with("/reachability") {
+        // A well-formed question, so only authorization can refuse it.
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        return format!("{url}?from={a}&to={b}&protocol=tcp&port=80");
+    }
+    url
 }
 
 /// A body that would be valid for a caller with the right roles, aimed at the other project.
@@ -97,6 +105,21 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
             "name": "intruder", "instance": uuid::Uuid::new_v4(), "metric": "cpu_percent", "comparison": ">",
             "threshold": 90.0, "periods": 3, "datapoints": 2, "period_s": 60,
         }),
+        "/v1/projects/{p}/vpcs" => serde_json::json!({"name": "intruder", "cidr": "10.0.0.0/16"}),
+        "/v1/projects/{p}/subnets" => {
+            serde_json::json!({"vpc": uuid::Uuid::new_v4(), "name": "intruder", "cidr": "10.0.1.0/24"})
+        }
+        "/v1/projects/{p}/security-groups" => serde_json::json!({"name": "intruder"}),
+        "/v1/projects/{p}/security-groups/{id}/rules" => serde_json::json!(
+            {"direction": "ingress", "protocol": "tcp", "port_min": 22, "port_max": 22, "remote_cidr": "0.0.0.0/0"}
+        ),
+        "/v1/projects/{p}/segmentation-policies" => serde_json::json!(
+            {"name": "intruder", "from": {"role": "a"}, "to": {"role": "b"}, "protocol": "tcp", "ports": [22], "action": "allow"}
+        ),
+        "/v1/projects/{p}/ports" => serde_json::json!({"subnet": uuid::Uuid::new_v4()}),
+        "/v1/projects/{p}/ports/{id}/binding" => serde_json::json!(
+            {"node": uuid::Uuid::new_v4(), "device": {"kind": "veth", "peer_netns": "x", "peer_name": "eth0"}}
+        ),
         _ => serde_json::json!({}),
     })
 }

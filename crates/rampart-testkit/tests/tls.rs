@@ -120,6 +120,7 @@ async fn spec_12_3_1_agent_certificate_from_another_ca_is_refused() {
         host: HostFacts::default(),
         errors: vec![],
         compute: None,
+        network: None,
     };
     let err = client.agent_status(&status).await.unwrap_err();
     assert!(

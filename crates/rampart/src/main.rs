@@ -137,6 +137,19 @@ struct AgentArgs {
     /// Accelerator: auto (KVM only with hardware virtualization), kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: String,
+    /// Prefix of the network namespaces this agent owns (VPC routers, external network). Two
+    /// agents on one host need different prefixes.
+    #[arg(long, default_value = "rp-")]
+    netns_prefix: String,
+    /// Seconds between checks of the data plane against the desired state (drift repair).
+    #[arg(long, default_value_t = 30)]
+    reconcile_interval_s: u64,
+    /// Tenant-plane interface (VXLAN underlay to other nodes), with --tunnel-ip.
+    #[arg(long, requires = "tunnel_ip")]
+    tunnel_interface: Option<String>,
+    /// This node's IPv4 address on the tenant-plane interface.
+    #[arg(long, requires = "tunnel_interface")]
+    tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// How the node runs VMs, or none (logged) when this host cannot.
@@ -427,6 +440,7 @@ async fn start_local_agent(
         ca_file: Some(data_dir.join("ca.pem")),
         host,
         compute: node_compute(compute.vm_state_dir.clone(), &compute.accel),
+        network: local_net_options(&controller.state.config.network),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
@@ -436,6 +450,25 @@ async fn start_local_agent(
             tracing::error!(error = %ErrorChain(&e), "local agent stopped");
         }
     }))
+}
+
+/// The local agent's network settings from the `[network]` section.
+fn local_net_options(cfg: &rampart_common::config::NetworkConfig) -> rampart_agent::NetOptions {
+    rampart_agent::NetOptions {
+        netns_prefix: cfg.netns_prefix.clone(),
+        run_dir: None,
+        reconcile_interval: std::time::Duration::from_secs(cfg.reconcile_interval_s),
+        underlay: match (
+            &cfg.tunnel_interface,
+            cfg.tunnel_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        ) {
+            (Some(device), Some(local_ip)) => Some(rampart_net::desired::Underlay {
+                device: device.clone(),
+                local_ip,
+            }),
+            _ => None,
+        },
+    }
 }
 
 fn print_banner(url: &str, data_dir: &Path, with_agent: bool) {
@@ -486,6 +519,25 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         rampart_common::names::validate_node_name(name)
             .map_err(|e| Failure::Config(ConfigProblem(anyhow::anyhow!("--name: {e}"))))?;
     }
+    if !rampart_common::config::valid_netns_prefix(&args.netns_prefix) {
+        return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "--netns-prefix: must be 1 to 12 of a-z, 0-9 and '-'"
+        ))));
+    }
+    if args
+        .tunnel_interface
+        .as_deref()
+        .is_some_and(|i| !rampart_common::config::valid_ifname(i))
+    {
+        return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "--tunnel-interface: not an interface name"
+        ))));
+    }
+    if !(1..=3600).contains(&args.reconcile_interval_s) {
+        return Err(Failure::Config(ConfigProblem(anyhow::anyhow!(
+            "--reconcile-interval-s: must be between 1 and 3600"
+        ))));
+    }
     let agent = Agent::enrol(AgentOptions {
         controller_url: args.controller.clone(),
         data_dir,
@@ -494,6 +546,18 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         ca_file: args.ca_file.clone(),
         host: Arc::new(RealHost),
         compute: node_compute(args.vm_state_dir.clone(), &args.accel),
+        network: rampart_agent::NetOptions {
+            netns_prefix: args.netns_prefix.clone(),
+            run_dir: None,
+            reconcile_interval: std::time::Duration::from_secs(args.reconcile_interval_s),
+            underlay: match (&args.tunnel_interface, args.tunnel_ip) {
+                (Some(device), Some(local_ip)) => Some(rampart_net::desired::Underlay {
+                    device: device.clone(),
+                    local_ip,
+                }),
+                _ => None,
+            },
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;

@@ -230,9 +230,21 @@ pub async fn status(
     if !s.errors.is_empty() {
         tracing::warn!(node = %node, errors = ?s.errors, "agent reports errors");
     }
-    drop(conn);
-    let before_publish = generation;
-    crate::compute::record_status(&state, node, &s, before_publish).await?;
+    if let Some(net) = &s.network {
+        let json = serde_json::to_string(net).map_err(|e| Error::internal("encoding a network report", e))?;
+        let moved = rampart_db::network::record_node_status(&mut conn, node, &json, net.tunnel_ip, state.now()).await?;
+        if moved {
+            drop(conn);
+            // Other nodes' documents name this node's tunnel address.
+            tracing::info!(node = %node, tunnel_ip = ?net.tunnel_ip, "node tunnel address changed; republishing");
+            crate::reconcile::republish_all(&state).await?;
+        } else {
+            drop(conn);
+        }
+    } else {
+        drop(conn);
+    }
+    crate::compute::record_status(&state, node, &s, generation).await?;
     Ok(axum::Json(StatusAck { generation }))
 }
 

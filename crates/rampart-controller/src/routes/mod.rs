@@ -6,6 +6,7 @@ pub mod auth;
 pub mod compute;
 pub mod identity;
 pub mod meta;
+pub mod network;
 pub mod nodes;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::state::AppState;
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
         (name = "audit", description = "The audit trail: records, verification, retention, forwarding"),
         (name = "compute", description = "Signing keys, images, flavors, instances, metrics, console, alarms"),
+        (name = "network", description = "VPCs, subnets, security groups, ports, segmentation policies, floating IPs, reachability, flows"),
     )
 )]
 struct PublicApi;
@@ -136,6 +138,33 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(compute::list_alarms, compute::create_alarm))
         .routes(routes!(compute::get_alarm, compute::delete_alarm))
         .routes(routes!(compute::alarm_history))
+        // Tenant networking (issue 6).
+        .routes(routes!(network::list_vpcs, network::create_vpc))
+        .routes(routes!(network::get_vpc, network::update_vpc, network::delete_vpc))
+        .routes(routes!(network::list_subnets, network::create_subnet))
+        .routes(routes!(network::get_subnet, network::delete_subnet))
+        .routes(routes!(network::list_groups, network::create_group))
+        .routes(routes!(
+            network::get_group,
+            network::update_group,
+            network::delete_group
+        ))
+        .routes(routes!(network::list_rules, network::create_rule))
+        .routes(routes!(network::delete_rule))
+        .routes(routes!(network::list_ports, network::create_port))
+        .routes(routes!(network::get_port, network::update_port, network::delete_port))
+        .routes(routes!(network::bind_port, network::unbind_port))
+        .routes(routes!(network::list_policies, network::create_policy))
+        .routes(routes!(network::get_policy, network::delete_policy))
+        .routes(routes!(network::list_floating_ips, network::create_floating_ip))
+        .routes(routes!(
+            network::get_floating_ip,
+            network::update_floating_ip,
+            network::delete_floating_ip
+        ))
+        .routes(routes!(network::reachability))
+        .routes(routes!(network::flows))
+        .routes(routes!(network::node_network))
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {

@@ -26,6 +26,7 @@ impl VpcBuilder {
         let vpc = VpcCreate {
             name: "vpc".into(),
             cidr: cidr.parse().expect("cidr"),
+            external: false,
         }
         .into_vpc(
             Uuid::from_u128((u128::from(seed) << 64) | 1),
@@ -42,6 +43,7 @@ impl VpcBuilder {
                 local_ports: vec![],
                 floating_ips: vec![],
                 router_external_ip: None,
+                remote_ports: Default::default(),
             },
             seed,
             next: 2,

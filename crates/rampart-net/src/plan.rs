@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::NetError;
-use crate::compile::{CompiledVpc, DnsmasqSpec, LinkKind, LinkSpec, compile_vpc, ext_sysctls};
+use crate::compile::{CompiledVpc, DnsmasqSpec, FdbEntry, LinkKind, LinkSpec, compile_vpc, ext_sysctls};
 use crate::desired::{NetNodeConfig, NodeNetwork, names};
 use crate::model::MacAddr;
 use crate::nft::{Family, NftOp, ObservedRuleset, diff, replace_ops};
@@ -38,6 +38,8 @@ pub struct ObservedNamespace {
     pub default_route: Option<Ipv4Addr>,
     pub nft: ObservedRuleset,
     pub dnsmasq: Option<ObservedDnsmasq>,
+    /// Static forwarding entries of the VXLAN devices.
+    pub fdb: BTreeSet<FdbEntry>,
 }
 
 /// What exists now in the namespaces whose names carry the configured prefix.
@@ -108,6 +110,8 @@ pub enum Step {
         netns: String,
         addr: Ipv4Addr,
     },
+    /// `restart` is false when only the static leases changed. `IpNftDriver` restarts dnsmasq
+    /// either way (see its `Dnsmasq` step); the flag stays for drivers that can reload.
     Dnsmasq {
         netns: String,
         spec: DnsmasqSpec,
@@ -115,6 +119,14 @@ pub enum Step {
     },
     StopDnsmasq {
         netns: String,
+    },
+    FdbAdd {
+        netns: String,
+        entry: FdbEntry,
+    },
+    FdbDel {
+        netns: String,
+        entry: FdbEntry,
     },
 }
 
@@ -135,7 +147,9 @@ impl Step {
             | Step::Nft { netns, .. }
             | Step::FlushConntrack { netns, .. }
             | Step::Dnsmasq { netns, .. }
-            | Step::StopDnsmasq { netns } => netns,
+            | Step::StopDnsmasq { netns }
+            | Step::FdbAdd { netns, .. }
+            | Step::FdbDel { netns, .. } => netns,
         }
     }
 }
@@ -322,6 +336,20 @@ pub fn plan(cfg: &NetNodeConfig, desired: &NodeNetwork, observed: &Observed) -> 
                 via: ns.default_route,
             });
         }
+        // Entries of devices that go away go with them.
+        let kept: BTreeSet<&str> = ns.links.iter().map(|l| l.name.as_str()).collect();
+        for e in have.fdb.difference(&ns.fdb).filter(|e| kept.contains(e.dev.as_str())) {
+            steps.push(Step::FdbDel {
+                netns: ns.name.clone(),
+                entry: e.clone(),
+            });
+        }
+        for e in ns.fdb.difference(&have.fdb) {
+            steps.push(Step::FdbAdd {
+                netns: ns.name.clone(),
+                entry: e.clone(),
+            });
+        }
         let ops = diff(&c.ruleset, &have.nft, &OWNED_TABLES);
         if !ops.is_empty() {
             steps.push(Step::Nft {
@@ -408,6 +436,20 @@ pub fn describe(steps: &[Step]) -> String {
             Step::FlushConntrack { netns, addr } => writeln!(out, "[{netns}] conntrack -D {addr}"),
             Step::Dnsmasq { netns, restart, .. } => writeln!(out, "[{netns}] dnsmasq restart={restart}"),
             Step::StopDnsmasq { netns } => writeln!(out, "[{netns}] dnsmasq stop"),
+            Step::FdbAdd { netns, entry } => {
+                writeln!(
+                    out,
+                    "[{netns}] fdb add {} dev {} dst {}",
+                    entry.mac, entry.dev, entry.dst
+                )
+            }
+            Step::FdbDel { netns, entry } => {
+                writeln!(
+                    out,
+                    "[{netns}] fdb del {} dev {} dst {}",
+                    entry.mac, entry.dev, entry.dst
+                )
+            }
         };
     }
     out

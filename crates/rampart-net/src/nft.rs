@@ -14,6 +14,12 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+/// Most elements a flow-log set holds; when full, new flows are not recorded (never dropped
+/// for that reason: the `add` statement simply does not match).
+pub const FLOW_LOG_SIZE: u32 = 65535;
+/// How long a flow-log element lives after it was created (`add` does not refresh it).
+pub const FLOW_LOG_TIMEOUT: &str = "1h";
+
 /// Tables are per VPC network namespace, so fixed names are unique where they live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -95,6 +101,10 @@ pub struct Set {
     pub value: Option<String>,
     /// Canonical element text (see [`elem`]).
     pub elements: BTreeSet<String>,
+    /// Filled by the data path (`add @set { ... }`), not by us: elements expire after an hour
+    /// and carry a counter. The diff never touches their elements; the agent reads them as
+    /// flow records (10.9-2).
+    pub dynamic: bool,
 }
 
 impl Set {
@@ -104,6 +114,15 @@ impl Set {
             key: key.into(),
             value: None,
             elements: BTreeSet::new(),
+            dynamic: false,
+        }
+    }
+
+    /// A set the data path fills with flow keys, each element with its own packet counter.
+    pub fn flow_log(name: impl Into<String>, key: &str) -> Set {
+        Set {
+            dynamic: true,
+            ..Set::plain(name, key)
         }
     }
 
@@ -113,10 +132,17 @@ impl Set {
             key: key.into(),
             value: Some(value.into()),
             elements: BTreeSet::new(),
+            dynamic: false,
         }
     }
 
     fn decl(&self) -> String {
+        if self.dynamic {
+            return format!(
+                "{{ type {}; size {FLOW_LOG_SIZE}; flags dynamic,timeout; timeout {FLOW_LOG_TIMEOUT}; counter; }}",
+                self.key
+            );
+        }
         match &self.value {
             Some(v) => format!("{{ type {} : {}; }}", self.key, v),
             None => format!("{{ type {}; }}", self.key),
@@ -214,6 +240,12 @@ fn render_table(out: &mut String, t: &Table) {
                 let _ = writeln!(out, "\t\ttype {}", s.key);
             }
         }
+        if s.dynamic {
+            let _ = writeln!(
+                out,
+                "\t\tsize {FLOW_LOG_SIZE}\n\t\tflags dynamic,timeout\n\t\tcounter\n\t\ttimeout {FLOW_LOG_TIMEOUT}"
+            );
+        }
         if !s.elements.is_empty() {
             let items: Vec<&str> = s.elements.iter().map(String::as_str).collect();
             let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
@@ -251,6 +283,8 @@ pub struct ObservedTable {
     pub sets: BTreeMap<String, (String, BTreeSet<String>)>,
     /// Counter name → (packets, bytes).
     pub counters: BTreeMap<String, (u64, u64)>,
+    /// Set name → element → packets, for elements that carry a counter (flow logs).
+    pub element_counters: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -310,14 +344,24 @@ impl ObservedRuleset {
                     None => keys.join(" . "),
                 };
                 let mut elements = BTreeSet::new();
+                let mut counted = BTreeMap::new();
                 for e in s.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                    elements.insert(canonical_elem(e, &keys, value.as_deref())?);
+                    let text = canonical_elem(e, &keys, value.as_deref())?;
+                    if let Some(p) = e
+                        .get("elem")
+                        .and_then(|x| x.get("counter"))
+                        .and_then(|c| c.get("packets"))
+                        .and_then(Value::as_u64)
+                    {
+                        counted.insert(text.clone(), p);
+                    }
+                    elements.insert(text);
                 }
-                out.tables
-                    .entry(k)
-                    .or_default()
-                    .sets
-                    .insert(name.to_string(), (decl, elements));
+                let table = out.tables.entry(k).or_default();
+                if !counted.is_empty() {
+                    table.element_counters.insert(name.to_string(), counted);
+                }
+                table.sets.insert(name.to_string(), (decl, elements));
             } else if let Some(c) = item.get("counter")
                 && let (Some(k), Some(name)) = (key(c, "table"), c.get("name").and_then(Value::as_str))
             {
@@ -706,6 +750,7 @@ fn diff_table(t: &Table, o: &ObservedTable, ops: &mut Vec<NftOp>) {
     for s in &t.sets {
         if let Some((_, have)) = o.sets.get(&s.name)
             && !retyped.contains(s.name.as_str())
+            && !s.dynamic
         {
             let stale: Vec<String> = have.difference(&s.elements).cloned().collect();
             if !stale.is_empty() {

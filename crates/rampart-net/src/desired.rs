@@ -6,6 +6,7 @@
 //! and policies), because the sets on this node must name members that live elsewhere
 //! (10.3-3: members of one group spread over hosts).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -23,6 +24,20 @@ pub struct NetNodeConfig {
     pub netns_prefix: String,
     /// Where per-VPC dnsmasq files live (`<run_dir>/<netns>/`).
     pub run_dir: PathBuf,
+    /// The tenant plane: where VXLAN tunnels to other nodes start. None: this node's VPCs
+    /// reach no port on another node.
+    #[serde(default)]
+    pub underlay: Option<Underlay>,
+}
+
+/// The tenant-plane interface of a node (VXLAN underlay, 10.1/10.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Underlay {
+    /// Device in the agent's own network namespace (e.g. `eth1`).
+    pub device: String,
+    /// This node's address on it: the VXLAN source (VTEP) other nodes send to.
+    pub local_ip: Ipv4Addr,
 }
 
 impl NetNodeConfig {
@@ -44,7 +59,7 @@ pub struct ExternalNetwork {
     pub gateway: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum PortDevice {
     /// A tap created in the VPC namespace for QEMU (the compute driver opens it).
@@ -79,6 +94,10 @@ pub struct VpcNetwork {
     /// access at all (10.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_external_ip: Option<Ipv4Addr>,
+    /// Ports bound to other nodes, with the tunnel address (VTEP) of their node: their
+    /// subnets are joined to this node over VXLAN (VNI = the subnet's segment id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_ports: BTreeMap<Uuid, Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +106,13 @@ pub struct NodeNetwork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalNetwork>,
     pub vpcs: Vec<VpcNetwork>,
+}
+
+impl NodeNetwork {
+    /// Nothing to build on the node (documents leave the section out then).
+    pub fn is_empty(&self) -> bool {
+        self.vpcs.is_empty()
+    }
 }
 
 /// Device names are per namespace and at most 15 bytes.
@@ -98,6 +124,8 @@ pub mod names {
     pub const TABLE_GUARD: &str = "rampart_guard";
     pub const TABLE_FW: &str = "rampart_fw";
     pub const TABLE_NAT: &str = "rampart_nat";
+    pub const FLOWS_ALLOWED: &str = "flows_allowed";
+    pub const FLOWS_DENIED: &str = "flows_denied";
 
     pub fn bridge(subnet: &Uuid) -> String {
         format!("rb{}", short_id(subnet))
@@ -105,6 +133,11 @@ pub mod names {
 
     pub fn port_dev(port: &Uuid) -> String {
         format!("tp{}", short_id(port))
+    }
+
+    /// The VXLAN device of a subnet (its VNI is the subnet's segment id).
+    pub fn vxlan(subnet: &Uuid) -> String {
+        format!("vx{}", short_id(subnet))
     }
 
     /// The external end of a VPC router's uplink, in the external namespace shared by all

@@ -66,6 +66,7 @@ pub(crate) fn cfg() -> NetNodeConfig {
     NetNodeConfig {
         netns_prefix: "rp-".into(),
         run_dir: "/run/rampart/net".into(),
+        underlay: None,
     }
 }
 

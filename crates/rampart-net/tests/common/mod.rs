@@ -209,6 +209,7 @@ impl Node {
             cfg: NetNodeConfig {
                 netns_prefix: format!("rpn-{tag}-"),
                 run_dir: dir.clone(),
+                underlay: None,
             },
             driver: IpNftDriver::default(),
             run_dir: tempfile_dir::Dir(dir),

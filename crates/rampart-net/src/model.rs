@@ -93,14 +93,48 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"))
+            .examples(["02:00:00:00:01:11"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MacAddr {}
+
+impl utoipa::PartialSchema for PortRange {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(65535)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]{1,5}-[0-9]{1,5}$")),
+            )
+            .description(Some("a port (`80`) or an inclusive range (`\"8000-8080\"`)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PortRange {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Ingress,
     Egress,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Tcp,
@@ -142,7 +176,7 @@ impl FromStr for Protocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Allow,
@@ -210,7 +244,7 @@ impl<'de> Deserialize<'de> for PortRange {
 
 /// `{key: value}` pairs a port's tags must all carry (Kubernetes `matchLabels`). The empty
 /// selector selects every port of the VPC.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct TagSelector(pub BTreeMap<String, String>);
 
@@ -264,41 +298,46 @@ pub fn short_id(id: &Uuid) -> String {
 // Resources
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Vpc {
     pub id: Uuid,
     pub project: Uuid,
     pub name: String,
+    #[schema(value_type = String)]
     pub cidr: Ipv4Net,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subnet {
     pub id: Uuid,
     pub vpc: Uuid,
     pub name: String,
+    #[schema(value_type = String)]
     pub cidr: Ipv4Net,
+    #[schema(value_type = String)]
     pub gateway: Ipv4Addr,
     pub dhcp: bool,
     /// VXLAN network identifier between nodes (1..2^24), unique per deployment.
     pub segment_id: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressPair {
+    #[schema(value_type = String)]
     pub ip: Ipv4Addr,
     /// Defaults to the port's own MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Port {
     pub id: Uuid,
     pub vpc: Uuid,
     pub subnet: Uuid,
     pub mac: MacAddr,
+    #[schema(value_type = String)]
     pub ip: Ipv4Addr,
     #[serde(default)]
     pub security_groups: Vec<Uuid>,
@@ -324,7 +363,7 @@ impl Port {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecurityGroupRule {
     pub id: Uuid,
     pub direction: Direction,
@@ -334,6 +373,7 @@ pub struct SecurityGroupRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_max: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub remote_cidr: Option<Ipv4Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_group: Option<Uuid>,
@@ -350,7 +390,7 @@ impl SecurityGroupRule {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecurityGroup {
     pub id: Uuid,
     pub name: String,
@@ -359,7 +399,7 @@ pub struct SecurityGroup {
     pub rules: Vec<SecurityGroupRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentationPolicy {
     pub id: Uuid,
     pub name: String,
@@ -378,9 +418,10 @@ impl SegmentationPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FloatingIp {
     pub id: Uuid,
+    #[schema(value_type = String)]
     pub address: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<Uuid>,
@@ -401,11 +442,16 @@ fn check_network_address(field: &str, cidr: &Ipv4Net) -> Result<(), Error> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VpcCreate {
     pub name: String,
+    #[schema(value_type = String)]
     pub cidr: Ipv4Net,
+    /// Give the VPC a router address on the external network: SNAT egress and floating IPs
+    /// (10.4). Off by default: a VPC reaches nothing outside itself.
+    #[serde(default)]
+    pub external: bool,
 }
 
 impl VpcCreate {
@@ -424,13 +470,15 @@ impl VpcCreate {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetCreate {
     pub vpc: Uuid,
     pub name: String,
+    #[schema(value_type = String)]
     pub cidr: Ipv4Net,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub gateway: Option<Ipv4Addr>,
     #[serde(default = "yes")]
     pub dhcp: bool,
@@ -506,7 +554,7 @@ pub fn allocate_segment_id(used: &BTreeSet<u32>) -> Result<u32, Error> {
         .ok_or_else(|| Error::conflict("no VXLAN segment id left"))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupCreate {
     pub name: String,
@@ -555,7 +603,7 @@ impl SecurityGroupCreate {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRuleCreate {
     pub direction: Direction,
@@ -565,6 +613,7 @@ pub struct SecurityGroupRuleCreate {
     #[serde(default)]
     pub port_max: Option<u16>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub remote_cidr: Option<Ipv4Net>,
     #[serde(default)]
     pub remote_group: Option<Uuid>,
@@ -626,7 +675,7 @@ impl SecurityGroupRuleCreate {
 const MAX_CONNECTIONS_LIMIT: u32 = 1_000_000;
 const MAX_ADDRESS_PAIRS: usize = 10;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortCreate {
     pub subnet: Uuid,
@@ -642,13 +691,14 @@ pub struct PortCreate {
     pub max_connections: Option<u32>,
     /// A fixed address instead of the next free one.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub mac: Option<MacAddr>,
 }
 
 /// The security attributes of a port a `PATCH` may change (retag, regroup, limits).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortUpdate {
     #[serde(default)]
@@ -853,7 +903,7 @@ pub fn allocate_mac(port: &Uuid, used: &BTreeSet<MacAddr>) -> MacAddr {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentationPolicyCreate {
     pub name: String,
@@ -904,7 +954,7 @@ impl SegmentationPolicyCreate {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FloatingIpCreate {
     #[serde(default)]
@@ -933,6 +983,7 @@ mod tests {
         VpcCreate {
             name: "prod".into(),
             cidr: "10.10.0.0/16".parse().unwrap(),
+            external: false,
         }
         .into_vpc(Uuid::new_v4(), Uuid::new_v4())
         .unwrap()

@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use crate::NetError;
-use crate::compile::{LinkKind, ext_sysctls, vpc_sysctls};
+use crate::compile::{FdbEntry, LinkKind, VXLAN_PORT, ext_sysctls, vpc_sysctls};
 use crate::desired::{NetNodeConfig, NodeNetwork};
 use crate::nft::{ObservedRuleset, render_ops};
 use crate::plan::{Observed, ObservedDnsmasq, ObservedLink, ObservedNamespace, Step, plan};
@@ -39,6 +39,17 @@ pub struct ApplyReport {
 pub trait NetDriver: Send + Sync {
     fn observe(&self, cfg: &NetNodeConfig) -> Result<Observed, NetError>;
     fn apply(&self, cfg: &NetNodeConfig, steps: &[Step]) -> ApplyReport;
+
+    /// Only the nft rulesets of the namespaces (counters, flow logs): the cheap read behind
+    /// the agent's metrics, between two full observations.
+    fn rulesets(&self, cfg: &NetNodeConfig) -> Result<BTreeMap<String, ObservedRuleset>, NetError> {
+        Ok(self
+            .observe(cfg)?
+            .namespaces
+            .into_iter()
+            .map(|(n, ns)| (n, ns.nft))
+            .collect())
+    }
 }
 
 /// Observe, plan, apply: one pass of the agent's network reconciler.
@@ -59,11 +70,63 @@ pub fn reconcile(
 /// Named counters of every table in a namespace (drop counters, per-policy hits), for the
 /// metrics the agent reports (`port_<id>_ct_drop` is the 10.8 "connection allowance exceeded").
 pub fn counters(ns: &ObservedNamespace) -> BTreeMap<String, u64> {
-    ns.nft
-        .tables
+    ruleset_counters(&ns.nft)
+}
+
+pub fn ruleset_counters(nft: &ObservedRuleset) -> BTreeMap<String, u64> {
+    nft.tables
         .values()
         .flat_map(|t| t.counters.iter().map(|(n, (p, _))| (n.clone(), *p)))
         .collect()
+}
+
+/// One element of a flow log: `packets` packets from `src` to `dst` (`port` 0 for protocols
+/// without ports) were accepted as new flows (`allowed`) or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct FlowRecord {
+    #[schema(value_type = String)]
+    pub src: Ipv4Addr,
+    #[schema(value_type = String)]
+    pub dst: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+    pub packets: u64,
+    pub allowed: bool,
+}
+
+/// The flow logs of a VPC namespace's ruleset (10.9-2), at most `limit` records, the busiest
+/// first.
+pub fn flow_records(nft: &ObservedRuleset, limit: usize) -> Vec<FlowRecord> {
+    let Some(t) = nft
+        .tables
+        .get(&(crate::nft::Family::Inet, crate::desired::names::TABLE_FW.to_string()))
+    else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (set, allowed) in [
+        (crate::desired::names::FLOWS_ALLOWED, true),
+        (crate::desired::names::FLOWS_DENIED, false),
+    ] {
+        for (e, packets) in t.element_counters.get(set).into_iter().flatten() {
+            let parts: Vec<&str> = e.split(" . ").collect();
+            if let [src, dst, proto, port] = parts[..]
+                && let (Ok(src), Ok(dst), Ok(port)) = (src.parse(), dst.parse(), port.parse())
+            {
+                out.push(FlowRecord {
+                    src,
+                    dst,
+                    protocol: proto.to_string(),
+                    port,
+                    packets: *packets,
+                    allowed,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.cmp(b)));
+    out.truncate(limit);
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,22 +289,31 @@ impl IpNftDriver {
             .filter_map(|l| l.split_once(" = "))
             .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             .collect();
-        let nft_json = self.exec_ok(ns, &["nft", "-j", "list", "ruleset"], None)?;
-        let nft = if nft_json.trim().is_empty() {
-            ObservedRuleset::default()
-        } else {
-            let v: Value = serde_json::from_str(&nft_json).map_err(|e| parse_err("nft", e))?;
-            ObservedRuleset::from_json(&v).map_err(|e| NetError::Parse {
-                program: "nft".into(),
-                source: e.into(),
-            })?
-        };
+        let nft = self.observe_nft(ns)?;
+        let fdb_json = self.run_ok("bridge", &["-n", ns, "-j", "fdb", "show"], None, ns)?;
+        let fdb = parse_fdb(&serde_json::from_str(&fdb_json).map_err(|e| parse_err("bridge fdb", e))?);
         Ok(ObservedNamespace {
+            fdb,
             links,
             sysctls,
             default_route,
             nft,
             dnsmasq: observe_dnsmasq(&dnsmasq_dir(cfg, ns)),
+        })
+    }
+
+    fn observe_nft(&self, ns: &str) -> Result<ObservedRuleset, NetError> {
+        let nft_json = self.exec_ok(ns, &["nft", "-j", "list", "ruleset"], None)?;
+        if nft_json.trim().is_empty() {
+            return Ok(ObservedRuleset::default());
+        }
+        let v: Value = serde_json::from_str(&nft_json).map_err(|e| NetError::Parse {
+            program: "nft".into(),
+            source: Box::new(e),
+        })?;
+        ObservedRuleset::from_json(&v).map_err(|e| NetError::Parse {
+            program: "nft".into(),
+            source: e.into(),
         })
     }
 
@@ -314,7 +386,7 @@ impl IpNftDriver {
                     )?;
                 }
             }
-            Step::Dnsmasq { netns, spec, restart } => {
+            Step::Dnsmasq { netns, spec, .. } => {
                 let dir = dnsmasq_dir(cfg, netns);
                 let io = |path: &Path, source| NetError::Io {
                     path: path.display().to_string(),
@@ -324,22 +396,72 @@ impl IpNftDriver {
                 let hosts = dir.join("dhcp-hosts");
                 let conf = dir.join("dnsmasq.conf");
                 std::fs::write(&hosts, &spec.hosts).map_err(|e| io(&hosts, e))?;
-                let pid = dir.join("dnsmasq.pid");
-                if *restart {
-                    stop_dnsmasq(&dir);
-                    std::fs::write(&conf, &spec.conf).map_err(|e| io(&conf, e))?;
-                    let (c, h, p) = (
-                        format!("--conf-file={}", conf.display()),
-                        format!("--dhcp-hostsfile={}", hosts.display()),
-                        format!("--pid-file={}", pid.display()),
-                    );
-                    self.exec_ok(netns, &["dnsmasq", &c, &h, &p], None)?;
-                } else if let Some(p) = read_pid(&pid) {
-                    // dnsmasq re-reads --dhcp-hostsfile on SIGHUP.
-                    let _ = run("kill", &["-HUP", &p.to_string()], None, netns, self.timeout)?;
+                // dnsmasq reads `--dhcp-hostsfile` (at start and on SIGHUP) after dropping to
+                // `nobody`, who cannot traverse the agent's private data directory. The
+                // static leases therefore go into the file it reads as root at start, and a
+                // change of leases restarts it (milliseconds; clients retry). `dnsmasq.conf`
+                // and `dhcp-hosts` stay as rendered: they are what `observe` compares.
+                let run_conf = dir.join("dnsmasq.run.conf");
+                let mut text = spec.conf.clone();
+                for line in spec.hosts.lines().filter(|l| !l.trim().is_empty()) {
+                    text.push_str(&format!("dhcp-host={line}\n"));
                 }
+                let pid = dir.join("dnsmasq.pid");
+                stop_dnsmasq(&dir);
+                std::fs::write(&conf, &spec.conf).map_err(|e| io(&conf, e))?;
+                std::fs::write(&run_conf, &text).map_err(|e| io(&run_conf, e))?;
+                let (c, p) = (
+                    format!("--conf-file={}", run_conf.display()),
+                    format!("--pid-file={}", pid.display()),
+                );
+                self.exec_ok(netns, &["dnsmasq", &c, &p], None)?;
             }
             Step::StopDnsmasq { netns } => stop_dnsmasq(&dnsmasq_dir(cfg, netns)),
+            Step::CreateLink { netns, link } => {
+                let LinkKind::Vxlan { vni, local, device } = &link.kind else {
+                    unreachable!("other links are batched")
+                };
+                // In the agent's own namespace, where the underlay device is, so the tunnel's
+                // UDP socket stays there; then into the VPC namespace.
+                let _ = run("ip", &["link", "del", &link.name], None, netns, self.timeout);
+                let (vni, local, port) = (vni.to_string(), local.to_string(), VXLAN_PORT.to_string());
+                self.run_ok(
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        &link.name,
+                        "type",
+                        "vxlan",
+                        "id",
+                        &vni,
+                        "local",
+                        &local,
+                        "dev",
+                        device,
+                        "dstport",
+                        &port,
+                        "nolearning",
+                    ],
+                    None,
+                    netns,
+                )?;
+                self.run_ok("ip", &["link", "set", &link.name, "netns", netns], None, netns)?;
+            }
+            Step::FdbAdd { netns, entry } | Step::FdbDel { netns, entry } => {
+                let verb = if matches!(step, Step::FdbAdd { .. }) {
+                    "append"
+                } else {
+                    "del"
+                };
+                let (mac, dst) = (entry.mac.to_string(), entry.dst.to_string());
+                self.run_ok(
+                    "bridge",
+                    &["-n", netns, "fdb", verb, &mac, "dev", &entry.dev, "dst", &dst],
+                    None,
+                    netns,
+                )?;
+            }
             _ => unreachable!("link steps are batched"),
         }
         Ok(())
@@ -368,6 +490,8 @@ fn ip_line(step: &Step) -> Option<String> {
                 s
             }
             LinkKind::Tap => format!("tuntap add dev {} mode tap", link.name),
+            // Created outside the namespace: see `apply_step`.
+            LinkKind::Vxlan { .. } => return None,
         },
         Step::DeleteLink { name, .. } => format!("link del {name}"),
         Step::SetMac { name, mac, .. } => format!("link set dev {name} address {mac}"),
@@ -393,6 +517,14 @@ impl NetDriver for IpNftDriver {
             namespaces.insert(ns.clone(), self.observe_ns(cfg, &ns)?);
         }
         Ok(Observed { namespaces })
+    }
+
+    fn rulesets(&self, cfg: &NetNodeConfig) -> Result<BTreeMap<String, ObservedRuleset>, NetError> {
+        let mut out = BTreeMap::new();
+        for ns in self.list_namespaces(&cfg.netns_prefix)? {
+            out.insert(ns.clone(), self.observe_nft(&ns)?);
+        }
+        Ok(out)
     }
 
     fn apply(&self, cfg: &NetNodeConfig, steps: &[Step]) -> ApplyReport {
@@ -452,6 +584,7 @@ fn stop_dnsmasq(dir: &Path) {
     }
     let _ = std::fs::remove_file(pidfile);
     let _ = std::fs::remove_file(dir.join("dnsmasq.conf"));
+    let _ = std::fs::remove_file(dir.join("dnsmasq.run.conf"));
 }
 
 fn observe_dnsmasq(dir: &Path) -> Option<ObservedDnsmasq> {
@@ -461,6 +594,25 @@ fn observe_dnsmasq(dir: &Path) -> Option<ObservedDnsmasq> {
         hosts: std::fs::read_to_string(dir.join("dhcp-hosts")).unwrap_or_default(),
         running: read_pid(&dir.join("dnsmasq.pid")).is_some(),
     })
+}
+
+/// Parses `bridge -j fdb show`: the static entries of our VXLAN devices (those with a `dst`).
+pub fn parse_fdb(v: &Value) -> BTreeSet<FdbEntry> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let dev = e.get("ifname")?.as_str()?;
+            if !dev.starts_with("vx") {
+                return None;
+            }
+            Some(FdbEntry {
+                dev: dev.to_string(),
+                mac: e.get("mac")?.as_str()?.parse().ok()?,
+                dst: e.get("dst")?.as_str()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// Parses `ip -j -d addr show`.
@@ -516,14 +668,24 @@ pub fn parse_links(v: &Value) -> BTreeMap<String, ObservedLink> {
 pub struct FakeNet {
     pub state: Mutex<Observed>,
     pub applied: Mutex<Vec<Step>>,
+    /// Link names whose creation fails, as when the kernel refuses a device (fault injection).
+    pub refuse: Mutex<BTreeSet<String>>,
     peers: Mutex<Vec<Peer>>,
 }
 
 type Peer = ((String, String), (String, String));
 
 impl FakeNet {
-    fn apply_one(state: &mut Observed, peers: &mut Vec<Peer>, step: &Step) -> Result<(), String> {
+    fn apply_one(
+        state: &mut Observed,
+        peers: &mut Vec<Peer>,
+        refuse: &BTreeSet<String>,
+        step: &Step,
+    ) -> Result<(), String> {
         match step {
+            Step::CreateLink { link, .. } if refuse.contains(&link.name) => {
+                return Err(format!("Cannot create {}: Operation not permitted", link.name));
+            }
             Step::CreateNamespace { netns } => {
                 if state.namespaces.contains_key(netns) {
                     return Err(format!("namespace {netns} exists"));
@@ -609,6 +771,20 @@ impl FakeNet {
             Step::DeleteLink { netns, name } => {
                 let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
                 ns.links.remove(name).ok_or("no such link")?;
+                ns.fdb.retain(|e| e.dev != *name);
+            }
+            Step::FdbAdd { netns, entry } => {
+                let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
+                if !ns.links.contains_key(&entry.dev) {
+                    return Err(format!("no device {}", entry.dev));
+                }
+                ns.fdb.insert(entry.clone());
+            }
+            Step::FdbDel { netns, entry } => {
+                let ns = state.namespaces.get_mut(netns).ok_or("no namespace")?;
+                if !ns.fdb.remove(entry) {
+                    return Err("no such fdb entry".into());
+                }
             }
             Step::SetMac { netns, name, mac } => link_mut(state, netns, name)?.mac = Some(*mac),
             Step::SetMaster { netns, name, master } => link_mut(state, netns, name)?.master = master.clone(),
@@ -668,8 +844,9 @@ impl NetDriver for FakeNet {
             steps: steps.len(),
             ..Default::default()
         };
+        let refuse = self.refuse.lock().expect("fake refuse").clone();
         for s in steps {
-            if let Err(e) = Self::apply_one(&mut state, &mut peers, s) {
+            if let Err(e) = Self::apply_one(&mut state, &mut peers, &refuse, s) {
                 report.errors.push(format!("{}: {e}", s.netns()));
             }
         }

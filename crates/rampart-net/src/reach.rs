@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::desired::VpcNetwork;
 use crate::model::{Action, Direction, Port, Protocol, SecurityGroupRule};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reachability {
     pub allowed: bool,
     /// What decided, in evaluation order: `policy:<id>`, `security_group_rule:<id>`,

@@ -46,6 +46,7 @@ fn main() {
     let cfg = NetNodeConfig {
         netns_prefix: "rpbench-".into(),
         run_dir: std::env::temp_dir(),
+        underlay: None,
     };
     for n in sizes {
         let ns = format!("rpbench-{}-{n}", std::process::id());

@@ -40,6 +40,13 @@ pub enum LinkKind {
         peer_mac: Option<MacAddr>,
     },
     Tap,
+    /// A VXLAN device created in the agent's own namespace on the underlay `device` (so its
+    /// UDP socket lives there) and moved into the VPC namespace.
+    Vxlan {
+        vni: u32,
+        local: Ipv4Addr,
+        device: String,
+    },
 }
 
 impl LinkKind {
@@ -49,8 +56,21 @@ impl LinkKind {
             LinkKind::Bridge => "bridge",
             LinkKind::Veth { .. } => "veth",
             LinkKind::Tap => "tun",
+            LinkKind::Vxlan { .. } => "vxlan",
         }
     }
+}
+
+/// VXLAN UDP port (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// A static forwarding entry of a VXLAN device: frames for `mac` go to the node at `dst`
+/// (the all-zero MAC: broadcast and unknown destinations, head-end replicated to each node).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub dev: String,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +90,8 @@ pub struct NamespaceSpec {
     pub sysctls: BTreeMap<String, String>,
     pub links: Vec<LinkSpec>,
     pub default_route: Option<Ipv4Addr>,
+    /// Static VXLAN forwarding entries.
+    pub fdb: BTreeSet<FdbEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +193,11 @@ fn check(net: &VpcNetwork) -> Result<(), NetError> {
             return bad(format!("local port {} is unknown or listed twice", l.port));
         }
     }
+    for r in net.remote_ports.keys() {
+        if !net.ports.iter().any(|p| p.id == *r) || seen.contains(r) {
+            return bad(format!("remote port {r} is unknown or also local"));
+        }
+    }
     if seen.len() >= 0xffff {
         return bad("too many local ports in one VPC".into());
     }
@@ -202,7 +229,10 @@ pub fn compile_vpc(
         _ => None,
     };
 
-    let mut tables = vec![guard_table(&ctx), fw_table(&ctx, uplink.is_some())];
+    let mut tables = vec![
+        guard_table(&ctx, &tunnel_names(cfg, net)),
+        fw_table(&ctx, uplink.is_some()),
+    ];
     if let Some((_, ip)) = uplink {
         tables.push(nat_table(&ctx, ip));
     }
@@ -236,6 +266,50 @@ pub fn compile_vpc(
             master: Some(names::bridge(&p.subnet)),
             addrs: BTreeSet::new(),
         });
+    }
+    // Subnets with ports on other nodes are joined to them over VXLAN.
+    let mut fdb = BTreeSet::new();
+    let mut tunnels = Vec::new();
+    if let Some(u) = &cfg.underlay {
+        for s in &subnets {
+            let remote: Vec<(&Port, Ipv4Addr)> = net
+                .ports
+                .iter()
+                .filter(|p| p.subnet == s.id)
+                .filter_map(|p| net.remote_ports.get(&p.id).map(|v| (p, *v)))
+                .filter(|(_, v)| *v != u.local_ip)
+                .collect();
+            if remote.is_empty() {
+                continue;
+            }
+            let dev = names::vxlan(&s.id);
+            for (p, vtep) in &remote {
+                fdb.insert(FdbEntry {
+                    dev: dev.clone(),
+                    mac: MacAddr([0; 6]),
+                    dst: *vtep,
+                });
+                for (mac, _) in p.bindings() {
+                    fdb.insert(FdbEntry {
+                        dev: dev.clone(),
+                        mac,
+                        dst: *vtep,
+                    });
+                }
+            }
+            tunnels.push(dev.clone());
+            links.push(LinkSpec {
+                name: dev,
+                kind: LinkKind::Vxlan {
+                    vni: s.segment_id,
+                    local: u.local_ip,
+                    device: u.device.clone(),
+                },
+                mac: None,
+                master: Some(names::bridge(&s.id)),
+                addrs: BTreeSet::new(),
+            });
+        }
     }
     let mut ext_links = Vec::new();
     let mut default_route = None;
@@ -276,6 +350,7 @@ pub fn compile_vpc(
             sysctls: vpc_sysctls(),
             links,
             default_route,
+            fdb,
         },
         ext_links,
         ruleset: Ruleset { tables },
@@ -287,7 +362,26 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
-fn guard_table(ctx: &Ctx) -> Table {
+/// The VXLAN devices [`compile_vpc`] creates (the guard treats them as tunnel ports).
+fn tunnel_names(cfg: &NetNodeConfig, net: &VpcNetwork) -> Vec<String> {
+    let Some(u) = &cfg.underlay else {
+        return vec![];
+    };
+    let mut v: Vec<String> = net
+        .subnets
+        .iter()
+        .filter(|s| {
+            net.ports
+                .iter()
+                .any(|p| p.subnet == s.id && net.remote_ports.get(&p.id).is_some_and(|v| *v != u.local_ip))
+        })
+        .map(|s| names::vxlan(&s.id))
+        .collect();
+    v.sort();
+    v
+}
+
+fn guard_table(ctx: &Ctx, tunnels: &[String]) -> Table {
     let mut t = Table::new(Family::Bridge, names::TABLE_GUARD);
     t.counters = [
         "drop_vlan",
@@ -299,6 +393,7 @@ fn guard_table(ctx: &Ctx) -> Table {
         "drop_ipv6",
         "drop_ethertype",
         "drop_misdelivered",
+        "drop_tunnel",
     ]
     .iter()
     .map(|c| s(c))
@@ -320,13 +415,40 @@ fn guard_table(ctx: &Ctx) -> Table {
             bind_dst4.elements.insert(elem::concat(&[dev.clone(), ip.to_string()]));
         }
     }
-    t.sets = vec![vm_ports, bind_mac, bind_ip4, bind_dst4, port_mark];
+    let mut tunnel_ports = Set::plain("tunnel_ports", "ifname");
+    tunnel_ports.elements.extend(tunnels.iter().map(|t| elem::ifname(t)));
+    let mut gateways = Set::plain("gateways", "ipv4_addr");
+    gateways
+        .elements
+        .extend(ctx.net.subnets.iter().map(|s| s.gateway.to_string()));
+    t.sets = vec![
+        vm_ports,
+        bind_mac,
+        bind_ip4,
+        bind_dst4,
+        port_mark,
+        tunnel_ports,
+        gateways,
+    ];
     t.chains = vec![
         Chain {
             name: s("prerouting"),
             base: Some(s("type filter hook prerouting priority -200; policy accept;")),
-            rules: vec![s("iifname @vm_ports jump port_guard")],
+            rules: vec![
+                s("iifname @vm_ports jump port_guard"),
+                s("iifname @tunnel_ports jump from_tunnel"),
+            ],
         },
+        // Frames from other nodes were guarded at their source port. Each node's router is the
+        // gateway of its own ports (distributed router): ARP for a gateway address that
+        // arrives over a tunnel is not answered here, and 802.1Q frames never enter.
+        Chain::regular(
+            "from_tunnel",
+            vec![
+                s("ether type vlan counter name \"drop_tunnel\" drop"),
+                s("ether type arp arp daddr ip @gateways counter name \"drop_tunnel\" drop"),
+            ],
+        ),
         Chain::regular(
             "port_guard",
             vec![
@@ -457,7 +579,7 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         parts.push(format!("counter name \"pol_{id}\""));
         parts.push(s(match pol.action {
             Action::Allow => "accept",
-            Action::Deny => "drop",
+            Action::Deny => "goto deny",
         }));
         parts.push(format!("comment \"policy {}\"", pol.name));
         policy_rules.push(parts.join(" "));
@@ -476,7 +598,9 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
             counters.push(format!("port_{id}_ct_drop"));
             port_chains.push(Chain::regular(
                 format!("port_{id}_ct"),
-                vec![format!("ct count over {n} counter name \"port_{id}_ct_drop\" drop")],
+                vec![format!(
+                    "ct count over {n} counter name \"port_{id}_ct_drop\" goto deny"
+                )],
             ));
             limit_by_mark
                 .elements
@@ -492,9 +616,9 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         let mut groups = p.security_groups.clone();
         groups.sort();
         let mut out_rules: Vec<String> = groups.iter().map(|g| format!("jump sg_{}_out", short_id(g))).collect();
-        out_rules.push(format!("counter name \"port_{id}_drop_out\" drop"));
+        out_rules.push(format!("counter name \"port_{id}_drop_out\" goto deny"));
         let mut in_rules: Vec<String> = groups.iter().map(|g| format!("jump sg_{}_in", short_id(g))).collect();
-        in_rules.push(format!("counter name \"port_{id}_drop_in\" drop"));
+        in_rules.push(format!("counter name \"port_{id}_drop_in\" goto deny"));
         port_chains.push(Chain::regular(format!("port_{id}_out"), out_rules));
         port_chains.push(Chain::regular(format!("port_{id}_in"), in_rules));
         egress_by_mark
@@ -517,6 +641,10 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
         sg_chains.push(Chain::regular(format!("sg_{id}_out"), rules(Direction::Egress)));
     }
     sets.extend([limit_by_mark, limit_by_ip, egress_by_mark, ingress_by_ip]);
+    // Flow logs (10.9-2): the data path records each new accepted flow and each denied
+    // attempt, keyed by addresses, protocol and destination port, with a packet counter.
+    sets.push(Set::flow_log(names::FLOWS_ALLOWED, FLOW_KEY));
+    sets.push(Set::flow_log(names::FLOWS_DENIED, FLOW_KEY));
     t.sets = sets;
     counters.sort();
     t.counters = counters;
@@ -564,6 +692,17 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
             "from_outside",
             vec![s("ct status dnat return"), s("counter name \"drop_outside\" drop")],
         ),
+        Chain {
+            // Runs after `forward` has accepted a packet (a drop there is final).
+            name: s("flows"),
+            base: Some(s("type filter hook forward priority 10; policy accept;")),
+            rules: flow_log_rules("ct state new ", names::FLOWS_ALLOWED, ""),
+        },
+        Chain::regular("deny", {
+            let mut r = flow_log_rules("", names::FLOWS_DENIED, " drop");
+            r.push(s("drop"));
+            r
+        }),
         Chain::regular("policies", policy_rules),
         Chain::regular(
             "to_port",
@@ -578,6 +717,20 @@ fn fw_table(ctx: &Ctx, uplink: bool) -> Table {
     chains.extend(sg_chains);
     t.chains = chains;
     t
+}
+
+/// Key of the flow-log sets: source, destination, protocol, destination port (0 without ports).
+pub const FLOW_KEY: &str = "ipv4_addr . ipv4_addr . inet_proto . inet_service";
+
+fn flow_log_rules(prefix: &str, set: &str, verdict: &str) -> Vec<String> {
+    vec![
+        format!(
+            "{prefix}meta l4proto {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . th dport }}{verdict}"
+        ),
+        format!(
+            "{prefix}meta l4proto != {{ tcp, udp }} add @{set} {{ ip saddr . ip daddr . meta l4proto . 0 }}{verdict}"
+        ),
+    ]
 }
 
 fn nat_table(ctx: &Ctx, router_ip: Ipv4Addr) -> Table {
