@@ -96,7 +96,12 @@ fn main() {
     results.insert("verify_records_per_s".into(), verify_rate.into());
 
     // 4. the forwarding queue on disk: one fsync per enqueue, then 100 entries per enqueue.
-    let dir = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
+    // On the real disk (not a tmpfs /tmp): the fsync figures are the point.
+    let base = std::env::var("AUDIT_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(base).unwrap();
     let q = PersistentQueue::open(dir.path(), QueueOptions::default()).unwrap();
     let msg = vec![b'x'; 900];
     let single = 2_000u64;
