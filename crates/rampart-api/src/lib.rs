@@ -4,9 +4,11 @@
 pub mod agent;
 pub mod client;
 pub mod identity;
+pub mod keys;
 pub mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError};
 pub use identity::*;
+pub use keys::*;
 pub use types::*;

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod http;
 pub mod identity;
+pub mod kms;
 pub mod reconcile;
 pub mod render;
 pub mod routes;
@@ -22,7 +23,6 @@ use rampart_common::config::Config;
 use rampart_common::fsutil;
 use rampart_common::time::SharedClock;
 use rampart_db::{ConnectOptions, Db, DbError};
-use rampart_kms::CertificateAuthority;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,10 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("internal CA")]
     Ca(#[from] rampart_kms::CaError),
+    #[error("key service")]
+    Kms(#[from] kms::KmsStartError),
+    #[error("key service: {0}")]
+    KmsRecords(rampart_common::Error),
     #[error("TLS setup")]
     Tls(#[from] tls::TlsSetupError),
     #[error("bootstrap")]
@@ -95,7 +99,7 @@ impl Controller {
             },
         )
         .await?;
-        let (ca, _) = CertificateAuthority::load_or_create(&data_dir, config.tls.ca_days, now)?;
+        let (ca, kms) = kms::start(&config, &data_dir, now)?;
         let names = tls::server_names(&config.api.listen, &config.api.tls_names);
         let server_cert = Arc::new(tls::ServerCert::load_or_issue(
             &ca,
@@ -138,8 +142,10 @@ impl Controller {
             deny_lists: Default::default(),
             trusted_proxies,
             compliance: std::sync::RwLock::new(None),
+            kms,
         }));
         reconcile::republish_all(&state).await?;
+        kms::after_start(&state).await.map_err(StartError::KmsRecords)?;
 
         let router = routes::router(state.clone());
         let mut tasks = Vec::new();

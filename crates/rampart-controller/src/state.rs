@@ -37,6 +37,8 @@ pub struct Inner {
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,
+    /// Keys (the HSM-backed key service) and certificates (the tenant CA, CRLs).
+    pub kms: crate::kms::Kms,
 }
 
 impl std::ops::Deref for AppState {

@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod groups;
 pub mod identity;
+pub mod kms;
 pub mod leases;
 pub mod meta;
 pub mod nodes;

@@ -28,6 +28,8 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+pub use rcgen::RevocationReason;
+
 use crate::error::HsmError;
 use crate::hsm_signer::{CaKey, HsmSigningKey};
 use crate::pkcs11::Pkcs11Backend;

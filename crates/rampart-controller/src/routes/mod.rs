@@ -2,7 +2,9 @@
 
 pub mod agent;
 pub mod auth;
+pub mod certificates;
 pub mod identity;
+pub mod keys;
 pub mod meta;
 pub mod nodes;
 
@@ -30,6 +32,8 @@ use crate::state::AppState;
         (name = "auth", description = "Login, logout, passwords, second factors, application credentials"),
         (name = "identity", description = "Domains, projects, users, groups, roles, role assignments, security compliance"),
         (name = "nodes", description = "Hypervisor nodes and their enrolment"),
+        (name = "keys", description = "Customer keys in the HSM: lifecycle (key-admin) and cryptographic operations (key-user)"),
+        (name = "certificates", description = "Certificate inventory, issuance from tenant CSRs, import, revocation"),
     )
 )]
 struct PublicApi;
@@ -56,6 +60,7 @@ fn open_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(meta::ca_certificate))
         .routes(routes!(auth::login))
         .routes(routes!(auth::change_password))
+        .merge(certificates::open_routes())
 }
 
 /// Routes that need a bearer token; [`router`] puts them behind [`crate::auth::require_token`].
@@ -108,6 +113,7 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::create_join_token))
+        .merge(certificates::authenticated_routes())
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {
@@ -115,6 +121,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::join))
         .routes(routes!(agent::config))
         .routes(routes!(agent::status))
+        .merge(certificates::agent_routes())
 }
 
 /// The public OpenAPI document (checked in as `openapi/rampart-v1.json`).
