@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 apt_install "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}"
 need_cargo
 cargo build --release --locked -p rampart
+# Put the CLI on the PATH when we may (the other verbs — login, user, project... — use it).
+if [ -w /usr/local/bin ]; then install -m 0755 target/release/rampart /usr/local/bin/rampart; fi
 exec target/release/rampart up "$@"

@@ -150,6 +150,13 @@ pub struct DatabaseConfig {
     pub url: String,
     /// File holding the database password, when the URL has none.
     pub password_file: Option<PathBuf>,
+    /// PostgreSQL: a URL of the role that owns the schema, used only to migrate at start; the
+    /// controller then works through `database.url`, whose role needs no DDL rights.
+    pub migration_url: String,
+    /// File holding the password of `database.migration_url`.
+    pub migration_password_file: Option<PathBuf>,
+    /// PostgreSQL: role given, after migrations, exactly the data rights the controller needs.
+    pub runtime_role: String,
     pub max_connections: u32,
     pub connect_timeout_s: u64,
 }
@@ -159,6 +166,9 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: String::new(),
             password_file: None,
+            migration_url: String::new(),
+            migration_password_file: None,
+            runtime_role: String::new(),
             max_connections: 8,
             connect_timeout_s: 10,
         }
@@ -311,6 +321,19 @@ impl Config {
                 .any(|p| self.database.url.starts_with(p))
         {
             return invalid("database.url", "must start with sqlite:, postgres:// or postgresql://");
+        }
+        if !self.database.migration_url.is_empty()
+            && !["postgres://", "postgresql://"]
+                .iter()
+                .any(|p| self.database.migration_url.starts_with(p))
+        {
+            return invalid("database.migration_url", "must be a postgres:// URL");
+        }
+        if !self.database.runtime_role.is_empty() && self.database.migration_url.is_empty() {
+            return invalid(
+                "database.runtime_role",
+                "needs database.migration_url (the owner grants the rights)",
+            );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
@@ -489,6 +512,7 @@ mod doc_tests {
         // Options that default to "unset" do not serialise; list them by hand.
         for name in [
             "`database.password_file`",
+            "`database.migration_password_file`",
             "`log.dir`",
             "`authz.policy_file`",
             "`kms.pin_file`",

@@ -68,10 +68,18 @@ pub fn subject(
             Scope::System if SYSTEM_ROLES.contains(&role.as_str()) => s.system_roles.push(role.clone()),
             Scope::Domain(d) if role == "domain-admin" => s.domain_admin_of.push(*d),
             Scope::Project(p) if PROJECT_ROLES.contains(&role.as_str()) => {
-                let in_scope = project.is_none_or(|only| only == *p);
-                let allowed = only_roles.is_none_or(|roles| roles.contains(role));
-                if in_scope && allowed {
-                    s.project_roles.push((*p, role.clone()));
+                if project.is_some_and(|only| only != *p) {
+                    continue;
+                }
+                match only_roles {
+                    None => s.project_roles.push((*p, role.clone())),
+                    // A credential carries the roles it names that the holder's role includes.
+                    Some(wanted) => s.project_roles.extend(
+                        wanted
+                            .iter()
+                            .filter(|w| implied_roles(role).contains(&w.as_str()))
+                            .map(|w| (*p, w.clone())),
+                    ),
                 }
             }
             _ => {}
@@ -83,7 +91,21 @@ pub fn subject(
         s.domain_admin_of.clear();
     }
     s.system_roles.dedup();
+    s.project_roles.sort();
+    s.project_roles.dedup();
     s
+}
+
+/// A project role and the roles it includes (project-admin ⊃ member ⊃ reader).
+pub fn implied_roles(role: &str) -> &'static [&'static str] {
+    match role {
+        "project-admin" => &["project-admin", "member", "reader"],
+        "member" => &["member", "reader"],
+        "reader" => &["reader"],
+        "key-admin" => &["key-admin"],
+        "key-user" => &["key-user"],
+        _ => &[],
+    }
 }
 
 /// Role names for a token response: those that apply to the session.

@@ -96,6 +96,9 @@ impl Controller {
                 max_connections: config.database.max_connections,
                 connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_s),
                 password_file: config.database.password_file.clone(),
+                migration_url: Some(config.database.migration_url.clone()).filter(|u| !u.is_empty()),
+                migration_password_file: config.database.migration_password_file.clone(),
+                runtime_role: Some(config.database.runtime_role.clone()).filter(|r| !r.is_empty()),
             },
         )
         .await?;

@@ -68,6 +68,8 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Config(String),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("database error")]
@@ -101,6 +103,12 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// File holding the password, for URLs without one.
     pub password_file: Option<PathBuf>,
+    /// PostgreSQL least privilege (spec 9.2-4): migrations run through this URL (a role that
+    /// owns the schema), the controller itself through the main URL (a role without DDL).
+    pub migration_url: Option<String>,
+    pub migration_password_file: Option<PathBuf>,
+    /// Role granted exactly the data rights the controller needs, after migrations.
+    pub runtime_role: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -109,6 +117,9 @@ impl Default for ConnectOptions {
             max_connections: 8,
             connect_timeout: Duration::from_secs(10),
             password_file: None,
+            migration_url: None,
+            migration_password_file: None,
+            runtime_role: None,
         }
     }
 }
@@ -131,8 +142,84 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
 }
 
 impl Db {
-    /// Connects, prepares the backend and runs the embedded migrations.
+    /// Connects, prepares the backend and brings the schema up to date: through the migration
+    /// URL when one is given (then the main connection must not need DDL), else directly.
     pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Db> {
+        let Some(migration_url) = &opts.migration_url else {
+            let db = Self::open(url, opts).await?;
+            db.migrate().await?;
+            return Ok(db);
+        };
+        let owner_opts = ConnectOptions {
+            max_connections: 1,
+            password_file: opts.migration_password_file.clone(),
+            ..opts.clone()
+        };
+        let owner = Self::open(migration_url, &owner_opts).await?;
+        owner.migrate().await?;
+        if let Some(role) = &opts.runtime_role {
+            owner.grant_runtime(role).await?;
+        }
+        owner.close().await;
+        let db = Self::open(url, opts).await?;
+        db.check_schema_current().await?;
+        Ok(db)
+    }
+
+    /// Gives `role` the data rights of the controller and nothing else: no DDL, no rights on
+    /// the migration history.
+    async fn grant_runtime(&self, role: &str) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Err(DbError::Config(
+                "database.runtime_role applies to PostgreSQL only".into(),
+            ));
+        }
+        let valid = !role.is_empty()
+            && role.len() <= 63
+            && role.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && role
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(DbError::Config(format!(
+                "database.runtime_role {role:?} is not a plain role name"
+            )));
+        }
+        // The role name is validated above: safe to place in DDL (GRANT takes no parameters).
+        let sql = format!(
+            "GRANT USAGE ON SCHEMA public TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}; \
+             REVOKE ALL ON _sqlx_migrations FROM {role}; \
+             GRANT SELECT ON _sqlx_migrations TO {role};"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&self.pool).await?;
+        tracing::info!(role, "granted the runtime role its data rights");
+        Ok(())
+    }
+
+    /// Refuses to run on a schema older than this binary's migrations.
+    async fn check_schema_current(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let want = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let have: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(None);
+        if have.unwrap_or(0) < want {
+            return Err(DbError::Config(format!(
+                "the database schema is at migration {} but this binary needs {want}; run with database.migration_url",
+                have.unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Connects without touching the schema.
+    async fn open(url: &str, opts: &ConnectOptions) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -188,8 +275,7 @@ impl Db {
             .await
             .map_err(connect_err)?;
         let db = Db { pool, backend };
-        db.migrate().await?;
-        tracing::info!(url = %redacted, backend = ?backend, "database ready");
+        tracing::info!(url = %redacted, backend = ?backend, "database connected");
         Ok(db)
     }
 

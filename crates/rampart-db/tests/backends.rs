@@ -667,3 +667,91 @@ async fn group_assignments_reach_members_only() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn spec_9_2_4_runtime_role_has_data_rights_but_no_ddl() {
+    let Some(pg) = TestDb::postgres().await else { return };
+    // A login role of our own for this test (roles are cluster-wide: unique name, dropped at the end).
+    let role = format!("rt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let password = "rt-test-password";
+    let admin = std::env::var(rampart_db::testing::POSTGRES_URL_ENV).unwrap();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{password}'"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let db_name = pg
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let runtime_url = {
+        let at = pg.url.find('@').unwrap();
+        format!("postgres://{role}:{password}@{}", &pg.url[at + 1..])
+    };
+    // Without the owner, a fresh database cannot be migrated by the runtime role.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CONNECT ON DATABASE {db_name} TO {role}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let mut db_conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&pg.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_string(),
+    ))
+    .execute(&mut db_conn)
+    .await
+    .unwrap();
+    assert!(
+        Db::connect(&runtime_url, &ConnectOptions::default()).await.is_err(),
+        "no DDL for the runtime role"
+    );
+    let opts = ConnectOptions {
+        migration_url: Some(pg.url.clone()),
+        runtime_role: Some(role.clone()),
+        ..Default::default()
+    };
+    let db = Db::connect(&runtime_url, &opts)
+        .await
+        .expect("migrated by the owner, connected as the runtime role");
+    let mut c = db.conn().await.unwrap();
+    let d = identity::insert_domain(&mut c, "default", now())
+        .await
+        .expect("data rights");
+    assert_eq!(identity::find_domain(&mut c, "default").await.unwrap().unwrap(), d);
+    for ddl in [
+        "CREATE TABLE evil (x BIGINT)",
+        "DROP TABLE users",
+        "ALTER TABLE users ADD COLUMN evil TEXT",
+        "DELETE FROM _sqlx_migrations",
+    ] {
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl.to_string()))
+            .execute(&mut *c)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied") || err.to_string().contains("must be owner"),
+            "{ddl}: {err}"
+        );
+    }
+    drop(c);
+    db.close().await;
+    drop(db_conn);
+    drop(pg);
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"
+    )))
+    .execute(&mut conn)
+    .await;
+}

@@ -132,7 +132,7 @@ impl TestCluster {
         })
         .await
         .expect("first password change");
-        let mfa = MfaUser::enrol(&anon, "admin", ADMIN_PASSWORD)
+        let mfa = MfaUser::enrol_with(&anon, "admin", ADMIN_PASSWORD, None, clock.clone())
             .await
             .expect("admin enrols a second factor");
         let admin = mfa.login(&anon).await.expect("admin login with TOTP");
@@ -311,6 +311,28 @@ impl TestCluster {
         user.id
     }
 
+    /// A second operator holding `security-admin` (the first one may be named by the system
+    /// admin), logged in with its own second factor.
+    pub async fn security_admin(&self) -> (Client, MfaUser) {
+        self.create_user(
+            "secops",
+            "Sentinel-kestrel-44",
+            &[(
+                "security-admin",
+                rampart_api::ScopeRef {
+                    system: Some(true),
+                    ..Default::default()
+                },
+            )],
+        )
+        .await;
+        let mfa = MfaUser::enrol_with(&self.anon, "secops", "Sentinel-kestrel-44", None, self.clock.clone())
+            .await
+            .expect("security admin enrols");
+        let client = mfa.login(&self.anon).await.expect("security admin login");
+        (client, mfa)
+    }
+
     /// The id of the bootstrap `admin` project.
     pub async fn admin_project(&self) -> Uuid {
         let projects: rampart_api::List<rampart_api::Project> = self.admin.get("/v1/projects").await.expect("projects");
@@ -355,6 +377,9 @@ pub fn init_logging() {
 pub struct MfaUser {
     pub username: String,
     pub password: String,
+    pub domain: Option<String>,
+    /// The controller's clock: codes must match the time it checks them against.
+    clock: SharedClock,
     pub secret: Sensitive,
     last_step: std::sync::Mutex<u64>,
 }
@@ -362,14 +387,45 @@ pub struct MfaUser {
 impl MfaUser {
     /// Logs in (getting an enrolment-only token), enrols TOTP and confirms it.
     pub async fn enrol(anon: &Client, username: &str, password: &str) -> Result<MfaUser, ClientError> {
-        let (enrolling, token) = anon.login_as(username, password).await?;
+        Self::enrol_with(anon, username, password, None, rampart_common::time::system_clock()).await
+    }
+
+    /// [`MfaUser::enrol`] for a user of another domain.
+    pub async fn enrol_in(
+        anon: &Client,
+        user: &str,
+        password: &str,
+        domain: Option<&str>,
+    ) -> Result<MfaUser, ClientError> {
+        Self::enrol_with(anon, user, password, domain, rampart_common::time::system_clock()).await
+    }
+
+    /// [`MfaUser::enrol`] against a controller running on `clock`.
+    pub async fn enrol_with(
+        anon: &Client,
+        username: &str,
+        password: &str,
+        domain: Option<&str>,
+        clock: SharedClock,
+    ) -> Result<MfaUser, ClientError> {
+        let token = anon
+            .login(&LoginRequest {
+                username: username.into(),
+                password: Some(Sensitive::new(password)),
+                domain: domain.map(str::to_string),
+                project: None,
+                totp: None,
+                application_credential: None,
+            })
+            .await?;
+        let enrolling = anon.clone().with_token(token.token.clone());
         assert_eq!(
             token.scope,
             TokenScope::MfaEnrollment,
             "a privileged user gets an enrolment-only token first"
         );
         let enrolment: TotpEnrollment = enrolling.post("/v1/auth/mfa/totp", &serde_json::json!({})).await?;
-        let now = unix_now();
+        let now = clock.now().unix_timestamp() as u64;
         let code = rampart_iam::totp::code_at(enrolment.secret.expose(), now).expect("code");
         enrolling
             .send(
@@ -383,6 +439,8 @@ impl MfaUser {
         Ok(MfaUser {
             username: username.into(),
             password: password.into(),
+            domain: domain.map(str::to_string),
+            clock,
             secret: enrolment.secret,
             last_step: std::sync::Mutex::new(now / 30),
         })
@@ -391,8 +449,13 @@ impl MfaUser {
     /// A code for a time step not used yet, waiting for the next step if both allowed ones
     /// (now and one ahead) are spent.
     pub async fn next_code(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(45);
         loop {
-            let now = unix_now();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no unused TOTP step: is the controller's clock stopped?"
+            );
+            let now = self.clock.now().unix_timestamp() as u64;
             {
                 let mut last = self.last_step.lock().expect("lock");
                 let step = (*last + 1).max(now / 30);
@@ -411,7 +474,7 @@ impl MfaUser {
             .login(&LoginRequest {
                 username: self.username.clone(),
                 password: Some(Sensitive::new(&self.password)),
-                domain: None,
+                domain: self.domain.clone(),
                 project: None,
                 totp: Some(Sensitive::new(code)),
                 application_credential: None,
@@ -419,11 +482,4 @@ impl MfaUser {
             .await?;
         Ok(anon.clone().with_token(token.token))
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }

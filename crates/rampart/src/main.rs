@@ -1,6 +1,7 @@
 //! `rampart`: the one binary. `up` runs the controller and a local agent on the embedded
 //! default (SQLite in the data directory); `controller` and `agent` run them apart.
 
+mod cli;
 mod logging;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,46 @@ enum Command {
         #[arg(long)]
         agent: bool,
     },
+    /// Log in to a controller and keep the session for the other verbs.
+    Login {
+        /// Controller URL [default: the saved session's, or https://127.0.0.1:8443]
+        #[arg(long)]
+        url: Option<String>,
+        /// CA certificate of the controller [default: /var/lib/rampart/ca.pem]
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+        /// Scope the session to one project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// End the session.
+    Logout,
+    /// Change a password (also the bootstrap admin's one-time password).
+    Passwd {
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Enrol a TOTP second factor for the logged-in user.
+    MfaEnrol,
+    /// Users.
+    #[command(subcommand)]
+    User(cli::identity::UserCmd),
+    /// Projects.
+    #[command(subcommand)]
+    Project(cli::identity::ProjectCmd),
+    /// Roles and role assignments.
+    #[command(subcommand)]
+    Role(cli::identity::RoleCmd),
 }
 
 #[derive(Args)]
@@ -127,6 +168,29 @@ fn main() -> ExitCode {
             Command::Up(args) => run_controller(args, true).await,
             Command::Controller(args) => run_controller(args, false).await,
             Command::Agent(args) => run_agent(args).await,
+            Command::Login {
+                url,
+                ca,
+                user,
+                domain,
+                project,
+            } => cli::session::login(cli::session::LoginArgs {
+                url,
+                ca,
+                user,
+                domain,
+                project,
+            })
+            .await
+            .map_err(Failure::Runtime),
+            Command::Logout => cli::session::logout().await.map_err(Failure::Runtime),
+            Command::Passwd { url, ca, user, domain } => cli::session::passwd(url, ca, user, domain)
+                .await
+                .map_err(Failure::Runtime),
+            Command::MfaEnrol => cli::identity::mfa_enrol().await.map_err(Failure::Runtime),
+            Command::User(cmd) => cli::identity::user(cmd).await.map_err(Failure::Runtime),
+            Command::Project(cmd) => cli::identity::project(cmd).await.map_err(Failure::Runtime),
+            Command::Role(cmd) => cli::identity::role(cmd).await.map_err(Failure::Runtime),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

@@ -565,15 +565,18 @@ pub async fn create_credential(
     let mut conn = state.db.conn().await?;
     let project = identity::find_project(&mut conn, user.domain_id, &req.project)
         .await?
-        .ok_or_else(|| Error::field("project", "no such project in your domain"))?;
+        .ok_or_else(|| Error::not_found("no such project, or no role on it"))?;
     let expanded = expanded_assignments(&mut conn, user.id).await?;
+    // The roles held on the project, with those they include (a member may delegate reader).
     let held: Vec<String> = subject(user.id, &expanded, Some(project.id), None)
         .project_roles
+        .iter()
+        .flat_map(|(_, r)| implied_roles(r).iter().map(|x| x.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
-        .map(|(_, r)| r)
         .collect();
     if held.is_empty() {
-        return Err(Error::field("project", "you have no role on this project"));
+        return Err(Error::not_found("no such project, or no role on it"));
     }
     let roles = match req.roles {
         Some(r) if r.iter().all(|x| held.contains(x)) && !r.is_empty() => r,

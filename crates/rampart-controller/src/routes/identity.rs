@@ -1071,13 +1071,23 @@ async fn require_assignment_rights(
                 if !SYSTEM_ROLES.contains(&r.as_str()) {
                     return Err(Error::field("role", format!("{r:?} is not held at system scope")));
                 }
-                // Separation of duties: the security roles are given by security admins.
-                let action = if r == "system-admin" {
-                    "assignment.system"
-                } else {
-                    "assignment.security"
-                };
-                principal.require_system(state, action)?;
+                // Separation of duties: the security roles are given by security admins. Until
+                // the first security admin exists, a system admin may name one (never itself);
+                // from then on only security admins can.
+                if r == "system-admin" {
+                    principal.require_system(state, "assignment.system")?;
+                } else if !principal.can(state, "assignment.security", Target::System) {
+                    let first = principal.can(state, "assignment.system", Target::System)
+                        && identity::list_assignments(&mut conn, None, Some(Scope::System), None, 1000)
+                            .await?
+                            .iter()
+                            .all(|a| a.role != "security-admin");
+                    if !first {
+                        return Err(Error::forbidden(
+                            "only a security admin grants the security-admin and auditor roles",
+                        ));
+                    }
+                }
             }
         }
         Scope::Domain(d) => {

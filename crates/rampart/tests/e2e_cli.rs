@@ -1,0 +1,168 @@
+//! The README's first steps with the CLI, through the real binary: change the bootstrap
+//! password, log in (enrolment-only token), enrol TOTP, log in with the code, administer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rampart");
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(home: &Path, ca: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env("RAMPART_CA", ca)
+        .env_remove("RAMPART_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_2_2_readme_first_steps_with_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = tmp.path().join("rampart.toml");
+    std::fs::write(
+        &config,
+        format!("[api]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nstderr = false\n"),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let _up = Proc(
+        Command::new(BIN)
+            .args(["up", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = data.join("ca.pem");
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !data.join("bootstrap-admin-password").exists() || !ca.exists() {
+        assert!(Instant::now() < deadline, "rampart up did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let home = tmp.path().join("home");
+    let bootstrap = std::fs::read_to_string(data.join("bootstrap-admin-password")).unwrap();
+    let url_arg = ["--url", url.as_str()];
+
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["passwd", "--user", "admin", url_arg[0], url_arg[1]],
+        &[
+            ("RAMPART_PASSWORD", bootstrap.trim()),
+            ("RAMPART_NEW_PASSWORD", "Puffin-shingle-26"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["login", "--user", "admin", url_arg[0], url_arg[1]],
+        &[("RAMPART_PASSWORD", "Puffin-shingle-26")],
+        None,
+    );
+    assert!(ok && err.contains("MfaEnrollment"), "{err}");
+    let session = home.join("rampart/session.json");
+    assert_eq!(rampart_common::fsutil::mode_of(&session).unwrap(), 0o600);
+    assert!(
+        !std::fs::read_to_string(&session).unwrap().contains("Puffin-shingle-26"),
+        "no password in the session file"
+    );
+    let (ok, _, _) = cli(&home, &ca, &["user", "list"], &[], None);
+    assert!(!ok, "an enrolment-only session administers nothing");
+
+    // `rampart mfa-enrol` prints the secret, then reads a code.
+    let mut child = Command::new(BIN)
+        .arg("mfa-enrol")
+        .env("XDG_CONFIG_HOME", &home)
+        .env("RAMPART_CA", &ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut secret = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(s) = line.trim().strip_prefix("(secret ").and_then(|s| s.strip_suffix(')')) {
+            secret = Some(s.to_string());
+            break;
+        }
+        line.clear();
+    }
+    let secret = secret.expect("secret printed");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let code = rampart_iam::totp::code_at(&secret, now).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{code}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let next = rampart_iam::totp::code_at(&secret, now + 30).unwrap();
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["login", "--user", "admin"],
+        &[("RAMPART_PASSWORD", "Puffin-shingle-26")],
+        Some(&format!("{next}\n")),
+    );
+    assert!(ok && err.contains("Full"), "{err}");
+    let (ok, out, err) = cli(
+        &home,
+        &ca,
+        &["user", "create", "bob"],
+        &[("RAMPART_NEW_PASSWORD", "Gadwall-ember-93")],
+        None,
+    );
+    assert!(ok, "{err}");
+    let bob: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        bob["password_change_required"], true,
+        "an admin-set password is changed at first use"
+    );
+    let (ok, out, _) = cli(&home, &ca, &["user", "list"], &[], None);
+    assert!(ok && out.contains("\"bob\""));
+    let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
+    assert!(ok && !session.exists());
+}
