@@ -341,14 +341,25 @@ impl Client {
     }
 
     pub async fn update_key(&self, project: Uuid, key: Uuid, req: &KeyUpdate) -> Result<Key, ClientError> {
-        self.request(Method::PATCH, &key_path(project, key, ""), Some(req)).await
+        self.request(Method::PATCH, &key_path(project, key, ""), Some(req))
+            .await
     }
 
-    pub async fn encrypt(&self, project: Uuid, key: Uuid, req: &EncryptRequest) -> Result<EncryptResponse, ClientError> {
+    pub async fn encrypt(
+        &self,
+        project: Uuid,
+        key: Uuid,
+        req: &EncryptRequest,
+    ) -> Result<EncryptResponse, ClientError> {
         self.post(&key_path(project, key, "encrypt"), req).await
     }
 
-    pub async fn decrypt(&self, project: Uuid, key: Uuid, req: &DecryptRequest) -> Result<DecryptResponse, ClientError> {
+    pub async fn decrypt(
+        &self,
+        project: Uuid,
+        key: Uuid,
+        req: &DecryptRequest,
+    ) -> Result<DecryptResponse, ClientError> {
         self.post(&key_path(project, key, "decrypt"), req).await
     }
 

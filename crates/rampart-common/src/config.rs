@@ -380,7 +380,10 @@ impl Config {
             return invalid("kms.pin_file", "is needed with kms.hsm = \"pkcs11\"");
         }
         if k.token_label.is_empty() || k.token_label.len() > 32 {
-            return invalid("kms.token_label", "must be 1 to 32 bytes (PKCS#11 token labels are 32 bytes)");
+            return invalid(
+                "kms.token_label",
+                "must be 1 to 32 bytes (PKCS#11 token labels are 32 bytes)",
+            );
         }
         if !(1..=64).contains(&k.sessions) {
             return invalid("kms.sessions", "must be between 1 and 64");

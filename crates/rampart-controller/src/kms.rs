@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rampart_common::Error;
 use rampart_common::config::{CaKeyCustody, Config, HsmKind};
 use rampart_common::error::ErrorChain;
 use rampart_common::time::{from_ms, rfc3339, to_ms};
-use rampart_common::Error;
 use rampart_db::{Conn, kms as db, meta};
 use rampart_kms::ca::{CaRole, RevocationReason, RevokedEntry, cert_info};
 use rampart_kms::{
@@ -47,9 +47,11 @@ pub struct Kms {
     pub tenant_ca: Arc<CertificateAuthority>,
     /// Roots the operating system trusts, for chain checks of imported certificates.
     pub system_roots: Vec<Vec<u8>>,
-    /// Last CRL made per CA: `(crl number, made at, DER)`.
-    crls: Mutex<HashMap<&'static str, (i64, OffsetDateTime, Arc<Vec<u8>>)>>,
+    crls: Mutex<HashMap<&'static str, CachedCrl>>,
 }
+
+/// The last CRL made for a CA: `(revision of the revocation lists, made at, DER)`.
+type CachedCrl = (i64, OffsetDateTime, Arc<Vec<u8>>);
 
 impl std::fmt::Debug for Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,7 +80,10 @@ fn open_backend(config: &Config, data_dir: &Path) -> Result<Arc<Pkcs11Backend>, 
             Ok(Arc::new(hsm.open(&k.module)?))
         }
         HsmKind::Pkcs11 => {
-            let pin_file = k.pin_file.clone().ok_or_else(|| HsmError::Config("kms.pin_file is not set".into()))?;
+            let pin_file = k
+                .pin_file
+                .clone()
+                .ok_or_else(|| HsmError::Config("kms.pin_file is not set".into()))?;
             let mut c = Pkcs11Config::new(&k.module, &k.token_label, pin_file);
             c.sessions = k.sessions;
             let backend = Pkcs11Backend::open(&c)?;
@@ -129,8 +134,10 @@ pub fn start(
         (CaKeyCustody::Hsm, Some(p)) => Some(p),
         (CaKeyCustody::Hsm, None) => return Err(KmsStartError::CaNeedsHsm(description)),
     };
-    let (ca, _) = CertificateAuthority::load_or_create_in(data_dir, CaRole::Infrastructure, config.tls.ca_days, now, ca_hsm)?;
-    let (tenant_ca, _) = CertificateAuthority::load_or_create_in(data_dir, CaRole::Tenant, config.tls.ca_days, now, ca_hsm)?;
+    let (ca, _) =
+        CertificateAuthority::load_or_create_in(data_dir, CaRole::Infrastructure, config.tls.ca_days, now, ca_hsm)?;
+    let (tenant_ca, _) =
+        CertificateAuthority::load_or_create_in(data_dir, CaRole::Tenant, config.tls.ca_days, now, ca_hsm)?;
     tracing::info!(
         hsm = %description,
         ca_key = ca.key_mode().as_str(),
@@ -183,7 +190,11 @@ pub async fn after_start(state: &AppState) -> Result<(), Error> {
         for (p, e) in &failed {
             tracing::error!(project = %p, error = %ErrorChain(e), "cannot create the project's root keys in the HSM");
         }
-        tracing::info!(projects = n, failed = failed.len(), "project root keys checked in the HSM");
+        tracing::info!(
+            projects = n,
+            failed = failed.len(),
+            "project root keys checked in the HSM"
+        );
     }
     let mut conn = state.db.conn().await?;
     record_ca(&mut conn, &state.ca, state.now()).await?;
@@ -200,8 +211,12 @@ pub async fn project_created(state: &AppState, project: Uuid) {
     let service = state.kms.service.clone();
     match blocking(move || service.create_project_root(project)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM"),
-        Err(e) => tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM"),
+        Ok(Err(e)) => {
+            tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM")
+        }
+        Err(e) => {
+            tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM")
+        }
     }
 }
 
@@ -395,7 +410,9 @@ pub async fn mutate_key<T: Send + 'static>(
         drop(tx);
         tracing::debug!(key = %id, "key changed concurrently; retrying");
     }
-    Err(Error::conflict("the key is being changed by another request; try again"))
+    Err(Error::conflict(
+        "the key is being changed by another request; try again",
+    ))
 }
 
 // ---- the reconciler pass ----

@@ -48,8 +48,12 @@ pub struct StoredKey {
     pub revision: i64,
 }
 
-const KEY_COLUMNS: &str = "id, project_id, name, algorithm, state, primary_version, min_decryption_version, \
-    rotation_period_days, last_rotated_at, deletion_at, destroyed_at, next_action_at, created_at, updated_at, revision";
+macro_rules! key_columns {
+    () => {
+        "id, project_id, name, algorithm, state, primary_version, min_decryption_version, rotation_period_days, \
+         last_rotated_at, deletion_at, destroyed_at, next_action_at, created_at, updated_at, revision"
+    };
+}
 
 #[derive(sqlx::FromRow)]
 struct KeyRowWithRevision {
@@ -145,23 +149,37 @@ async fn versions_of(conn: &mut AnyConnection, key_id: &str) -> Result<Vec<KeyVe
 
 /// The key `id` of `project`.
 pub async fn get_key(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<StoredKey>> {
-    let found: Option<KeyRowWithRevision> =
-        sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM kms_keys WHERE id = $1 AND project_id = $2"))
-            .bind(id.to_string())
-            .bind(project.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
+    let found: Option<KeyRowWithRevision> = sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM kms_keys WHERE id = $1 AND project_id = $2"
+    ))
+    .bind(id.to_string())
+    .bind(project.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(KeyRowWithRevision { row, revision }) = found else {
         return Ok(None);
     };
     let versions = versions_of(conn, &row.id).await?;
-    Ok(Some(StoredKey { row, versions, revision }))
+    Ok(Some(StoredKey {
+        row,
+        versions,
+        revision,
+    }))
 }
 
 /// Keys of `project` ordered by name, after the name `after`.
-pub async fn list_keys(conn: &mut AnyConnection, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>> {
-    let rows: Vec<KeyRowWithRevision> = sqlx::query_as(&format!(
-        "SELECT {KEY_COLUMNS} FROM kms_keys WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+pub async fn list_keys(
+    conn: &mut AnyConnection,
+    project: Uuid,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<StoredKey>> {
+    let rows: Vec<KeyRowWithRevision> = sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM kms_keys WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
     ))
     .bind(project.to_string())
     .bind(after.unwrap_or(""))
@@ -171,7 +189,11 @@ pub async fn list_keys(conn: &mut AnyConnection, project: Uuid, after: Option<&s
     let mut out = Vec::with_capacity(rows.len());
     for KeyRowWithRevision { row, revision } in rows {
         let versions = versions_of(conn, &row.id).await?;
-        out.push(StoredKey { row, versions, revision });
+        out.push(StoredKey {
+            row,
+            versions,
+            revision,
+        });
     }
     Ok(out)
 }
@@ -251,55 +273,70 @@ pub struct CertRow {
     pub created_at: i64,
 }
 
-const CERT_COLUMNS: &str = "id, kind, issuer_ca, project_id, node_id, serial, sha256, subject, issuer, names, not_before, \
-    not_after, pem, chain_pem, chain_trust, revoked_at, revocation_reason, expiry_alarm_at, created_by, created_at";
+macro_rules! cert_columns {
+    () => {
+        "id, kind, issuer_ca, project_id, node_id, serial, sha256, subject, issuer, names, not_before, not_after, pem, \
+         chain_pem, chain_trust, revoked_at, revocation_reason, expiry_alarm_at, created_by, created_at"
+    };
+}
 
-async fn insert_cert_sql(conn: &mut AnyConnection, c: &CertRow, on_conflict: &str) -> Result<u64> {
-    let r = sqlx::query(&format!(
-        "INSERT INTO certificates ({CERT_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) {on_conflict}"
-    ))
-    .bind(&c.id)
-    .bind(&c.kind)
-    .bind(c.issuer_ca.as_deref())
-    .bind(c.project_id.as_deref())
-    .bind(c.node_id.as_deref())
-    .bind(&c.serial)
-    .bind(&c.sha256)
-    .bind(&c.subject)
-    .bind(&c.issuer)
-    .bind(&c.names)
-    .bind(c.not_before)
-    .bind(c.not_after)
-    .bind(&c.pem)
-    .bind(&c.chain_pem)
-    .bind(c.chain_trust.as_deref())
-    .bind(c.revoked_at)
-    .bind(c.revocation_reason.as_deref())
-    .bind(c.expiry_alarm_at)
-    .bind(c.created_by.as_deref())
-    .bind(c.created_at)
-    .execute(conn)
-    .await
-    .map_err(|e| conflict_on_unique(e, "this certificate is already recorded".into()))?;
+macro_rules! insert_cert {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            $tail
+        )
+    };
+}
+
+async fn insert_cert_sql(conn: &mut AnyConnection, c: &CertRow, skip_known: bool) -> Result<u64> {
+    let sql = if skip_known {
+        insert_cert!(" ON CONFLICT (sha256) DO NOTHING")
+    } else {
+        insert_cert!("")
+    };
+    let r = sqlx::query(sql)
+        .bind(&c.id)
+        .bind(&c.kind)
+        .bind(c.issuer_ca.as_deref())
+        .bind(c.project_id.as_deref())
+        .bind(c.node_id.as_deref())
+        .bind(&c.serial)
+        .bind(&c.sha256)
+        .bind(&c.subject)
+        .bind(&c.issuer)
+        .bind(&c.names)
+        .bind(c.not_before)
+        .bind(c.not_after)
+        .bind(&c.pem)
+        .bind(&c.chain_pem)
+        .bind(c.chain_trust.as_deref())
+        .bind(c.revoked_at)
+        .bind(c.revocation_reason.as_deref())
+        .bind(c.expiry_alarm_at)
+        .bind(c.created_by.as_deref())
+        .bind(c.created_at)
+        .execute(conn)
+        .await
+        .map_err(|e| conflict_on_unique(e, "this certificate is already recorded".into()))?;
     Ok(r.rows_affected())
 }
 
 /// Records a certificate; the same certificate (SHA-256) twice is a conflict.
 pub async fn insert_certificate(conn: &mut AnyConnection, c: &CertRow) -> Result<()> {
-    insert_cert_sql(conn, c, "").await.map(|_| ())
+    insert_cert_sql(conn, c, false).await.map(|_| ())
 }
 
 /// Records a certificate unless the same one (SHA-256) is recorded; true when inserted.
 pub async fn record_certificate(conn: &mut AnyConnection, c: &CertRow) -> Result<bool> {
-    insert_cert_sql(conn, c, "ON CONFLICT (sha256) DO NOTHING")
-        .await
-        .map(|n| n == 1)
+    insert_cert_sql(conn, c, true).await.map(|n| n == 1)
 }
 
 pub async fn get_certificate(conn: &mut AnyConnection, id: Uuid) -> Result<Option<CertRow>> {
     Ok(
-        sqlx::query_as(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE id = $1"))
+        sqlx::query_as(concat!("SELECT ", cert_columns!(), " FROM certificates WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(conn)
             .await?,
@@ -307,12 +344,14 @@ pub async fn get_certificate(conn: &mut AnyConnection, id: Uuid) -> Result<Optio
 }
 
 pub async fn certificate_by_sha256(conn: &mut AnyConnection, sha256: &str) -> Result<Option<CertRow>> {
-    Ok(
-        sqlx::query_as(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE sha256 = $1"))
-            .bind(sha256)
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        cert_columns!(),
+        " FROM certificates WHERE sha256 = $1"
+    ))
+    .bind(sha256)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Which certificates a list returns.
@@ -334,13 +373,17 @@ pub async fn list_certificates(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<CertRow>> {
-    let (filter, project) = match scope {
-        CertScope::All => ("1 = 1 AND $2 = ''", String::new()),
-        CertScope::System => ("project_id IS NULL AND $2 = ''", String::new()),
-        CertScope::Project(p) => ("project_id = $2", p.to_string()),
+    // $2 selects the scope: '*' every certificate, '' those of no project, else a project id.
+    let project = match scope {
+        CertScope::All => "*".to_string(),
+        CertScope::System => String::new(),
+        CertScope::Project(p) => p.to_string(),
     };
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CERT_COLUMNS} FROM certificates WHERE id > $1 AND {filter} ORDER BY id LIMIT $3"
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        cert_columns!(),
+        " FROM certificates WHERE id > $1 AND ($2 = '*' OR ($2 = '' AND project_id IS NULL) OR project_id = $2) \
+         ORDER BY id LIMIT $3"
     ))
     .bind(after.unwrap_or(""))
     .bind(project)
@@ -364,11 +407,10 @@ pub async fn revoke_certificate(conn: &mut AnyConnection, id: Uuid, reason: &str
 
 /// Whether the certificate with this SHA-256 is recorded as revoked.
 pub async fn is_revoked(conn: &mut AnyConnection, sha256: &str) -> Result<bool> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE sha256 = $1 AND revoked_at IS NOT NULL")
-            .bind(sha256)
-            .fetch_one(conn)
-            .await?;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE sha256 = $1 AND revoked_at IS NOT NULL")
+        .bind(sha256)
+        .fetch_one(conn)
+        .await?;
     Ok(n > 0)
 }
 
@@ -391,9 +433,10 @@ pub async fn revoked_serials(
 
 /// Unrevoked certificates that expire before `before` and have not raised their alarm yet.
 pub async fn expiring_without_alarm(conn: &mut AnyConnection, before: OffsetDateTime) -> Result<Vec<CertRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {CERT_COLUMNS} FROM certificates \
-         WHERE not_after < $1 AND revoked_at IS NULL AND expiry_alarm_at IS NULL ORDER BY not_after"
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        cert_columns!(),
+        " FROM certificates WHERE not_after < $1 AND revoked_at IS NULL AND expiry_alarm_at IS NULL ORDER BY not_after"
     ))
     .bind(to_ms(before))
     .fetch_all(conn)
@@ -459,8 +502,13 @@ pub async fn node_by_certificate(conn: &mut AnyConnection, sha256: &str) -> Resu
     .bind(sha256)
     .fetch_optional(conn)
     .await?;
-    row.map(|(id, which)| Ok((uuid_col(&id)?, if which == 0 { NodeCert::Current } else { NodeCert::Next })))
-        .transpose()
+    row.map(|(id, which)| {
+        Ok((
+            uuid_col(&id)?,
+            if which == 0 { NodeCert::Current } else { NodeCert::Next },
+        ))
+    })
+    .transpose()
 }
 
 /// Records a renewed certificate; the current one stays valid until the new one is used.
@@ -482,11 +530,12 @@ pub async fn set_next_certificate(
 /// The renewed certificate was used: it becomes the only one; the previous one is refused
 /// from now on. Returns the SHA-256 of the previous certificate.
 pub async fn promote_next_certificate(conn: &mut AnyConnection, node: Uuid, sha256: &str) -> Result<Option<String>> {
-    let old: Option<String> = sqlx::query_scalar("SELECT cert_sha256 FROM nodes WHERE id = $1 AND next_cert_sha256 = $2")
-        .bind(node.to_string())
-        .bind(sha256)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT cert_sha256 FROM nodes WHERE id = $1 AND next_cert_sha256 = $2")
+            .bind(node.to_string())
+            .bind(sha256)
+            .fetch_optional(&mut *conn)
+            .await?;
     if old.is_none() {
         return Ok(None);
     }

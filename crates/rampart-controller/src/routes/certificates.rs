@@ -14,10 +14,10 @@ use rampart_api::{
     AgentRenewRequest, AgentRenewResponse, Certificate, CertificateImport, CertificateIssue, CertificateKind,
     CertificateRevoke, CertificateStatus, List,
 };
+use rampart_common::Error;
 use rampart_common::error::ErrorBody;
 use rampart_common::page::finish_page;
 use rampart_common::time::{from_ms, to_ms};
-use rampart_common::Error;
 use rampart_db::kms::{self as db, CertScope};
 use rampart_iam::authz::Target;
 use rampart_kms::ca::{CaRole, CertificateAuthority};
@@ -92,7 +92,8 @@ async fn project_rights(state: &AppState, principal: &Principal, project: Uuid) 
         domain: p.domain_id,
     };
     let manage = principal.can(state, "keys.manage", target);
-    let read = manage || principal.can(state, "keys.use", target) || principal.can(state, "system.read", Target::System);
+    let read =
+        manage || principal.can(state, "keys.use", target) || principal.can(state, "system.read", Target::System);
     if !read {
         return Err(Error::not_found("no such project"));
     }
@@ -208,7 +209,9 @@ pub async fn issue_certificate(
 ) -> Result<(StatusCode, axum::Json<Certificate>), Error> {
     let (_, manage) = project_rights(&state, &principal, req.project).await?;
     if !manage {
-        return Err(Error::forbidden("issuing certificates needs the key-admin role on the project"));
+        return Err(Error::forbidden(
+            "issuing certificates needs the key-admin role on the project",
+        ));
     }
     let days = req.days.unwrap_or(state.config.kms.certificate_days);
     if !(1..=397).contains(&days) {
@@ -264,14 +267,19 @@ pub async fn import_certificate(
         Some(p) => {
             let (_, manage) = project_rights(&state, &principal, p).await?;
             if !manage {
-                return Err(Error::forbidden("importing certificates needs the key-admin role on the project"));
+                return Err(Error::forbidden(
+                    "importing certificates needs the key-admin role on the project",
+                ));
             }
         }
         None => principal.require_system(&state, "system.manage")?,
     }
     let pem = format!("{}\n{}", req.certificate, req.chain.unwrap_or_default());
     if pem.len() > 256 * 1024 {
-        return Err(Error::field("certificate", "the certificate and chain are larger than 256 KiB"));
+        return Err(Error::field(
+            "certificate",
+            "the certificate and chain are larger than 256 KiB",
+        ));
     }
     if pem.contains("PRIVATE KEY") {
         return Err(Error::field(
@@ -385,7 +393,11 @@ pub async fn crl(State(state): State<AppState>, ApiQuery(q): ApiQuery<CrlQuery>)
     };
     let der = crate::kms::crl(&state, role).await?;
     match q.format.as_deref() {
-        None | Some("der") => Ok(([(http::header::CONTENT_TYPE, "application/pkix-crl")], der.as_ref().clone()).into_response()),
+        None | Some("der") => Ok((
+            [(http::header::CONTENT_TYPE, "application/pkix-crl")],
+            der.as_ref().clone(),
+        )
+            .into_response()),
         Some("pem") => {
             use base64::Engine;
             let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_slice());

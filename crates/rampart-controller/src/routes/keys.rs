@@ -69,7 +69,9 @@ async fn authorize(state: &AppState, principal: &Principal, project: Uuid, need:
         Ok(())
     } else {
         let role = if need == Need::Manage { "key-admin" } else { "key-user" };
-        Err(Error::forbidden(format!("this operation needs the {role} role on the project")))
+        Err(Error::forbidden(format!(
+            "this operation needs the {role} role on the project"
+        )))
     }
 }
 
