@@ -37,7 +37,8 @@ need_cargo() {
 
 # Packages the build needs (ring and the bundled SQLite compile C).
 BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
-# Packages Rampart uses at run time on a node.
-RUNTIME_PACKAGES=(iproute2 openssl)
+# Packages Rampart uses at run time on a node (softhsm2: the embedded HSM of `rampart up`).
+RUNTIME_PACKAGES=(iproute2 openssl softhsm2)
 # Packages the test suite needs besides those.
-TEST_PACKAGES=(postgresql openssl iproute2 curl)
+# (softhsm2 for the key tests, sqlite3 for the database-dump scan of rampart-kms)
+TEST_PACKAGES=(postgresql openssl iproute2 curl softhsm2 sqlite3)

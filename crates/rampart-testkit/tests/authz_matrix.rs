@@ -80,6 +80,14 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/users/{id}/reset-password" => serde_json::json!({"password": "Totally-new-pass-99"}),
         "/v1/security-compliance" => serde_json::to_value(rampart_api::SecurityCompliance::default()).unwrap(),
         "/v1/application-credentials" => serde_json::json!({"name": "x", "project": "other"}),
+        "/v1/projects/{p}/keys" => serde_json::json!({"name": "intruder"}),
+        "/v1/projects/{p}/keys/{id}/encrypt" => serde_json::json!({"plaintext": "aW50cnVkZXI="}),
+        "/v1/projects/{p}/keys/{id}/decrypt" | "/v1/projects/{p}/keys/{id}/re-encrypt" => {
+            serde_json::json!({"ciphertext": "aW50cnVkZXI="})
+        }
+        "/v1/projects/{p}/keys/{id}/schedule-deletion" => serde_json::json!({"pending_days": 7}),
+        "/v1/certificates" => serde_json::json!({"project": ids.other_project, "csr": "intruder"}),
+        "/v1/certificates/import" => serde_json::json!({"project": ids.other_project, "certificate": "intruder"}),
         _ => serde_json::json!({}),
     })
 }
