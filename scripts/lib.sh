@@ -38,11 +38,13 @@ need_cargo() {
 # Packages the build needs (ring and the bundled SQLite compile C).
 BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
 # Packages Rampart uses at run time on a node.
-RUNTIME_PACKAGES=(iproute2 openssl)
+# (softhsm2: the embedded HSM of `rampart up`)
+RUNTIME_PACKAGES=(iproute2 openssl softhsm2)
 # Tenant networking on a node (rampart-net): nft, conntrack, platform DHCP.
 RUNTIME_PACKAGES+=(nftables conntrack dnsmasq-base)
 # Packages the test suite needs besides those.
-TEST_PACKAGES=(postgresql openssl iproute2 curl)
+# (softhsm2 for the key tests, sqlite3 for the database-dump scan of rampart-kms)
+TEST_PACKAGES=(postgresql openssl iproute2 curl softhsm2 sqlite3)
 # The audit trail's forwarding tests run a private RFC 5425 receiver (issue 4).
 TEST_PACKAGES+=(rsyslog rsyslog-gnutls)
 # What a node needs to run VMs and build the demo guest (qemu-system-x86, genisoimage, cpio,

@@ -11,6 +11,7 @@ need_cargo
 
 eval "$(scripts/ci/start-postgres.sh)"
 export RAMPART_TEST_REQUIRE_POSTGRES=1
+export RAMPART_TEST_REQUIRE_HSM=1
 if [ "$(id -u)" = 0 ]; then export RAMPART_TEST_REQUIRE_ROOT=1; fi
 
 cargo fmt --all -- --check

@@ -5,10 +5,12 @@ pub mod agent;
 pub mod client;
 pub mod compute;
 pub mod identity;
+pub mod keys;
 pub mod network;
 pub mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError};
 pub use identity::*;
+pub use keys::*;
 pub use types::*;

@@ -36,6 +36,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub compute: ComputeConfig,
     pub network: NetworkConfig,
+    pub kms: KmsConfig,
 }
 
 /// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
@@ -212,6 +213,74 @@ pub struct AuthzConfig {
     /// Extra Cedar policies (e.g. `forbid` rules on time windows or source ranges), validated
     /// against Rampart's schema at start.
     pub policy_file: Option<PathBuf>,
+}
+
+/// Which HSM holds the keys.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HsmKind {
+    /// A SoftHSM2 token under `<data_dir>/hsm/`, initialised on first start.
+    Embedded,
+    /// An initialised token of any PKCS#11 module (`kms.module`, `kms.token_label`, `kms.pin_file`).
+    Pkcs11,
+}
+
+/// Where the internal CAs keep their private keys.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaKeyCustody {
+    /// In the HSM when it is available, otherwise in a 0600 key file.
+    Auto,
+    /// In the HSM; start-up fails without it.
+    Hsm,
+    /// In a 0600 key file.
+    File,
+}
+
+/// The key service, its HSM and the certificate service (`[kms]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    pub hsm: HsmKind,
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the token (`pkcs11` only; the embedded token is `rampart`).
+    pub token_label: String,
+    /// File holding the token's user PIN (`pkcs11` only).
+    pub pin_file: Option<PathBuf>,
+    /// Refuse to start when the HSM cannot be opened. With `false` the controller starts and
+    /// every key operation answers 503 `hsm_unavailable`.
+    pub required: bool,
+    /// PKCS#11 sessions kept open for concurrent operations.
+    pub sessions: usize,
+    /// Where new internal CAs keep their keys.
+    pub ca_key: CaKeyCustody,
+    /// How often the key and certificate reconciler runs (rotation, destruction, expiry alarms).
+    pub maintenance_interval_s: u64,
+    /// Default lifetime of certificates issued from tenants' CSRs.
+    pub certificate_days: u32,
+    /// Certificates expiring within this many days raise the expiry alarm.
+    pub certificate_warning_days: u32,
+    /// Validity of the published CRLs.
+    pub crl_validity_hours: u32,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            hsm: HsmKind::Embedded,
+            module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            token_label: "rampart".into(),
+            pin_file: None,
+            required: true,
+            sessions: 4,
+            ca_key: CaKeyCustody::Auto,
+            maintenance_interval_s: 60,
+            certificate_days: 90,
+            certificate_warning_days: 30,
+            crl_validity_hours: 24,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -561,6 +630,31 @@ impl Config {
                 );
             }
         }
+        let k = &self.kms;
+        if k.hsm == HsmKind::Pkcs11 && k.pin_file.is_none() {
+            return invalid("kms.pin_file", "is needed with kms.hsm = \"pkcs11\"");
+        }
+        if k.token_label.is_empty() || k.token_label.len() > 32 {
+            return invalid(
+                "kms.token_label",
+                "must be 1 to 32 bytes (PKCS#11 token labels are 32 bytes)",
+            );
+        }
+        if !(1..=64).contains(&k.sessions) {
+            return invalid("kms.sessions", "must be between 1 and 64");
+        }
+        if !(1..=86_400).contains(&k.maintenance_interval_s) {
+            return invalid("kms.maintenance_interval_s", "must be between 1 and 86400");
+        }
+        if !(1..=397).contains(&k.certificate_days) {
+            return invalid("kms.certificate_days", "must be between 1 and 397");
+        }
+        if !(1..=365).contains(&k.certificate_warning_days) {
+            return invalid("kms.certificate_warning_days", "must be between 1 and 365");
+        }
+        if !(1..=720).contains(&k.crl_validity_hours) {
+            return invalid("kms.crl_validity_hours", "must be between 1 and 720");
+        }
         if !self.local_agent.name.is_empty() {
             crate::names::validate_node_name(&self.local_agent.name).map_err(|e| ConfigError::Invalid {
                 key: "local_agent.name",
@@ -623,6 +717,19 @@ mod tests {
     }
 
     #[test]
+    fn kms_section_is_checked() {
+        let c = parse("[kms]\nhsm = \"pkcs11\"\npin_file = \"/etc/rampart/pin\"\nrequired = false\n").unwrap();
+        assert_eq!(c.kms.hsm, HsmKind::Pkcs11);
+        assert!(!c.kms.required);
+        let err = parse("[kms]\nhsm = \"pkcs11\"\n").unwrap_err().to_string();
+        assert!(err.contains("kms.pin_file"), "{err}");
+        let err = parse("[kms]\nhsm = \"software\"\n").unwrap_err().to_string();
+        assert!(err.contains("hsm"), "{err}");
+        let err = parse("[kms]\ncertificate_days = 900\n").unwrap_err().to_string();
+        assert!(err.contains("kms.certificate_days"), "{err}");
+    }
+
+    #[test]
     fn default_database_is_sqlite_in_the_data_dir() {
         let c = Config::default();
         assert_eq!(c.database_url(Path::new("/d")), "sqlite:///d/rampart.db");
@@ -671,6 +778,7 @@ mod doc_tests {
             "`network.management_interface`",
             "`network.tunnel_interface`",
             "`network.tunnel_ip`",
+            "`kms.pin_file`",
         ] {
             if !doc.contains(name) {
                 missing.push(name.to_string());

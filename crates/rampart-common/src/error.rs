@@ -47,6 +47,14 @@ pub enum Error {
     RateLimited { retry_after_s: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// Any status with a code of its own, for domains whose refusals each need a distinct
+    /// code (`key_disabled`, `context_mismatch`, `hsm_unavailable`, ...). The message is public.
+    #[error("{message}")]
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// Anything unexpected. `context` says what was being done; the source stays server-side.
     #[error("internal error while {context}")]
     Internal {
@@ -84,6 +92,14 @@ impl Error {
         Error::Conflict(message.into())
     }
 
+    pub fn coded(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Error::Coded {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Error::Forbidden {
             code: "forbidden",
@@ -111,6 +127,7 @@ impl Error {
             Error::PolicyViolation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Coded { status, .. } => *status,
             Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +145,7 @@ impl Error {
             Error::PolicyViolation { .. } => "policy_violation",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "unavailable",
+            Error::Coded { code, .. } => code,
             Error::Internal { .. } => "internal_error",
         }
     }
@@ -233,6 +251,15 @@ mod tests {
     fn invalid_credentials_has_one_message() {
         assert_eq!(Error::InvalidCredentials.code(), "invalid_credentials");
         assert_eq!(Error::InvalidCredentials.public_message(), "invalid credentials");
+    }
+
+    #[test]
+    fn coded_errors_carry_their_own_status_and_code() {
+        let err = Error::coded(StatusCode::CONFLICT, "key_disabled", "the key is disabled");
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        let body = err.body();
+        assert_eq!(body.error.code, "key_disabled");
+        assert_eq!(body.error.message, "the key is disabled");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod compute;
 pub mod http;
 pub mod identity;
+pub mod kms;
 pub mod network;
 pub mod planes;
 pub mod reconcile;
@@ -26,7 +27,6 @@ use rampart_common::config::Config;
 use rampart_common::fsutil;
 use rampart_common::time::SharedClock;
 use rampart_db::{ConnectOptions, Db, DbError};
-use rampart_kms::CertificateAuthority;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,10 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("internal CA")]
     Ca(#[from] rampart_kms::CaError),
+    #[error("key service")]
+    Kms(#[from] kms::KmsStartError),
+    #[error("key service: {0}")]
+    KmsRecords(rampart_common::Error),
     #[error("TLS setup")]
     Tls(#[from] tls::TlsSetupError),
     #[error("bootstrap")]
@@ -105,7 +109,7 @@ impl Controller {
             },
         )
         .await?;
-        let (ca, _) = CertificateAuthority::load_or_create(&data_dir, config.tls.ca_days, now)?;
+        let (ca, kms) = kms::start(&config, &data_dir, now)?;
         let names = tls::server_names(&config.api.listen, &config.api.tls_names);
         let server_cert = Arc::new(tls::ServerCert::load_or_issue(
             &ca,
@@ -151,8 +155,10 @@ impl Controller {
             trusted_proxies,
             compliance: std::sync::RwLock::new(None),
             audit,
+            kms,
         }));
         reconcile::republish_all(&state).await?;
+        kms::after_start(&state).await.map_err(StartError::KmsRecords)?;
 
         let router = routes::router(state.clone());
         let mut tasks = Vec::new();

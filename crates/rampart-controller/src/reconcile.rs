@@ -60,6 +60,11 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                 {
                     tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "token purge failed");
                 }
+                if ticks.is_multiple_of(state.config.kms.maintenance_interval_s)
+                    && let Err(e) = crate::kms::maintain(&state).await
+                {
+                    tracing::warn!(error = %e, "key and certificate maintenance failed");
+                }
             }
             if ticks % CERT_CHECK_EVERY == CERT_CHECK_EVERY - 1 {
                 let days = state.config.tls.server_certificate_days;

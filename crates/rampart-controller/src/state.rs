@@ -39,6 +39,8 @@ pub struct Inner {
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,
     /// The audit trail: appender, forwarding queue and forwarder.
     pub audit: Arc<crate::audit::Audit>,
+    /// Keys (the HSM-backed key service) and certificates (the tenant CA, CRLs).
+    pub kms: crate::kms::Kms,
 }
 
 impl std::ops::Deref for AppState {

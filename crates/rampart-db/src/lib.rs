@@ -11,6 +11,7 @@ pub mod compute;
 pub mod credentials;
 pub mod groups;
 pub mod identity;
+pub mod kms;
 pub mod leases;
 pub mod meta;
 pub mod network;

@@ -1,22 +1,42 @@
-//! The internal CA. Created on first start (ECDSA P-256), its certificate is written to
-//! `<data-dir>/ca.pem` for clients and its key to `<data-dir>/tls/ca-key.pem` (0600).
+//! The internal certificate authorities (12.3.1, 13.3-2). Both are ECDSA P-256 and created on
+//! first start:
+//!
+//! * the **infrastructure CA** (`<data-dir>/ca.pem`) signs the API server certificate and the
+//!   agents' client certificates; it is what clients and agents trust;
+//! * the **tenant CA** (`<data-dir>/tenant-ca.pem`) signs certificates that tenants ask for
+//!   with a CSR. It is a separate root on purpose: a tenant certificate naming `localhost` or
+//!   the controller's address must never be accepted by a client that trusts `ca.pem`.
+//!
+//! Each CA key lives in the HSM when one is configured and able to hold EC keys (the key
+//! never exists outside the token; `tls/<name>-key.hsm` records the token label), otherwise
+//! in `tls/<name>-key.pem` (0600). A CA keeps the custody it was created with.
 //!
 //! Agents get certificates whose only identity is the node id, as a URI SAN
 //! `urn:rampart:node:<uuid>`: whatever the CSR asks for is ignored but its public key.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rampart_common::fsutil;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertificateSigningRequestParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+pub use rcgen::RevocationReason;
+
+use crate::error::HsmError;
+use crate::hsm_signer::{CaKey, HsmSigningKey};
+use crate::pkcs11::Pkcs11Backend;
+
 pub const NODE_URI_PREFIX: &str = "urn:rampart:node:";
+/// Most names a tenant certificate may carry.
+pub const MAX_CERTIFICATE_NAMES: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -33,8 +53,88 @@ pub enum CaError {
     BadCsr(String),
     #[error("not a valid certificate: {0}")]
     BadCertificate(String),
+    #[error("{0}")]
+    BadName(String),
     #[error("{path} exists but {other} does not: refusing to create a new CA over half of an old one")]
     HalfCa { path: PathBuf, other: PathBuf },
+    #[error("the CA key is in the HSM ({marker}) but no HSM is available; configure [kms] so the token can be opened")]
+    HsmRequired { marker: PathBuf },
+    #[error("the HSM holds no key labelled {label} for the CA certificate {cert}")]
+    HsmKeyMissing { label: String, cert: PathBuf },
+    #[error("the key in the HSM labelled {label} does not match the CA certificate {cert}")]
+    KeyMismatch { label: String, cert: PathBuf },
+    #[error("HSM")]
+    Hsm(#[from] HsmError),
+}
+
+/// Which internal CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRole {
+    /// Signs the API server and agent certificates; `ca.pem`.
+    Infrastructure,
+    /// Signs tenants' certificates (from their CSRs); `tenant-ca.pem`.
+    Tenant,
+}
+
+impl CaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaRole::Infrastructure => "infrastructure",
+            CaRole::Tenant => "tenant",
+        }
+    }
+
+    fn stem(self) -> &'static str {
+        match self {
+            CaRole::Infrastructure => "ca",
+            CaRole::Tenant => "tenant-ca",
+        }
+    }
+
+    pub fn cert_path(self, data_dir: &Path) -> PathBuf {
+        data_dir.join(format!("{}.pem", self.stem()))
+    }
+
+    pub fn key_path(self, data_dir: &Path) -> PathBuf {
+        data_dir.join("tls").join(format!("{}-key.pem", self.stem()))
+    }
+
+    /// Present when the key is in the HSM; holds the token label.
+    pub fn hsm_marker_path(self, data_dir: &Path) -> PathBuf {
+        data_dir.join("tls").join(format!("{}-key.hsm", self.stem()))
+    }
+
+    pub fn hsm_label(self) -> &'static str {
+        match self {
+            CaRole::Infrastructure => "rampart:ca",
+            CaRole::Tenant => "rampart:tenant-ca",
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            CaRole::Infrastructure => "Rampart internal CA",
+            CaRole::Tenant => "Rampart tenant CA",
+        }
+    }
+}
+
+/// Where a CA's private key is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaKeyMode {
+    /// `tls/<name>-key.pem`, mode 0600.
+    File,
+    /// A non-extractable key in the HSM; the file system holds no key.
+    Hsm,
+}
+
+impl CaKeyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaKeyMode::File => "file",
+            CaKeyMode::Hsm => "hsm",
+        }
+    }
 }
 
 /// A certificate and its key, PEM.
@@ -52,15 +152,36 @@ impl std::fmt::Debug for IssuedCertificate {
     }
 }
 
+/// A certificate signed from a CSR (the key stays with the requester).
+#[derive(Debug, Clone)]
+pub struct SignedCertificate {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    pub not_after: OffsetDateTime,
+}
+
+/// An entry of a CRL.
+#[derive(Debug, Clone)]
+pub struct RevokedEntry {
+    /// Serial number, hex of its DER content bytes (as [`CertInfo::serial`]).
+    pub serial: String,
+    pub revoked_at: OffsetDateTime,
+    pub reason: Option<RevocationReason>,
+}
+
 pub struct CertificateAuthority {
+    role: CaRole,
     cert_pem: String,
     cert_der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
+    mode: CaKeyMode,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateAuthority")
+            .field("role", &self.role)
+            .field("key", &self.mode)
             .field("sha256", &self.sha256())
             .finish_non_exhaustive()
     }
@@ -87,38 +208,144 @@ fn validity(params: &mut CertificateParams, now: OffsetDateTime, days: u32) {
     params.not_after = now + Duration::days(days as i64);
 }
 
+fn ca_params(role: CaRole, days: u32, now: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Rampart");
+    dn.push(
+        DnType::CommonName,
+        format!("{} {}", role.common_name(), &Uuid::new_v4().simple().to_string()[..8]),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    validity(&mut params, now, days);
+    params
+}
+
+/// A DNS name or IP address a tenant certificate may carry: `[a-z0-9-]` labels (a leading
+/// `*.` allowed), at most 253 bytes, or an IP address.
+pub fn validate_certificate_name(name: &str) -> Result<SanType, CaError> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let bad = || CaError::BadName(format!("{name:?} is not a DNS name or an IP address"));
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    if name.len() > 253 || host.is_empty() {
+        return Err(bad());
+    }
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(SanType::DnsName(name.to_string().try_into().map_err(|_| bad())?))
+}
+
 impl CertificateAuthority {
     pub fn cert_path(data_dir: &Path) -> PathBuf {
-        data_dir.join("ca.pem")
+        CaRole::Infrastructure.cert_path(data_dir)
     }
 
     pub fn key_path(data_dir: &Path) -> PathBuf {
-        data_dir.join("tls").join("ca-key.pem")
+        CaRole::Infrastructure.key_path(data_dir)
     }
 
-    /// Loads the CA of `data_dir`, creating it on first start.
+    /// Loads the infrastructure CA of `data_dir` with a key file, creating it on first start.
     pub fn load_or_create(
         data_dir: &Path,
         days: u32,
         now: OffsetDateTime,
     ) -> Result<(CertificateAuthority, bool), CaError> {
-        let cert_path = Self::cert_path(data_dir);
-        let key_path = Self::key_path(data_dir);
+        Self::load_or_create_in(data_dir, CaRole::Infrastructure, days, now, None)
+    }
+
+    /// Loads the CA `role` of `data_dir`, creating it on first start. With `hsm`, a new CA's
+    /// key is generated in the token; an existing CA keeps its custody (a key file stays a key
+    /// file, a key in the HSM needs `hsm`).
+    pub fn load_or_create_in(
+        data_dir: &Path,
+        role: CaRole,
+        days: u32,
+        now: OffsetDateTime,
+        hsm: Option<&Arc<Pkcs11Backend>>,
+    ) -> Result<(CertificateAuthority, bool), CaError> {
+        let cert_path = role.cert_path(data_dir);
+        let key_path = role.key_path(data_dir);
+        let marker = role.hsm_marker_path(data_dir);
+        let tls_dir = key_path.parent().expect("tls dir");
+        if marker.exists() {
+            let Some(backend) = hsm else {
+                return Err(CaError::HsmRequired { marker });
+            };
+            let label = std::fs::read_to_string(&marker).map_err(io("read", &marker))?;
+            let label = label.trim();
+            if cert_path.exists() {
+                let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
+                let key = HsmSigningKey::load(backend.clone(), label)?.ok_or_else(|| CaError::HsmKeyMissing {
+                    label: label.to_string(),
+                    cert: cert_path.clone(),
+                })?;
+                let ca = Self::from_cert_and_key(role, &cert_pem, CaKey::Hsm(key), CaKeyMode::Hsm)?;
+                if ca.public_key_of_cert()? != ca.issuer.key().der_bytes() {
+                    return Err(CaError::KeyMismatch {
+                        label: label.to_string(),
+                        cert: cert_path,
+                    });
+                }
+                return Ok((ca, false));
+            }
+            // The key was made but the certificate never written (a crash): finish the job.
+            let key = HsmSigningKey::load_or_generate(backend.clone(), label)?;
+            let ca = Self::generate_with(role, CaKey::Hsm(key), CaKeyMode::Hsm, days, now)?;
+            fsutil::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644).map_err(io("write", &cert_path))?;
+            return Ok((ca, true));
+        }
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
                 let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
                 let key_pem = std::fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
-                Ok((Self::from_pem(&cert_pem, &key_pem)?, false))
+                let key = KeyPair::from_pem(&key_pem)?;
+                Ok((
+                    Self::from_cert_and_key(role, &cert_pem, CaKey::File(Box::new(key)), CaKeyMode::File)?,
+                    false,
+                ))
             }
             (false, false) => {
-                let ca = Self::generate(days, now)?;
-                fsutil::ensure_private_dir(key_path.parent().expect("tls dir")).map_err(io("create", &key_path))?;
-                // Key first: a crash between the two writes leaves a key without certificate,
-                // which the next start reports instead of silently making a second CA.
-                fsutil::write_secret(&key_path, ca.issuer.key().serialize_pem().as_bytes())
-                    .map_err(io("write", &key_path))?;
+                fsutil::ensure_private_dir(tls_dir).map_err(io("create", tls_dir))?;
+                let ca = match hsm {
+                    Some(backend) => {
+                        let label = role.hsm_label();
+                        let key = HsmSigningKey::load_or_generate(backend.clone(), label)?;
+                        // Marker first: a crash before the certificate leaves a marker the next
+                        // start completes, never a second key.
+                        fsutil::write_secret(&marker, format!("{label}\n").as_bytes()).map_err(io("write", &marker))?;
+                        Self::generate_with(role, CaKey::Hsm(key), CaKeyMode::Hsm, days, now)?
+                    }
+                    None => {
+                        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+                        // Key first: a crash between the two writes leaves a key without
+                        // certificate, which the next start reports instead of silently
+                        // making a second CA.
+                        fsutil::write_secret(&key_path, key.serialize_pem().as_bytes())
+                            .map_err(io("write", &key_path))?;
+                        Self::generate_with(role, CaKey::File(Box::new(key)), CaKeyMode::File, days, now)?
+                    }
+                };
                 fsutil::write_atomic(&cert_path, ca.cert_pem.as_bytes(), 0o644).map_err(io("write", &cert_path))?;
-                tracing::info!(sha256 = %ca.sha256(), path = %cert_path.display(), "created the internal CA");
+                tracing::info!(role = role.as_str(), key = ca.mode.as_str(), sha256 = %ca.sha256(), path = %cert_path.display(), "created an internal CA");
                 Ok((ca, true))
             }
             (true, false) => Err(CaError::HalfCa {
@@ -132,43 +359,78 @@ impl CertificateAuthority {
         }
     }
 
+    /// A new infrastructure CA with a software key (tests).
     pub fn generate(days: u32, now: OffsetDateTime) -> Result<CertificateAuthority, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Rampart");
-        dn.push(
-            DnType::CommonName,
-            format!("Rampart internal CA {}", &Uuid::new_v4().simple().to_string()[..8]),
-        );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.serial_number = Some(random_serial());
-        validity(&mut params, now, days);
+        Self::generate_with(
+            CaRole::Infrastructure,
+            CaKey::File(Box::new(key)),
+            CaKeyMode::File,
+            days,
+            now,
+        )
+    }
+
+    /// A new self-signed CA around `key`.
+    pub fn generate_with(
+        role: CaRole,
+        key: CaKey,
+        mode: CaKeyMode,
+        days: u32,
+        now: OffsetDateTime,
+    ) -> Result<CertificateAuthority, CaError> {
+        let params = ca_params(role, days, now);
         let cert = params.self_signed(&key)?;
-        let cert_pem = cert.pem();
-        let cert_der = cert.der().to_vec();
         Ok(CertificateAuthority {
-            cert_pem,
-            cert_der,
+            role,
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
             issuer: Issuer::new(params, key),
+            mode,
         })
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, CaError> {
         let key = KeyPair::from_pem(key_pem)?;
+        Self::from_cert_and_key(
+            CaRole::Infrastructure,
+            cert_pem,
+            CaKey::File(Box::new(key)),
+            CaKeyMode::File,
+        )
+    }
+
+    fn from_cert_and_key(
+        role: CaRole,
+        cert_pem: &str,
+        key: CaKey,
+        mode: CaKeyMode,
+    ) -> Result<CertificateAuthority, CaError> {
         let cert_der = pem_to_der(cert_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         Ok(CertificateAuthority {
+            role,
             cert_pem: cert_pem.to_string(),
             cert_der,
             issuer,
+            mode,
         })
+    }
+
+    fn public_key_of_cert(&self) -> Result<Vec<u8>, CaError> {
+        use x509_parser::prelude::*;
+        let (_, cert) =
+            X509Certificate::from_der(&self.cert_der).map_err(|e| CaError::BadCertificate(e.to_string()))?;
+        Ok(cert.public_key().subject_public_key.data.to_vec())
+    }
+
+    pub fn role(&self) -> CaRole {
+        self.role
+    }
+
+    /// Where the private key is kept.
+    pub fn key_mode(&self) -> CaKeyMode {
+        self.mode
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -238,9 +500,98 @@ impl CertificateAuthority {
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok((cert.pem(), cert.der().to_vec(), params.not_after))
     }
+
+    /// The DNS names and IP addresses a CSR asks for (its subject alternative names).
+    pub fn csr_names(csr_pem: &str) -> Result<Vec<String>, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
+        csr.params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::DnsName(d) => Ok(d.as_str().to_string()),
+                SanType::IpAddress(ip) => Ok(ip.to_string()),
+                _ => Err(CaError::BadName(
+                    "the CSR asks for a name that is not a DNS name or an IP address".into(),
+                )),
+            })
+            .collect()
+    }
+
+    /// Signs a tenant's CSR for `names` (server and client authentication). Only the CSR's
+    /// public key is taken: the subject is the first name, the CSR's own extensions (a CA
+    /// flag, other usages) are ignored.
+    pub fn sign_tenant_csr(
+        &self,
+        csr_pem: &str,
+        names: &[String],
+        days: u32,
+        now: OffsetDateTime,
+    ) -> Result<SignedCertificate, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
+        if names.is_empty() || names.len() > MAX_CERTIFICATE_NAMES {
+            return Err(CaError::BadName(format!(
+                "a certificate carries 1 to {MAX_CERTIFICATE_NAMES} names"
+            )));
+        }
+        let sans = names
+            .iter()
+            .map(|n| validate_certificate_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Rampart tenants");
+        dn.push(DnType::CommonName, names[0].clone());
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, now, days);
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(SignedCertificate {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            not_after: params.not_after,
+        })
+    }
+
+    /// A CRL of this CA listing `revoked`, valid from `now` for `validity`.
+    pub fn crl(
+        &self,
+        revoked: &[RevokedEntry],
+        number: u64,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<Vec<u8>, CaError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|r| {
+                let serial = hex::decode(&r.serial)
+                    .map_err(|_| CaError::BadCertificate(format!("serial {:?} is not hex", r.serial)))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: r.revoked_at,
+                    reason_code: r.reason,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + validity,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
 }
 
-/// A fresh key pair and a CSR for it (what an agent sends to join); the key PEM stays local.
+/// A fresh key pair and a CSR for it (what an agent sends to join or renew); the key PEM
+/// stays local.
 pub fn node_key_and_csr() -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
@@ -249,17 +600,23 @@ pub fn node_key_and_csr() -> Result<(String, String), CaError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, CaError> {
     use x509_parser::pem::parse_x509_pem;
     let (_, p) = parse_x509_pem(pem.as_bytes()).map_err(|e| CaError::BadCertificate(e.to_string()))?;
     Ok(p.contents)
 }
 
-/// What the controller needs from a peer certificate.
+/// What the controller needs from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub sha256: String,
+    /// Hex of the serial number's DER content bytes.
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    pub is_ca: bool,
     /// The node id of a node certificate (URI SAN `urn:rampart:node:<uuid>`).
     pub node_id: Option<Uuid>,
     /// DNS and IP subject alternative names, for server certificates.
@@ -269,8 +626,11 @@ pub struct CertInfo {
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| CaError::BadCertificate(e.to_string()))?;
-    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
-        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    let time = |t: ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|e| CaError::BadCertificate(e.to_string()))
+    };
+    let not_before = time(cert.validity().not_before)?;
+    let not_after = time(cert.validity().not_after)?;
     let mut node_id = None;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -293,7 +653,12 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
     }
     Ok(CertInfo {
         sha256: hex::encode(Sha256::digest(der)),
+        serial: hex::encode(cert.raw_serial()),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before,
         not_after,
+        is_ca: cert.is_ca(),
         node_id,
         names,
     })
@@ -388,6 +753,145 @@ mod tests {
         );
         let err = ca.sign_node_csr(&bad_pem, Uuid::new_v4(), 90, now()).unwrap_err();
         assert!(matches!(err, CaError::BadCsr(_)), "{err}");
+    }
+
+    /// Verifies `leaf_der` for server authentication against `ca`, optionally with a CRL.
+    fn webpki_verify(ca: &CertificateAuthority, leaf_der: &[u8], crl: Option<&[u8]>) -> Result<(), webpki::Error> {
+        use rustls_pki_types::{CertificateDer, UnixTime};
+        let ca_der = CertificateDer::from(ca.cert_der());
+        let anchors = [webpki::anchor_from_trusted_cert(&ca_der).unwrap()];
+        let leaf = CertificateDer::from(leaf_der);
+        let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        let crl =
+            crl.map(|d| webpki::CertRevocationList::from(webpki::BorrowedCertRevocationList::from_der(d).unwrap()));
+        let crls: Vec<&webpki::CertRevocationList<'_>> = crl.iter().collect();
+        let revocation = (!crls.is_empty()).then(|| webpki::RevocationOptionsBuilder::new(&crls).unwrap().build());
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            revocation,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn tenant_csr(names: &[&str], ask_ca: bool) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        if ask_ca {
+            p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn spec_13_3_2_tenant_csr_gets_only_the_names_asked_and_no_ca_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, created) =
+            CertificateAuthority::load_or_create_in(dir.path(), CaRole::Tenant, 3650, now(), None).unwrap();
+        assert!(created);
+        assert!(dir.path().join("tenant-ca.pem").exists());
+        assert_eq!(fsutil::mode_of(&CaRole::Tenant.key_path(dir.path())).unwrap(), 0o600);
+        let csr = tenant_csr(&["shop.example.com", "10.0.0.5"], true);
+        assert_eq!(
+            CertificateAuthority::csr_names(&csr).unwrap(),
+            vec!["shop.example.com".to_string(), "10.0.0.5".to_string()]
+        );
+        let names = vec!["shop.example.com".to_string(), "*.shop.example.com".to_string()];
+        let signed = ca.sign_tenant_csr(&csr, &names, 90, now()).unwrap();
+        let info = cert_info(&signed.cert_der).unwrap();
+        assert_eq!(info.names, names);
+        assert!(!info.is_ca, "a CSR asking to be a CA gets a leaf");
+        assert!(info.node_id.is_none());
+        webpki_verify(&ca, &signed.cert_der, None).expect("chains to the tenant CA");
+        // Names that are not DNS names or addresses are refused, as are too many.
+        for bad in ["UPPER.example", "a..b", "-x.example", "urn:rampart:node:1", "", "a b"] {
+            assert!(
+                matches!(
+                    ca.sign_tenant_csr(&csr, &[bad.to_string()], 90, now()),
+                    Err(CaError::BadName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_CERTIFICATE_NAMES).map(|i| format!("h{i}.example")).collect();
+        assert!(matches!(
+            ca.sign_tenant_csr(&csr, &many, 90, now()),
+            Err(CaError::BadName(_))
+        ));
+        // The tenant CA is not the infrastructure CA: its certificates do not chain to ca.pem.
+        let (infra, _) = CertificateAuthority::load_or_create(dir.path(), 3650, now()).unwrap();
+        assert_ne!(infra.sha256(), ca.sha256());
+        assert!(webpki_verify(&infra, &signed.cert_der, None).is_err());
+    }
+
+    #[test]
+    fn spec_13_3_2_crl_lists_revoked_serials_and_verifiers_refuse_them() {
+        let ca = CertificateAuthority::generate(3650, now()).unwrap();
+        let a = ca.issue_server(&["a.example".to_string()], 90, now()).unwrap();
+        let b = ca.issue_server(&["b.example".to_string()], 90, now()).unwrap();
+        let (a_der, b_der) = (pem_der(&a.cert_pem), pem_der(&b.cert_pem));
+        let revoked = [RevokedEntry {
+            serial: cert_info(&a_der).unwrap().serial,
+            revoked_at: now(),
+            reason: Some(RevocationReason::KeyCompromise),
+        }];
+        let crl = ca.crl(&revoked, 7, now(), Duration::days(1)).unwrap();
+        assert_eq!(
+            webpki_verify(&ca, &a_der, Some(&crl)).unwrap_err(),
+            webpki::Error::CertRevoked
+        );
+        webpki_verify(&ca, &b_der, Some(&crl)).expect("not revoked");
+        // An empty CRL is still a signed, valid CRL.
+        let empty = ca.crl(&[], 8, now(), Duration::days(1)).unwrap();
+        webpki_verify(&ca, &a_der, Some(&empty)).unwrap();
+        // A CRL signed by another CA is not accepted for this one.
+        let other = CertificateAuthority::generate(3650, now()).unwrap();
+        let forged = other.crl(&revoked, 9, now(), Duration::days(1)).unwrap();
+        assert!(webpki_verify(&ca, &b_der, Some(&forged)).is_err());
+    }
+
+    #[test]
+    fn spec_12_3_1_ca_key_in_the_hsm_writes_no_key_file_and_reloads() {
+        let Some(b) = crate::testutil::backend() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, created) =
+            CertificateAuthority::load_or_create_in(dir.path(), CaRole::Infrastructure, 3650, now(), Some(&b)).unwrap();
+        assert!(created);
+        assert_eq!(ca.key_mode(), CaKeyMode::Hsm);
+        assert!(!CaRole::Infrastructure.key_path(dir.path()).exists(), "no key file");
+        let marker = CaRole::Infrastructure.hsm_marker_path(dir.path());
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "rampart:ca");
+        assert_eq!(fsutil::mode_of(&marker).unwrap(), 0o600);
+        let issued = ca.issue_server(&["localhost".to_string()], 90, now()).unwrap();
+        webpki_verify(&ca, &pem_der(&issued.cert_pem), None).expect("HSM-signed certificate verifies");
+        let crl = ca.crl(&[], 1, now(), Duration::days(1)).unwrap();
+        webpki_verify(&ca, &pem_der(&issued.cert_pem), Some(&crl)).expect("HSM-signed CRL verifies");
+        // Reload: same CA, same key; without the HSM the CA refuses to load.
+        let (again, created) =
+            CertificateAuthority::load_or_create_in(dir.path(), CaRole::Infrastructure, 3650, now(), Some(&b)).unwrap();
+        assert!(!created);
+        assert_eq!(again.sha256(), ca.sha256());
+        assert_eq!(again.key_mode(), CaKeyMode::Hsm);
+        assert!(matches!(
+            CertificateAuthority::load_or_create_in(dir.path(), CaRole::Infrastructure, 3650, now(), None),
+            Err(CaError::HsmRequired { .. })
+        ));
+        // The tenant CA of the same token has its own key.
+        let (tenant, _) =
+            CertificateAuthority::load_or_create_in(dir.path(), CaRole::Tenant, 3650, now(), Some(&b)).unwrap();
+        assert_eq!(tenant.key_mode(), CaKeyMode::Hsm);
+        assert_ne!(tenant.public_key_of_cert().unwrap(), ca.public_key_of_cert().unwrap());
+        // A CA whose key file exists keeps it, HSM or not.
+        let file_dir = tempfile::tempdir().unwrap();
+        CertificateAuthority::load_or_create(file_dir.path(), 3650, now()).unwrap();
+        let (kept, _) =
+            CertificateAuthority::load_or_create_in(file_dir.path(), CaRole::Infrastructure, 3650, now(), Some(&b))
+                .unwrap();
+        assert_eq!(kept.key_mode(), CaKeyMode::File);
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {

@@ -106,7 +106,26 @@ impl TestCluster {
         config.nodes.heartbeat_interval_s = 1;
         config.nodes.heartbeat_timeout_s = 3;
         config.nodes.long_poll_timeout_s = 5;
+        // A fresh SoftHSM2 token of this test (the embedded token needs SOFTHSM2_CONF at process
+        // start, which a test process shares). Without SoftHSM2 the controller starts with key
+        // operations failing closed, unless RAMPART_TEST_REQUIRE_HSM=1 makes that fatal.
+        match rampart_kms::testutil::new_token() {
+            Some(token) => {
+                config.kms.hsm = rampart_common::config::HsmKind::Pkcs11;
+                config.kms.module = token.module.clone();
+                config.kms.token_label = token.token_label.clone();
+                config.kms.pin_file = Some(token.pin_file.clone());
+                config.kms.sessions = 2;
+            }
+            None => config.kms.required = false,
+        }
         config
+    }
+
+    /// Whether this cluster's key service has an HSM (SoftHSM2 installed); key tests return
+    /// early without one (they fail instead under `RAMPART_TEST_REQUIRE_HSM=1`).
+    pub fn has_hsm(&self) -> bool {
+        self.config.kms.hsm == rampart_common::config::HsmKind::Pkcs11
     }
 
     pub async fn start(opts: ClusterOptions) -> TestCluster {

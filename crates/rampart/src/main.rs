@@ -188,11 +188,54 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Set only in the process re-executed by [`embedded_hsm_env`], so it never loops.
+const REEXEC_GUARD: &str = "RAMPART_HSM_REEXEC";
+
+/// The embedded SoftHSM2 token (`[kms] hsm = "embedded"`, the default) lives in
+/// `DATA_DIR/hsm/`; SoftHSM reads where from `SOFTHSM2_CONF` once per process, at module load.
+/// So: prepare the directory, configuration and PINs (first start), then re-execute this
+/// binary with `SOFTHSM2_CONF` set before any thread exists. The token itself is initialised
+/// by the controller when it opens it. Configuration errors are left to `run_controller`.
+fn embedded_hsm_env(args: &ControllerArgs) -> anyhow::Result<()> {
+    let Ok((config, data_dir)) = load_config(args) else {
+        return Ok(());
+    };
+    let Some(conf) = rampart_controller::kms::embedded_conf(&config, &data_dir)
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?
+    else {
+        return Ok(());
+    };
+    if std::env::var_os("SOFTHSM2_CONF").is_some_and(|v| Path::new(&v) == conf) {
+        return Ok(());
+    }
+    if std::env::var_os(REEXEC_GUARD).is_some() {
+        anyhow::bail!(
+            "SOFTHSM2_CONF is still not {} after re-executing; unset SOFTHSM2_CONF or use [kms] hsm = \"pkcs11\"",
+            conf.display()
+        );
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the rampart binary to re-execute it")?;
+    let mut argv = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = argv.next() {
+        cmd.arg0(arg0);
+    }
+    let e = cmd.args(argv).env("SOFTHSM2_CONF", &conf).env(REEXEC_GUARD, "1").exec();
+    Err(anyhow::Error::new(e).context("cannot re-execute rampart with SOFTHSM2_CONF for the embedded HSM"))
+}
+
 /// Errors of the configuration: exit code 2, like a usage error.
 pub(crate) struct ConfigProblem(pub(crate) anyhow::Error);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Up(args) | Command::Controller(args) = &cli.command
+        && let Err(e) = embedded_hsm_env(args)
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rampart-worker")

@@ -91,7 +91,13 @@ async fn up_gives_a_ready_node_and_kill_9_loses_nothing_acknowledged() {
     // Least privilege on the data directory (spec 9.1-1e).
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("rampart.db")), 0o600);
-    assert_eq!(mode(&data.join("tls/ca-key.pem")), 0o600);
+    // The CA key is in the embedded HSM (no key file); its token, configuration and PINs are private.
+    assert!(!data.join("tls/ca-key.pem").exists());
+    assert_eq!(mode(&data.join("hsm")), 0o700);
+    assert_eq!(mode(&data.join("hsm/tokens")), 0o700);
+    assert_eq!(mode(&data.join("hsm/softhsm2.conf")), 0o600);
+    assert_eq!(mode(&data.join("hsm/user.pin")), 0o600);
+    assert_eq!(mode(&data.join("hsm/so.pin")), 0o600);
     assert_eq!(mode(&data.join("tls/server-key.pem")), 0o600);
     assert_eq!(mode(&data.join("agent/node-key.pem")), 0o600);
     assert_eq!(mode(&data.join("bootstrap-admin-password")), 0o600);

@@ -96,6 +96,7 @@ pub async fn join(
         now,
     )
     .await?;
+    crate::kms::record_agent_certificate(&mut tx, node_id, &cert_pem, &cert_der, now).await?;
     rampart_db::Db::commit(tx).await?;
     tracing::info!(node = %node_id, name = %req.name, token_id = %row.id, "node joined");
     state.notify_node_changes();
@@ -132,11 +133,10 @@ impl FromRequestParts<AppState> for NodeIdentity {
         };
         let info = cert_info(&der).map_err(|_| unknown())?;
         let claimed = info.node_id.ok_or_else(unknown)?;
-        let mut conn = state.db.conn().await?;
-        match nodes::id_by_certificate(&mut conn, &info.sha256).await? {
-            Some(id) if id == claimed => Ok(NodeIdentity(id)),
-            _ => Err(unknown()),
-        }
+        // Revoked certificates are refused at once; a renewed one takes over when first used.
+        crate::kms::node_for_certificate(state, &info.sha256, claimed)
+            .await
+            .map(NodeIdentity)
     }
 }
 

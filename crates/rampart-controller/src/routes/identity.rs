@@ -299,6 +299,7 @@ pub async fn create_project(
         state.now(),
     )
     .await?;
+    crate::kms::project_created(&state, p.id).await;
     tracing::info!(project = %p.name, domain = %d.name, by = %principal.user.name, "project created");
     Ok((StatusCode::CREATED, axum::Json(project_view(p))))
 }
@@ -380,8 +381,10 @@ pub async fn delete_project(
     let p = visible_project(&state, &principal, id).await?;
     principal.require_in_domain(&state, "identity.manage", p.domain_id, "project")?;
     let mut tx = state.db.begin().await?;
+    crate::kms::before_project_delete(&mut tx, id, state.now()).await?;
     identity::delete_project(&mut tx, id).await?;
     rampart_db::Db::commit(tx).await?;
+    crate::kms::after_project_delete(&state, id).await;
     tracing::info!(project = %p.name, by = %principal.user.name, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,10 @@
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub mod certificates;
 pub mod compute;
 pub mod identity;
+pub mod keys;
 pub mod meta;
 pub mod network;
 pub mod nodes;
@@ -36,6 +38,8 @@ use crate::state::AppState;
         (name = "audit", description = "The audit trail: records, verification, retention, forwarding"),
         (name = "compute", description = "Signing keys, images, flavors, instances, metrics, console, alarms"),
         (name = "network", description = "VPCs, subnets, security groups, ports, segmentation policies, floating IPs, reachability, flows"),
+        (name = "keys", description = "Customer keys in the HSM: lifecycle (key-admin) and cryptographic operations (key-user)"),
+        (name = "certificates", description = "Certificate inventory, issuance from tenant CSRs, import, revocation"),
     )
 )]
 struct PublicApi;
@@ -63,6 +67,7 @@ fn open_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::login))
         .routes(routes!(auth::create_session))
         .routes(routes!(auth::change_password))
+        .merge(certificates::open_routes())
 }
 
 /// Routes that need a bearer token; [`router`] puts them behind [`crate::auth::require_token`].
@@ -165,6 +170,7 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(network::reachability))
         .routes(routes!(network::flows))
         .routes(routes!(network::node_network))
+        .merge(certificates::authenticated_routes())
 }
 
 fn agent_routes() -> OpenApiRouter<AppState> {
@@ -173,6 +179,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::config))
         .routes(routes!(agent::status))
         .routes(routes!(agent::image_data))
+        .merge(certificates::agent_routes())
 }
 
 /// The public OpenAPI document (checked in as `openapi/rampart-v1.json`).

@@ -61,6 +61,7 @@ pub async fn delete_node(
     if !nodes::delete(&mut tx, id).await? {
         return Err(Error::not_found("no such node"));
     }
+    crate::kms::node_removed(&mut tx, id, state.now()).await?;
     rampart_db::Db::commit(tx).await?;
     tracing::warn!(node = %id, by = %principal.user.name, "node removed");
     state.notify_node_changes();

@@ -76,6 +76,43 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
 impl HsmSigningKey {
     /// Loads the P-256 key pair labelled `label`, generating it in the token on first use.
     pub fn load_or_generate(backend: Arc<Pkcs11Backend>, label: &str) -> Result<HsmSigningKey, HsmError> {
+        if let Some(key) = Self::load(backend.clone(), label)? {
+            return Ok(key);
+        }
+        {
+            let s = backend.session();
+            let id = label.as_bytes().to_vec();
+            s.generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(P256_PARAMS.to_vec()),
+                    Attribute::Verify(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(id.clone()),
+                ],
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Modifiable(false),
+                    Attribute::Copyable(false),
+                    Attribute::Sign(true),
+                    Attribute::Derive(false),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(id),
+                ],
+            )
+            .map_err(HsmError::device("C_GenerateKeyPair"))?;
+        }
+        tracing::info!(label, "generated a CA signing key in the HSM");
+        Self::load(backend, label)?.ok_or_else(|| HsmError::Config(format!("{label}: generated key pair not found")))
+    }
+
+    /// The P-256 key pair labelled `label`, if the token holds one (never generates).
+    pub fn load(backend: Arc<Pkcs11Backend>, label: &str) -> Result<Option<HsmSigningKey>, HsmError> {
         let (private, public) = {
             let s = backend.session();
             let find = |class| {
@@ -86,36 +123,7 @@ impl HsmSigningKey {
             let pubs = find(ObjectClass::PUBLIC_KEY)?;
             match (privs.as_slice(), pubs.as_slice()) {
                 ([p], [q]) => (*p, *q),
-                ([], []) => {
-                    let id = label.as_bytes().to_vec();
-                    let (q, p) = s
-                        .generate_key_pair(
-                            &Mechanism::EccKeyPairGen,
-                            &[
-                                Attribute::Token(true),
-                                Attribute::KeyType(KeyType::EC),
-                                Attribute::EcParams(P256_PARAMS.to_vec()),
-                                Attribute::Verify(true),
-                                Attribute::Label(label.as_bytes().to_vec()),
-                                Attribute::Id(id.clone()),
-                            ],
-                            &[
-                                Attribute::Token(true),
-                                Attribute::Private(true),
-                                Attribute::Sensitive(true),
-                                Attribute::Extractable(false),
-                                Attribute::Modifiable(false),
-                                Attribute::Copyable(false),
-                                Attribute::Sign(true),
-                                Attribute::Derive(false),
-                                Attribute::Label(label.as_bytes().to_vec()),
-                                Attribute::Id(id),
-                            ],
-                        )
-                        .map_err(HsmError::device("C_GenerateKeyPair"))?;
-                    tracing::info!(label, "generated the CA signing key in the HSM");
-                    (p, q)
-                }
+                ([], []) => return Ok(None),
                 (p, q) => {
                     return Err(HsmError::AmbiguousRootKey {
                         label: label.to_string(),
@@ -137,12 +145,12 @@ impl HsmSigningKey {
                 })
                 .ok_or_else(|| HsmError::Config(format!("{label}: not an uncompressed P-256 public key")))?
         };
-        Ok(HsmSigningKey {
+        Ok(Some(HsmSigningKey {
             backend,
             private,
             public_point: point,
             label: label.to_string(),
-        })
+        }))
     }
 
     /// Whether the token would hand out the private key (it must not).

@@ -1,4 +1,5 @@
-//! Test support: a SoftHSM2 for this test process, one fresh token per test.
+//! Test support (tests of this crate, and of others with feature `testing`): a SoftHSM2 for
+//! this test process, one fresh token per test.
 //!
 //! SoftHSM reads `SOFTHSM2_CONF` once per process, so every test of the process shares one
 //! token directory (a temporary one, never the system's) and isolation comes from each test
@@ -15,11 +16,11 @@ use rampart_common::fsutil;
 use crate::pkcs11::{Pkcs11Backend, Pkcs11Config, load_module};
 use crate::softhsm::{SOFTHSM_CONF_ENV, SOFTHSM_MODULE, init_token_if_absent, render_conf};
 
-pub(crate) fn hsm_required() -> bool {
+pub fn hsm_required() -> bool {
     std::env::var("RAMPART_TEST_REQUIRE_HSM").is_ok_and(|v| v == "1")
 }
 
-pub(crate) fn module_path() -> PathBuf {
+pub fn module_path() -> PathBuf {
     std::env::var_os("RAMPART_TEST_HSM_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(SOFTHSM_MODULE))
@@ -74,8 +75,9 @@ fn test_hsm() -> Option<&'static TestHsm> {
     .as_ref()
 }
 
-/// A backend on a fresh token of its own, or `None` (after a printed note) without SoftHSM2.
-pub(crate) fn backend() -> Option<Arc<Pkcs11Backend>> {
+/// The configuration of a fresh token of its own (initialised, user PIN in a 0600 file), or
+/// `None` (after a printed note) without SoftHSM2.
+pub fn new_token() -> Option<Pkcs11Config> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let hsm = test_hsm()?;
     let label = format!("test-{}", N.fetch_add(1, Ordering::Relaxed));
@@ -90,14 +92,18 @@ pub(crate) fn backend() -> Option<Arc<Pkcs11Backend>> {
     init_token_if_absent(&ctx, &label, &AuthPin::from(so), &AuthPin::from(user)).expect("init token");
     let mut config = Pkcs11Config::new(module_path(), label, pin_file);
     config.sessions = 2;
+    Some(config)
+}
+
+/// A backend on a fresh token of its own, or `None` (after a printed note) without SoftHSM2.
+pub fn backend() -> Option<Arc<Pkcs11Backend>> {
+    let config = new_token()?;
     Some(Arc::new(Pkcs11Backend::open(&config).expect("open token")))
 }
 
-/// The configuration of a fresh token, for tests of `open` itself.
-pub(crate) fn token_config() -> Option<(Pkcs11Config, Arc<Pkcs11Backend>)> {
-    let b = backend()?;
-    let hsm = test_hsm()?;
-    let label = b.token_label().to_string();
-    let pin_file = hsm.dir.join(format!("{label}.pin"));
-    Some((Pkcs11Config::new(module_path(), label, pin_file), b))
+/// The configuration of a fresh token and a backend open on it, for tests of `open` itself.
+pub fn token_config() -> Option<(Pkcs11Config, Arc<Pkcs11Backend>)> {
+    let config = new_token()?;
+    let b = Arc::new(Pkcs11Backend::open(&config).expect("open token"));
+    Some((config, b))
 }

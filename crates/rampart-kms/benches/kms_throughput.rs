@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rampart_kms_hsm::envelope::EncryptionContext;
-use rampart_kms_hsm::soft::InsecureSoftwareBackend;
-use rampart_kms_hsm::softhsm::{self, EmbeddedSoftHsm, SOFTHSM_MODULE};
-use rampart_kms_hsm::{KeyBackend, KeyService};
+use rampart_kms::envelope::EncryptionContext;
+use rampart_kms::soft::InsecureSoftwareBackend;
+use rampart_kms::softhsm::{self, EmbeddedSoftHsm, SOFTHSM_MODULE};
+use rampart_kms::{KeyBackend, KeyService};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde_json::json;
 use uuid::Uuid;
@@ -162,7 +162,7 @@ fn main() {
     });
     let out = std::env::var_os("BENCH_OUT")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/kms-hsm.json"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench/kms-hsm.json"));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
     println!("{}", serde_json::to_string_pretty(&result).unwrap());

@@ -184,23 +184,27 @@ impl KmsError {
 }
 
 impl From<KmsError> for rampart_common::Error {
-    /// The API error. Codes other than the generic ones travel in `details.code` until
-    /// rampart-common has a variant carrying any code with any status (see HANDOFF.md).
+    /// The API error: each refusal with its own code and status; validation errors name their
+    /// field; internal causes stay in the run log.
     fn from(e: KmsError) -> Self {
         use rampart_common::Error;
-        let details = Some(serde_json::json!({ "code": e.code() }));
         match e {
             KmsError::Validation { field, message } => Error::field(field, message),
-            KmsError::Unavailable { .. } => Error::Unavailable(e.to_string()),
             KmsError::Internal { .. } => Error::internal("running a key operation", e),
-            KmsError::KeyDisabled
-            | KmsError::KeyPendingDeletion
-            | KmsError::KeyDestroyed
-            | KmsError::InvalidKeyState { .. } => Error::Conflict(e.to_string()),
-            other => Error::Validation {
-                message: other.to_string(),
-                details,
-            },
+            KmsError::Unavailable { ref source } => {
+                // The cause (module path, return code) is for the operator, not the caller.
+                tracing::error!(error = %rampart_common::error::ErrorChain(source), "key operation failed closed: the HSM is unavailable");
+                Error::coded(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    e.code(),
+                    "the key service is unavailable (HSM); key operations fail closed",
+                )
+            }
+            other => Error::coded(
+                http::StatusCode::from_u16(other.http_status()).unwrap_or(http::StatusCode::BAD_REQUEST),
+                other.code(),
+                other.to_string(),
+            ),
         }
     }
 }
@@ -253,5 +257,28 @@ mod tests {
         let public: rampart_common::Error = e.into();
         let body = serde_json::to_string(&public.body()).unwrap();
         assert!(!body.contains("/secret/path"), "{body}");
+        let unavailable: rampart_common::Error = KmsError::Unavailable {
+            source: HsmError::Config("/secret/module.so".into()),
+        }
+        .into();
+        assert_eq!(unavailable.code(), "hsm_unavailable");
+        assert_eq!(unavailable.status().as_u16(), 503);
+        assert!(!serde_json::to_string(&unavailable.body()).unwrap().contains("/secret"));
+    }
+
+    #[test]
+    fn spec_13_3_4_api_errors_keep_the_specific_code() {
+        for e in [
+            KmsError::KeyDisabled,
+            KmsError::KeyPendingDeletion,
+            KmsError::ContextMismatch,
+            KmsError::InvalidCiphertext,
+            KmsError::VersionBelowMinimum { version: 1, minimum: 2 },
+        ] {
+            let (code, status) = (e.code(), e.http_status());
+            let public: rampart_common::Error = e.into();
+            assert_eq!(public.code(), code);
+            assert_eq!(public.status().as_u16(), status);
+        }
     }
 }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use rampart_kms_hsm::envelope::EncryptionContext;
-use rampart_kms_hsm::softhsm::{self, EmbeddedSoftHsm, SOFTHSM_CONF_ENV, SOFTHSM_MODULE};
-use rampart_kms_hsm::storage::{self, KeyRow, KeyVersionRow};
-use rampart_kms_hsm::{BackendKind, KeyService};
+use rampart_kms::envelope::EncryptionContext;
+use rampart_kms::softhsm::{self, EmbeddedSoftHsm, SOFTHSM_CONF_ENV, SOFTHSM_MODULE};
+use rampart_kms::storage::{self, KeyRow, KeyVersionRow};
+use rampart_kms::{BackendKind, KeyService};
 use uuid::Uuid;
 
 const NAME: &str = "spec_13_3_9_embedded_softhsm_initialises_once_and_survives_restart";
