@@ -72,7 +72,11 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     let ca = data.join("ca.pem");
     let url = format!("https://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !data.join("bootstrap-admin-password").exists() || !ca.exists() {
+    // The files appear before the listener does: wait for both, or the first CLI call races it.
+    while !data.join("bootstrap-admin-password").exists()
+        || !ca.exists()
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    {
         assert!(Instant::now() < deadline, "rampart up did not start");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
