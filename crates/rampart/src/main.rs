@@ -90,6 +90,12 @@ enum Command {
     /// Roles and role assignments.
     #[command(subcommand)]
     Role(cli::identity::RoleCmd),
+    /// Customer keys in the HSM: lifecycle and encrypt/decrypt.
+    #[command(subcommand)]
+    Key(cli::keys::KeyCmd),
+    /// Certificates: inventory, issue from a CSR, import, revoke, CRL.
+    #[command(subcommand)]
+    Cert(cli::keys::CertCmd),
 }
 
 #[derive(Args)]
@@ -277,6 +283,8 @@ fn main() -> ExitCode {
             Command::User(cmd) => cli::identity::user(cmd).await.map_err(Failure::Runtime),
             Command::Project(cmd) => cli::identity::project(cmd).await.map_err(Failure::Runtime),
             Command::Role(cmd) => cli::identity::role(cmd).await.map_err(Failure::Runtime),
+            Command::Key(cmd) => cli::keys::key(cmd).await.map_err(Failure::Runtime),
+            Command::Cert(cmd) => cli::keys::cert(cmd).await.map_err(Failure::Runtime),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

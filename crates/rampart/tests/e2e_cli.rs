@@ -167,6 +167,88 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     );
     let (ok, out, _) = cli(&home, &ca, &["user", "list"], &[], None);
     assert!(ok && out.contains("\"bob\""));
+    let (ok, out, err) = cli(&home, &ca, &["project", "create", "vault"], &[], None);
+    assert!(ok, "{err}");
+    let project: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (project, bob) = (
+        project["id"].as_str().unwrap().to_string(),
+        bob["id"].as_str().unwrap().to_string(),
+    );
+    for role in ["key-admin", "key-user"] {
+        let (ok, _, err) = cli(
+            &home,
+            &ca,
+            &["role", "grant", role, "--user", &bob, "--project", &project],
+            &[],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
     let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
     assert!(ok && !session.exists());
+
+    // Bob changes his admin-set password, logs in and uses a key of the project (12.4, 13.3-1).
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["passwd", "--user", "bob", url_arg[0], url_arg[1]],
+        &[
+            ("RAMPART_PASSWORD", "Gadwall-ember-93"),
+            ("RAMPART_NEW_PASSWORD", "Teal-harbour-58"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["login", "--user", "bob", url_arg[0], url_arg[1]],
+        &[("RAMPART_PASSWORD", "Teal-harbour-58")],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(
+        &home,
+        &ca,
+        &["key", "create", "orders", "--project", &project],
+        &[],
+        None,
+    );
+    assert!(ok, "{err}");
+    let key: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = key["id"].as_str().unwrap().to_string();
+    let with = |verb: &'static str, ctx: &'static str| {
+        [
+            "key",
+            verb,
+            key.as_str(),
+            "--project",
+            project.as_str(),
+            "--context",
+            ctx,
+        ]
+        .map(str::to_string)
+    };
+    let args = with("encrypt", "order=42");
+    let (ok, ciphertext, err) = cli(
+        &home,
+        &ca,
+        &args.each_ref().map(String::as_str),
+        &[],
+        Some("attack at dawn"),
+    );
+    assert!(ok, "{err}");
+    assert!(!ciphertext.contains("attack"));
+    let args = with("decrypt", "order=42");
+    let (ok, plain, err) = cli(&home, &ca, &args.each_ref().map(String::as_str), &[], Some(&ciphertext));
+    assert!(ok, "{err}");
+    assert_eq!(plain, "attack at dawn");
+    let args = with("decrypt", "order=43");
+    let (ok, _, err) = cli(&home, &ca, &args.each_ref().map(String::as_str), &[], Some(&ciphertext));
+    assert!(
+        !ok && err.contains("context_mismatch"),
+        "another context is refused: {err}"
+    );
+    let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
+    assert!(ok);
 }
