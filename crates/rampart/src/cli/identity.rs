@@ -3,14 +3,9 @@
 use clap::Subcommand;
 use rampart_api::*;
 use rampart_common::Sensitive;
-use serde::Serialize;
 
+use super::print;
 use super::session::client;
-
-fn print<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
 
 fn scope(system: bool, domain: Option<uuid::Uuid>, project: Option<uuid::Uuid>) -> ScopeRef {
     ScopeRef {

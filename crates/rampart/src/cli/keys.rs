@@ -9,15 +9,10 @@ use base64::engine::general_purpose::STANDARD;
 use clap::Subcommand;
 use rampart_api::*;
 use rampart_common::Sensitive;
-use serde::Serialize;
 use uuid::Uuid;
 
+use super::print;
 use super::session::client;
-
-fn print<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
 
 /// `k=v` pairs bound to the ciphertext as associated data.
 fn context(pairs: &[String]) -> anyhow::Result<Option<Context>> {

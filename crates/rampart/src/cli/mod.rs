@@ -3,3 +3,9 @@
 pub mod identity;
 pub mod keys;
 pub mod session;
+
+/// Prints an API answer as pretty JSON on standard output.
+pub(crate) fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
