@@ -79,9 +79,17 @@ impl Activity {
 /// 0 informational, 1 low, 2 medium: one ladder mapped onto each format's scale.
 fn severity_level(r: &AuditRecord) -> u8 {
     match r.result.outcome {
-        Outcome::Success => 0,
+        Outcome::Success | Outcome::Pending => 0,
         Outcome::Failure if r.operation.starts_with("auth.") => 2,
         Outcome::Failure => 1,
+    }
+}
+
+/// The HTTP status, absent while the call is pending (its status is not known yet).
+fn status_code(r: &AuditRecord) -> Value {
+    match r.result.outcome {
+        Outcome::Pending => Value::Null,
+        _ => Value::String(r.result.status.to_string()),
     }
 }
 
@@ -133,7 +141,9 @@ pub fn to_ocsf(r: &AuditRecord, product: &Product) -> Value {
     let (status_id, status) = match r.result.outcome {
         Outcome::Success => (1, "Success"),
         Outcome::Failure => (2, "Failure"),
+        Outcome::Pending => (0, "Unknown"),
     };
+    let status_code = status_code(r);
     prune(json!({
         "category_uid": 6,
         "category_name": "Application Activity",
@@ -149,7 +159,7 @@ pub fn to_ocsf(r: &AuditRecord, product: &Product) -> Value {
         "severity": severity,
         "status_id": status_id,
         "status": status,
-        "status_code": r.result.status.to_string(),
+        "status_code": status_code,
         "status_detail": opt(&r.result.code),
         "metadata": {
             "version": OCSF_VERSION,
@@ -165,7 +175,7 @@ pub fn to_ocsf(r: &AuditRecord, product: &Product) -> Value {
         "api": {
             "operation": r.operation,
             "request": {"uid": opt(&r.request_id)},
-            "response": {"code": r.result.status, "error": opt(&r.result.code)},
+            "response": {"code": status_code.as_str().map(|_| r.result.status), "error": opt(&r.result.code)},
             "service": {"name": product.name},
         },
         "src_endpoint": {"ip": opt(&r.source_ip)},
@@ -239,7 +249,7 @@ pub fn to_cadf(r: &AuditRecord, product: &Product) -> Value {
         "eventTime": ms_time::format(&r.time),
         "action": cadf_action(&r.operation),
         "outcome": r.result.outcome.as_str(),
-        "reason": {"reasonType": "HTTP", "reasonCode": r.result.status.to_string()},
+        "reason": {"reasonType": "HTTP", "reasonCode": status_code(r)},
         "initiator": {
             "typeURI": initiator_type,
             "id": r.actor.id.clone().unwrap_or_else(|| "unknown".into()),
@@ -446,7 +456,7 @@ fn syslog_line(
 /// RFC 5424 message for a record: SD-ID `audit@<PEN>` with the audit fields, MSG = the
 /// canonical record JSON (hash included), so the copy at the log manager can be re-verified.
 pub fn to_rfc5424(r: &AuditRecord, opts: &SyslogOptions) -> String {
-    let severity = if r.result.outcome == Outcome::Success { 6 } else { 4 };
+    let severity = if r.result.outcome == Outcome::Failure { 4 } else { 6 };
     let sd = sd_element(
         &format!("audit@{}", opts.enterprise_id),
         &[
@@ -464,7 +474,7 @@ pub fn to_rfc5424(r: &AuditRecord, opts: &SyslogOptions) -> String {
             ("target_id", r.target.id.clone()),
             ("project", r.target.project.clone()),
             ("outcome", Some(r.result.outcome.as_str().into())),
-            ("status", Some(r.result.status.to_string())),
+            ("status", status_code(r).as_str().map(str::to_string)),
             ("code", r.result.code.clone()),
             ("duration_ms", Some(r.duration_ms.to_string())),
             ("hash", Some(r.hash.to_hex())),

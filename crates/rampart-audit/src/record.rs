@@ -121,6 +121,10 @@ impl Target {
 pub enum Outcome {
     Success,
     Failure,
+    /// The write-ahead record of a state-changing call, sealed before its handler runs: the
+    /// call is refused if it cannot be written, so no change happens without a record even
+    /// when the completion record (same `request_id`) is lost to a crash or a failed write.
+    Pending,
 }
 
 impl Outcome {
@@ -128,6 +132,7 @@ impl Outcome {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
+            Outcome::Pending => "pending",
         }
     }
 
@@ -145,7 +150,8 @@ impl Outcome {
 #[serde(deny_unknown_fields)]
 pub struct AuditResult {
     pub outcome: Outcome,
-    /// HTTP status of the response (or the equivalent for non-HTTP events: 200 / 500).
+    /// HTTP status of the response (or the equivalent for non-HTTP events: 200 / 500); 0 while
+    /// `pending`.
     pub status: u16,
     /// The API error code (`invalid_credentials`, …) when it failed.
     pub code: Option<String>,
@@ -165,6 +171,15 @@ impl AuditResult {
             outcome: Outcome::Failure,
             status,
             code: Some(code.into()),
+        }
+    }
+
+    /// A call accepted and about to run: no status yet (0).
+    pub fn pending() -> Self {
+        AuditResult {
+            outcome: Outcome::Pending,
+            status: 0,
+            code: None,
         }
     }
 
@@ -355,7 +370,11 @@ pub fn seal(head: &ChainHead, new: NewRecord) -> Result<AuditRecord, RecordError
     {
         return Err(RecordError::SourceIp);
     }
-    if !(100..=599).contains(&new.result.status) {
+    let status_ok = match new.result.outcome {
+        Outcome::Pending => new.result.status == 0,
+        _ => (100..=599).contains(&new.result.status),
+    };
+    if !status_ok {
         return Err(RecordError::Status(new.result.status));
     }
     if new.duration_ms > canonical::MAX_SAFE_INTEGER as u64 {
@@ -530,6 +549,7 @@ impl AuditRow {
                 outcome: match self.outcome.as_str() {
                     "success" => Outcome::Success,
                     "failure" => Outcome::Failure,
+                    "pending" => Outcome::Pending,
                     _ => return Err(err("outcome")),
                 },
                 status: u16::try_from(self.status).map_err(|_| err("status"))?,
@@ -650,6 +670,18 @@ pub(crate) mod tests {
         let mut r = sample(t);
         r.result.status = 42;
         assert_eq!(seal(&ChainHead::GENESIS, r), Err(RecordError::Status(42)));
+        let mut r = sample(t);
+        r.result = AuditResult::pending();
+        assert!(
+            seal(&ChainHead::GENESIS, r).is_ok(),
+            "a pending record has no status yet"
+        );
+        let mut r = sample(t);
+        r.result = AuditResult {
+            status: 200,
+            ..AuditResult::pending()
+        };
+        assert_eq!(seal(&ChainHead::GENESIS, r), Err(RecordError::Status(200)));
     }
 
     #[test]

@@ -189,3 +189,19 @@ fn spec_13_4_4_activity_mapping() {
     assert_eq!(to_cadf(&r, &product())["action"], "authenticate/login");
     assert_eq!(to_ocsf(&r, &product())["severity_id"], 3, "failed logins rank higher");
 }
+
+#[test]
+fn spec_13_4_4_pending_write_ahead_record_in_each_format() {
+    let mut r = record();
+    r.result = AuditResult::pending();
+    let ocsf = to_ocsf(&r, &product());
+    assert_eq!((ocsf["status_id"].as_u64(), ocsf["status"].as_str()), (Some(0), Some("Unknown")));
+    assert!(ocsf.get("status_code").is_none(), "no HTTP status yet: {ocsf}");
+    assert!(ocsf["api"]["response"].get("code").is_none());
+    let cadf = to_cadf(&r, &product());
+    assert_eq!(cadf["outcome"], "pending", "CADF's own outcome value");
+    assert!(cadf.get("reason").and_then(|v| v.get("reasonCode")).is_none());
+    assert!(to_cef(&r, &product()).contains("outcome=pending"));
+    let line = to_rfc5424(&r, &SyslogOptions::default());
+    assert!(line.contains("outcome=\"pending\"") && !line.contains("status=\""), "{line}");
+}

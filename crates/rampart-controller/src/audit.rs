@@ -4,6 +4,13 @@
 //! call (401/403) and every read of audit data or key metadata, **before the response leaves**:
 //! when the record cannot be written the caller gets 503 `unavailable` instead.
 //!
+//! No unaudited changes: a state-changing call is first sealed as a `pending` write-ahead record
+//! (Vault's rule: a request that cannot be logged is not served) by [`write_ahead`], which runs
+//! after authentication and before the handler. If it cannot be written the call is refused
+//! before anything changes. The completion record follows with the result and `intent_seq`
+//! naming the pending record; if that second write fails, the caller gets 503 but the change is
+//! already covered by the pending record of the same `request_id`.
+//!
 //! Handlers add what only they know through the request's [`AuditSlot`] (a task-local set by the
 //! middleware): who tried to log in, why it failed, an extra event such as a lockout, details
 //! such as the old and new retention. Nothing from request bodies is recorded except names and
@@ -314,9 +321,42 @@ impl Audit {
     }
 }
 
+/// What the middleware knows of a call before it runs.
+#[derive(Debug, Clone)]
+struct CallInfo {
+    now: OffsetDateTime,
+    start: Instant,
+    class: Classified,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    /// A state-changing call: sealed as `pending` before its handler runs.
+    write_ahead: bool,
+}
+
+impl CallInfo {
+    fn record(&self, actor: &Actor, op: String, target: Target, result: AuditResult) -> NewRecord {
+        let duration = self.start.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        let mut r = NewRecord::new(self.now, actor.clone(), op, target, result).duration_ms(duration);
+        if let Some(ip) = &self.client_ip {
+            r = r.source_ip(ip.clone());
+        }
+        if let Some(ua) = &self.user_agent {
+            r = r.user_agent(ua.clone());
+        }
+        if let Some(id) = &self.request_id {
+            r = r.request_id(id.clone());
+        }
+        r
+    }
+}
+
 /// What the handler of a request adds to its audit record.
 #[derive(Debug, Default)]
 pub struct SlotData {
+    call: Option<CallInfo>,
+    /// The seq of this call's `pending` record once written.
+    intent_seq: Option<u64>,
     pub actor: Option<Actor>,
     pub target_id: Option<String>,
     pub target_project: Option<String>,
@@ -548,30 +588,38 @@ fn created_id(body: &[u8]) -> Option<String> {
 /// The middleware: see the module documentation.
 pub async fn record_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let now = state.now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-    let Some(matched) = matched else {
+    let Some(matched) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()) else {
         // No route: 404 or 405 from the fallbacks, nothing happened.
         return next.run(req).await;
     };
-    let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string());
-    let user_agent = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let request_id = req
-        .headers()
-        .get(crate::http::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let slot = AuditSlot::default();
+    let (user_agent, request_id) = {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header(http::header::USER_AGENT), header(crate::http::REQUEST_ID))
+    };
+    let class = classify(&method, &matched, req.uri().path());
+    let mutating = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let info = CallInfo {
+        now: state.now(),
+        start,
+        write_ahead: mutating && is_audited(&method, &class, 200),
+        class,
+        client_ip: req.extensions().get::<ClientIp>().map(|c| c.0.to_string()),
+        user_agent,
+        request_id,
+    };
+    let slot = AuditSlot(Arc::new(Mutex::new(SlotData {
+        call: Some(info.clone()),
+        ..SlotData::default()
+    })));
     let response = SLOT.scope(slot.clone(), next.run(req)).await;
-    let class = classify(&method, &matched, &path);
     let status = response.status().as_u16();
-    if !is_audited(&method, &class, status) {
+    if !is_audited(&method, &info.class, status) {
         return response;
     }
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0.to_string());
@@ -590,41 +638,62 @@ pub async fn record_calls(State(state): State<AppState>, req: Request, next: Nex
     } else {
         (response, None)
     };
-    let data = std::mem::take(&mut *slot.0.lock().expect("audit slot lock"));
-    let actor = data.actor.unwrap_or_else(Actor::anonymous);
+    let mut data = std::mem::take(&mut *slot.0.lock().expect("audit slot lock"));
+    let actor = data.actor.take().unwrap_or_else(Actor::anonymous);
+    let class = &info.class;
     let target = Target::new(
         class.target_type.clone(),
         data.target_id.or(created).or(class.target_id.clone()),
         data.target_project.or(class.project.clone()),
     );
+    if let Some(seq) = data.intent_seq {
+        data.details.insert("intent_seq".into(), seq.into());
+    }
     let result = AuditResult::from_status(status, code);
-    let duration = start.elapsed().as_millis().min(u64::MAX as u128) as u64;
-    let build = |op: String, target: Target, result: AuditResult, details: Map<String, Value>| {
-        let mut r = NewRecord::new(now, actor.clone(), op, target, result).duration_ms(duration);
-        r.details = details;
-        if let Some(ip) = &client_ip {
-            r = r.source_ip(ip.clone());
-        }
-        if let Some(ua) = &user_agent {
-            r = r.user_agent(ua.clone());
-        }
-        if let Some(id) = &request_id {
-            r = r.request_id(id.clone());
-        }
-        r
-    };
-    let mut records = vec![build(class.operation.clone(), target, result, data.details)];
+    let mut main = info.record(&actor, class.operation.clone(), target, result);
+    main.details = data.details;
+    let mut records = vec![main];
     for (op, target, result, details) in data.events {
-        records.push(build(op, target, result, details));
+        let mut r = info.record(&actor, op, target, result);
+        r.details = details;
+        records.push(r);
     }
     for rec in records {
         if let Err(e) = state.audit.log.append(rec).await {
-            tracing::error!(error = %ErrorChain(&e), operation = %class.operation, status, "audit record not written; the call fails");
+            tracing::error!(error = %ErrorChain(&e), operation = %class.operation, status, intent_seq = ?data.intent_seq, "audit record not written; the call fails");
             return e.into_public().into_response();
         }
     }
     state.audit.wake_pump.notify_one();
     response
+}
+
+/// The write-ahead step of a state-changing call (see the module documentation): the innermost
+/// layer of every route group, so the pending record names the authenticated actor and a call
+/// refused by authentication changes nothing and needs none.
+pub async fn write_ahead(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let due = SLOT
+        .try_with(|s| {
+            let d = s.0.lock().expect("audit slot lock");
+            let info = d.call.as_ref().filter(|c| c.write_ahead && d.intent_seq.is_none())?;
+            let actor = d.actor.clone().unwrap_or_else(Actor::anonymous);
+            let c = &info.class;
+            let target = Target::new(c.target_type.clone(), c.target_id.clone(), c.project.clone());
+            Some(info.record(&actor, c.operation.clone(), target, AuditResult::pending()))
+        })
+        .ok()
+        .flatten();
+    if let Some(rec) = due {
+        let op = rec.operation.clone();
+        match state.audit.log.append(rec).await {
+            Ok(r) => note(|s| s.intent_seq = Some(r.seq)),
+            Err(e) => {
+                tracing::error!(error = %ErrorChain(&e), operation = %op, "write-ahead audit record not written; the call is refused before it runs");
+                return e.into_public().into_response();
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// The syslog header fields of this controller.

@@ -93,8 +93,23 @@ async fn spec_13_4_1_every_call_and_authentication_event_is_recorded_with_who_wh
     let all = events(&alice, "").await;
     let r = all
         .iter()
+        .find(|r| {
+            r.request_id.as_deref() == Some(request_id.as_str()) && r.result.outcome != rampart_audit::Outcome::Pending
+        })
+        .expect("a completion record under the response's request id");
+    // Its write-ahead record came first, under the same request id, naming the same actor.
+    let intent = all
+        .iter()
         .find(|r| r.request_id.as_deref() == Some(request_id.as_str()))
-        .expect("a record under the response's request id");
+        .unwrap();
+    assert_eq!(
+        (intent.result.outcome, intent.seq, intent.actor.name.as_deref()),
+        (
+            rampart_audit::Outcome::Pending,
+            r.details["intent_seq"].as_u64().unwrap(),
+            Some("admin")
+        )
+    );
     assert_eq!(r.operation, "group.create");
     assert_eq!(r.actor.name.as_deref(), Some("admin"));
     assert_eq!(r.actor.domain.as_deref(), Some("default"));
@@ -357,6 +372,97 @@ async fn spec_13_4_1_a_call_whose_record_cannot_be_written_fails_with_503() {
     c.shutdown().await;
 }
 
+async fn group_names(c: &TestCluster) -> Vec<String> {
+    let page: Value = c.admin.get("/v1/groups").await.unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_no_unaudited_changes_the_write_ahead_record_comes_first() {
+    let c = cluster_with(|_| {}).await;
+    let alice = auditor(&c, "alice").await;
+
+    // The store refuses every record: the call is refused before its handler runs.
+    raw_sql(
+        &c,
+        "CREATE TRIGGER test_audit_down BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .await;
+    let err = c
+        .admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "never-made"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    raw_sql(&c, "DROP TRIGGER test_audit_down").await;
+    assert!(
+        !group_names(&c).await.contains(&"never-made".to_string()),
+        "nothing changed without its record"
+    );
+
+    // The store takes the write-ahead record and then fails: the caller hears 503, the change
+    // happened, and the trail holds the pending record of that very request.
+    raw_sql(
+        &c,
+        "CREATE TRIGGER test_audit_half BEFORE INSERT ON audit_records WHEN NEW.outcome <> 'pending' \
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .await;
+    let err = c
+        .admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "half-recorded"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    raw_sql(&c, "DROP TRIGGER test_audit_half").await;
+    assert!(group_names(&c).await.contains(&"half-recorded".to_string()));
+    // The only group.create request without a completion record is that one.
+    let creates = events(&alice, "operation=group.create").await;
+    let unfinished: Vec<&AuditRecord> = creates
+        .iter()
+        .filter(|r| creates.iter().filter(|o| o.request_id == r.request_id).count() == 1)
+        .collect();
+    assert_eq!(unfinished.len(), 1, "{creates:?}");
+    let intent = unfinished[0];
+    assert_eq!(intent.result.outcome, rampart_audit::Outcome::Pending);
+    assert_eq!(
+        intent.actor.name.as_deref(),
+        Some("admin"),
+        "the actor is known before the handler runs"
+    );
+    assert_eq!(intent.source_ip.as_deref(), Some("127.0.0.1"));
+
+    // A normal call: pending first, then the completion naming it.
+    let resp = c
+        .admin
+        .send(Method::POST, "/v1/groups", Some(&json!({"name": "recorded"})))
+        .await
+        .unwrap();
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let of_call: Vec<AuditRecord> = events(&alice, "operation=group.create")
+        .await
+        .into_iter()
+        .filter(|r| r.request_id.as_deref() == Some(request_id.as_str()))
+        .collect();
+    assert_eq!(of_call.len(), 2, "{of_call:?}");
+    assert_eq!(of_call[0].result.outcome, rampart_audit::Outcome::Pending);
+    assert_eq!(of_call[1].result.outcome, rampart_audit::Outcome::Success);
+    assert_eq!(of_call[1].details["intent_seq"], of_call[0].seq);
+    // Reads and refused authentication need no write-ahead record.
+    assert!(
+        events(&alice, "result=pending")
+            .await
+            .iter()
+            .all(|r| r.operation != "audit.events.list")
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_13_4_6_purge_job_runs_under_the_lease_with_a_movable_clock() {
     let clock = Arc::new(rampart_common::time::ManualClock::new(time::OffsetDateTime::now_utc()));
@@ -530,7 +636,11 @@ async fn spec_13_4_1_system_admin_reads_the_trail_only_auditors_verify_and_pages
     }
     // API.md: the system admin reads the trail; verifying and managing it are the auditor's
     // and the security admin's (the one whose actions are recorded does not judge them).
-    let page: Value = c.admin.get("/v1/audit/events?operation=group.create").await.unwrap();
+    let page: Value = c
+        .admin
+        .get("/v1/audit/events?operation=group.create&result=success")
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 7);
     let refused = c
         .admin
@@ -546,15 +656,15 @@ async fn spec_13_4_1_system_admin_reads_the_trail_only_auditors_verify_and_pages
     assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
 
     // Pages of 3 follow the cursor to the end: every record once, in order.
-    let all = events(&alice, "operation=group.create").await;
+    let all = events(&alice, "operation=group.create&result=success").await;
     assert_eq!(all.len(), 7);
     let mut paged: Vec<u64> = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
         let path = match &cursor {
-            Some(cur) => format!("/v1/audit/events?operation=group.create&limit=3&cursor={cur}"),
-            None => "/v1/audit/events?operation=group.create&limit=3".to_string(),
+            Some(cur) => format!("/v1/audit/events?operation=group.create&result=success&limit=3&cursor={cur}"),
+            None => "/v1/audit/events?operation=group.create&result=success&limit=3".to_string(),
         };
         let page: rampart_api::List<AuditRecord> = alice.get(&path).await.unwrap();
         assert!(page.items.len() <= 3);
@@ -570,7 +680,7 @@ async fn spec_13_4_1_system_admin_reads_the_trail_only_auditors_verify_and_pages
     assert!(paged.windows(2).all(|w| w[0] < w[1]));
     // Newest first, and a time window.
     let desc: rampart_api::List<AuditRecord> = alice
-        .get("/v1/audit/events?operation=group.create&order=desc&limit=2")
+        .get("/v1/audit/events?operation=group.create&result=success&order=desc&limit=2")
         .await
         .unwrap();
     assert_eq!(desc.items[0].seq, *paged.last().unwrap());

@@ -77,10 +77,9 @@ pub async fn list_events(
         None => None,
     };
     if let Some(r) = &q.result
-        && r != "success"
-        && r != "failure"
+        && !matches!(r.as_str(), "success" | "failure" | "pending")
     {
-        return Err(Error::field("result", "result is `success` or `failure`"));
+        return Err(Error::field("result", "result is `success`, `failure` or `pending`"));
     }
     let descending = match q.order.as_deref() {
         None | Some("asc") => false,

@@ -198,16 +198,20 @@ pub fn agent_openapi() -> OpenApiDoc {
 
 /// The whole router of the API listener.
 pub fn router(state: AppState) -> axum::Router {
-    let authenticated = authenticated_routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::auth::require_token,
-    ));
+    // The write-ahead audit record is the innermost layer: after authentication, before the handler.
+    let write_ahead = || middleware::from_fn_with_state(state.clone(), crate::audit::write_ahead);
+    let authenticated = authenticated_routes()
+        .route_layer(write_ahead())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
     let (public, public_doc) = OpenApiRouter::with_openapi(PublicApi::openapi())
-        .merge(open_routes())
+        .merge(open_routes().route_layer(write_ahead()))
         .merge(authenticated)
         .split_for_parts();
     let public_json = serde_json::to_string(&public_doc).expect("OpenAPI serialises");
-    let (agent, _) = agent_routes().split_for_parts();
+    let (agent, _) = agent_routes().route_layer(write_ahead()).split_for_parts();
     let request_timeout = Duration::from_secs(state.config.api.request_timeout_s);
     let public = public
         .route(
