@@ -195,7 +195,10 @@ fn spec_13_4_4_pending_write_ahead_record_in_each_format() {
     let mut r = record();
     r.result = AuditResult::pending();
     let ocsf = to_ocsf(&r, &product());
-    assert_eq!((ocsf["status_id"].as_u64(), ocsf["status"].as_str()), (Some(0), Some("Unknown")));
+    assert_eq!(
+        (ocsf["status_id"].as_u64(), ocsf["status"].as_str()),
+        (Some(0), Some("Unknown"))
+    );
     assert!(ocsf.get("status_code").is_none(), "no HTTP status yet: {ocsf}");
     assert!(ocsf["api"]["response"].get("code").is_none());
     let cadf = to_cadf(&r, &product());
@@ -203,5 +206,8 @@ fn spec_13_4_4_pending_write_ahead_record_in_each_format() {
     assert!(cadf.get("reason").and_then(|v| v.get("reasonCode")).is_none());
     assert!(to_cef(&r, &product()).contains("outcome=pending"));
     let line = to_rfc5424(&r, &SyslogOptions::default());
-    assert!(line.contains("outcome=\"pending\"") && !line.contains("status=\""), "{line}");
+    assert!(
+        line.contains("outcome=\"pending\"") && !line.contains("status=\""),
+        "{line}"
+    );
 }

@@ -59,6 +59,9 @@ pub struct ListArgs {
     /// Actor id or name.
     #[arg(long)]
     actor: Option<String>,
+    /// Only this outcome; `pending` lists the write-ahead records of state-changing calls.
+    #[arg(long, value_parser = ["success", "failure", "pending"])]
+    result: Option<String>,
     /// At most this many records.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
@@ -217,6 +220,7 @@ async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
     let filter = EventFilter {
         operation: a.operation.clone(),
         actor: a.actor.clone(),
+        outcome: a.result.clone(),
         ..EventFilter::default()
     };
     let mut after = None;

@@ -184,9 +184,13 @@ async fn spec_13_4_1_offline_verify_reads_the_same_database_and_names_tampering(
     let total = report["checked"].as_u64().unwrap();
     assert!(total >= 15, "{report}");
     // Nothing was written by verifying.
-    let (code, out, _) = up.audit(&["list", "--operation", "group.*"]);
+    let (code, out, _) = up.audit(&["list", "--operation", "group.*", "--result", "success"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 12);
+    // Each change was first written ahead as pending.
+    let (code, pending, _) = up.audit(&["list", "--operation", "group.*", "--result", "pending"]);
+    assert_eq!(code, 0);
+    assert_eq!(pending.lines().count(), 12);
     let first: AuditRecord = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first.operation, "group.create");
     let (code, out, _) = up.audit(&["export", "--format", "cef", "--operation", "group.create"]);
