@@ -91,8 +91,12 @@ pub async fn node_liveness(state: &AppState) -> rampart_db::Result<()> {
     let now = state.now();
     let cutoff = now - time::Duration::seconds(state.config.nodes.heartbeat_timeout_s as i64);
     let mut conn = state.db.conn().await?;
-    for (id, name) in nodes::mark_unreachable(&mut conn, cutoff, now).await? {
+    let lost = nodes::mark_unreachable(&mut conn, cutoff, now).await?;
+    drop(conn);
+    for (id, name) in lost {
         tracing::warn!(node = %id, name = %name, timeout_s = state.config.nodes.heartbeat_timeout_s, "node is unreachable: no heartbeat");
+        // A failed write is in the run log (append_system); liveness goes on.
+        let _ = crate::audit::node_state_event(state, &id.to_string(), &name, "node.unreachable").await;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use rampart_api::agent::JoinTokenParts;
 use rampart_api::{JoinTokenCreate, NodeState};
 use rampart_common::Sensitive;
 use rampart_testkit::{Backend, ClusterOptions, TestCluster, backends};
+use serde_json::Value;
 
 async fn cluster(backend: Backend, agents: usize) -> TestCluster {
     TestCluster::start(ClusterOptions {
@@ -51,7 +52,7 @@ async fn spec_12_3_1_agents_join_over_mtls_and_become_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_turns_unreachable_without_heartbeats_and_ready_when_back() {
+async fn spec_13_4_1_node_turns_unreachable_without_heartbeats_and_ready_when_back_each_in_the_trail() {
     for backend in backends().await {
         let mut c = cluster(backend, 2).await;
         c.wait_for_ready_nodes(2).await;
@@ -77,6 +78,24 @@ async fn node_turns_unreachable_without_heartbeats_and_ready_when_back() {
         c.wait_for_node_state(&name, NodeState::Ready, Duration::from_secs(5))
             .await;
         assert_eq!(c.admin.nodes().await.unwrap().items.len(), 2, "no second node row");
+        // Each host event is in the audit trail, in order, naming the node.
+        let trail: Value = c
+            .admin
+            .get("/v1/audit/events?operation=node.*&limit=1000")
+            .await
+            .unwrap();
+        let of_node: Vec<&str> = trail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["details"]["name"] == name.as_str() && r["actor"]["auth_method"] == "system")
+            .map(|r| r["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            of_node,
+            ["node.ready", "node.unreachable", "node.reachable"],
+            "{backend:?}"
+        );
         c.agents.push(back);
         c.shutdown().await;
     }

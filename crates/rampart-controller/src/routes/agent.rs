@@ -222,10 +222,15 @@ pub async fn status(
             message: "this node was removed".into(),
         });
     };
-    match before {
-        NodeState::Joining => tracing::info!(node = %node, "node is ready"),
-        NodeState::Unreachable => tracing::info!(node = %node, "node is reachable again"),
-        _ => {}
+    let event = match before {
+        NodeState::Joining => Some(("node.ready", "node is ready")),
+        NodeState::Unreachable => Some(("node.reachable", "node is reachable again")),
+        _ => None,
+    };
+    if let Some((operation, message)) = event {
+        tracing::info!(node = %node, "{message}");
+        let name = nodes::get(&mut conn, node).await?.map(|n| n.name).unwrap_or_default();
+        crate::audit::node_state_event(&state, &node.to_string(), &name, operation).await?;
     }
     if !s.errors.is_empty() {
         tracing::warn!(node = %node, errors = ?s.errors, "agent reports errors");
