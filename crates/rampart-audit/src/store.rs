@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use rampart_common::time::SharedClock;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::oneshot;
 
 use crate::checkpoint::{Checkpoint, CheckpointBody, CheckpointKind, CheckpointSigner, KeyRing, SignError};
 use crate::hash::Hash;
@@ -41,6 +42,16 @@ pub trait AuditStore: Send + Sync {
     fn head(&self) -> impl Future<Output = Result<ChainHead, StoreError>> + Send;
     /// Stores a sealed record; `Conflict` when `record.seq` is not the next seq.
     fn append(&self, record: &AuditRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores consecutive sealed records (group commit). Stores that can should do it in one
+    /// durable transaction, all or nothing; this default stores them one at a time.
+    fn append_batch(&self, records: &[AuditRecord]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for r in records {
+                self.append(r).await?;
+            }
+            Ok(())
+        }
+    }
     /// Up to `limit` rows with `seq >= from`, ascending; rows that no longer decode are errors
     /// in the list, not a failure of the call (the verifier reports them).
     fn read(
@@ -112,6 +123,21 @@ impl AuditStore for MemoryStore {
             i.rows.insert(record.seq as i64, AuditRow::from_record(record));
             Ok(())
         })
+    }
+
+    async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        // All or nothing, like a transaction: on a failure, the records this call added go.
+        for (added, r) in records.iter().enumerate() {
+            if let Err(e) = self.append(r).await {
+                self.with_inner(|i| {
+                    for r in &records[..added] {
+                        i.rows.remove(&(r.seq as i64));
+                    }
+                });
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<Result<AuditRecord, RowError>>, StoreError> {
@@ -197,6 +223,27 @@ pub enum AuditError {
     Broken { seq: u64 },
 }
 
+/// The append whose group held this record was cancelled (its caller went away): whether the
+/// record was stored is unknown, so the call fails.
+fn interrupted() -> AuditError {
+    AuditError::Store(StoreError::Backend {
+        context: "appending an audit record",
+        source: "the group commit holding it was interrupted".into(),
+    })
+}
+
+/// One failure told to every member of a group.
+fn replicate(e: &AuditError) -> AuditError {
+    match e {
+        AuditError::Store(StoreError::Conflict(m)) => AuditError::Store(StoreError::Conflict(m.clone())),
+        AuditError::Broken { seq } => AuditError::Broken { seq: *seq },
+        other => AuditError::Store(StoreError::Backend {
+            context: "appending audit records",
+            source: rampart_common::error::ErrorChain(other).to_string().into(),
+        }),
+    }
+}
+
 impl AuditError {
     /// As the public error: an audit failure fails the call (503), its cause goes to the run log.
     pub fn into_public(self) -> rampart_common::Error {
@@ -230,14 +277,23 @@ const PAGE: usize = 1000;
 /// Appends retried after a seq conflict before the call fails.
 const MAX_APPEND_ATTEMPTS: u32 = 16;
 
+/// A record waiting for the next group commit, and where its outcome goes.
+struct Waiting {
+    new: NewRecord,
+    reply: oneshot::Sender<Result<AuditRecord, AuditError>>,
+}
+
 /// The appender. One per store; appends are serialised by an async mutex so seq and hashes
-/// are assigned in one order.
+/// are assigned in one order. Appends that arrive while one is being stored wait in `queue`
+/// and the next holder of the mutex stores all of them with one durable commit (group commit):
+/// each caller still returns only once its own record is durable.
 pub struct AuditLog<S: AuditStore> {
     store: S,
     signer: Arc<dyn CheckpointSigner>,
     clock: SharedClock,
     policy: CheckpointPolicy,
     state: AsyncMutex<State>,
+    queue: Mutex<Vec<Waiting>>,
 }
 
 impl<S: AuditStore> AuditLog<S> {
@@ -283,7 +339,13 @@ impl<S: AuditStore> AuditLog<S> {
             clock,
             policy,
             state: AsyncMutex::new(state),
+            queue: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records waiting for the next group commit (a gauge of audit back-pressure).
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("audit queue lock").len()
     }
 
     pub fn store(&self) -> &S {
@@ -323,20 +385,76 @@ impl<S: AuditStore> AuditLog<S> {
     /// Seals, stores and returns a record; writes a checkpoint when N records have gone by.
     /// An error means the record is not stored: the caller must fail the request.
     pub async fn append(&self, new: NewRecord) -> Result<AuditRecord, AuditError> {
+        let (reply, mut outcome) = oneshot::channel();
+        self.queue
+            .lock()
+            .expect("audit queue lock")
+            .push(Waiting { new, reply });
         let mut state = self.state.lock().await;
+        // A holder of the mutex before us may have stored ours with its group: it answers
+        // every record it took before letting the mutex go.
+        match outcome.try_recv() {
+            Ok(done) => return done,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let group = std::mem::take(&mut *self.queue.lock().expect("audit queue lock"));
+        self.store_group(&mut state, group).await;
+        drop(state);
+        outcome.await.unwrap_or_else(|_| Err(interrupted()))
+    }
+
+    /// Seals the group in order and stores it in one batch, following other writers on a
+    /// seq conflict; answers every member.
+    async fn store_group(&self, state: &mut State, mut group: Vec<Waiting>) {
         let mut attempts = 0;
         loop {
-            let record = seal(&state.head, new.clone())?;
-            match self.store.append(&record).await {
-                Ok(()) => return self.after_append(&mut state, record).await,
+            let mut head = state.head;
+            let mut sealed = Vec::with_capacity(group.len());
+            let mut members = Vec::with_capacity(group.len());
+            for w in group.drain(..) {
+                match seal(&head, w.new.clone()) {
+                    Ok(r) => {
+                        head = ChainHead::of(&r);
+                        sealed.push(r);
+                        members.push(w);
+                    }
+                    // An invalid record fails its own call only.
+                    Err(e) => {
+                        let _ = w.reply.send(Err(e.into()));
+                    }
+                }
+            }
+            if sealed.is_empty() {
+                return;
+            }
+            let failure = match self.store.append_batch(&sealed).await {
+                Ok(()) => {
+                    for (record, w) in sealed.into_iter().zip(members) {
+                        let done = self.after_append(state, record).await;
+                        let _ = w.reply.send(done);
+                    }
+                    return;
+                }
                 Err(StoreError::Conflict(_)) if attempts < MAX_APPEND_ATTEMPTS => {
                     // Another writer (another controller on the same database) moved the
                     // head: follow it and seal again.
                     attempts += 1;
-                    Self::catch_up_state(&self.store, &mut state).await?;
+                    match Self::catch_up_state(&self.store, state).await {
+                        Ok(()) => None,
+                        Err(e) => Some(e),
+                    }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Some(e.into()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(error = %rampart_common::error::ErrorChain(&e), records = members.len(), "audit records not stored");
+                for w in members {
+                    let _ = w.reply.send(Err(replicate(&e)));
+                }
+                return;
             }
+            group = members;
         }
     }
 

@@ -1,6 +1,7 @@
-//! Audit trail on SQL: sustained appends/s with the durability the API promises (each append is
-//! its own committed transaction; SQLite in WAL mode with `synchronous=FULL`, PostgreSQL as
-//! configured), and verification records/s reading the same store. Writes
+//! Audit trail on SQL: sustained appends/s with the durability the API promises (every append
+//! returns once its record is committed; SQLite in WAL mode with `synchronous=FULL`, PostgreSQL
+//! as configured), one appender at a time (one commit each) and 16 at once (group commit), and
+//! verification records/s reading the same store. Writes
 //! `target/bench/audit-sql.json`. Run by `scripts/bench-audit.sh`.
 //!
 //! `AUDIT_SQL_BENCH_RECORDS` (default 2000) records per backend; PostgreSQL is measured when
@@ -15,6 +16,9 @@ use rampart_audit::store::{AuditLog, CheckpointPolicy, verify_store};
 use rampart_audit::{KeyRing, verify::VerifyOptions};
 use rampart_db::audit::SqlAuditStore;
 use rampart_db::testing::TestDb;
+
+/// Appenders at once in the concurrent run (the API serves many requests at a time).
+const CONCURRENT: u64 = 16;
 
 fn record(i: u64) -> NewRecord {
     NewRecord::new(
@@ -62,16 +66,42 @@ fn main() {
                 log.append(record(i)).await.unwrap();
             }
             let append = n as f64 / start.elapsed().as_secs_f64();
+            // The API's load: many requests at once, each waiting for its own durable record;
+            // concurrent appends share one commit (group commit).
+            let log = Arc::new(log);
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..CONCURRENT)
+                .map(|c| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        for i in 0..n / CONCURRENT {
+                            log.append(record(n + c * n + i)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let concurrent = (n / CONCURRENT * CONCURRENT) as f64 / start.elapsed().as_secs_f64();
             log.checkpoint_now().await.unwrap();
             let start = Instant::now();
             let report = verify_store(log.store(), &keys, VerifyOptions::default()).await.unwrap();
             assert!(report.ok);
-            let verify = n as f64 / start.elapsed().as_secs_f64();
+            let verify = report.checked as f64 / start.elapsed().as_secs_f64();
             let name = format!("{:?}", db.backend()).to_lowercase();
-            println!("{name}: {append:.0} appends/s (one commit each), verify {verify:.0} records/s, {n} records");
+            println!(
+                "{name}: {append:.0} appends/s one at a time, {concurrent:.0} appends/s from {CONCURRENT} concurrent appenders, verify {verify:.0} records/s, {n} records"
+            );
             out.insert(
                 name,
-                serde_json::json!({"records": n, "appends_per_s": append.round(), "verify_records_per_s": verify.round()}),
+                serde_json::json!({
+                    "records": n,
+                    "appends_per_s": append.round(),
+                    "concurrent_appenders": CONCURRENT,
+                    "concurrent_appends_per_s": concurrent.round(),
+                    "verify_records_per_s": verify.round(),
+                }),
             );
             db.close().await;
         }

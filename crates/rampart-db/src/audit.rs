@@ -136,6 +136,49 @@ async fn insert_checkpoint(conn: &mut AnyConnection, cp: &Checkpoint) -> std::re
     Ok(())
 }
 
+/// Inserts one sealed record at the next seq: after the newest record, or after the purge
+/// boundary when every record was purged. Two writers with the same seq: the primary key decides.
+async fn insert_record(conn: &mut AnyConnection, record: &AuditRecord) -> std::result::Result<(), StoreError> {
+    let r = AuditRow::from_record(record);
+    let done = sqlx::query(
+        "INSERT INTO audit_records (seq, id, time_ms, actor_id, actor_name, actor_domain, auth_method, source_ip, \
+         user_agent, request_id, operation, target_type, target_id, target_project, outcome, status, code, \
+         duration_ms, details, prev_hash, hash) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 \
+         WHERE $1 = 1 + COALESCE((SELECT MAX(seq) FROM audit_records), \
+             (SELECT MAX(tree_size) FROM audit_checkpoints WHERE kind = 'boundary'), 0)",
+    )
+    .bind(r.seq)
+    .bind(r.id)
+    .bind(r.time_ms)
+    .bind(r.actor_id)
+    .bind(r.actor_name)
+    .bind(r.actor_domain)
+    .bind(r.auth_method)
+    .bind(r.source_ip)
+    .bind(r.user_agent)
+    .bind(r.request_id)
+    .bind(r.operation)
+    .bind(r.target_type)
+    .bind(r.target_id)
+    .bind(r.target_project)
+    .bind(r.outcome)
+    .bind(r.status)
+    .bind(r.code)
+    .bind(r.duration_ms)
+    .bind(r.details)
+    .bind(r.prev_hash)
+    .bind(r.hash)
+    .execute(&mut *conn)
+    .await;
+    match done {
+        Ok(res) if res.rows_affected() == 1 => Ok(()),
+        Ok(_) => Err(StoreError::Conflict(format!("seq {} is not the next seq", record.seq))),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("seq {} is taken", record.seq))),
+        Err(e) => Err(backend_err("appending an audit record")(e)),
+    }
+}
+
 impl AuditStore for SqlAuditStore {
     async fn head(&self) -> std::result::Result<ChainHead, StoreError> {
         let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
@@ -154,47 +197,23 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn append(&self, record: &AuditRecord) -> std::result::Result<(), StoreError> {
-        let r = AuditRow::from_record(record);
         let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
-        // The seq must be the next one: after the newest record, or after the purge boundary
-        // when every record was purged. Two writers with the same seq: the primary key decides.
-        let done = sqlx::query(
-            "INSERT INTO audit_records (seq, id, time_ms, actor_id, actor_name, actor_domain, auth_method, source_ip, \
-             user_agent, request_id, operation, target_type, target_id, target_project, outcome, status, code, \
-             duration_ms, details, prev_hash, hash) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 \
-             WHERE $1 = 1 + COALESCE((SELECT MAX(seq) FROM audit_records), \
-                 (SELECT MAX(tree_size) FROM audit_checkpoints WHERE kind = 'boundary'), 0)",
-        )
-        .bind(r.seq)
-        .bind(r.id)
-        .bind(r.time_ms)
-        .bind(r.actor_id)
-        .bind(r.actor_name)
-        .bind(r.actor_domain)
-        .bind(r.auth_method)
-        .bind(r.source_ip)
-        .bind(r.user_agent)
-        .bind(r.request_id)
-        .bind(r.operation)
-        .bind(r.target_type)
-        .bind(r.target_id)
-        .bind(r.target_project)
-        .bind(r.outcome)
-        .bind(r.status)
-        .bind(r.code)
-        .bind(r.duration_ms)
-        .bind(r.details)
-        .bind(r.prev_hash)
-        .bind(r.hash)
-        .execute(&mut *conn)
-        .await;
-        match done {
-            Ok(res) if res.rows_affected() == 1 => Ok(()),
-            Ok(_) => Err(StoreError::Conflict(format!("seq {} is not the next seq", record.seq))),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("seq {} is taken", record.seq))),
-            Err(e) => Err(backend_err("appending an audit record")(e)),
+        insert_record(&mut conn, record).await
+    }
+
+    async fn append_batch(&self, records: &[AuditRecord]) -> std::result::Result<(), StoreError> {
+        if let [one] = records {
+            return self.append(one).await;
         }
+        // One transaction, so one durable commit (fsync) for the whole group, all or nothing.
+        let mut tx = self.db.begin().await.map_err(|e| StoreError::Backend {
+            context: "starting an audit append",
+            source: Box::new(e),
+        })?;
+        for r in records {
+            insert_record(&mut tx, r).await?;
+        }
+        tx.commit().await.map_err(backend_err("committing audit records"))
     }
 
     async fn read(
