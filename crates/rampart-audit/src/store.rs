@@ -440,10 +440,7 @@ impl<S: AuditStore> AuditLog<S> {
                     // Another writer (another controller on the same database) moved the
                     // head: follow it and seal again.
                     attempts += 1;
-                    match Self::catch_up_state(&self.store, state).await {
-                        Ok(()) => None,
-                        Err(e) => Some(e),
-                    }
+                    Self::catch_up_state(&self.store, state).await.err()
                 }
                 Err(e) => Some(e.into()),
             };
