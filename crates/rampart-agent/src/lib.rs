@@ -297,7 +297,16 @@ async fn renew_loop(creds: Arc<Credentials>, client: NodeClient, clock: SharedCl
                         not_after = %rampart_common::time::rfc3339(new.not_after),
                         "renewed the node certificate; new connections present it"
                     );
-                    continue;
+                    if clock.now() < new.renewal_due() {
+                        continue;
+                    }
+                    // Due again at once: this node's clock is far from the controller's. Do
+                    // not ask for a certificate in a loop.
+                    tracing::warn!(
+                        not_before = %rampart_common::time::rfc3339(new.not_before),
+                        "the renewed certificate is already due for renewal; is this node's clock right?"
+                    );
+                    MAX_BACKOFF
                 }
                 Err(e) => {
                     let wait = backoff(failures);

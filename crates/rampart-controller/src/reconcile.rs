@@ -103,10 +103,11 @@ async fn renew_server_certificate(state: &AppState, ticks: u64, retry: &mut Cert
     match result {
         Ok(Ok(renewed)) => {
             *retry = CertRetry::default();
-            if renewed && let Ok(mut conn) = state.db.conn().await {
-                if let Err(e) = crate::kms::record_server_certificate(state, &mut conn).await {
-                    tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "cannot put the renewed server certificate in the inventory");
-                }
+            if renewed
+                && let Ok(mut conn) = state.db.conn().await
+                && let Err(e) = crate::kms::record_server_certificate(state, &mut conn).await
+            {
+                tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "cannot put the renewed server certificate in the inventory");
             }
         }
         Ok(Err(e)) => {
