@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_api::Client;
 use rampart_api::compute::{
     ComputeStatus, DesiredImage, DesiredInstance, Failure, ImageRole, InstanceEventReport, InstanceReport, NodeCompute,
     ObservedPower, PowerState as WantedPower, SignaturePolicy as DocPolicy,
@@ -28,7 +27,7 @@ use uuid::Uuid;
 
 const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const IMAGE_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const IMAGE_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The hypervisor of a node: the real confined QEMU driver, or the fake of the simulated cluster
 /// (same rules: specs must render, permits must cover the image files).
@@ -138,7 +137,7 @@ struct Vm {
 pub struct ComputeRuntime {
     opts: ComputeOptions,
     cache: PathBuf,
-    client: Client,
+    client: crate::identity::NodeClient,
     vms: BTreeMap<Uuid, Vm>,
     events: BTreeMap<Uuid, Vec<InstanceEventReport>>,
     console_sent: BTreeMap<Uuid, String>,
@@ -163,7 +162,7 @@ impl ComputeRuntime {
     pub fn new(
         opts: ComputeOptions,
         data_dir: &Path,
-        identity: &crate::identity::Identity,
+        client: crate::identity::NodeClient,
     ) -> Result<Self, crate::AgentError> {
         let cache = data_dir.join("images");
         std::fs::create_dir_all(&cache).map_err(|source| crate::AgentError::Io {
@@ -174,7 +173,7 @@ impl ComputeRuntime {
         Ok(ComputeRuntime {
             opts,
             cache,
-            client: identity.client(IMAGE_CLIENT_TIMEOUT)?,
+            client,
             vms: BTreeMap::new(),
             events: BTreeMap::new(),
             console_sent: BTreeMap::new(),
@@ -481,8 +480,11 @@ impl ComputeRuntime {
             return Ok(path);
         }
         let fail = |m: String| failure("image_unavailable", m);
-        let mut resp = self
+        let (_, client) = self
             .client
+            .get()
+            .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?;
+        let mut resp = client
             .send::<()>(
                 http::Method::GET,
                 &format!("/agent/v1/images/{}/data", img.image_id),

@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rampart_api::ClientError;
 use rampart_api::agent::{AgentStatus, NodeConfig};
 use rampart_api::network::NetworkStatus;
-use rampart_api::{Client, ClientError};
 use rampart_common::Sensitive;
+use rampart_common::time::SharedClock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ use uuid::Uuid;
 
 use crate::compute::{ComputeOptions, ComputeRuntime};
 use crate::host::HostDriver;
-use crate::identity::Identity;
+use crate::identity::{Credentials, Identity, NodeClient};
 use crate::ledger::Ledger;
 
 /// Longest wait of one config poll (the controller caps `nodes.long_poll_timeout_s` at 300 s).
@@ -35,6 +36,8 @@ const POLL_CLIENT_TIMEOUT: Duration = Duration::from_secs(330);
 const STATUS_CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the certificate's renewal time is compared with the clock.
+const RENEWAL_CHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -75,6 +78,8 @@ pub struct AgentOptions {
     /// How this node runs VMs; `None`: it runs none (and takes no instances).
     pub compute: Option<ComputeOptions>,
     pub network: NetOptions,
+    /// When the node certificate's renewal is due (tests move it).
+    pub clock: SharedClock,
 }
 
 /// How the agent runs the node's data plane.
@@ -111,6 +116,7 @@ pub struct Agent {
     host: Arc<dyn HostDriver>,
     compute: Option<ComputeOptions>,
     network: NetOptions,
+    clock: SharedClock,
 }
 
 impl Agent {
@@ -145,6 +151,7 @@ impl Agent {
             host: opts.host,
             compute: opts.compute,
             network: opts.network,
+            clock: opts.clock,
         })
     }
 
@@ -158,12 +165,17 @@ impl Agent {
 
     /// Runs until `shutdown` is cancelled or the controller disowns the node.
     pub fn spawn(self, shutdown: CancellationToken) -> Result<JoinHandle<Result<(), AgentError>>, AgentError> {
-        let poll_client = self.identity.client(POLL_CLIENT_TIMEOUT)?;
-        let status_client = self.identity.client(STATUS_CLIENT_TIMEOUT)?;
+        let creds = Credentials::new(&self.identity, &self.data_dir)?;
+        let poll_client = creds.client(POLL_CLIENT_TIMEOUT);
+        let status_client = creds.client(STATUS_CLIENT_TIMEOUT);
         let ledger = Ledger::new(&self.data_dir);
         let node_id = self.node_id();
         let compute = match self.compute {
-            Some(c) => Some(ComputeRuntime::new(c, &self.data_dir, &self.identity)?),
+            Some(c) => Some(ComputeRuntime::new(
+                c,
+                &self.data_dir,
+                creds.client(compute::IMAGE_CLIENT_TIMEOUT),
+            )?),
             None => None,
         };
         // `fetched`: the generation held (the poll cursor); `applied`: the one the host
@@ -220,6 +232,12 @@ impl Agent {
             shutdown: shutdown.clone(),
             removed: removed.clone(),
         }));
+        let renewal = tokio::spawn(renew_loop(
+            creds.clone(),
+            creds.client(STATUS_CLIENT_TIMEOUT),
+            self.clock,
+            shutdown.clone(),
+        ));
         tracing::info!(node = %node_id, "agent running");
         Ok(tokio::spawn(async move {
             tokio::select! {
@@ -230,6 +248,7 @@ impl Agent {
             let _ = poller.await;
             let _ = heartbeat.await;
             let _ = network.await;
+            let _ = renewal.await;
             if removed.is_cancelled() {
                 Err(AgentError::Removed(dir))
             } else {
@@ -254,8 +273,67 @@ fn backoff(attempt: u32) -> Duration {
     base / 2 + Duration::from_millis(jitter)
 }
 
+/// Renews the node certificate once two thirds of its lifetime are gone (spec 13.3-2), with
+/// backoff on failure; the current certificate stays in use meanwhile, until it expires.
+async fn renew_loop(creds: Arc<Credentials>, client: NodeClient, clock: SharedClock, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let times = creds.times();
+        let now = clock.now();
+        let wait = if now < times.renewal_due() {
+            // Compared again often: the clock may jump (tests, a suspended host).
+            RENEWAL_CHECK
+        } else {
+            let result = match client.get() {
+                Ok((_, c)) => creds.renew(&c).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(new) => {
+                    failures = 0;
+                    tracing::info!(
+                        previous_serial = %times.serial,
+                        serial = %new.serial,
+                        not_after = %rampart_common::time::rfc3339(new.not_after),
+                        "renewed the node certificate; new connections present it"
+                    );
+                    if clock.now() < new.renewal_due() {
+                        continue;
+                    }
+                    // Due again at once: this node's clock is far from the controller's. Do
+                    // not ask for a certificate in a loop.
+                    tracing::warn!(
+                        not_before = %rampart_common::time::rfc3339(new.not_before),
+                        "the renewed certificate is already due for renewal; is this node's clock right?"
+                    );
+                    MAX_BACKOFF
+                }
+                Err(e) => {
+                    let wait = backoff(failures);
+                    failures = failures.saturating_add(1);
+                    let expired = now >= times.not_after;
+                    tracing::warn!(
+                        error = %rampart_common::error::ErrorChain(&e),
+                        serial = %times.serial,
+                        not_after = %rampart_common::time::rfc3339(times.not_after),
+                        expired,
+                        attempt = failures,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot renew the node certificate; keeping the current one"
+                    );
+                    wait
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 async fn poll_loop(
-    client: Client,
+    client: NodeClient,
     ledger: Ledger,
     fetched: Arc<AtomicI64>,
     desired: watch::Sender<Option<NodeConfig>>,
@@ -266,9 +344,21 @@ async fn poll_loop(
     loop {
         let after = fetched.load(Ordering::SeqCst);
         tracing::debug!(after, "polling for desired state");
+        let (generation, http) = match client.get() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %rampart_common::error::ErrorChain(&e), "cannot build the controller client");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                }
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = client.agent_config(after) => r,
+            r = http.agent_config(after) => r,
         };
         match result {
             Ok(Some(doc)) => {
@@ -286,6 +376,8 @@ async fn poll_loop(
                 }
             }
             Ok(None) => failures = 0,
+            // Sent with the certificate a renewal has just replaced: try again with the new one.
+            Err(e) if is_removed(&e) && client.renewed_since(generation) => {}
             Err(e) if is_removed(&e) => {
                 tracing::error!("the controller no longer knows this node");
                 removed.cancel();
@@ -313,7 +405,7 @@ fn apply(ledger: &Ledger, doc: &NodeConfig) -> Result<(), AgentError> {
 }
 
 struct StatusLoop {
-    client: Client,
+    client: NodeClient,
     host: Arc<dyn HostDriver>,
     compute: Option<ComputeRuntime>,
     applied: Arc<AtomicI64>,
@@ -362,7 +454,13 @@ async fn status_loop(s: StatusLoop) {
             compute: compute_report,
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
-        let result = client.agent_status(&status).await;
+        let (sent_with, result) = match client.get() {
+            Ok((generation, http)) => (
+                Some(generation),
+                http.agent_status(&status).await.map_err(AgentError::from),
+            ),
+            Err(e) => (None, Err(e)),
+        };
         if let (Some(rt), Some(sent)) = (compute.as_mut(), status.compute) {
             if result.is_ok() {
                 rt.delivered(&sent);
@@ -388,7 +486,7 @@ async fn status_loop(s: StatusLoop) {
                     fetched.store(0, Ordering::SeqCst);
                 }
             }
-            Err(e) if is_removed(&e) => {
+            Err(AgentError::Client(e)) if is_removed(&e) && !sent_with.is_some_and(|g| client.renewed_since(g)) => {
                 tracing::error!("the controller no longer knows this node");
                 removed.cancel();
                 return;

@@ -15,13 +15,18 @@ const LEASE: &str = "reconcilers";
 const LEASE_TTL: time::Duration = time::Duration::seconds(15);
 const TICK: Duration = Duration::from_secs(1);
 const TOKEN_PURGE_EVERY: u64 = 600;
-const CERT_CHECK_EVERY: u64 = 3600;
+/// How often the server certificate's renewal time is compared with the clock (cheap).
+const CERT_CHECK_EVERY: u64 = 5;
+/// After a failed renewal: wait this many ticks, doubling up to an hour.
+const CERT_RETRY_FIRST: u64 = 30;
+const CERT_RETRY_MAX: u64 = 3600;
 const METRICS_PRUNE_EVERY: u64 = 300;
 
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks: u64 = 0;
         let mut leader = false;
+        let mut cert_retry = CertRetry::default();
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -66,11 +71,8 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                     tracing::warn!(error = %e, "key and certificate maintenance failed");
                 }
             }
-            if ticks % CERT_CHECK_EVERY == CERT_CHECK_EVERY - 1 {
-                let days = state.config.tls.server_certificate_days;
-                if let Err(e) = state.server_cert.renew_if_due(&state.ca, days, state.now()) {
-                    tracing::error!(error = %rampart_common::error::ErrorChain(&e), "server certificate renewal failed");
-                }
+            if ticks % CERT_CHECK_EVERY == CERT_CHECK_EVERY - 1 && ticks >= cert_retry.next_tick {
+                renew_server_certificate(&state, ticks, &mut cert_retry).await;
             }
             ticks += 1;
         }
@@ -78,6 +80,52 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             let _ = leases::release(&mut conn, LEASE, &state.instance_id).await;
         }
     })
+}
+
+#[derive(Debug, Default)]
+struct CertRetry {
+    next_tick: u64,
+    wait: u64,
+}
+
+/// Renews the API server certificate once two thirds of its lifetime are gone (spec 13.3-2,
+/// 12.3.1), in place: the listener stays up and new handshakes get the new certificate. On
+/// failure the current certificate is kept (it is still valid for a third of its lifetime)
+/// and the renewal is retried with a growing wait.
+async fn renew_server_certificate(state: &AppState, ticks: u64, retry: &mut CertRetry) {
+    let now = state.now();
+    if now < state.server_cert.renewal_due() {
+        return;
+    }
+    let (cert, ca) = (state.server_cert.clone(), state.ca.clone());
+    let days = state.config.tls.server_certificate_days;
+    let result = crate::kms::blocking(move || cert.renew_if_due(&ca, days, now)).await;
+    match result {
+        Ok(Ok(renewed)) => {
+            *retry = CertRetry::default();
+            if renewed
+                && let Ok(mut conn) = state.db.conn().await
+                && let Err(e) = crate::kms::record_server_certificate(state, &mut conn).await
+            {
+                tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "cannot put the renewed server certificate in the inventory");
+            }
+        }
+        Ok(Err(e)) => {
+            retry.wait = (retry.wait * 2).clamp(CERT_RETRY_FIRST, CERT_RETRY_MAX);
+            retry.next_tick = ticks + retry.wait;
+            tracing::error!(
+                error = %rampart_common::error::ErrorChain(&e),
+                not_after = %rampart_common::time::rfc3339(state.server_cert.not_after()),
+                retry_in_s = retry.wait,
+                "server certificate renewal failed; the current certificate stays in use"
+            );
+        }
+        Err(e) => {
+            retry.wait = (retry.wait * 2).clamp(CERT_RETRY_FIRST, CERT_RETRY_MAX);
+            retry.next_tick = ticks + retry.wait;
+            tracing::error!(error = %rampart_common::error::ErrorChain(&e), "server certificate renewal failed");
+        }
+    }
 }
 
 async fn take_lease(state: &AppState) -> rampart_db::Result<bool> {

@@ -111,10 +111,9 @@ impl ServerCert {
         };
         let ck = certified_key(&cert_pem, &key_pem)?;
         let info = cert_info_pem(&cert_pem)?;
-        let not_before = info.not_after - time::Duration::days(days as i64);
         Ok(ServerCert {
             current: RwLock::new(Arc::new(ck)),
-            info: RwLock::new((not_before, info.not_after, info.names)),
+            info: RwLock::new((info.not_before, info.not_after, info.names)),
             dir,
         })
     }
@@ -138,9 +137,7 @@ impl ServerCert {
         match cert_info_pem(cert_pem) {
             Ok(info) => {
                 let missing = names.iter().any(|n| !info.names.contains(n));
-                // The lifetime is not in the certificate's info; assume the documented maximum
-                // when only the end is known: renew when less than a third of 90 days is left.
-                missing || info.not_after - now < time::Duration::days(30)
+                missing || now >= renewal_due(info.not_before, info.not_after)
             }
             Err(_) => true,
         }
@@ -153,23 +150,37 @@ impl ServerCert {
         days: u32,
         now: OffsetDateTime,
     ) -> Result<bool, TlsSetupError> {
-        let (not_before, not_after, names) = self.info.read().expect("info lock").clone();
-        let lifetime = not_after - not_before;
-        if now < not_before + lifetime * 2 / 3 {
+        if now < self.renewal_due() {
             return Ok(false);
         }
+        let names = self.info.read().expect("info lock").2.clone();
         let issued = ca.issue_server(&names, days, now)?;
-        Self::write(&self.dir, &issued.cert_pem, &issued.key_pem)?;
+        let info = cert_info_pem(&issued.cert_pem)?;
         let ck = certified_key(&issued.cert_pem, &issued.key_pem)?;
+        // On disk first: a restart must not go back to the old certificate. The listener stays
+        // up; handshakes from now on get the new certificate, open connections keep theirs.
+        Self::write(&self.dir, &issued.cert_pem, &issued.key_pem)?;
         *self.current.write().expect("cert lock") = Arc::new(ck);
-        *self.info.write().expect("info lock") = (now, issued.not_after, names);
-        tracing::info!(not_after = %rampart_common::time::rfc3339(issued.not_after), "renewed the API server certificate");
+        *self.info.write().expect("info lock") = (info.not_before, info.not_after, names);
+        tracing::info!(serial = %info.serial, not_after = %rampart_common::time::rfc3339(info.not_after), "renewed the API server certificate");
         Ok(true)
     }
 
     pub fn not_after(&self) -> OffsetDateTime {
         self.info.read().expect("info lock").1
     }
+
+    /// When two thirds of the current certificate's lifetime are gone.
+    pub fn renewal_due(&self) -> OffsetDateTime {
+        let info = self.info.read().expect("info lock");
+        renewal_due(info.0, info.1)
+    }
+}
+
+/// Certificates of the internal CA are renewed once two thirds of their lifetime are gone
+/// (spec 13.3-2): a third of it is left to retry through an outage.
+pub fn renewal_due(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    not_before + (not_after - not_before) * 2 / 3
 }
 
 fn ca_signed(ca: &CertificateAuthority, cert_pem: &str, now: OffsetDateTime) -> bool {

@@ -220,6 +220,8 @@ impl TestCluster {
                 reconcile_interval: Duration::from_secs(2),
                 ..Default::default()
             },
+            // The cluster's clock: a test that moves it moves the agents' certificate renewal.
+            clock: self.clock.clone(),
         })
         .await?;
         let stop = CancellationToken::new();

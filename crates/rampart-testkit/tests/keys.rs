@@ -589,6 +589,56 @@ async fn spec_13_3_4_key_operation_audit_records_and_the_database_hold_no_secret
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_3_4_audit_trail_record_of_a_key_operation_has_version_and_context_not_data() {
+    let Some((c, _clock)) = cluster().await else { return };
+    let p = c.admin_project().await;
+    let admin = user(&c, "trail-admin", &[("key-admin", p)]).await;
+    let usr = user(&c, "trail-user", &[("key-user", p)]).await;
+    let key = new_key(&admin, p, "trailed", None).await;
+    admin.key_action(p, key.id, "rotate").await.unwrap();
+    let canary = b"canary-5e1b-trail-plaintext";
+    let context = ctx(&[("tenant", "acme"), ("purpose", "trail-check")]);
+    let ct = usr.encrypt(p, key.id, &enc(canary, context.clone())).await.unwrap();
+    assert_eq!(ct.key_version, 2);
+    let back = usr
+        .decrypt(p, key.id, &dec(&ct.ciphertext, context.clone()))
+        .await
+        .unwrap();
+    assert_eq!(plain(&back), canary);
+    for op in ["key.encrypt", "key.decrypt"] {
+        // `result=success`: the completion record, not a write-ahead intent of the call.
+        let page: serde_json::Value = c
+            .admin
+            .get(&format!("/v1/audit/events?operation={op}&result=success"))
+            .await
+            .unwrap();
+        let record = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["target"]["id"] == key.id.to_string().as_str())
+            .unwrap_or_else(|| panic!("no {op} record: {page:#}"));
+        let details = &record["details"];
+        assert_eq!(details["key_version"], 2, "{op}: {record:#}");
+        assert_eq!(
+            details["encryption_context"],
+            serde_json::json!({"tenant": "acme", "purpose": "trail-check"}),
+            "{op}: {record:#}"
+        );
+        let text = record.to_string();
+        assert!(!text.contains(&ct.ciphertext), "{op}: the ciphertext is in the record");
+        for form in secret_forms(canary) {
+            assert!(
+                !contains(text.as_bytes(), &form),
+                "{op}: the plaintext is in the record: {}",
+                String::from_utf8_lossy(&form)
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
 fn csr(name: &str) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();

@@ -492,6 +492,7 @@ async fn start_local_agent(
         host,
         compute: node_compute(compute.vm_state_dir.clone(), &compute.accel),
         network: local_net_options(&controller.state.config.network),
+        clock: rampart_common::time::system_clock(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
@@ -609,6 +610,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
                 _ => None,
             },
         },
+        clock: rampart_common::time::system_clock(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;

@@ -134,9 +134,18 @@ impl FromRequestParts<AppState> for NodeIdentity {
         let info = cert_info(&der).map_err(|_| unknown())?;
         let claimed = info.node_id.ok_or_else(unknown)?;
         // Revoked certificates are refused at once; a renewed one takes over when first used.
-        crate::kms::node_for_certificate(state, &info.sha256, claimed)
-            .await
-            .map(NodeIdentity)
+        let node = crate::kms::node_for_certificate(state, &info.sha256, claimed).await?;
+        // The audit record of the call names the node that authenticated with its certificate.
+        crate::audit::note(|slot| {
+            slot.actor = Some(rampart_audit::record::Actor {
+                id: Some(node.to_string()),
+                name: None,
+                domain: None,
+                auth_method: rampart_audit::record::AuthMethod::Certificate,
+            });
+            slot.target_id = Some(node.to_string());
+        });
+        Ok(NodeIdentity(node))
     }
 }
 

@@ -472,7 +472,10 @@ pub async fn agent_renew(
     }
     record_agent_certificate(&mut tx, node, &pem, &der, now).await?;
     rampart_db::Db::commit(tx).await?;
-    tracing::info!(%node, not_after = %rampart_common::time::rfc3339(not_after), "agent certificate renewed");
+    let serial = rampart_kms::ca::cert_info(&der).map(|i| i.serial).unwrap_or_default();
+    crate::audit::note_detail("serial", serial.clone());
+    crate::audit::note_detail("not_after", rampart_common::time::rfc3339(not_after));
+    tracing::info!(%node, %serial, not_after = %rampart_common::time::rfc3339(not_after), "agent certificate renewed");
     Ok((
         StatusCode::CREATED,
         axum::Json(AgentRenewResponse {

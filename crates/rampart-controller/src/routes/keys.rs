@@ -91,12 +91,40 @@ fn respond<T: IntoResponse>(principal: &Principal, mut facts: KeyAuditFacts, res
         facts.error_code = Some(e.code());
     }
     audit(&actor(principal), &facts);
+    note_facts(&facts);
     let mut response = match result {
         Ok(v) => v.into_response(),
         Err(e) => e.into_response(),
     };
     response.extensions_mut().insert(facts);
     response
+}
+
+/// Puts the key-operation facts into the call's audit-trail record (13.3-4): the version used
+/// and the encryption context, keys and values. Contexts are not secret (AWS KMS logs them in
+/// CloudTrail too); a context member whose name looks like a credential is still redacted by
+/// the record builder. Plaintext, ciphertext and data keys never come here.
+fn note_facts(facts: &KeyAuditFacts) {
+    use crate::audit::note_detail;
+    if let Some(v) = facts.key_version {
+        note_detail("key_version", v);
+    }
+    if let Some(id) = facts.source_key_id {
+        // Re-encryption: the path names the source key; the new ciphertext is under this one.
+        note_detail("source_key_id", id.to_string());
+        note_detail("target_key_id", facts.key_id.to_string());
+    }
+    if let Some(v) = facts.source_key_version {
+        note_detail("source_key_version", v);
+    }
+    if !facts.context.is_empty() {
+        let context: serde_json::Map<String, serde_json::Value> = facts
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        note_detail("encryption_context", serde_json::Value::Object(context));
+    }
 }
 
 pub fn view(key: &Key) -> KeyView {
