@@ -493,6 +493,7 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
         ("POST", "/v1/auth/mfa/totp/confirm") => return named("auth.mfa.confirm", "user", false),
         ("POST", "/v1/auth/mfa/recovery-codes") => return named("auth.recovery_codes.create", "user", false),
         ("POST", "/agent/v1/join") => return named("node.join", "node", false),
+        ("POST", "/agent/v1/renew") => return named("node.certificate.renew", "node", false),
         ("PUT", "/agent/v1/status") => return named("node.status.report", "node", false),
         ("GET", "/agent/v1/config") => return named("node.config.get", "node", false),
         ("GET", "/v1/audit/events") => return named("audit.events.list", "audit_trail", true),
@@ -986,6 +987,10 @@ mod tests {
             "auth.login"
         );
         assert_eq!(op(Method::POST, "/agent/v1/join", "/agent/v1/join").0, "node.join");
+        assert_eq!(
+            op(Method::POST, "/agent/v1/renew", "/agent/v1/renew").0,
+            "node.certificate.renew"
+        );
         assert_eq!(
             op(Method::GET, "/v1/audit/events", "/v1/audit/events").0,
             "audit.events.list"

@@ -327,7 +327,7 @@ async fn spec_13_3_2_agent_certificate_renewed_at_two_thirds_lifetime() {
     // The renewal is in the audit trail, naming the node and the new serial.
     let page: serde_json::Value = c
         .admin
-        .get("/v1/audit/events?operation=renew.create&result=success")
+        .get("/v1/audit/events?operation=node.certificate.renew&result=success")
         .await
         .unwrap();
     let record = page["items"]
