@@ -676,7 +676,14 @@ pub async fn record_calls(State(state): State<AppState>, req: Request, next: Nex
     for rec in records {
         if let Err(e) = state.audit.log.append(rec).await {
             tracing::error!(error = %ErrorChain(&e), operation = %class.operation, status, intent_seq = ?data.intent_seq, "audit record not written; the call fails");
-            return e.into_public().into_response();
+            return match data.intent_seq {
+                // The handler ran: say so, so that nobody retries blindly.
+                Some(seq) if (200..400).contains(&status) => Error::Unavailable(format!(
+                    "the operation was performed, but its completion record could not be written; the audit trail holds it as pending record {seq}"
+                ))
+                .into_response(),
+                _ => e.into_public().into_response(),
+            };
         }
     }
     state.audit.wake_pump.notify_one();

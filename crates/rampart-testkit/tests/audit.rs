@@ -419,6 +419,12 @@ async fn spec_13_4_1_no_unaudited_changes_the_write_ahead_record_comes_first() {
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    let ClientError::Api { body, .. } = &err else { panic!() };
+    assert!(
+        body.error.message.contains("was performed") && !body.error.message.contains("disk full"),
+        "{}",
+        body.error.message
+    );
     raw_sql(&c, "DROP TRIGGER test_audit_half").await;
     assert!(group_names(&c).await.contains(&"half-recorded".to_string()));
     // The only group.create request without a completion record is that one.
