@@ -81,10 +81,10 @@ impl VmDriver {
     }
 
     /// The VM's counters now, `None` when it has no process.
-    async fn sample(&self, id: Uuid, at_ms: i64) -> Option<Sample> {
+    async fn sample(&self, id: Uuid, at_ms: i64, taps: &[String]) -> Option<Sample> {
         match self {
             VmDriver::Fake { hv, .. } => hv.sample(id, at_ms),
-            VmDriver::Qemu(q) => q.sample(id, at_ms).await,
+            VmDriver::Qemu(q) => q.sample(id, at_ms, taps).await,
         }
     }
 
@@ -144,6 +144,8 @@ struct Vm {
     pid: Option<u32>,
     uid: Option<u32>,
     console: Option<String>,
+    /// The VM's taps (in its VPC's namespace), whose counters are its network traffic.
+    taps: Vec<String>,
 }
 
 /// The node's compute state between two heartbeats.
@@ -257,7 +259,9 @@ impl ComputeRuntime {
             pid: None,
             uid: None,
             console: None,
+            taps: Vec::new(),
         });
+        vm.taps = d.ports.iter().map(|p| p.tap.clone()).collect();
         if let Some(o) = o {
             vm.pid = o.pid.or(vm.pid);
             vm.uid = o.uid.or(vm.uid);
@@ -566,7 +570,8 @@ impl ComputeRuntime {
         if self.samples.get(&id).is_some_and(|p| now - p.at_ms < MIN_SAMPLE_GAP_MS) {
             return None;
         }
-        let Some(cur) = self.opts.driver.sample(id, now).await else {
+        let taps = self.vms.get(&id).map(|v| v.taps.clone()).unwrap_or_default();
+        let Some(cur) = self.opts.driver.sample(id, now, &taps).await else {
             self.samples.remove(&id);
             return None;
         };

@@ -549,19 +549,27 @@ impl QemuDriver {
     }
 
     /// The VM's counters now (spec 12.1-5): CPU and memory from its cgroup, disk I/O from QMP
-    /// `query-blockstats`. `None` when no QEMU runs; without QMP the disk counters are 0 (the
-    /// rates then read as 0, never negative: see [`monitor::rates`]).
-    pub async fn sample(&self, id: Uuid, at_ms: i64) -> Option<Sample> {
+    /// `query-blockstats`, network from its `taps` as QEMU's own network namespace shows them.
+    /// `None` when no QEMU runs; without QMP the disk counters are 0 (the rates then read as 0,
+    /// never negative: see [`monitor::rates`]).
+    pub async fn sample(&self, id: Uuid, at_ms: i64, taps: &[String]) -> Option<Sample> {
         let cg = self.cgroup(id);
-        if cg.pids().is_empty() {
-            return None;
-        }
+        let pid = *cg.pids().first()?;
         let cpu_mem = monitor::read_cgroup(&cg);
+        let net_dev = if taps.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default()
+        };
+        let taps: Vec<_> = taps
+            .iter()
+            .filter_map(|t| monitor::parse_net_dev(&net_dev, t))
+            .collect();
         let blocks = match QmpClient::connect(&self.vm_dir(id).join("qmp.sock"), Duration::from_secs(2)).await {
             Ok(mut c) => c.query_blockstats().await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-        Some(monitor::assemble(at_ms, cpu_mem, &blocks, &[]))
+        Some(monitor::assemble(at_ms, cpu_mem, &blocks, &taps))
     }
 
     /// Waits until `marker` appears in the VM's console log (tests and the benchmark).
