@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_api::compute::{
-    ComputeStatus, DesiredImage, DesiredInstance, Failure, ImageRole, InstanceEventReport, InstanceReport, NodeCompute,
-    ObservedPower, PowerState as WantedPower, SignaturePolicy as DocPolicy,
+    ComputeStatus, DesiredImage, DesiredInstance, Failure, ImageRole, InstanceEventReport, InstanceReport,
+    MetricTotals, MetricsReport, NodeCompute, ObservedPower, PowerState as WantedPower, SignaturePolicy as DocPolicy,
 };
 use rampart_compute::configdrive::{self, GuestConfig, NicConfig};
 use rampart_compute::confine::Limits;
@@ -22,12 +22,16 @@ use rampart_compute::driver::{
     verify_and_start,
 };
 use rampart_compute::image::{self, Digest, ImageSignature, SignaturePolicy, StreamingHasher, TrustedKey};
+use rampart_compute::monitor::{self, Sample};
 use rampart_compute::qemu::{self, Accel, Boot, Disk, DiskFormat, Machine, Nic, VmSpec};
 use uuid::Uuid;
 
 const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) const IMAGE_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Two samples closer than this give no rate: a report sent right after an apply would
+/// otherwise divide a few milliseconds' worth of counters into a noisy datapoint.
+const MIN_SAMPLE_GAP_MS: i64 = 900;
 
 /// The hypervisor of a node: the real confined QEMU driver, or the fake of the simulated cluster
 /// (same rules: specs must render, permits must cover the image files).
@@ -72,6 +76,14 @@ impl VmDriver {
         match self {
             VmDriver::Fake { .. } => None,
             VmDriver::Qemu(q) => q.console_tail(id, CONSOLE_TAIL_BYTES).ok(),
+        }
+    }
+
+    /// The VM's counters now, `None` when it has no process.
+    async fn sample(&self, id: Uuid, at_ms: i64, taps: &[String]) -> Option<Sample> {
+        match self {
+            VmDriver::Fake { hv, .. } => hv.sample(id, at_ms),
+            VmDriver::Qemu(q) => q.sample(id, at_ms, taps).await,
         }
     }
 
@@ -131,6 +143,8 @@ struct Vm {
     pid: Option<u32>,
     uid: Option<u32>,
     console: Option<String>,
+    /// The VM's taps (in its VPC's namespace), whose counters are its network traffic.
+    taps: Vec<String>,
 }
 
 /// The node's compute state between two heartbeats.
@@ -141,6 +155,8 @@ pub struct ComputeRuntime {
     vms: BTreeMap<Uuid, Vm>,
     events: BTreeMap<Uuid, Vec<InstanceEventReport>>,
     console_sent: BTreeMap<Uuid, String>,
+    /// The last counters of each running VM; the next report's rates are taken against them.
+    samples: BTreeMap<Uuid, Sample>,
 }
 
 fn now_ms() -> i64 {
@@ -177,6 +193,7 @@ impl ComputeRuntime {
             vms: BTreeMap::new(),
             events: BTreeMap::new(),
             console_sent: BTreeMap::new(),
+            samples: BTreeMap::new(),
         })
     }
 
@@ -221,6 +238,7 @@ impl ComputeRuntime {
             self.opts.driver.forget(id);
             self.vms.remove(&id);
             self.console_sent.remove(&id);
+            self.samples.remove(&id);
             tracing::info!(instance = %id, "VM destroyed");
         }
     }
@@ -240,7 +258,9 @@ impl ComputeRuntime {
             pid: None,
             uid: None,
             console: None,
+            taps: Vec::new(),
         });
+        vm.taps = d.ports.iter().map(|p| p.tap.clone()).collect();
         if let Some(o) = o {
             vm.pid = o.pid.or(vm.pid);
             vm.uid = o.uid.or(vm.uid);
@@ -534,11 +554,56 @@ impl ComputeRuntime {
         Ok(path)
     }
 
+    /// Samples a running VM's counters (spec 12.1-5) and returns the rates since the previous
+    /// sample, with the totals since the VM started. The first sample of a boot only sets the
+    /// baseline.
+    async fn metrics(&mut self, id: Uuid) -> Option<MetricsReport> {
+        let running = self.vms.get(&id).is_some_and(|v| {
+            matches!(
+                v.power,
+                ObservedPower::Running | ObservedPower::Paused | ObservedPower::Panicked
+            )
+        });
+        let now = now_ms();
+        if !running {
+            self.samples.remove(&id);
+            return None;
+        }
+        if self.samples.get(&id).is_some_and(|p| now - p.at_ms < MIN_SAMPLE_GAP_MS) {
+            return None;
+        }
+        let taps = self.vms.get(&id).map(|v| v.taps.clone()).unwrap_or_default();
+        let Some(cur) = self.opts.driver.sample(id, now, &taps).await else {
+            self.samples.remove(&id);
+            return None;
+        };
+        let prev = self.samples.insert(id, cur.clone())?;
+        let m = monitor::rates(&prev, &cur)?;
+        Some(MetricsReport {
+            at_ms: m.at_ms,
+            cpu_percent: m.cpu_percent,
+            memory_bytes: m.memory_bytes,
+            disk_read_bps: m.disk_read_bps,
+            disk_write_bps: m.disk_write_bps,
+            disk_write_iops: m.disk_write_iops,
+            net_rx_bps: m.net_rx_bps,
+            net_tx_bps: m.net_tx_bps,
+            totals: Some(MetricTotals {
+                cpu_usage_ns: cur.cpu_usage_ns,
+                disk_read_bytes: cur.disk_read_bytes,
+                disk_write_bytes: cur.disk_write_bytes,
+                net_rx_bytes: cur.net_rx_bytes,
+                net_tx_bytes: cur.net_tx_bytes,
+            }),
+        })
+    }
+
     /// The report for the next status; events move out with it (see [`Self::requeue`]).
-    pub fn report(&mut self) -> ComputeStatus {
+    pub async fn report(&mut self) -> ComputeStatus {
         let mut instances = Vec::new();
         let ids: Vec<Uuid> = self.vms.keys().copied().collect();
         for id in ids {
+            let metrics = self.metrics(id).await;
             let console = self.opts.driver.console_tail(id);
             let vm = self.vms.get_mut(&id).expect("listed");
             vm.console = console.clone();
@@ -551,7 +616,7 @@ impl ComputeRuntime {
                 uid: vm.uid,
                 error: vm.error.clone(),
                 events: self.events.remove(&id).unwrap_or_default(),
-                metrics: None,
+                metrics,
                 console,
             });
         }

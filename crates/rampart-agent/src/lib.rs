@@ -441,7 +441,7 @@ async fn status_loop(s: StatusLoop) {
                 // Converge on the document that was applied, then report what the node has.
                 let doc = desired.borrow().as_ref().map(|d| d.compute.clone()).unwrap_or_default();
                 rt.reconcile(&doc).await;
-                Some(rt.report())
+                Some(rt.report().await)
             }
             None => None,
         };

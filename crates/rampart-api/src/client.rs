@@ -154,6 +154,50 @@ impl Client {
         }
     }
 
+    /// PUTs a file's bytes as `application/octet-stream`, streamed from disk (image data can
+    /// be gigabytes: nothing is held in memory), with `timeout` for the whole transfer.
+    pub async fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| ClientError::Url(format!("{}: {e}", file.display())))?;
+        let len = f
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Url(format!("{}: {e}", file.display())))?
+            .len();
+        let mut req = self
+            .http
+            .put(&url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::from(f));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose());
+        }
+        let response = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return match response.json::<ErrorBody>().await {
+                Ok(body) => Err(ClientError::Api { status, body }),
+                Err(_) => Err(ClientError::Unexpected { status, url }),
+            };
+        }
+        response
+            .json::<T>()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.request::<(), T>(Method::GET, path, None).await
     }

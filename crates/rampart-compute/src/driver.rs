@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::confine::{self, CgroupLayout, ConfineError, JailSpec, Limits, UidRange, VmCgroup};
 use crate::image::{self, BootPermit, Digest, ImageError, ImageSignature, SignaturePolicy, TrustedKey};
+use crate::monitor::{self, Sample};
 use crate::qemu::{self, Accel, Boot, RenderError, VmSpec};
 use crate::qmp::{QmpClient, QmpError};
 
@@ -219,6 +220,19 @@ pub struct FakeVm {
     pub spec: VmSpec,
     pub state: PowerState,
     pub uid: u32,
+    /// What the guest is doing, set by tests ([`FakeHypervisor::set_load`]).
+    pub load: FakeLoad,
+    /// The counters as of the last sample; reset by each start, like a new QEMU's.
+    counters: Sample,
+}
+
+/// Injected guest activity: the fake's counters grow at these rates between two samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FakeLoad {
+    /// 100 = one host CPU.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub disk_write_bps: u64,
 }
 
 /// An in-memory hypervisor with the real driver's rules: specs must render, permits must cover
@@ -260,6 +274,33 @@ impl FakeHypervisor {
     pub fn fail_next_start(&self, why: &str) {
         self.inner.lock().expect("fake").fail_next_start = Some(why.into());
     }
+    /// Sets what a VM's guest does from now on (CPU, memory, disk writes).
+    pub fn set_load(&self, id: Uuid, load: FakeLoad) {
+        if let Some(v) = self.inner.lock().expect("fake").vms.get_mut(&id) {
+            v.load = load;
+        }
+    }
+
+    /// The VM's counters at `at_ms`, grown at its load's rates since the previous sample, as
+    /// the real driver's cgroup and blockstats counters would; `None` when it is not running.
+    pub fn sample(&self, id: Uuid, at_ms: i64) -> Option<Sample> {
+        let mut g = self.inner.lock().expect("fake");
+        let v = g.vms.get_mut(&id)?;
+        if v.state == PowerState::Stopped {
+            return None;
+        }
+        let c = &mut v.counters;
+        if c.at_ms > 0 && at_ms > c.at_ms {
+            let dt_ms = (at_ms - c.at_ms) as f64;
+            c.cpu_usage_ns += (v.load.cpu_percent / 100.0 * dt_ms * 1e6) as u64;
+            let written = (v.load.disk_write_bps as f64 * dt_ms / 1000.0) as u64;
+            c.disk_write_bytes += written;
+            c.disk_write_ops += written.div_ceil(4096);
+        }
+        c.at_ms = c.at_ms.max(at_ms);
+        c.memory_bytes = v.load.memory_bytes;
+        Some(c.clone())
+    }
 }
 
 impl Hypervisor for FakeHypervisor {
@@ -288,12 +329,19 @@ impl Hypervisor for FakeHypervisor {
         };
         g.starts += 1;
         let id = req.spec.id;
+        let load = g.vms.get(&id).map(|v| v.load).unwrap_or(FakeLoad {
+            // An idle guest holds part of its memory.
+            memory_bytes: (req.spec.memory_mib << 20) / 4,
+            ..FakeLoad::default()
+        });
         g.vms.insert(
             id,
             FakeVm {
                 spec: req.spec,
                 state: PowerState::Running,
                 uid,
+                load,
+                counters: Sample::default(),
             },
         );
         Ok(ObservedVm {
@@ -498,6 +546,30 @@ impl QemuDriver {
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).map_err(io("reading the console log"))?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The VM's counters now (spec 12.1-5): CPU and memory from its cgroup, disk I/O from QMP
+    /// `query-blockstats`, network from its `taps` as QEMU's own network namespace shows them.
+    /// `None` when no QEMU runs; without QMP the disk counters are 0 (the rates then read as 0,
+    /// never negative: see [`monitor::rates`]).
+    pub async fn sample(&self, id: Uuid, at_ms: i64, taps: &[String]) -> Option<Sample> {
+        let cg = self.cgroup(id);
+        let pid = *cg.pids().first()?;
+        let cpu_mem = monitor::read_cgroup(&cg);
+        let net_dev = if taps.is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default()
+        };
+        let taps: Vec<_> = taps
+            .iter()
+            .filter_map(|t| monitor::parse_net_dev(&net_dev, t))
+            .collect();
+        let blocks = match QmpClient::connect(&self.vm_dir(id).join("qmp.sock"), Duration::from_secs(2)).await {
+            Ok(mut c) => c.query_blockstats().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        Some(monitor::assemble(at_ms, cpu_mem, &blocks, &taps))
     }
 
     /// Waits until `marker` appears in the VM's console log (tests and the benchmark).

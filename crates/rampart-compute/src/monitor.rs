@@ -128,6 +128,21 @@ pub fn read_tap(statistics_dir: &Path) -> (u64, u64, u64, u64) {
     (r("rx_bytes"), r("tx_bytes"), r("rx_packets"), r("tx_packets"))
 }
 
+/// A tap's counters from a `/proc/<pid>/net/dev` table (that process's network namespace, where
+/// the VM's taps live), in [`read_tap`]'s order and direction: `(rx_bytes, tx_bytes,
+/// rx_packets, tx_packets)` as the host sees them.
+pub fn parse_net_dev(text: &str, iface: &str) -> Option<(u64, u64, u64, u64)> {
+    text.lines().skip(2).find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != iface {
+            return None;
+        }
+        let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit.
+        (v.len() >= 10).then(|| (v[0], v[8], v[1], v[9]))
+    })
+}
+
 /// Builds a sample from the pieces. The tap's transmit is the VM's receive.
 pub fn assemble(at_ms: i64, cpu_mem: (u64, u64), blocks: &[BlockStats], taps: &[(u64, u64, u64, u64)]) -> Sample {
     let mut s = Sample {
@@ -229,6 +244,19 @@ mod tests {
             std::fs::write(dir.path().join(f), format!("{v}\n")).unwrap();
         }
         assert_eq!(read_tap(dir.path()), (11, 22, 3, 4));
+    }
+
+    #[test]
+    fn spec_12_1_5_tap_counters_are_read_from_the_namespace_net_dev() {
+        let t = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n\
+rt-ab12:  5000      40    0    0    0     0          0         0     7000      50    0    0    0     0       0          0\n";
+        assert_eq!(parse_net_dev(t, "rt-ab12"), Some((5000, 7000, 40, 50)));
+        assert_eq!(parse_net_dev(t, "rt-ab1"), None, "whole names only");
+        // The tap transmitted what the VM received.
+        let s = assemble(1, (0, 0), &[], &[parse_net_dev(t, "rt-ab12").unwrap()]);
+        assert_eq!((s.net_rx_bytes, s.net_tx_bytes, s.net_rx_packets), (7000, 5000, 50));
     }
 
     #[test]

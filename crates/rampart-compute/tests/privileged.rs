@@ -487,6 +487,30 @@ async fn spec_9_1_1f_qemu_runs_confined_and_the_demo_guest_reads_its_metadata() 
     assert!(cid.rd_bytes > 0, "{stats:?}");
     let (cpu_ns, mem) = rampart_compute::monitor::read_cgroup(&cg);
     assert!(cpu_ns > 0 && mem > 0, "cgroup counters {cpu_ns} {mem}");
+    // The agent's sampler: two samples a second apart give non-zero CPU and memory and the
+    // config drive's reads (QMP serves one client at a time: ours lets go first).
+    drop(qmp);
+    let at = |t: Instant| 1_000_000 + t.duration_since(t0).as_millis() as i64;
+    let a = driver
+        .sample(id, at(Instant::now()), &[])
+        .await
+        .expect("a sample of a running VM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = driver
+        .sample(id, at(Instant::now()), &[])
+        .await
+        .expect("a sample of a running VM");
+    assert!(
+        a.disk_read_bytes > 0 && b.disk_read_bytes >= a.disk_read_bytes,
+        "{a:?} {b:?}"
+    );
+    let m = rampart_compute::monitor::rates(&a, &b).unwrap();
+    assert!(m.cpu_percent > 0.0 && m.memory_bytes > 0, "{m:?}");
+    eprintln!(
+        "METRICS idle guest: cpu {:.1} %, memory {} MiB",
+        m.cpu_percent,
+        m.memory_bytes >> 20
+    );
 
     // Agent restart: a fresh driver on the same state finds the VM running (re-adoption).
     let again = QemuDriver::new(driver.config().clone());
@@ -501,7 +525,6 @@ async fn spec_9_1_1f_qemu_runs_confined_and_the_demo_guest_reads_its_metadata() 
     );
 
     // The VM dies without being asked: observed stopped, planned as crashed (not restarted).
-    drop(qmp);
     std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -794,6 +817,15 @@ async fn spec_12_1_2_guest_gets_its_address_and_accepts_the_injected_ssh_key() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a stranger's key must not log in");
+
+    // 12.1-5: the SSH sessions went through the tap, which the agent's sampler reads in QEMU's
+    // own network namespace: both directions counted.
+    let net = driver
+        .sample(id, 1, std::slice::from_ref(&tap))
+        .await
+        .expect("a sample");
+    assert!(net.net_rx_bytes > 0 && net.net_tx_bytes > 0, "{net:?}");
+    assert!(net.net_rx_packets > 0 && net.net_tx_packets > 0, "{net:?}");
 
     // 12.1-5: a 16 MiB write inside the guest shows in the disk metrics within 10 %.
     let mut qmp = QmpClient::connect(&st.spec.qmp_socket, Duration::from_secs(5))

@@ -379,6 +379,26 @@ pub async fn evaluate_alarms(state: &AppState) -> Result<(), Error> {
             "{} of the last {} periods of {} s breached {} {} (need {}); {} had data",
             e.breaching, a.periods, a.period_s, a.comparison, a.threshold, a.datapoints, e.present
         );
+        // Write-ahead: the audit record exists before the new state does; if it cannot be
+        // written the state stays and the next pass tries again.
+        state
+            .audit
+            .append_system(
+                rampart_audit::record::NewRecord::new(
+                    now,
+                    rampart_audit::record::Actor::system("alarms"),
+                    "alarm.transition",
+                    rampart_audit::record::Target::new("alarm", Some(a.id.to_string()), Some(a.project_id.to_string())),
+                    rampart_audit::record::AuditResult::success(200),
+                )
+                .detail("name", a.name.clone())
+                .detail("instance", a.instance_id.to_string())
+                .detail("metric", a.metric.clone())
+                .detail("from", a.state.clone())
+                .detail("to", to)
+                .detail("reason", reason.clone()),
+            )
+            .await?;
         if db::transition_alarm(&mut conn, a.id, &a.state, to, &reason, now).await? {
             tracing::warn!(
                 target: "rampart::audit",

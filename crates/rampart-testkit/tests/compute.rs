@@ -431,3 +431,157 @@ async fn spec_9_3_5_instances_and_images_of_another_project_are_invisible() {
     assert_eq!(mine["items"].as_array().unwrap().len(), 0);
     c.shutdown().await;
 }
+
+async fn alarm_state(c: &TestCluster, project: Uuid, alarm: &str) -> String {
+    let a: Value = c
+        .admin
+        .get(&format!("/v1/projects/{project}/alarms/{alarm}"))
+        .await
+        .unwrap();
+    a["state"].as_str().unwrap().to_string()
+}
+
+async fn wait_alarm(c: &TestCluster, project: Uuid, alarm: &str, want: &str) {
+    // Period 2 s, 2 of 3 periods: a transition needs about 4–6 s of data plus a heartbeat.
+    TestCluster::wait_for(&format!("alarm {want}"), Duration::from_secs(60), || async {
+        (alarm_state(c, project, alarm).await == want).then_some(())
+    })
+    .await
+}
+
+/// The node samples its running VMs and reports rates with each heartbeat (spec 12.1-5); the
+/// controller serves them at `GET …/metrics` and evaluates alarms on them (12.1-6): injected CPU
+/// load takes the alarm OK → ALARM, removing it takes it back to OK, and every transition is
+/// in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    let f = flavor(&c).await;
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "busy", "image": kernel.to_string(), "flavor": f["name"]}),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    wait_status(&c, project, id, "running").await;
+    let fake = &c.agents[0].vms;
+
+    // Metrics: an idle guest holding a quarter of its 256 MiB, writing 1 MiB/s to its disk.
+    fake.set_load(
+        id,
+        rampart_compute::driver::FakeLoad {
+            cpu_percent: 5.0,
+            memory_bytes: 64 << 20,
+            disk_write_bps: 1 << 20,
+        },
+    );
+    let metrics_path = format!("/v1/projects/{project}/instances/{id}/metrics");
+    let m: Value = TestCluster::wait_for("metrics", WAIT, || async {
+        let m: Value = c.admin.get(&metrics_path).await.unwrap();
+        (m["series"].as_array().unwrap().len() >= 2).then_some(m)
+    })
+    .await;
+    let latest = &m["latest"];
+    assert_eq!(latest["memory_bytes"], 64 << 20, "{m}");
+    let cpu = latest["cpu_percent"].as_f64().unwrap();
+    assert!((cpu - 5.0).abs() < 0.5, "{m}");
+    let bps = latest["disk_write_bps"].as_f64().unwrap();
+    assert!((bps / f64::from(1 << 20) - 1.0).abs() < 0.1, "within 10 %: {m}");
+    let a = m["series"].as_array().unwrap();
+    assert!(
+        a[0]["at"].as_str().unwrap() < a[a.len() - 1]["at"].as_str().unwrap(),
+        "oldest first"
+    );
+
+    let alarm: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/alarms"),
+            &json!({"name": "cpu-high", "instance": id, "metric": "cpu_percent", "comparison": ">",
+                    "threshold": 80, "period_s": 2, "periods": 3, "datapoints": 2}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(alarm["state"], "INSUFFICIENT_DATA");
+    let alarm_id = alarm["id"].as_str().unwrap().to_string();
+    wait_alarm(&c, project, &alarm_id, "OK").await;
+
+    let busy = rampart_compute::driver::FakeLoad {
+        cpu_percent: 190.0,
+        memory_bytes: 64 << 20,
+        disk_write_bps: 0,
+    };
+    fake.set_load(id, busy);
+    wait_alarm(&c, project, &alarm_id, "ALARM").await;
+    let m: Value = c.admin.get(&metrics_path).await.unwrap();
+    assert!(m["latest"]["cpu_percent"].as_f64().unwrap() > 150.0, "{m}");
+
+    fake.set_load(
+        id,
+        rampart_compute::driver::FakeLoad {
+            cpu_percent: 0.0,
+            ..busy
+        },
+    );
+    wait_alarm(&c, project, &alarm_id, "OK").await;
+
+    let history: Value = c
+        .admin
+        .get(&format!("/v1/projects/{project}/alarms/{alarm_id}/history"))
+        .await
+        .unwrap();
+    let steps: Vec<(String, String)> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()))
+        .collect();
+    let want =
+        [("INSUFFICIENT_DATA", "OK"), ("OK", "ALARM"), ("ALARM", "OK")].map(|(a, b)| (a.to_string(), b.to_string()));
+    assert!(
+        steps.windows(3).any(|w| w == want),
+        "OK → ALARM → OK in the history: {steps:?}"
+    );
+
+    // Each transition is an audit record, readable by an auditor.
+    let system = ScopeRef {
+        system: Some(true),
+        ..Default::default()
+    };
+    c.create_user("alarm-auditor", "Heron-lantern-58", &[("auditor", system)])
+        .await;
+    let (auditor, _) = c.anon.login_as("alarm-auditor", "Heron-lantern-58").await.unwrap();
+    let page: Value = auditor
+        .get("/v1/audit/events?limit=1000&operation=alarm.transition")
+        .await
+        .unwrap();
+    let audited: Vec<(String, String)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"]["id"] == alarm_id.as_str())
+        .map(|r| {
+            assert_eq!(r["target"]["project"], project.to_string());
+            (
+                r["details"]["from"].as_str().unwrap().into(),
+                r["details"]["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(audited.windows(3).any(|w| w == want), "{audited:?}");
+
+    // Stopped: no more samples, so the alarm runs out of data.
+    c.admin
+        .post::<_, Value>(&format!("/v1/projects/{project}/instances/{id}/stop"), &json!({}))
+        .await
+        .unwrap();
+    wait_alarm(&c, project, &alarm_id, "INSUFFICIENT_DATA").await;
+    c.shutdown().await;
+}

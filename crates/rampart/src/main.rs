@@ -96,6 +96,9 @@ enum Command {
     /// Certificates: inventory, issue from a CSR, import, revoke, CRL.
     #[command(subcommand)]
     Cert(cli::keys::CertCmd),
+    /// VM images: signing keys and signatures (local), upload, list, show, delete.
+    #[command(subcommand)]
+    Image(cli::images::ImageCmd),
 }
 
 #[derive(Args)]
@@ -285,6 +288,7 @@ fn main() -> ExitCode {
             Command::Role(cmd) => cli::identity::role(cmd).await.map_err(Failure::Runtime),
             Command::Key(cmd) => cli::keys::key(cmd).await.map_err(Failure::Runtime),
             Command::Cert(cmd) => cli::keys::cert(cmd).await.map_err(Failure::Runtime),
+            Command::Image(cmd) => cli::images::image(cmd).await.map_err(Failure::Runtime),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

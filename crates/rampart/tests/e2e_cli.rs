@@ -184,6 +184,84 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
         );
         assert!(ok, "{err}");
     }
+    // 12.1-1 with the CLI: a signing key made locally, its public half trusted, an image signed,
+    // streamed up and verified by the controller, then listed, shown and deleted.
+    let (ok, out, err) = cli(&home, &ca, &["project", "list"], &[], None);
+    assert!(ok, "{err}");
+    let projects: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let own = projects["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (private, public, disk) = (
+        tmp.path().join("image.key"),
+        tmp.path().join("image.pub"),
+        tmp.path().join("disk.raw"),
+    );
+    std::fs::write(&disk, vec![0x5a_u8; 1 << 20]).unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let image = |args: &[&str]| {
+        let mut all = vec!["image"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cli(&home, &ca, &all, &[], None);
+        assert!(ok, "rampart image {args:?}: {err}");
+        out
+    };
+    image(&["keygen", &p(&private), &p(&public)]);
+    assert_eq!(rampart_common::fsutil::mode_of(&private).unwrap(), 0o600);
+    image(&["trust", &p(&public), "--name", "cli-release", "--project", &own]);
+    image(&["sign", &p(&disk), "--key", &p(&private)]);
+    let up: serde_json::Value = serde_json::from_str(&image(&[
+        "upload",
+        &p(&disk),
+        "--project",
+        &own,
+        "--name",
+        "cli-disk",
+        "--format",
+        "raw",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (up["status"].as_str(), up["signature_verified"].as_bool()),
+        (Some("active"), Some(true)),
+        "{up}"
+    );
+    assert_eq!(up["size_bytes"], 1 << 20);
+    let id = up["id"].as_str().unwrap().to_string();
+    assert!(image(&["list", "--project", &own]).contains(&id));
+    assert!(image(&["show", &id, "--project", &own]).contains("cli-disk"));
+    image(&["delete", &id, "--project", &own]);
+    assert!(!image(&["list", "--project", &own]).contains(&id));
+    // A file changed after signing is refused, and says why.
+    std::fs::write(&disk, vec![0xa5_u8; 1 << 20]).unwrap();
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &[
+            "image",
+            "upload",
+            &p(&disk),
+            "--project",
+            &own,
+            "--name",
+            "cli-tampered",
+            "--format",
+            "raw",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        !ok && err.contains("policy_violation") && err.contains("integrity"),
+        "{err}"
+    );
+
     let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
     assert!(ok && !session.exists());
 
