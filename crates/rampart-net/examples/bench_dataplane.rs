@@ -47,11 +47,12 @@ fn sh(cmd: &str) -> String {
 }
 
 /// Deletes every namespace with our prefix (and so every veth, bridge and nft table in them)
-/// when dropped, also when a panic unwinds.
-struct Cleanup(String);
+/// and the run directory when dropped, also when a panic unwinds.
+struct Cleanup(String, std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.1);
         if let Ok(dir) = std::fs::read_dir("/run/netns") {
             for e in dir.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
@@ -385,8 +386,8 @@ fn bench_throughput(extra_rules: usize, secs: f64, cfg: &NetNodeConfig) -> Value
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let prefix = prefix();
-    let _cleanup = Cleanup(prefix.clone());
     let run_dir = std::env::temp_dir().join(format!("{prefix}run"));
+    let _cleanup = Cleanup(prefix.clone(), run_dir.clone());
     std::fs::create_dir_all(&run_dir).expect("run dir");
     let cfg = NetNodeConfig {
         // The probe "VMs" must not carry the agent's prefix: it deletes such namespaces as stale.
@@ -418,5 +419,4 @@ fn main() {
         }
         std::fs::write(&path, text).expect("write BENCH_OUT");
     }
-    let _ = std::fs::remove_dir_all(run_dir);
 }
