@@ -1313,25 +1313,36 @@ impl Cloud {
             format!("Authorization: Bearer {}\n", self.admin.token().unwrap().expose()),
         )
         .unwrap();
-        let out = must(&format!(
-            "curl -sS --fail-with-body --max-time 15 --cacert {ca} -H @{h} -H 'content-type: application/octet-stream' \
-             -X PUT --data-binary @{f} {url}/v1/projects/{p}/images/{id}/data",
-            ca = self.dir.path().join("data/ca.pem").display(),
-            h = header.display(),
-            f = file.display(),
-            url = self.url,
-            p = self.project,
-        ));
+        // The kernel is about 50 MiB, hashed as it streams: more time than `sh` gives.
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "120", "--cacert"])
+            .arg(self.dir.path().join("data/ca.pem"))
+            .arg("-H")
+            .arg(format!("@{}", header.display()))
+            .args(["-H", "content-type: application/octet-stream", "-X", "PUT", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{}/v1/projects/{}/images/{id}/data", self.url, self.project))
+            .output()
+            .unwrap();
         let _ = std::fs::remove_file(&header);
+        let out = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         let after: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(after["status"], "active", "{after}");
         id
     }
 
+    /// The status and, for an error, `{"error":{"code":…}}`.
     async fn try_call(&self, method: Method, rest: &str, body: Option<Value>) -> (http::StatusCode, Value) {
-        let r = self.admin.send(method, &self.path(rest), body.as_ref()).await.unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
+        match self.admin.send(method, &self.path(rest), body.as_ref()).await {
+            Ok(r) => {
+                let s = r.status();
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (
+                e.status().expect("an HTTP answer"),
+                json!({"error": {"code": e.code(), "message": e.to_string()}}),
+            ),
+        }
     }
 }
 
@@ -1405,6 +1416,8 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         )
         .await;
     let probe = c.vm(&probe_port).await;
+    c.applied().await;
+    probe.configure(probe_port.ip, 24, Some(subnet.gateway));
 
     // Refusals first (nothing boots): unknown port 404, a port in use 409 `port_in_use`, ports
     // of two VPCs 400.
