@@ -564,8 +564,8 @@ async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_inst
         (http::Method::DELETE, p(&format!("ports/{}", ports[0]))),
         (http::Method::DELETE, p(&format!("ports/{}/binding", ports[0]))),
     ] {
-        let r = c.admin.send::<()>(method, &path, None).await.unwrap();
-        assert_eq!(r.status(), StatusCode::CONFLICT, "{path}");
+        let e = c.admin.send::<()>(method, &path, None).await.unwrap_err();
+        assert_eq!(code(&e), Some("port_in_use"), "{path}: {e}");
     }
 
     // Deleting the instance releases them.

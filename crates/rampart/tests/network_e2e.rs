@@ -1319,7 +1319,13 @@ impl Cloud {
             .arg(self.dir.path().join("data/ca.pem"))
             .arg("-H")
             .arg(format!("@{}", header.display()))
-            .args(["-H", "content-type: application/octet-stream", "-X", "PUT", "--data-binary"])
+            .args([
+                "-H",
+                "content-type: application/octet-stream",
+                "-X",
+                "PUT",
+                "--data-binary",
+            ])
             .arg(format!("@{}", file.display()))
             .arg(format!("{}/v1/projects/{}/images/{id}/data", self.url, self.project))
             .output()
