@@ -1354,10 +1354,10 @@ impl Cloud {
 
 /// Issue 7 with issue 6 (spec 10.3-2: a VM joins its security groups when it is created): the
 /// demo guest boots under TCG through `rampart up` with a port made from a subnet, takes that
-/// port's address by DHCP from the VPC's dnsmasq, and answers a "VM" of another group only
-/// while a rule admits it: no reply by default (10.3-4), ping once the group admits ICMP from
-/// the other group, TCP only once a TCP rule exists, and no reply again when the rule goes.
-/// Deleting the instance removes its port and tap.
+/// port's address by DHCP from the VPC's dnsmasq, answers a "VM" of its own group, and one of
+/// another group only while a rule admits it: no reply by default (10.3-4), ping once the group
+/// admits ICMP from the other group, TCP only once a TCP rule exists, and no reply again when
+/// the rules go. Deleting the instance removes its port and tap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits() {
     let test = "spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits";
@@ -1422,8 +1422,14 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         )
         .await;
     let probe = c.vm(&probe_port).await;
+    // A stand-in VM in the guest's own group.
+    let peer_port: Port = c
+        .post("ports", json!({"subnet": subnet.id, "security_groups": [web.id]}))
+        .await;
+    let peer = c.vm(&peer_port).await;
     c.applied().await;
     probe.configure(probe_port.ip, 24, Some(subnet.gateway));
+    peer.configure(peer_port.ip, 24, Some(subnet.gateway));
 
     // Refusals first (nothing boots): unknown port 404, a port in use 409 `port_in_use`, ports
     // of two VPCs 400.
@@ -1518,7 +1524,11 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         Some(rampart_net::desired::names::bridge(&subnet.id).as_str())
     );
 
-    // 10.3-4: another group gets no answer by default.
+    // 10.3-4: the guest answers its own group, not another one by default.
+    assert!(
+        time_until(Duration::from_secs(10), || peer.ping(port.ip)).is_some(),
+        "the guest answers a member of its own group"
+    );
     assert!(!probe.ping(port.ip), "group web must not answer group probe by default");
     // Configurable: web admits ICMP from probe.
     let rule: Value = c
@@ -1591,6 +1601,6 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         std::fs::read_dir(&vm_dir.0).map(|d| d.count()).unwrap_or(0) == 0,
         "the VM's directory is gone"
     );
-    drop(probe);
+    drop((probe, peer));
     drop(c);
 }
