@@ -24,6 +24,7 @@ use rampart_compute::driver::{
 use rampart_compute::image::{self, Digest, ImageSignature, SignaturePolicy, StreamingHasher, TrustedKey};
 use rampart_compute::monitor::{self, Sample};
 use rampart_compute::qemu::{self, Accel, Boot, Disk, DiskFormat, Machine, Nic, VmSpec};
+use rampart_net::desired::{NetNodeConfig, NodeNetwork};
 use uuid::Uuid;
 
 const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
@@ -157,6 +158,8 @@ pub struct ComputeRuntime {
     console_sent: BTreeMap<Uuid, String>,
     /// The last counters of each running VM; the next report's rates are taken against them.
     samples: BTreeMap<Uuid, Sample>,
+    /// Where the network loop builds VPC namespaces (a VM's taps live in its VPC's).
+    net: NetNodeConfig,
 }
 
 fn now_ms() -> i64 {
@@ -194,7 +197,18 @@ impl ComputeRuntime {
             events: BTreeMap::new(),
             console_sent: BTreeMap::new(),
             samples: BTreeMap::new(),
+            net: NetNodeConfig {
+                netns_prefix: "rp-".into(),
+                run_dir: PathBuf::new(),
+                underlay: None,
+            },
         })
+    }
+
+    /// The network loop's namespace prefix (the agent's `network.netns_prefix`).
+    pub fn netns_prefix(mut self, prefix: &str) -> Self {
+        self.net.netns_prefix = prefix.to_string();
+        self
     }
 
     fn event(&mut self, id: Uuid, kind: &str, detail: serde_json::Value) {
@@ -207,7 +221,7 @@ impl ComputeRuntime {
 
     /// One level-triggered pass: every desired VM converges on its power state; VMs that are
     /// no longer desired are destroyed.
-    pub async fn reconcile(&mut self, desired: &NodeCompute) {
+    pub async fn reconcile(&mut self, desired: &NodeCompute, network: &NodeNetwork) {
         let observed = match self.opts.driver.observe().await {
             Ok(o) => o,
             Err(e) => {
@@ -217,7 +231,8 @@ impl ComputeRuntime {
         };
         let obs: BTreeMap<Uuid, ObservedVm> = observed.into_iter().map(|o| (o.id, o)).collect();
         for d in &desired.instances {
-            self.converge(d, obs.get(&d.id)).await;
+            let d = self.with_port_namespaces(d, network);
+            self.converge(&d, obs.get(&d.id)).await;
         }
         let wanted: std::collections::BTreeSet<Uuid> = desired.instances.iter().map(|d| d.id).collect();
         let gone: Vec<Uuid> = obs
@@ -241,6 +256,20 @@ impl ComputeRuntime {
             self.samples.remove(&id);
             tracing::info!(instance = %id, "VM destroyed");
         }
+    }
+
+    /// Names the VPC namespace of each port (the network section of the same document holds
+    /// the port's VPC); a port missing there keeps `None` and the boot fails on it.
+    fn with_port_namespaces(&self, d: &DesiredInstance, network: &NodeNetwork) -> DesiredInstance {
+        let mut d = d.clone();
+        for p in &mut d.ports {
+            p.netns = network
+                .vpcs
+                .iter()
+                .find(|v| v.local_ports.iter().any(|l| l.port == p.port_id))
+                .map(|v| self.net.vpc_netns(&v.vpc.id));
+        }
+        d
     }
 
     async fn converge(&mut self, d: &DesiredInstance, o: Option<&ObservedVm>) {
@@ -404,6 +433,16 @@ impl ComputeRuntime {
                 ImageRole::Initrd => initrd = Some(staged),
                 ImageRole::Disk => disk = Some(staged),
             }
+        }
+        if let Some(p) = d.ports.iter().find(|p| p.netns.is_none()) {
+            return Err(failure(
+                "port_unavailable",
+                format!("port {} is not bound to this node", p.port_id),
+            ));
+        }
+        let netns: std::collections::BTreeSet<&String> = d.ports.iter().filter_map(|p| p.netns.as_ref()).collect();
+        if netns.len() > 1 {
+            return Err(failure("port_unavailable", "the ports of one VM must be in one VPC"));
         }
         let nics: Vec<Nic> = d
             .ports

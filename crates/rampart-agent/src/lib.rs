@@ -171,11 +171,10 @@ impl Agent {
         let ledger = Ledger::new(&self.data_dir);
         let node_id = self.node_id();
         let compute = match self.compute {
-            Some(c) => Some(ComputeRuntime::new(
-                c,
-                &self.data_dir,
-                creds.client(compute::IMAGE_CLIENT_TIMEOUT),
-            )?),
+            Some(c) => Some(
+                ComputeRuntime::new(c, &self.data_dir, creds.client(compute::IMAGE_CLIENT_TIMEOUT))?
+                    .netns_prefix(&self.network.netns_prefix),
+            ),
             None => None,
         };
         // `fetched`: the generation held (the poll cursor); `applied`: the one the host
@@ -439,8 +438,9 @@ async fn status_loop(s: StatusLoop) {
         let compute_report = match compute.as_mut() {
             Some(rt) => {
                 // Converge on the document that was applied, then report what the node has.
-                let doc = desired.borrow().as_ref().map(|d| d.compute.clone()).unwrap_or_default();
-                rt.reconcile(&doc).await;
+                let doc = desired.borrow().clone();
+                let (vms, net) = doc.map(|d| (d.compute, d.network)).unwrap_or_default();
+                rt.reconcile(&vms, &net).await;
                 Some(rt.report().await)
             }
             None => None,

@@ -26,6 +26,9 @@ use crate::monitor::{self, Sample};
 use crate::qemu::{self, Accel, Boot, RenderError, VmSpec};
 use crate::qmp::{QmpClient, QmpError};
 
+/// How long a start waits for the network driver to create the VM's taps.
+pub const TAP_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
@@ -44,6 +47,9 @@ pub enum DriverError {
     NotFound(Uuid),
     #[error("QEMU exited during start ({status}): {log}")]
     StartFailed { status: String, log: String },
+    /// The VM's tap is missing or cannot be made its own: no QEMU was started.
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
     #[error("{what}")]
     Io {
         what: String,
@@ -60,6 +66,7 @@ impl DriverError {
             DriverError::Render(_) => "invalid_vm_spec",
             DriverError::AlreadyRunning(_) => "conflict",
             DriverError::NotFound(_) => "not_found",
+            DriverError::Tap(_) => "port_not_ready",
             _ => "vm_start_failed",
         }
     }
@@ -602,6 +609,12 @@ impl Hypervisor for QemuDriver {
             return Err(DriverError::AlreadyRunning(id));
         }
         let (dir, uid) = self.prepare_dir(id)?;
+        if let Some(ns) = &req.netns {
+            // The VM starts only once each of its taps exists and is its own.
+            for n in &req.spec.nics {
+                crate::tap::claim(ns, &n.tap, uid, TAP_WAIT).await?;
+            }
+        }
         self.own_files(&dir, &req.spec, uid)?;
         let _ = std::fs::remove_file(&req.spec.qmp_socket);
         let devdir = dir.join("dev");

@@ -14,3 +14,4 @@ pub mod image;
 pub mod monitor;
 pub mod qemu;
 pub mod qmp;
+pub mod tap;

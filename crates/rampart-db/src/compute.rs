@@ -681,7 +681,13 @@ pub async fn mark_deleting(conn: &mut AnyConnection, id: Uuid, now: OffsetDateTi
 }
 
 pub async fn delete_instance(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
-    for table in ["alarms", "instance_metrics", "instance_events", "instance_consoles"] {
+    for table in [
+        "alarms",
+        "instance_metrics",
+        "instance_events",
+        "instance_consoles",
+        "instance_ports",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE instance_id = $1"
         )))
@@ -694,6 +700,67 @@ pub async fn delete_instance(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+// ---- ports ----
+
+/// Plugs `port` into `instance` as its NIC number `position`; `auto_delete`: the instance made
+/// the port and deletes it with itself. A port already in an instance is a conflict.
+pub async fn attach_port(
+    conn: &mut AnyConnection,
+    instance: Uuid,
+    port: Uuid,
+    position: i64,
+    auto_delete: bool,
+) -> Result<()> {
+    sqlx::query("INSERT INTO instance_ports (port_id, instance_id, position, auto_delete) VALUES ($1, $2, $3, $4)")
+        .bind(port.to_string())
+        .bind(instance.to_string())
+        .bind(position)
+        .bind(i64::from(auto_delete))
+        .execute(conn)
+        .await
+        .map_err(|e| conflict_on_unique(e, format!("port {port} is already plugged into an instance")))?;
+    Ok(())
+}
+
+/// Records the instance's port ids (JSON list) for its view.
+pub async fn set_instance_ports(conn: &mut AnyConnection, instance: Uuid, ports_json: &str) -> Result<()> {
+    sqlx::query("UPDATE instances SET ports = $1 WHERE id = $2")
+        .bind(ports_json)
+        .bind(instance.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The ports of an instance in NIC order, with their `auto_delete` flag.
+pub async fn instance_ports(conn: &mut AnyConnection, instance: Uuid) -> Result<Vec<(Uuid, bool)>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT port_id, auto_delete FROM instance_ports WHERE instance_id = $1 ORDER BY position")
+            .bind(instance.to_string())
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter().map(|(p, a)| Ok((uuid_col(&p)?, a != 0))).collect()
+}
+
+/// The instance a port is plugged into, if any.
+pub async fn port_instance(conn: &mut AnyConnection, port: Uuid) -> Result<Option<Uuid>> {
+    let id: Option<String> = sqlx::query_scalar("SELECT instance_id FROM instance_ports WHERE port_id = $1")
+        .bind(port.to_string())
+        .fetch_optional(conn)
+        .await?;
+    id.as_deref().map(uuid_col).transpose()
+}
+
+/// Unplugs every port of an instance; returns them as [`instance_ports`] does.
+pub async fn detach_ports(conn: &mut AnyConnection, instance: Uuid) -> Result<Vec<(Uuid, bool)>> {
+    let ports = instance_ports(conn, instance).await?;
+    sqlx::query("DELETE FROM instance_ports WHERE instance_id = $1")
+        .bind(instance.to_string())
+        .execute(conn)
+        .await?;
+    Ok(ports)
 }
 
 // ---- events, console, metrics ----

@@ -585,3 +585,166 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
     wait_alarm(&c, project, &alarm_id, "INSUFFICIENT_DATA").await;
     c.shutdown().await;
 }
+
+/// VM ports (issue 7 with issue 6, spec 10.3-2: a VM joins its security groups when it is
+/// created). `networks` makes a port on the subnet with the instance's groups (or the
+/// project's `default` group); `ports` plugs existing free ports in. Both are bound to the
+/// instance's node as taps in the same transaction, reach the node as NICs with the port's MAC,
+/// belong to the instance (409 `port_in_use` for anyone else), and are released with it: the
+/// port it made is deleted, the one it was given is unbound and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_instance() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    let f = flavor(&c).await;
+    let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
+    let vpc: Value = c
+        .admin
+        .post(&p("vpcs"), &json!({"name": "v", "cidr": "10.80.0.0/16"}))
+        .await
+        .unwrap();
+    let subnet: Value = c
+        .admin
+        .post(
+            &p("subnets"),
+            &json!({"vpc": vpc["id"], "name": "s", "cidr": "10.80.1.0/24", "dhcp": true}),
+        )
+        .await
+        .unwrap();
+    let vpc2: Value = c
+        .admin
+        .post(&p("vpcs"), &json!({"name": "v2", "cidr": "10.81.0.0/16"}))
+        .await
+        .unwrap();
+    let subnet2: Value = c
+        .admin
+        .post(
+            &p("subnets"),
+            &json!({"vpc": vpc2["id"], "name": "s2", "cidr": "10.81.1.0/24", "dhcp": true}),
+        )
+        .await
+        .unwrap();
+    let given: Value = c
+        .admin
+        .post(&p("ports"), &json!({"subnet": subnet["id"]}))
+        .await
+        .unwrap();
+    let launch = |extra: Value| {
+        let mut b = json!({"name": "vm", "image": kernel.to_string(), "flavor": f["name"]});
+        if let (Some(m), Value::Object(e)) = (b.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        b
+    };
+
+    // Refusals: an unknown port or subnet is 404, two VPCs 400, an unknown group 400.
+    for (extra, want) in [
+        (json!({"ports": [Uuid::new_v4()]}), "not_found"),
+        (json!({"networks": [Uuid::new_v4()]}), "not_found"),
+        (
+            json!({"ports": [given["id"]], "networks": [subnet2["id"]]}),
+            "validation_failed",
+        ),
+        (
+            json!({"networks": [subnet["id"]], "security_groups": [Uuid::new_v4()]}),
+            "validation_failed",
+        ),
+    ] {
+        let e = c
+            .admin
+            .post::<_, Value>(&p("instances"), &launch(extra.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(want), "{extra}: {e}");
+    }
+
+    let created: Value = c
+        .admin
+        .post(
+            &p("instances"),
+            &launch(json!({"ports": [given["id"]], "networks": [subnet["id"]]})),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let ports: Vec<Uuid> = serde_json::from_value(created["ports"].clone()).unwrap();
+    assert_eq!(ports.len(), 2, "{created}");
+    assert_eq!(ports[0].to_string(), given["id"].as_str().unwrap(), "given ports first");
+    assert_eq!(created["networks"], json!([subnet["id"]]));
+    let made: Value = c.admin.get(&p(&format!("ports/{}", ports[1]))).await.unwrap();
+    let groups: Value = c.admin.get(&p("security-groups")).await.unwrap();
+    let default = groups["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "default")
+        .expect("a default group made for the instance");
+    assert_eq!(made["security_groups"], json!([default["id"]]));
+    let node = c.agents[0].node_id.to_string();
+    for port in &ports {
+        let v: Value = c.admin.get(&p(&format!("ports/{port}"))).await.unwrap();
+        assert_eq!(v["binding"]["node"], node, "{v}");
+        assert_eq!(v["binding"]["device"], json!({"kind": "tap"}), "{v}");
+    }
+    let running = wait_status(&c, project, id, "running").await;
+    assert_eq!(running["ports"], created["ports"]);
+    // The node got both NICs, each on the port's tap with the port's MAC.
+    let vm = c.agents[0].vms.vm(id).expect("started");
+    let nics: Vec<(String, String)> = vm.spec.nics.iter().map(|n| (n.tap.clone(), n.mac.clone())).collect();
+    let want: Vec<(String, String)> = ports
+        .iter()
+        .zip([&given, &made])
+        .map(|(id, port)| {
+            (
+                rampart_net::desired::names::port_dev(id),
+                port["mac"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(nics, want);
+
+    // The ports are the instance's: not for another instance, not to delete or rebind.
+    let e = c
+        .admin
+        .post::<_, Value>(&p("instances"), &launch(json!({"ports": [ports[1]]})))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("port_in_use"), "{e}");
+    assert_eq!(e.status(), Some(StatusCode::CONFLICT));
+    for (method, path) in [
+        (http::Method::DELETE, p(&format!("ports/{}", ports[0]))),
+        (http::Method::DELETE, p(&format!("ports/{}/binding", ports[0]))),
+    ] {
+        let e = c.admin.send::<()>(method, &path, None).await.unwrap_err();
+        assert_eq!(code(&e), Some("port_in_use"), "{path}: {e}");
+    }
+
+    // Deleting the instance releases them.
+    let r = c
+        .admin
+        .send::<()>(http::Method::DELETE, &p(&format!("instances/{id}")), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let kept: Value = c.admin.get(&p(&format!("ports/{}", ports[0]))).await.unwrap();
+    assert_eq!(kept["binding"], Value::Null, "the given port stays, unbound: {kept}");
+    let e = c
+        .admin
+        .get::<Value>(&p(&format!("ports/{}", ports[1])))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("not_found"), "the port made for the instance is gone");
+    TestCluster::wait_for("instance gone", WAIT, || async {
+        c.admin
+            .get::<Value>(&p(&format!("instances/{id}")))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(c.agents[0].vms.vm(id).is_none());
+    c.shutdown().await;
+}

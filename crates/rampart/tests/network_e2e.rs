@@ -1269,3 +1269,368 @@ async fn spec_10_1_and_10_6_api_answers_only_on_the_management_plane_from_truste
         "SO_BINDTODEVICE alone keeps the storage plane out"
     );
 }
+
+// ---- VMs on tenant ports ----
+
+const BOOT_MARKER: &str = "RAMPART-BOOT-OK";
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The demo guest (Debian cloud kernel + busybox initramfs, from Debian packages only), built
+/// once by the compute crate's script into `RAMPART_DEMO_IMAGE` or the workspace's
+/// `target/demo-image` (reused when present).
+fn demo_image() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rampart-compute/scripts/build-demo-image.sh");
+    let out = std::env::var_os("RAMPART_DEMO_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/demo-image"));
+    let st = Command::new(script)
+        .arg(&out)
+        .status()
+        .expect("running build-demo-image.sh");
+    assert!(st.success(), "build-demo-image.sh failed");
+    out
+}
+
+/// Ends whatever VMs a test left under its own VM directory (VMs outlive their agent by
+/// design), with the driver's own destroy, then removes the directory.
+struct VmDir(PathBuf);
+
+impl Drop for VmDir {
+    fn drop(&mut self) {
+        let dir = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use rampart_compute::driver::{Hypervisor, QemuDriver, QemuDriverConfig};
+                if let Ok(cfg) = QemuDriverConfig::new(dir.clone()) {
+                    let d = QemuDriver::new(cfg);
+                    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        if let Ok(id) = e.file_name().to_string_lossy().parse::<Uuid>() {
+                            let _ = d.destroy(id).await;
+                        }
+                    }
+                }
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .join();
+    }
+}
+
+impl Cloud {
+    /// Registers an image signed by `key` and uploads its bytes.
+    async fn image(&self, key: &rampart_compute::image::SigningKey, name: &str, file: &Path, extra: Value) -> Uuid {
+        let sig = key.sign_file(file).unwrap();
+        let mut body = json!({"name": name, "signature": sig.signature, "signing_key": sig.key_id});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let created: Value = self.post("images", body).await;
+        let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+        // The token goes to curl in a private file, not on its command line.
+        let header = self.dir.path().join("auth-header");
+        std::fs::write(
+            &header,
+            format!("Authorization: Bearer {}\n", self.admin.token().unwrap().expose()),
+        )
+        .unwrap();
+        // The kernel is about 50 MiB, hashed as it streams: more time than `sh` gives.
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "120", "--cacert"])
+            .arg(self.dir.path().join("data/ca.pem"))
+            .arg("-H")
+            .arg(format!("@{}", header.display()))
+            .args([
+                "-H",
+                "content-type: application/octet-stream",
+                "-X",
+                "PUT",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{}/v1/projects/{}/images/{id}/data", self.url, self.project))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&header);
+        let out = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let after: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(after["status"], "active", "{after}");
+        id
+    }
+
+    /// The status and, for an error, `{"error":{"code":…}}`.
+    async fn try_call(&self, method: Method, rest: &str, body: Option<Value>) -> (http::StatusCode, Value) {
+        match self.admin.send(method, &self.path(rest), body.as_ref()).await {
+            Ok(r) => {
+                let s = r.status();
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => (
+                e.status().expect("an HTTP answer"),
+                json!({"error": {"code": e.code(), "message": e.to_string()}}),
+            ),
+        }
+    }
+}
+
+/// Issue 7 with issue 6 (spec 10.3-2: a VM joins its security groups when it is created): the
+/// demo guest boots under TCG through `rampart up` with a port made from a subnet, takes that
+/// port's address by DHCP from the VPC's dnsmasq, answers a "VM" of its own group, and one of
+/// another group only while a rule admits it: no reply by default (10.3-4), ping once the group
+/// admits ICMP from the other group, TCP only once a TCP rule exists, and no reply again when
+/// the rules go. Deleting the instance removes its port and tap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits() {
+    let test = "spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits";
+    if !privileged(test) {
+        return;
+    }
+    let tools = ["qemu-system-x86_64", "genisoimage", "setpriv", "curl"];
+    if !tools.iter().all(|t| have(t)) {
+        assert!(
+            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "{test} needs {tools:?}"
+        );
+        eprintln!("note: {test} skipped: needs {tools:?}");
+        return;
+    }
+    let img = demo_image();
+    // Outside the data directory: VM uids must reach their own directories.
+    let vm_dir = VmDir(PathBuf::from(format!("/tmp/rampart-vmtest-{}", tag())));
+    let c = Cloud::up(&format!(
+        "[compute]\nvm_state_dir = \"{}\"\naccel = \"tcg\"\n",
+        vm_dir.0.display()
+    ))
+    .await;
+    let key = rampart_compute::image::SigningKey::generate().unwrap();
+    let _: Value = c
+        .call(
+            Method::POST,
+            "/v1/signing-keys",
+            Some(json!({"name": format!("demo-{}", tag()), "public_key": key.public_key().to_text()})),
+        )
+        .await;
+    let initrd = c
+        .image(
+            &key,
+            "demo-initrd",
+            &img.join("initrd.img"),
+            json!({"disk_format": "initrd"}),
+        )
+        .await;
+    let kernel = c
+        .image(
+            &key,
+            "demo-kernel",
+            &img.join("vmlinux"),
+            json!({"disk_format": "kernel", "ramdisk_image": initrd}),
+        )
+        .await;
+
+    let vpc: Vpc = c.post("vpcs", json!({"name":"vms","cidr":"10.71.0.0/16"})).await;
+    let subnet: Subnet = c
+        .post(
+            "subnets",
+            json!({"vpc": vpc.id, "name":"s1","cidr":"10.71.1.0/24","dhcp": true}),
+        )
+        .await;
+    let web: SecurityGroup = c.post("security-groups", json!({"name":"web"})).await;
+    let probe_group: SecurityGroup = c.post("security-groups", json!({"name":"probe"})).await;
+    let probe_port: Port = c
+        .post(
+            "ports",
+            json!({"subnet": subnet.id, "security_groups": [probe_group.id]}),
+        )
+        .await;
+    let probe = c.vm(&probe_port).await;
+    // A stand-in VM in the guest's own group.
+    let peer_port: Port = c
+        .post("ports", json!({"subnet": subnet.id, "security_groups": [web.id]}))
+        .await;
+    let peer = c.vm(&peer_port).await;
+    c.applied().await;
+    probe.configure(probe_port.ip, 24, Some(subnet.gateway));
+    peer.configure(peer_port.ip, 24, Some(subnet.gateway));
+
+    // Refusals first (nothing boots): unknown port 404, a port in use 409 `port_in_use`, ports
+    // of two VPCs 400.
+    let body = |extra: Value| {
+        let mut b = json!({"name": "vm1", "image": kernel, "flavor": "tiny"});
+        if let (Some(m), Value::Object(e)) = (b.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        b
+    };
+    let (s, e) = c
+        .try_call(
+            Method::POST,
+            "instances",
+            Some(body(json!({"ports": [Uuid::new_v4()]}))),
+        )
+        .await;
+    assert_eq!(s, http::StatusCode::NOT_FOUND, "{e}");
+    let (s, e) = c
+        .try_call(Method::POST, "instances", Some(body(json!({"ports": [probe_port.id]}))))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (http::StatusCode::CONFLICT, Some("port_in_use")),
+        "{e}"
+    );
+
+    let t0 = Instant::now();
+    let inst: Value = c
+        .post(
+            "instances",
+            body(json!({"networks": [subnet.id], "security_groups": [web.id]})),
+        )
+        .await;
+    let id: Uuid = inst["id"].as_str().unwrap().parse().unwrap();
+    let port_id: Uuid = inst["ports"][0].as_str().expect("the instance's port").parse().unwrap();
+    let port: Port =
+        serde_json::from_value(c.call(Method::GET, &c.path(&format!("ports/{port_id}")), None).await).unwrap();
+    assert_eq!(port.security_groups, vec![web.id]);
+    let binding = port.binding.as_ref().expect("bound to the instance's node");
+    assert_eq!(binding.node, c.node);
+    assert_eq!(binding.device, rampart_api::network::PortDevice::Tap);
+    // The port belongs to the instance until it is deleted.
+    let (s, e) = c.try_call(Method::DELETE, &format!("ports/{port_id}"), None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (http::StatusCode::CONFLICT, Some("port_in_use")),
+        "{e}"
+    );
+
+    // The guest boots, takes the port's address from the VPC's DHCP and says so on its console.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let marker = loop {
+        let v: Value = c
+            .call(Method::GET, &c.path(&format!("instances/{id}/console")), None)
+            .await;
+        let out = v["output"].as_str().unwrap_or("").to_string();
+        if let Some(l) = out.lines().find(|l| l.contains(BOOT_MARKER)) {
+            break l.to_string();
+        }
+        if Instant::now() > deadline {
+            let i: Value = c.call(Method::GET, &c.path(&format!("instances/{id}")), None).await;
+            let ev: Value = c
+                .call(Method::GET, &c.path(&format!("instances/{id}/events")), None)
+                .await;
+            panic!(
+                "no boot marker within 180 s: {i}\n{ev}\nconsole: {out}\n{}",
+                std::fs::read_to_string(c.dir.path().join("stderr.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "VM on a tenant port: API call to boot marker {:.1} s ({marker})",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        marker.contains(&format!("ip={}", port.ip)),
+        "DHCP gave the port's address: {marker}"
+    );
+    let inst: Value = c.call(Method::GET, &c.path(&format!("instances/{id}")), None).await;
+    assert_eq!(inst["status"], "running", "{inst}");
+    let uid = inst["vm_uid"].as_u64().expect("vm uid");
+    assert_ne!(uid, 0);
+    // The tap is the VM's own: QEMU (no capabilities) opened it, no other uid may.
+    let tap = rampart_net::desired::names::port_dev(&port_id);
+    let link = must(&format!("ip -n {} -d -j link show dev {tap}", c.vpc_ns(vpc.id)));
+    let link: Value = serde_json::from_str(&link).unwrap();
+    assert_eq!(link[0]["linkinfo"]["info_data"]["user"].as_u64(), Some(uid), "{link}");
+    assert_eq!(
+        link[0]["master"].as_str(),
+        Some(rampart_net::desired::names::bridge(&subnet.id).as_str())
+    );
+
+    // 10.3-4: the guest answers its own group, not another one by default.
+    assert!(
+        time_until(Duration::from_secs(10), || peer.ping(port.ip)).is_some(),
+        "the guest answers a member of its own group"
+    );
+    assert!(!probe.ping(port.ip), "group web must not answer group probe by default");
+    // Configurable: web admits ICMP from probe.
+    let rule: Value = c
+        .post(
+            &format!("security-groups/{}/rules", web.id),
+            json!({"direction":"ingress","protocol":"icmp","remote_group": probe_group.id}),
+        )
+        .await;
+    let took = time_until(Duration::from_secs(15), || probe.ping(port.ip));
+    assert!(
+        took.is_some(),
+        "the guest answers once its group admits ICMP from the probe's group"
+    );
+    eprintln!("rule to first guest reply: {:?}", took.unwrap());
+    // Only ICMP: the guest's SSH server (dropbear on 22) stays out of reach until TCP is admitted.
+    assert!(!probe.can_connect(port.ip, 22), "only ICMP was admitted");
+    let ssh_rule: Value = c
+        .post(
+            &format!("security-groups/{}/rules", web.id),
+            json!({"direction":"ingress","protocol":"tcp","port_min":22,"port_max":22,"remote_group": probe_group.id}),
+        )
+        .await;
+    assert!(
+        time_until(Duration::from_secs(15), || probe.can_connect(port.ip, 22)).is_some(),
+        "TCP/22 reaches the guest's SSH server once admitted"
+    );
+    // The rule goes: no reply any more.
+    for r in [&rule, &ssh_rule] {
+        c.call(
+            Method::DELETE,
+            &c.path(&format!(
+                "security-groups/{}/rules/{}",
+                web.id,
+                r["id"].as_str().unwrap()
+            )),
+            None,
+        )
+        .await;
+    }
+    assert!(
+        time_until(Duration::from_secs(15), || !probe.ping(port.ip)).is_some(),
+        "no reply after the rule is removed"
+    );
+    assert!(!probe.ping(port.ip) && !probe.ping(port.ip), "still no reply");
+    assert!(!probe.can_connect(port.ip, 22));
+
+    // Deleting the instance ends the VM, deletes the port it made and its tap.
+    c.call(Method::DELETE, &c.path(&format!("instances/{id}")), None).await;
+    let gone = time_until(Duration::from_secs(30), || {
+        let (ok, _) = sh(&format!("ip -n {} link show dev {tap}", c.vpc_ns(vpc.id)));
+        !ok
+    });
+    assert!(gone.is_some(), "the tap is removed with the instance");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _) = c.try_call(Method::GET, &format!("instances/{id}"), None).await;
+        if s == http::StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instance not gone: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = c.try_call(Method::GET, &format!("ports/{port_id}"), None).await;
+    assert_eq!(
+        s,
+        http::StatusCode::NOT_FOUND,
+        "the port made for the instance is deleted with it"
+    );
+    assert!(
+        std::fs::read_dir(&vm_dir.0).map(|d| d.count()).unwrap_or(0) == 0,
+        "the VM's directory is gone"
+    );
+    drop((probe, peer));
+    drop(c);
+}

@@ -657,13 +657,19 @@ fn instance_view(i: InstanceRow) -> Instance {
     }
 }
 
+/// NICs of one VM (ports plus networks).
+const MAX_NICS: usize = 8;
+
 fn check_instance(req: &InstanceCreate) -> Result<(), Error> {
     names::validate_name("name", &req.name)?;
-    if !req.ports.is_empty() || !req.networks.is_empty() {
+    if req.ports.len() + req.networks.len() > MAX_NICS {
         return Err(Error::field(
             "ports",
-            "tenant networking is not installed on this controller yet: create the instance without ports or networks",
+            format!("at most {MAX_NICS} ports and networks together"),
         ));
+    }
+    if req.ports.iter().collect::<std::collections::BTreeSet<_>>().len() != req.ports.len() {
+        return Err(Error::field("ports", "a port is named twice"));
     }
     if !req.volumes.is_empty() {
         return Err(Error::field(
@@ -768,13 +774,8 @@ pub async fn create_instance(
     let flavor = db::find_flavor(&mut tx, &req.flavor)
         .await?
         .ok_or_else(|| Error::field("flavor", "no flavor of that id or name"))?;
-    let node = logic::schedule(
-        &mut tx,
-        &req.security_groups,
-        req.anti_affinity,
-        flavor.memory_mib as u64,
-    )
-    .await?;
+    let nics = logic::plan_nics(&mut tx, project, &req, state.now()).await?;
+    let node = logic::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64).await?;
     let start = req.start.unwrap_or(true);
     let row = InstanceRow {
         id: Uuid::new_v4(),
@@ -792,19 +793,35 @@ pub async fn create_instance(
         login_user: user,
         ssh_keys: serde_json::to_string(&req.ssh_keys).unwrap_or_else(|_| "[]".into()),
         tags: serde_json::to_string(&req.tags).unwrap_or_else(|_| "{}".into()),
-        security_groups: serde_json::to_string(&req.security_groups).unwrap_or_else(|_| "[]".into()),
+        security_groups: serde_json::to_string(&nics.groups).unwrap_or_else(|_| "[]".into()),
         ports: "[]".into(),
-        networks: "[]".into(),
+        networks: serde_json::to_string(&req.networks).unwrap_or_else(|_| "[]".into()),
         anti_affinity: req.anti_affinity,
         vm_uid: None,
         launched_at: None,
         created_at: state.now(),
     };
+    let before = crate::network::nodes_of_project(&mut tx, project).await?;
     db::insert_instance(&mut tx, &row).await?;
+    let ports = logic::plug_nics(&mut tx, project, row.id, node, nics, state.now()).await?;
+    db::set_instance_ports(
+        &mut tx,
+        row.id,
+        &serde_json::to_string(&ports).unwrap_or_else(|_| "[]".into()),
+    )
+    .await?;
+    let row = db::instance(&mut tx, row.id)
+        .await?
+        .ok_or_else(|| Error::internal("creating an instance", "row vanished"))?;
+    // The node's document (its VMs and their taps) and those of every node holding the VPCs
+    // (whose sets now name the new addresses), in the same transaction.
+    let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
+    all.extend(before);
+    crate::network::republish(&mut tx, &state.config, &all).await?;
     logic::publish_node(&state, &mut tx, node).await?;
     rampart_db::Db::commit(tx).await?;
     state.notify_node_changes();
-    tracing::info!(instance = %row.id, name = %row.name, project = %project, node = %node, by = %principal.user.name, "instance created");
+    tracing::info!(instance = %row.id, name = %row.name, project = %project, node = %node, ports = ?ports, by = %principal.user.name, "instance created");
     Ok((StatusCode::ACCEPTED, axum::Json(instance_view(row))))
 }
 
@@ -867,6 +884,9 @@ pub async fn delete_instance(
 ) -> Result<(StatusCode, axum::Json<Instance>), Error> {
     let row = project_instance(&state, &principal, project, id, "project.write").await?;
     let mut tx = state.db.begin().await?;
+    let before = crate::network::nodes_of_project(&mut tx, project).await?;
+    // Unplugged at once: the node removes the taps with the VM, in the same document.
+    logic::unplug_nics(&mut tx, id, state.now()).await?;
     match row.node_id {
         Some(node) => {
             db::mark_deleting(&mut tx, id, state.now()).await?;
@@ -874,6 +894,9 @@ pub async fn delete_instance(
         }
         None => db::delete_instance(&mut tx, id).await?,
     }
+    let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
+    all.extend(before);
+    crate::network::republish(&mut tx, &state.config, &all).await?;
     let after = db::instance(&mut tx, id).await?;
     rampart_db::Db::commit(tx).await?;
     state.notify_node_changes();

@@ -567,7 +567,7 @@ pub async fn update_port(
 /// Delete a port. Its node removes the device, its addresses from every set and their
 /// tracked connections; its floating IP is released from it.
 #[utoipa::path(delete, path = "/v1/projects/{p}/ports/{id}", tag = "network", params(("p" = Uuid, Path), ("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_port(
     State(state): State<AppState>,
     principal: Principal,
@@ -575,10 +575,22 @@ pub async fn delete_port(
 ) -> Result<StatusCode, Error> {
     let mut w = Write::begin(&state, &principal, p).await?;
     port_in(&mut w.tx, p, id).await?;
+    not_in_an_instance(&mut w.tx, id).await?;
     db::delete_port(&mut w.tx, id).await?;
     w.finish(&state).await?;
     tracing::info!(port = %id, by = %principal.user.name, "port deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A port plugged into an instance belongs to it until the instance is deleted: 409
+/// `port_in_use`.
+async fn not_in_an_instance(conn: &mut rampart_db::Conn, port: Uuid) -> Result<(), Error> {
+    match rampart_db::compute::port_instance(conn, port).await? {
+        Some(i) => Err(crate::compute::port_in_use(format!(
+            "port {port} is plugged into instance {i}; delete the instance first"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Plugging a device into a host's namespaces is an operator's act (`system.manage`), not a
@@ -620,6 +632,7 @@ pub async fn bind_port(
 ) -> Result<axum::Json<Port>, Error> {
     let mut w = operator_write(&state, &principal, p).await?;
     let row = port_in(&mut w.tx, p, id).await?;
+    not_in_an_instance(&mut w.tx, id).await?;
     if let PortDevice::Veth { peer_netns, peer_name } = &req.device {
         if !valid_netns(peer_netns) {
             return Err(invalid(
@@ -660,7 +673,7 @@ pub async fn bind_port(
 
 /// Unplug a port from its node.
 #[utoipa::path(delete, path = "/v1/projects/{p}/ports/{id}/binding", tag = "network", params(("p" = Uuid, Path), ("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Unbound"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Unbound"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn unbind_port(
     State(state): State<AppState>,
     principal: Principal,
@@ -668,6 +681,7 @@ pub async fn unbind_port(
 ) -> Result<StatusCode, Error> {
     let mut w = operator_write(&state, &principal, p).await?;
     port_in(&mut w.tx, p, id).await?;
+    not_in_an_instance(&mut w.tx, id).await?;
     db::bind_port(&mut w.tx, id, None, state.now()).await?;
     w.finish(&state).await?;
     tracing::info!(port = %id, by = %principal.user.name, "port unbound");
