@@ -13,14 +13,13 @@ use rampart_audit::checkpoint::{Checkpoint, CheckpointSigner, KeyRing};
 use rampart_audit::record::{AuditRecord, ChainHead, RowError};
 use rampart_audit::store::{AuditLog, AuditStore, CheckpointPolicy, MemoryStore, StoreError, verify_store};
 use rampart_audit::verify::VerifyOptions;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// A store that holds each batch at a gate the test opens, and can fail the next batch.
 #[derive(Clone)]
 struct GatedStore {
     inner: MemoryStore,
     batches: Arc<Mutex<Vec<usize>>>,
-    entered: Arc<Notify>,
     gate: Arc<Semaphore>,
     fail_next: Arc<AtomicBool>,
 }
@@ -34,7 +33,6 @@ impl AuditStore for GatedStore {
     }
     async fn append_batch(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
         self.batches.lock().unwrap().push(records.len());
-        self.entered.notify_one();
         self.gate.acquire().await.unwrap().forget();
         if self.fail_next.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Backend {
@@ -58,6 +56,17 @@ impl AuditStore for GatedStore {
     }
 }
 
+/// Waits until the store has been handed `n` batches in all.
+async fn wait_batches(store: &GatedStore, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.batches.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("batch reached the store");
+}
+
 async fn wait_queued(log: &AuditLog<GatedStore>, n: usize) {
     tokio::time::timeout(Duration::from_secs(10), async {
         while log.queued() < n {
@@ -73,7 +82,6 @@ async fn spec_13_4_1_concurrent_appends_share_one_durable_batch_in_one_chain() {
     let store = GatedStore {
         inner: MemoryStore::new(),
         batches: Arc::default(),
-        entered: Arc::new(Notify::new()),
         gate: Arc::new(Semaphore::new(0)),
         fail_next: Arc::default(),
     };
@@ -91,7 +99,7 @@ async fn spec_13_4_1_concurrent_appends_share_one_durable_batch_in_one_chain() {
         let (log, clock) = (log.clone(), clock.clone());
         async move { log.append(event(&clock, 0)).await }
     });
-    store.entered.notified().await;
+    wait_batches(&store, 1).await;
     let rest: Vec<_> = (1..=20)
         .map(|i| {
             let (log, clock) = (log.clone(), clock.clone());
@@ -124,7 +132,7 @@ async fn spec_13_4_1_concurrent_appends_share_one_durable_batch_in_one_chain() {
         let (log, clock) = (log.clone(), clock.clone());
         async move { log.append(event(&clock, 100)).await }
     });
-    store.entered.notified().await;
+    wait_batches(&store, 3).await;
     let with_it: Vec<_> = (101..=105)
         .map(|i| {
             let (log, clock) = (log.clone(), clock.clone());

@@ -1394,7 +1394,14 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
     if !privileged(test) {
         return;
     }
-    let tools = ["qemu-system-x86_64", "genisoimage", "setpriv", "curl"];
+    let tools = [
+        "qemu-system-x86_64",
+        "genisoimage",
+        "setpriv",
+        "curl",
+        "ssh",
+        "ssh-keygen",
+    ];
     if !tools.iter().all(|t| have(t)) {
         assert!(
             std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
@@ -1487,11 +1494,21 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         "{e}"
     );
 
+    // The tenant's key pair: only the public half goes to the API, the guest gets it from its
+    // config drive.
+    let keys = tempfile::tempdir().unwrap();
+    let ssh_key = keys.path().join("id_ed25519");
+    must(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -C tenant@rampart -f {}",
+        ssh_key.display()
+    ));
+    let pubkey = std::fs::read_to_string(ssh_key.with_extension("pub")).unwrap();
+
     let t0 = Instant::now();
     let inst: Value = c
         .post(
             "instances",
-            body(json!({"networks": [subnet.id], "security_groups": [web.id]})),
+            body(json!({"networks": [subnet.id], "security_groups": [web.id], "ssh_keys": [pubkey.trim()]})),
         )
         .await;
     let id: Uuid = inst["id"].as_str().unwrap().parse().unwrap();
@@ -1584,6 +1601,29 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
     assert!(
         time_until(Duration::from_secs(15), || probe.can_connect(port.ip, 22)).is_some(),
         "TCP/22 reaches the guest's SSH server once admitted"
+    );
+    // 12.1-2: the tenant logs in with the key given at create time.
+    let ssh = || {
+        sh(&format!(
+            "ip netns exec {} ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR rampart@{} id -u",
+            probe.0,
+            ssh_key.display(),
+            port.ip
+        ))
+    };
+    let mut login = ssh();
+    for _ in 0..10 {
+        if login.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        login = ssh();
+    }
+    assert_eq!(
+        (login.0, login.1.trim()),
+        (true, "1000"),
+        "SSH login with the key injected through the API"
     );
     // The rule goes: no reply any more.
     for r in [&rule, &ssh_rule] {
