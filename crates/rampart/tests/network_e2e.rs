@@ -1388,6 +1388,31 @@ impl Cloud {
 /// another group only while a rule admits it: no reply by default (10.3-4), ping once the group
 /// admits ICMP from the other group, TCP only once a TCP rule exists, and no reply again when
 /// the rules go. Deleting the instance removes its port and tap.
+/// The boot marker line of an instance's console (180 s at most under TCG).
+async fn boot_marker(c: &Cloud, id: Uuid) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v: Value = c
+            .call(Method::GET, &c.path(&format!("instances/{id}/console")), None)
+            .await;
+        let out = v["output"].as_str().unwrap_or("").to_string();
+        if let Some(l) = out.lines().find(|l| l.contains(BOOT_MARKER)) {
+            return l.to_string();
+        }
+        if Instant::now() > deadline {
+            let i: Value = c.call(Method::GET, &c.path(&format!("instances/{id}")), None).await;
+            let ev: Value = c
+                .call(Method::GET, &c.path(&format!("instances/{id}/events")), None)
+                .await;
+            panic!(
+                "no boot marker within 180 s: {i}\n{ev}\nconsole: {out}\n{}",
+                std::fs::read_to_string(c.dir.path().join("stderr.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits() {
     let test = "spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_group_admits";
@@ -1528,27 +1553,7 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
     );
 
     // The guest boots, takes the port's address from the VPC's DHCP and says so on its console.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let marker = loop {
-        let v: Value = c
-            .call(Method::GET, &c.path(&format!("instances/{id}/console")), None)
-            .await;
-        let out = v["output"].as_str().unwrap_or("").to_string();
-        if let Some(l) = out.lines().find(|l| l.contains(BOOT_MARKER)) {
-            break l.to_string();
-        }
-        if Instant::now() > deadline {
-            let i: Value = c.call(Method::GET, &c.path(&format!("instances/{id}")), None).await;
-            let ev: Value = c
-                .call(Method::GET, &c.path(&format!("instances/{id}/events")), None)
-                .await;
-            panic!(
-                "no boot marker within 180 s: {i}\n{ev}\nconsole: {out}\n{}",
-                std::fs::read_to_string(c.dir.path().join("stderr.log")).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let marker = boot_marker(&c, id).await;
     eprintln!(
         "VM on a tenant port: API call to boot marker {:.1} s ({marker})",
         t0.elapsed().as_secs_f64()
@@ -1603,22 +1608,21 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         "TCP/22 reaches the guest's SSH server once admitted"
     );
     // 12.1-2: the tenant logs in with the key given at create time.
-    let ssh = || {
+    let ssh = |host: Ipv4Addr, command: &str| {
         sh(&format!(
             "ip netns exec {} ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-             -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR rampart@{} id -u",
+             -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR rampart@{host} '{command}'",
             probe.0,
             ssh_key.display(),
-            port.ip
         ))
     };
-    let mut login = ssh();
+    let mut login = ssh(port.ip, "id -u");
     for _ in 0..10 {
         if login.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        login = ssh();
+        login = ssh(port.ip, "id -u");
     }
     assert_eq!(
         (login.0, login.1.trim()),
@@ -1644,6 +1648,46 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
     );
     assert!(!probe.ping(port.ip) && !probe.ping(port.ip), "still no reply");
     assert!(!probe.can_connect(port.ip, 22));
+
+    // VM to VM: a second guest in the probe group cannot reach the first (group web) until it
+    // joins web too. It is driven over SSH from the probe namespace (same group as it).
+    let vm2: Value = c
+        .post(
+            "instances",
+            json!({"name": "vm2", "image": kernel, "flavor": "tiny", "networks": [subnet.id],
+                   "security_groups": [probe_group.id], "ssh_keys": [pubkey.trim()]}),
+        )
+        .await;
+    let id2: Uuid = vm2["id"].as_str().unwrap().parse().unwrap();
+    let port2_id: Uuid = vm2["ports"][0].as_str().unwrap().parse().unwrap();
+    let port2: Port =
+        serde_json::from_value(c.call(Method::GET, &c.path(&format!("ports/{port2_id}")), None).await).unwrap();
+    boot_marker(&c, id2).await;
+    let banner = format!("echo | nc -w 3 {} 22", port.ip);
+    let banner_seen = || ssh(port2.ip, &banner).1.contains("SSH-2.0");
+    assert!(
+        ssh(port2.ip, "id -u").0,
+        "the probe namespace logs in to the second guest (same group)"
+    );
+    assert!(
+        !banner_seen() && !banner_seen(),
+        "a VM in another group gets nothing from the guest"
+    );
+    c.call(
+        Method::PATCH,
+        &c.path(&format!("ports/{port2_id}")),
+        Some(json!({"security_groups": [probe_group.id, web.id]})),
+    )
+    .await;
+    c.applied().await;
+    assert!(
+        (0..10).any(|_| banner_seen() || {
+            std::thread::sleep(Duration::from_millis(500));
+            false
+        }),
+        "a VM of the guest's own group reaches it"
+    );
+    c.call(Method::DELETE, &c.path(&format!("instances/{id2}")), None).await;
 
     // Deleting the instance ends the VM, deletes the port it made and its tap.
     c.call(Method::DELETE, &c.path(&format!("instances/{id}")), None).await;
