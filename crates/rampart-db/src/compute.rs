@@ -892,6 +892,41 @@ pub async fn metrics(conn: &mut AnyConnection, instance: Uuid, since_ms: i64, li
         .collect())
 }
 
+/// The newest sample of every instance taken at or after `since_ms`, with its project: what an
+/// operator's Prometheus scrape shows.
+pub async fn latest_metrics(conn: &mut AnyConnection, since_ms: i64) -> Result<Vec<(Uuid, Uuid, MetricsRow)>> {
+    type Row = (String, String, i64, f64, i64, f64, f64, f64, f64, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT m.instance_id, i.project_id, m.at, m.cpu_percent, m.memory_bytes, m.disk_read_bps, m.disk_write_bps, \
+         m.disk_write_iops, m.net_rx_bps, m.net_tx_bps \
+         FROM instance_metrics m JOIN instances i ON i.id = m.instance_id \
+         WHERE m.at >= $1 AND m.at = (SELECT MAX(at) FROM instance_metrics n WHERE n.instance_id = m.instance_id) \
+         ORDER BY m.instance_id",
+    )
+    .bind(since_ms)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let id = |s: &str| Uuid::parse_str(s).map_err(|_| crate::DbError::Corrupt(format!("metrics row id {s:?}")));
+            Ok((
+                id(&r.0)?,
+                id(&r.1)?,
+                MetricsRow {
+                    at_ms: r.2,
+                    cpu_percent: r.3,
+                    memory_bytes: r.4,
+                    disk_read_bps: r.5,
+                    disk_write_bps: r.6,
+                    disk_write_iops: r.7,
+                    net_rx_bps: r.8,
+                    net_tx_bps: r.9,
+                },
+            ))
+        })
+        .collect()
+}
+
 pub async fn prune_metrics(conn: &mut AnyConnection, before_ms: i64) -> Result<u64> {
     Ok(sqlx::query("DELETE FROM instance_metrics WHERE at < $1")
         .bind(before_ms)

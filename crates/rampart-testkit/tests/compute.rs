@@ -494,6 +494,34 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
     assert!((cpu - 5.0).abs() < 0.5, "{m}");
     let bps = latest["disk_write_bps"].as_f64().unwrap();
     assert!((bps / f64::from(1 << 20) - 1.0).abs() < 0.1, "within 10 %: {m}");
+    // The operators' Prometheus scrape shows the same instance; a project member may not scrape.
+    let scrape = c
+        .admin
+        .send::<()>(http::Method::GET, "/v1/metrics", None)
+        .await
+        .unwrap();
+    assert!(
+        scrape.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = scrape.text().await.unwrap();
+    let line = format!(
+        "rampart_instance_memory_bytes{{instance=\"{id}\",project=\"{project}\"}} {}",
+        64 << 20
+    );
+    assert!(
+        text.contains("# TYPE rampart_instance_cpu_percent gauge") && text.contains(&line),
+        "{text}"
+    );
+    c.create_user("tenant-user", "Amber-otter-5120", &[]).await;
+    let member = c.anon.login_as("tenant-user", "Amber-otter-5120").await.unwrap().0;
+    let refused = member
+        .send::<()>(http::Method::GET, "/v1/metrics", None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
     let a = m["series"].as_array().unwrap();
     assert!(
         a[0]["at"].as_str().unwrap() < a[a.len() - 1]["at"].as_str().unwrap(),

@@ -1040,6 +1040,47 @@ pub async fn metrics(
     }))
 }
 
+/// How old the newest sample of an instance may be to appear in the Prometheus scrape: older
+/// ones belong to stopped VMs or silent nodes, and a stale gauge would lie.
+const SCRAPE_FRESH_S: i64 = 300;
+
+/// The newest metrics of every instance in the Prometheus text format (spec 12.1-5), for the
+/// operators' monitoring: `scrape_configs` with a bearer token of a system reader.
+#[utoipa::path(get, path = "/v1/metrics", tag = "compute", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn prometheus(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl axum::response::IntoResponse, Error> {
+    principal.require_system(&state, "system.read")?;
+    let mut conn = state.db.conn().await?;
+    let rows = db::latest_metrics(&mut conn, to_ms(state.now()) - SCRAPE_FRESH_S * 1000).await?;
+    let items: Vec<_> = rows
+        .into_iter()
+        .map(|(id, project, m)| {
+            let metrics = rampart_compute::monitor::Metrics {
+                at_ms: m.at_ms,
+                cpu_percent: m.cpu_percent,
+                memory_bytes: u64::try_from(m.memory_bytes).unwrap_or(0),
+                disk_read_bps: m.disk_read_bps,
+                disk_write_bps: m.disk_write_bps,
+                disk_write_iops: m.disk_write_iops,
+                net_rx_bps: m.net_rx_bps,
+                net_tx_bps: m.net_tx_bps,
+            };
+            (id, project.to_string(), metrics)
+        })
+        .collect();
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        rampart_compute::monitor::prometheus_text(&items),
+    ))
+}
+
 // ---- alarms ----
 
 fn alarm_view(a: db::AlarmRow) -> Alarm {

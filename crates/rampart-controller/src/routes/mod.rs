@@ -140,6 +140,7 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(compute::console))
         .routes(routes!(compute::events))
         .routes(routes!(compute::metrics))
+        .routes(routes!(compute::prometheus))
         .routes(routes!(compute::list_alarms, compute::create_alarm))
         .routes(routes!(compute::get_alarm, compute::delete_alarm))
         .routes(routes!(compute::alarm_history))
