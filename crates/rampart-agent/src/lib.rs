@@ -455,9 +455,13 @@ async fn status_loop(s: StatusLoop) {
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
         let (sent_with, result) = match client.get() {
+            // A stopping agent does not wait for a heartbeat in flight (up to its timeout).
             Ok((generation, http)) => (
                 Some(generation),
-                http.agent_status(&status).await.map_err(AgentError::from),
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = http.agent_status(&status) => r.map_err(AgentError::from),
+                },
             ),
             Err(e) => (None, Err(e)),
         };
