@@ -8,6 +8,7 @@
 //! ```
 
 pub mod rsyslog;
+pub mod up;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -21,9 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::Method;
+use rampart_api::Client;
 use rampart_api::network::{NodeNetworkReport, Port, SecurityGroup, Subnet, Vpc};
-use rampart_api::{Client, PasswordChange};
-use rampart_common::Sensitive;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -153,37 +152,9 @@ async fn start(dir: &Path, prefix: &str, cleanup: &mut Cleanup) -> Cloud {
     );
     let url = format!("https://127.0.0.1:{port}");
     let data = dir.join("data");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let anon = loop {
-        if let Ok(pem) = std::fs::read(data.join("ca.pem"))
-            && let Ok(c) = Client::with_ca(&url, &pem)
-            && let Ok(h) = c.health().await
-            && h.nodes.ready == 1
-        {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "rampart up not healthy");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let bootstrap = std::fs::read_to_string(data.join("bootstrap-admin-password")).unwrap();
-    let password = "Bench-net-passphrase-9";
-    anon.change_password(&PasswordChange {
-        username: "admin".into(),
-        domain: None,
-        current_password: Sensitive::new(bootstrap.trim()),
-        new_password: Sensitive::new(password),
-    })
-    .await
-    .unwrap();
-    let admin = rampart_testkit::MfaUser::enrol(&anon, "admin", password)
-        .await
-        .unwrap()
-        .login(&anon)
-        .await
-        .unwrap();
+    let rampart_testkit::up::UpAdmin { admin, project, .. } =
+        rampart_testkit::up::take_over(&url, &data, 1, "Bench-net-passphrase-9", Duration::from_secs(120)).await;
     let node = admin.nodes().await.unwrap().items[0].id;
-    let projects: rampart_api::List<rampart_api::Project> = admin.get("/v1/projects").await.unwrap();
-    let project = projects.items.iter().find(|p| p.name == "admin").unwrap().id;
     Cloud { admin, node, project }
 }
 

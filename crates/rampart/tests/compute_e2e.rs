@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rampart_api::{Client, PasswordChange};
-use rampart_common::Sensitive;
+use rampart_api::Client;
 use rampart_compute::confine::{CgroupLayout, VmCgroup, cgroup_name};
 use rampart_compute::image::SigningKey;
 use serde_json::{Value, json};
@@ -169,36 +168,8 @@ impl Cloud {
             dir,
             vm_dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let anon = loop {
-            if let Ok(pem) = std::fs::read(data.join("ca.pem"))
-                && let Ok(c) = Client::with_ca(&url, &pem)
-                && let Ok(h) = c.health().await
-                && h.nodes.ready == 1
-            {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "{url} not healthy with its local node");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let bootstrap = std::fs::read_to_string(data.join("bootstrap-admin-password")).unwrap();
-        let password = "Compute-e2e-passphrase-9";
-        anon.change_password(&PasswordChange {
-            username: "admin".into(),
-            domain: None,
-            current_password: Sensitive::new(bootstrap.trim()),
-            new_password: Sensitive::new(password),
-        })
-        .await
-        .unwrap();
-        let admin = rampart_testkit::MfaUser::enrol(&anon, "admin", password)
-            .await
-            .unwrap()
-            .login(&anon)
-            .await
-            .unwrap();
-        let projects: rampart_api::List<rampart_api::Project> = admin.get("/v1/projects").await.unwrap();
-        let project = projects.items.iter().find(|p| p.name == "admin").unwrap().id;
+        let rampart_testkit::up::UpAdmin { admin, project, .. } =
+            rampart_testkit::up::take_over(&url, &data, 1, "Compute-e2e-passphrase-9", Duration::from_secs(90)).await;
         Cloud { host, admin, project }
     }
 

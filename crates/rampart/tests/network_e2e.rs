@@ -275,26 +275,9 @@ impl Cloud {
         let url = format!("https://127.0.0.1:{port}");
         let proc = start(dir.path(), &config);
         let data = dir.path().join("data");
-        let anon = healthy(&url, &data.join("ca.pem")).await;
-        let bootstrap = std::fs::read_to_string(data.join("bootstrap-admin-password")).unwrap();
-        let password = "Network-e2e-passphrase-7";
-        anon.change_password(&PasswordChange {
-            username: "admin".into(),
-            domain: None,
-            current_password: Sensitive::new(bootstrap.trim()),
-            new_password: Sensitive::new(password),
-        })
-        .await
-        .unwrap();
-        let admin = rampart_testkit::MfaUser::enrol(&anon, "admin", password)
-            .await
-            .unwrap()
-            .login(&anon)
-            .await
-            .unwrap();
+        let rampart_testkit::up::UpAdmin { admin, project, .. } =
+            rampart_testkit::up::take_over(&url, &data, 1, "Network-e2e-passphrase-7", Duration::from_secs(60)).await;
         let node = admin.nodes().await.unwrap().items[0].id;
-        let projects: rampart_api::List<rampart_api::Project> = admin.get("/v1/projects").await.unwrap();
-        let project = projects.items.iter().find(|p| p.name == "admin").unwrap().id;
         Cloud {
             proc: Some(proc),
             dir,
