@@ -99,6 +99,19 @@ async fn flavor(c: &TestCluster) -> Value {
         .unwrap()
 }
 
+/// What a boot needs: a one-node cluster whose admin project holds the signed demo images
+/// (trusted key `release`) and a flavor. Returns the cluster, the project, the kernel image
+/// and the flavor.
+async fn bootable() -> (TestCluster, Uuid, Uuid, Value) {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let kernel = demo_images(&c, project, &key).await;
+    let f = flavor(&c).await;
+    (c, project, kernel, f)
+}
+
 /// A kernel and its initrd, both signed by `key` and uploaded; returns the kernel image's id.
 async fn demo_images(c: &TestCluster, project: Uuid, key: &SigningKey) -> Uuid {
     let (rd, s, _) = image(
@@ -167,12 +180,7 @@ fn code(e: &ClientError) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_signed_image_boots_and_the_instance_follows_its_power_actions() {
-    let c = cluster(1).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
-    let kernel = demo_images(&c, project, &key).await;
-    let f = flavor(&c).await;
+    let (c, project, kernel, f) = bootable().await;
 
     let created: Value = c
         .admin
@@ -364,12 +372,7 @@ async fn spec_12_1_1_image_tampered_after_upload_is_refused_on_the_node_before_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_9_3_5_instances_and_images_of_another_project_are_invisible() {
-    let c = cluster(1).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
-    let kernel = demo_images(&c, project, &key).await;
-    let f = flavor(&c).await;
+    let (c, project, kernel, f) = bootable().await;
     let created: Value = c
         .admin
         .post(
@@ -455,12 +458,7 @@ async fn wait_alarm(c: &TestCluster, project: Uuid, alarm: &str, want: &str) {
 /// in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
-    let c = cluster(1).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
-    let kernel = demo_images(&c, project, &key).await;
-    let f = flavor(&c).await;
+    let (c, project, kernel, f) = bootable().await;
     let created: Value = c
         .admin
         .post(
@@ -622,12 +620,7 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
 /// port it made is deleted, the one it was given is unbound and stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_instance() {
-    let c = cluster(1).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
-    let kernel = demo_images(&c, project, &key).await;
-    let f = flavor(&c).await;
+    let (c, project, kernel, f) = bootable().await;
     let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
     let vpc: Value = c
         .admin
