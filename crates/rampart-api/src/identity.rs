@@ -312,6 +312,11 @@ pub struct SecurityCompliance {
     /// Consecutive failures that lock an account (0: never lock).
     pub lockout_failure_attempts: u32,
     pub lockout_duration_s: u64,
+    /// Failed authentications one source address may make within `source_failure_window_s`
+    /// before its further attempts are refused unchecked (429), whatever account they name: one
+    /// client cannot lock every account (0: no per-source limit).
+    pub source_failure_limit: u32,
+    pub source_failure_window_s: u64,
     /// At least 8.
     pub password_min_length: u32,
     /// Of upper case, lower case, digit, special: 2 to 4.
@@ -344,6 +349,8 @@ impl Default for SecurityCompliance {
         SecurityCompliance {
             lockout_failure_attempts: 5,
             lockout_duration_s: 1800,
+            source_failure_limit: 30,
+            source_failure_window_s: 900,
             password_min_length: 12,
             password_min_char_classes: 2,
             password_min_strength: 3,
@@ -392,6 +399,14 @@ pub struct ApplicationCredentialCreate {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<OffsetDateTime>,
+    /// Your current password. A credential outlives the session that makes it, so making one
+    /// needs a fresh proof of the password (and of the second factor, below): either a session
+    /// opened in the last five minutes, or these fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Sensitive>,
+    /// A current TOTP code or recovery code, when the account has a second factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<Sensitive>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

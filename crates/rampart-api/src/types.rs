@@ -230,4 +230,8 @@ pub struct PasswordChange {
     pub domain: Option<String>,
     pub current_password: Sensitive,
     pub new_password: Sensitive,
+    /// A current TOTP code or an unused recovery code: required when the account has a second
+    /// factor, so a phished password alone cannot take the account over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<Sensitive>,
 }

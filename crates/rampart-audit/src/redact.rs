@@ -361,3 +361,78 @@ mod tests {
         crate::canonical::to_canonical(&Value::Object(out)).expect("always canonicalisable");
     }
 }
+
+/// Detail members that name a tenant's encryption context.
+const CONTEXT_FIELDS: &[&str] = &["encryption_context"];
+/// Detail members and target kinds that name a tenant's key.
+const KEY_ID_FIELDS: &[&str] = &["key_id", "source_key_id", "target_key_id"];
+
+/// `sha256:` and the hex SHA-256 of a value's canonical JSON: what system readers see in place
+/// of a tenant's encryption context or key id.
+pub fn digest(v: &Value) -> String {
+    let bytes = crate::canonical::to_canonical(v).unwrap_or_else(|_| v.to_string().into_bytes());
+    format!("sha256:{}", crate::hash::Hash::sha256(&[&bytes]).to_hex())
+}
+
+/// The view of a record for readers at system scope (spec 13.1.1-2: no system role learns a
+/// tenant's data): an encryption context becomes its SHA-256 digest (`encryption_context_sha256`,
+/// still comparable between records), and with `hide_key_ids` the tenant's key ids become
+/// digests too. Only the view changes: the stored record, its hash and the chain are untouched
+/// (`rampart audit verify` and exports read the store).
+pub fn for_system_readers(rec: &mut crate::record::AuditRecord, hide_key_ids: bool) {
+    for f in CONTEXT_FIELDS {
+        if let Some(v) = rec.details.remove(*f) {
+            rec.details.insert(format!("{f}_sha256"), Value::String(digest(&v)));
+        }
+    }
+    if hide_key_ids {
+        for f in KEY_ID_FIELDS {
+            if let Some(v) = rec.details.get_mut(*f) {
+                *v = Value::String(digest(v));
+            }
+        }
+        if rec.target.kind == "key"
+            && let Some(id) = rec.target.id.as_mut()
+        {
+            *id = digest(&Value::String(id.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod system_reader_tests {
+    use super::*;
+    use crate::record::{Actor, AuditResult, ChainHead, NewRecord, Target, seal};
+
+    #[test]
+    fn spec_13_1_1_2_system_readers_see_digests_not_tenant_contexts_or_key_ids() {
+        let key = "3f2b1c0d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let rec = NewRecord::new(
+            time::OffsetDateTime::UNIX_EPOCH,
+            Actor::anonymous(),
+            "key.encrypt",
+            Target::new("key", Some(key.into()), Some("p".into())),
+            AuditResult::success(200),
+        )
+        .detail("encryption_context", serde_json::json!({"tenant": "acme-payroll"}))
+        .detail("key_version", 2);
+        let sealed = seal(&ChainHead::GENESIS, rec).unwrap();
+        let mut auditor = sealed.clone();
+        for_system_readers(&mut auditor, false);
+        let text = serde_json::to_string(&auditor).unwrap();
+        assert!(!text.contains("acme-payroll"), "{text}");
+        assert!(text.contains("encryption_context_sha256"));
+        assert_eq!(auditor.target.id.as_deref(), Some(key), "auditors keep key ids");
+        let mut admin = sealed.clone();
+        for_system_readers(&mut admin, true);
+        let text = serde_json::to_string(&admin).unwrap();
+        assert!(!text.contains(key) && !text.contains("acme-payroll"), "{text}");
+        assert_eq!(admin.details["key_version"], 2);
+        // The same context gives the same digest: records stay comparable.
+        assert_eq!(
+            admin.details["encryption_context_sha256"],
+            auditor.details["encryption_context_sha256"]
+        );
+        assert_eq!(sealed.hash, admin.hash, "the stored record is untouched");
+    }
+}

@@ -502,6 +502,32 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
         ("PUT", "/v1/audit/retention") => return named("audit.retention.update", "audit_retention", true),
         ("GET", "/v1/audit/forwarding") => return named("audit.forwarding.get", "audit_forwarding", true),
         ("PUT", "/v1/audit/forwarding") => return named("audit.forwarding.update", "audit_forwarding", true),
+        // Membership is a change of the group (its roles reach one more or one fewer user).
+        ("PUT" | "DELETE", "/v1/groups/{id}/users/{user}") => {
+            let op = if m == "PUT" {
+                "group.member.add"
+            } else {
+                "group.member.remove"
+            };
+            return Classified {
+                target_id: value(1),
+                ..named(op, "group", false)
+            };
+        }
+        // `instance.start`, `instance.stop`, `instance.reboot`: the action is a path value.
+        ("POST", "/v1/projects/{project}/instances/{id}/{action}") => {
+            let action = value(4)
+                .filter(|a| (1..=32).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            return Classified {
+                target_id: value(3),
+                project,
+                ..named(
+                    &format!("instance.{}", action.as_deref().unwrap_or("action")),
+                    "instance",
+                    false,
+                )
+            };
+        }
         _ => {}
     }
     let sensitive_read = segs
@@ -988,6 +1014,39 @@ mod tests {
                 Some(id.into())
             )
         );
+        let g = "9d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09";
+        assert_eq!(
+            op(
+                Method::PUT,
+                "/v1/groups/{id}/users/{user}",
+                &format!("/v1/groups/{g}/users/{id}")
+            ),
+            ("group.member.add".into(), "group".into(), Some(g.into()), None)
+        );
+        assert_eq!(
+            op(
+                Method::DELETE,
+                "/v1/groups/{id}/users/{user}",
+                &format!("/v1/groups/{g}/users/{id}")
+            )
+            .0,
+            "group.member.remove"
+        );
+        for action in ["start", "stop", "reboot"] {
+            assert_eq!(
+                op(
+                    Method::POST,
+                    "/v1/projects/{project}/instances/{id}/{action}",
+                    &format!("/v1/projects/{p}/instances/{id}/{action}")
+                ),
+                (
+                    format!("instance.{action}"),
+                    "instance".into(),
+                    Some(id.into()),
+                    Some(p.into())
+                )
+            );
+        }
         assert_eq!(op(Method::POST, "/v1/auth/tokens", "/v1/auth/tokens").0, "auth.login");
         assert_eq!(
             op(Method::POST, "/v1/auth/sessions", "/v1/auth/sessions").0,

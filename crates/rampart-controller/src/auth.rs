@@ -61,6 +61,8 @@ pub struct Principal {
     pub subject: Subject,
     pub scope: TokenScope,
     pub expires_at: OffsetDateTime,
+    /// When the session's credentials were checked (the token's issue time).
+    pub authenticated_at: OffsetDateTime,
     /// The session was opened with a second factor.
     pub mfa: bool,
     pub client_ip: IpAddr,
@@ -100,7 +102,8 @@ impl Principal {
     }
 
     /// The project `id`, for `action`: 404 when the caller may not even see it (or it does not
-    /// exist), 403 when it may see it but not do `action`.
+    /// exist), 403 `project_disabled` when it (or its domain) is disabled, 403 when the caller
+    /// may see it but not do `action`.
     pub async fn project(
         &self,
         state: &AppState,
@@ -116,19 +119,43 @@ impl Principal {
             id,
             domain: project.domain_id,
         };
-        if self.can(state, action, target) {
-            return Ok(project);
-        }
-        let sees = ["project.read", "keys.use", "keys.manage"]
-            .iter()
-            .any(|a| self.can(state, a, target))
+        let allowed = self.can(state, action, target);
+        let sees = allowed
+            || ["project.read", "keys.use", "keys.manage"]
+                .iter()
+                .any(|a| self.can(state, a, target))
             || self.can(state, "identity.read", Target::Domain(project.domain_id));
-        if sees {
+        if !sees {
+            return Err(Error::not_found("no such project"));
+        }
+        require_enabled(&mut conn, &project).await?;
+        if allowed {
+            Ok(project)
+        } else {
             Err(Error::forbidden(format!(
                 "your roles on this project do not allow {action}"
             )))
+        }
+    }
+
+    /// For routes whose target comes from the body: refuse before parsing when the caller
+    /// holds no role that could allow `action` anywhere.
+    pub fn require_somewhere(&self, state: &AppState, action: &str) -> Result<(), Error> {
+        // Project actions apply to projects only (asking Cedar about them on the system or a
+        // domain is a malformed request, not a refusal); their project is checked later.
+        if rampart_iam::authz::is_project_action(action) {
+            return if self.subject.project_roles.is_empty() && self.subject.domain_admin_of.is_empty() {
+                Err(Error::forbidden(format!("your roles do not allow {action}")))
+            } else {
+                Ok(())
+            };
+        }
+        let mut targets = vec![Target::System];
+        targets.extend(self.subject.domain_admin_of.iter().map(|d| Target::Domain(*d)));
+        if targets.iter().any(|t| self.can(state, action, *t)) {
+            Ok(())
         } else {
-            Err(Error::not_found("no such project"))
+            Err(Error::forbidden(format!("your roles do not allow {action}")))
         }
     }
 
@@ -149,23 +176,6 @@ impl Principal {
             Err(Error::not_found(format!("no such {what}")))
         }
     }
-
-    /// For routes whose target comes from the body: refuse before parsing when the caller
-    /// holds no role that could allow `action` anywhere.
-    pub fn require_somewhere(&self, state: &AppState, action: &str) -> Result<(), Error> {
-        let mut targets = vec![Target::System];
-        targets.extend(self.subject.domain_admin_of.iter().map(|d| Target::Domain(*d)));
-        // Project targets need their domain, unknown here; project roles are checked later.
-        let project_action =
-            action.starts_with("project.") || action.starts_with("keys.") || action == "assignment.project";
-        if targets.iter().any(|t| self.can(state, action, *t))
-            || (project_action && !self.subject.project_roles.is_empty())
-        {
-            Ok(())
-        } else {
-            Err(Error::forbidden(format!("your roles do not allow {action}")))
-        }
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
@@ -177,6 +187,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .get::<Principal>()
             .cloned()
             .ok_or_else(|| Error::Unauthenticated("this operation needs Authorization: Bearer <token>".into()))
+    }
+}
+
+/// A disabled project, or one of a disabled domain, refuses every call scoped to it, whatever
+/// the token (spec 13.2-1): 403 `project_disabled` to a caller that may see it.
+pub async fn require_enabled(conn: &mut rampart_db::Conn, project: &identity::Project) -> Result<(), Error> {
+    let domain_enabled = identity::find_domain(conn, &project.domain_id.to_string())
+        .await?
+        .is_some_and(|d| d.enabled);
+    if project.enabled && domain_enabled {
+        Ok(())
+    } else {
+        Err(Error::Forbidden {
+            code: "project_disabled",
+            message: "this project (or its domain) is disabled; an administrator must enable it first".into(),
+        })
     }
 }
 
@@ -255,6 +281,7 @@ pub async fn authenticate(state: &AppState, token: &str, client_ip: IpAddr) -> R
         subject,
         scope,
         expires_at: row.expires_at,
+        authenticated_at: row.issued_at,
         mfa: row.methods.iter().any(|m| m == "totp"),
         client_ip,
         application_credential: row.application_credential_id,

@@ -174,11 +174,121 @@ pub async fn hash_password(password: &str) -> Result<String, Error> {
         .map_err(|e| Error::internal("hashing a password", e))
 }
 
-/// Counts a failed authentication of `user` against the lockout policy.
+fn lockout_event(user: &User, policy: &SecurityCompliance, until: OffsetDateTime) {
+    tracing::warn!(user = %user.name, until = %rampart_common::time::rfc3339(until), attempts = policy.lockout_failure_attempts, "account locked after consecutive failures");
+    let mut details = serde_json::Map::new();
+    details.insert("locked_until".into(), rampart_common::time::rfc3339(until).into());
+    details.insert("attempts".into(), policy.lockout_failure_attempts.into());
+    crate::audit::note(|s| {
+        s.events.push((
+            "auth.lockout".into(),
+            rampart_audit::record::Target::new("user", Some(user.id.to_string()), None),
+            rampart_audit::record::AuditResult::success(200),
+            details,
+        ))
+    });
+}
+
+fn source_window(policy: &SecurityCompliance) -> std::time::Duration {
+    std::time::Duration::from_secs(policy.source_failure_window_s)
+}
+
+/// 429 before anything is checked when `ip` made too many failed attempts lately (per-source
+/// throttle beside per-account lockout, spec 13.2-6).
+pub fn check_source(state: &AppState, policy: &SecurityCompliance, ip: IpAddr) -> Result<(), Error> {
+    match state.login_throttle.check(
+        ip,
+        policy.source_failure_limit,
+        source_window(policy),
+        std::time::Instant::now(),
+    ) {
+        None => Ok(()),
+        Some(wait) => {
+            tracing::warn!(ip = %ip, "authentication refused: too many failures from this source");
+            crate::audit::note_detail("reason", "source_throttled");
+            Err(Error::RateLimited {
+                retry_after_s: wait.as_secs().max(1),
+            })
+        }
+    }
+}
+
+/// Counts a failed authentication from `ip` toward its per-source limit.
+pub fn source_failed(state: &AppState, policy: &SecurityCompliance, ip: IpAddr) {
+    state.login_throttle.record_failure(
+        ip,
+        policy.source_failure_limit,
+        source_window(policy),
+        std::time::Instant::now(),
+    );
+}
+
+/// One authentication attempt on a known account, reserved before its secret is checked
+/// (`identity::reserve_attempt`): it counts as a failure until it ends otherwise, so a burst
+/// of parallel guesses evaluates at most `lockout_failure_attempts` secrets and a lock reached
+/// during the burst refuses everything after it. Dropped unfinished, it stays a failure.
+pub struct Attempt {
+    user: User,
+    ip: IpAddr,
+}
+
+impl Attempt {
+    /// Reserves an attempt; `None` while the account is locked or its remaining attempts are
+    /// all in flight (the caller answers exactly as for a wrong secret).
+    pub async fn reserve(
+        state: &AppState,
+        policy: &SecurityCompliance,
+        user: &User,
+        ip: IpAddr,
+    ) -> Result<Option<Attempt>, Error> {
+        let mut conn = state.db.conn().await?;
+        let ok = identity::reserve_attempt(&mut conn, user.id, policy.lockout_failure_attempts, state.now()).await?;
+        Ok(ok.then(|| Attempt { user: user.clone(), ip }))
+    }
+
+    /// The secret was wrong: counts toward the lockout (locking the account at the threshold)
+    /// and toward the source's limit.
+    pub async fn fail(self, state: &AppState, policy: &SecurityCompliance, reason: &str) -> Result<(), Error> {
+        let until = state.now() + time::Duration::seconds(policy.lockout_duration_s as i64);
+        let mut conn = state.db.conn().await?;
+        let locked = identity::fail_attempt(&mut conn, self.user.id, policy.lockout_failure_attempts, until).await?;
+        tracing::warn!(user = %self.user.name, reason, "authentication failed");
+        source_failed(state, policy, self.ip);
+        if locked {
+            lockout_event(&self.user, policy, until);
+        }
+        Ok(())
+    }
+
+    /// The secret was right but the attempt goes no further (disabled account, second factor
+    /// still to come, a refused new password): it no longer counts either way.
+    pub async fn release(self, state: &AppState) -> Result<(), Error> {
+        let mut conn = state.db.conn().await?;
+        identity::release_attempt(&mut conn, self.user.id).await?;
+        Ok(())
+    }
+
+    /// Every secret was right: the failure count restarts. Refused (`invalid_credentials`) when
+    /// a parallel failure locked the account while this attempt was being checked.
+    pub async fn succeed(self, state: &AppState) -> Result<(), Error> {
+        let mut conn = state.db.conn().await?;
+        if identity::succeed_attempt(&mut conn, self.user.id, state.now()).await? {
+            Ok(())
+        } else {
+            tracing::warn!(user = %self.user.name, "authentication refused: the account locked meanwhile");
+            crate::audit::note_detail("reason", "locked");
+            Err(Error::InvalidCredentials)
+        }
+    }
+}
+
+/// Counts a failed authentication that no attempt was reserved for (a wrong code while
+/// confirming a second-factor enrolment) against the lockout policy and the source's limit.
 pub async fn count_failure(
     state: &AppState,
     policy: &SecurityCompliance,
     user: &User,
+    ip: IpAddr,
     reason: &str,
 ) -> Result<(), Error> {
     let now = state.now();
@@ -186,25 +296,11 @@ pub async fn count_failure(
     let until = now + time::Duration::seconds(policy.lockout_duration_s as i64);
     let locked = identity::record_failure(&mut conn, user.id, policy.lockout_failure_attempts, until).await?;
     tracing::warn!(user = %user.name, reason, "authentication failed");
+    source_failed(state, policy, ip);
     if locked {
-        tracing::warn!(user = %user.name, until = %rampart_common::time::rfc3339(until), attempts = policy.lockout_failure_attempts, "account locked after consecutive failures");
-        let mut details = serde_json::Map::new();
-        details.insert("locked_until".into(), rampart_common::time::rfc3339(until).into());
-        details.insert("attempts".into(), policy.lockout_failure_attempts.into());
-        crate::audit::note(|s| {
-            s.events.push((
-                "auth.lockout".into(),
-                rampart_audit::record::Target::new("user", Some(user.id.to_string()), None),
-                rampart_audit::record::AuditResult::success(200),
-                details,
-            ))
-        });
+        lockout_event(user, policy, until);
     }
     Ok(())
-}
-
-pub fn is_locked(user: &User, now: OffsetDateTime) -> bool {
-    user.locked_until.is_some_and(|t| t > now)
 }
 
 /// Checks a second factor: a TOTP code (accepted once) or an unused recovery code.

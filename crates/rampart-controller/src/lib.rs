@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod compute;
+pub mod grants;
 pub mod http;
 pub mod identity;
 pub mod kms;
@@ -152,6 +153,7 @@ impl Controller {
             authz,
             credkey,
             deny_lists: Default::default(),
+            login_throttle: Default::default(),
             trusted_proxies,
             compliance: std::sync::RwLock::new(None),
             audit,

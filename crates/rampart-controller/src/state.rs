@@ -33,6 +33,8 @@ pub struct Inner {
     /// Encrypts secrets the controller must read back (TOTP seeds).
     pub credkey: rampart_iam::credkey::CredentialKey,
     pub deny_lists: rampart_iam::denylist::DenyLists,
+    /// Failed authentications per source address (spec 13.2-6, beside per-account lockout).
+    pub login_throttle: rampart_iam::throttle::SourceThrottle,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).

@@ -216,15 +216,19 @@ pub async fn update_role(conn: &mut AnyConnection, r: &CustomRole) -> Result<()>
     Ok(())
 }
 
-/// Deletes a custom role that no assignment uses.
-pub async fn delete_role(conn: &mut AnyConnection, r: &CustomRole) -> Result<()> {
-    let used: i64 = sqlx::query_scalar(
+/// How many assignments (of users and groups) use the role named `name`.
+pub async fn role_assignment_count(conn: &mut AnyConnection, name: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM role_assignments WHERE role = $1) + (SELECT COUNT(*) FROM group_role_assignments WHERE role = $1)",
     )
-    .bind(&r.name)
-    .fetch_one(&mut *conn)
-    .await?;
-    if used > 0 {
+    .bind(name)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Deletes a custom role that no assignment uses.
+pub async fn delete_role(conn: &mut AnyConnection, r: &CustomRole) -> Result<()> {
+    if role_assignment_count(conn, &r.name).await? > 0 {
         return Err(DbError::Conflict(format!(
             "role {:?} is still assigned; remove its assignments first",
             r.name

@@ -531,8 +531,9 @@ pub async fn password_history(conn: &mut AnyConnection, user_id: Uuid, n: u32) -
     .await?)
 }
 
-/// Counts a failed authentication; reaching `threshold` (when non-zero) locks the account
-/// until `lock_until` and restarts the count. Returns whether this failure locked it.
+/// Counts a failed authentication that was not reserved first (a wrong code at second-factor
+/// enrolment); reaching `threshold` (when non-zero) locks the account until `lock_until`.
+/// Returns whether this failure locked it.
 pub async fn record_failure(
     conn: &mut AnyConnection,
     user_id: Uuid,
@@ -552,6 +553,79 @@ pub async fn record_failure(
     .await?
     .flatten();
     Ok(locked == Some(to_ms(lock_until)))
+}
+
+/// Reserves one authentication attempt before its secret is checked (spec 13.2-6): the
+/// reservation counts as a failure until [`finish_attempt`] says otherwise, so a burst of
+/// parallel guesses can never evaluate more than `threshold` secrets. Refused (false) while
+/// the account is locked or every remaining attempt is already in flight; an expired lock
+/// starts a fresh count. With `threshold` 0 (no lockout) every attempt is granted.
+pub async fn reserve_attempt(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    threshold: u32,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let now = to_ms(now);
+    let r = sqlx::query(
+        "UPDATE users SET \
+           failed_attempts = CASE WHEN locked_until IS NOT NULL AND locked_until <= $1 THEN 1 ELSE failed_attempts + 1 END, \
+           locked_until = CASE WHEN locked_until IS NOT NULL AND locked_until <= $1 THEN NULL ELSE locked_until END \
+         WHERE id = $2 AND ($3 = 0 OR ((locked_until IS NULL OR locked_until <= $1) \
+           AND (failed_attempts < $3 OR locked_until IS NOT NULL)))",
+    )
+    .bind(now)
+    .bind(user_id.to_string())
+    .bind(threshold as i64)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends a reserved attempt that failed: once the reserved count reaches `threshold` the account
+/// locks until `lock_until` (every later attempt is refused, including those still in
+/// flight). Returns whether this failure locked it.
+pub async fn fail_attempt(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    threshold: u32,
+    lock_until: OffsetDateTime,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET locked_until = $1 \
+         WHERE id = $2 AND $3 > 0 AND failed_attempts >= $3 AND locked_until IS NULL",
+    )
+    .bind(to_ms(lock_until))
+    .bind(user_id.to_string())
+    .bind(threshold as i64)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends a reserved attempt that succeeded: the failure count restarts, unless a parallel
+/// failure locked the account meanwhile, in which case the success is refused (false).
+pub async fn succeed_attempt(conn: &mut AnyConnection, user_id: Uuid, now: OffsetDateTime) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET failed_attempts = 0 WHERE id = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+    )
+    .bind(user_id.to_string())
+    .bind(to_ms(now))
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends a reserved attempt that proved nothing either way (the password was right but the
+/// account is disabled, or a second factor is still to come): it no longer counts.
+pub async fn release_attempt(conn: &mut AnyConnection, user_id: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE users SET failed_attempts = failed_attempts - 1 WHERE id = $1 AND failed_attempts > 0 AND locked_until IS NULL",
+    )
+    .bind(user_id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A successful authentication: the failure count restarts.
@@ -798,6 +872,33 @@ pub async fn role_assignments(conn: &mut AnyConnection, user_id: Uuid) -> Result
     rows.into_iter().map(RoleAssignment::try_from).collect()
 }
 
+/// Every assignment a group holds.
+pub async fn group_assignments(conn: &mut AnyConnection, group_id: Uuid) -> Result<Vec<RoleAssignment>> {
+    let rows: Vec<AssignmentRow> = sqlx::query_as(
+        "SELECT id, group_id AS holder, 1 AS is_group, role, scope_kind, scope_id FROM group_role_assignments \
+         WHERE group_id = $1 ORDER BY role, scope_kind, scope_id",
+    )
+    .bind(group_id.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(RoleAssignment::try_from).collect()
+}
+
+/// Every assignment held at one scope, by users and groups.
+pub async fn assignments_at(conn: &mut AnyConnection, scope: Scope) -> Result<Vec<RoleAssignment>> {
+    let (kind, scope_id) = scope.parts();
+    let rows: Vec<AssignmentRow> = sqlx::query_as(concat!(
+        "SELECT * FROM (",
+        all_assignments!(),
+        ") a WHERE scope_kind = $1 AND scope_id = $2 ORDER BY id"
+    ))
+    .bind(kind)
+    .bind(scope_id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(RoleAssignment::try_from).collect()
+}
+
 /// Assignments filtered by holder and scope, ordered by id, after `after`.
 pub async fn list_assignments(
     conn: &mut AnyConnection,
@@ -952,22 +1053,34 @@ pub async fn revoke_token(conn: &mut AnyConnection, id: Uuid, now: OffsetDateTim
     Ok(())
 }
 
-/// Revokes every live token of a user (password change, disable, role removal).
+/// Revokes every live token and application credential of a user (password change or reset,
+/// second-factor reset, forced change, disable, role removal): a credential minted from a
+/// session must not outlive the event that ended the session.
 pub async fn revoke_user_tokens(conn: &mut AnyConnection, user_id: Uuid, now: OffsetDateTime) -> Result<u64> {
     let r = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
         .bind(to_ms(now))
+        .bind(user_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM application_credentials WHERE user_id = $1")
         .bind(user_id.to_string())
         .execute(conn)
         .await?;
     Ok(r.rows_affected())
 }
 
-/// Revokes the live tokens of every member of a group.
+/// Revokes the live tokens and application credentials of every member of a group.
 pub async fn revoke_group_tokens(conn: &mut AnyConnection, group_id: Uuid, now: OffsetDateTime) -> Result<u64> {
     let r = sqlx::query(
         "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND user_id IN (SELECT user_id FROM group_members WHERE group_id = $2)",
     )
     .bind(to_ms(now))
+    .bind(group_id.to_string())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM application_credentials WHERE user_id IN (SELECT user_id FROM group_members WHERE group_id = $1)",
+    )
     .bind(group_id.to_string())
     .execute(conn)
     .await?;

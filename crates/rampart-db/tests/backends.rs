@@ -505,6 +505,64 @@ fn rcgen_free_self_signed_pem() -> String {
 }
 
 #[tokio::test]
+async fn spec_13_2_6_reserved_attempts_never_exceed_the_threshold() {
+    each_backend(|db| async move {
+        let t = now();
+        let mut c = db.conn().await.unwrap();
+        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
+        let u = identity::insert_user(
+            &mut c,
+            NewUser {
+                domain_id: d.id,
+                name: "u",
+                password_hash: Some("h"),
+                password_change_required: false,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+        let until = t + Duration::minutes(30);
+        // Five attempts in flight at once take every slot; the sixth is refused unchecked.
+        for i in 0..5 {
+            assert!(identity::reserve_attempt(&mut c, u.id, 5, t).await.unwrap(), "slot {i}");
+        }
+        assert!(!identity::reserve_attempt(&mut c, u.id, 5, t).await.unwrap());
+        // One ends neutral (a right password, second factor to come): a slot frees.
+        identity::release_attempt(&mut c, u.id).await.unwrap();
+        assert!(identity::reserve_attempt(&mut c, u.id, 5, t).await.unwrap());
+        // The first failure at the threshold locks; a success still in flight is then refused.
+        assert!(identity::fail_attempt(&mut c, u.id, 5, until).await.unwrap());
+        assert!(
+            !identity::fail_attempt(&mut c, u.id, 5, until).await.unwrap(),
+            "locked once"
+        );
+        assert!(!identity::succeed_attempt(&mut c, u.id, t).await.unwrap());
+        assert!(!identity::reserve_attempt(&mut c, u.id, 5, t).await.unwrap(), "locked");
+        // When the lock ends, the count starts afresh.
+        let later = until + Duration::seconds(1);
+        assert!(identity::reserve_attempt(&mut c, u.id, 5, later).await.unwrap());
+        let row = identity::user_by_id(&mut c, u.id).await.unwrap().unwrap();
+        assert_eq!((row.failed_attempts, row.locked_until), (1, None));
+        assert!(identity::succeed_attempt(&mut c, u.id, later).await.unwrap());
+        assert_eq!(
+            identity::user_by_id(&mut c, u.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .failed_attempts,
+            0
+        );
+        // 0 turns lockout off: every attempt is granted, nothing locks.
+        for _ in 0..10 {
+            assert!(identity::reserve_attempt(&mut c, u.id, 0, later).await.unwrap());
+            assert!(!identity::fail_attempt(&mut c, u.id, 0, until).await.unwrap());
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn spec_13_2_6_failures_lock_and_success_resets() {
     each_backend(|db| async move {
         let t = now();

@@ -41,6 +41,8 @@ pub const ACTIONS: &[&str] = &[
     "keys.manage",
     "keys.use",
     "assignment.project",
+    "assignment.key",
+    "assignment.key_first",
     "self.manage",
 ];
 
@@ -48,6 +50,18 @@ pub const ACTIONS: &[&str] = &[
 pub const SYSTEM_ROLES: &[&str] = &["system-admin", "security-admin", "auditor"];
 /// Roles held on a project.
 pub const PROJECT_ROLES: &[&str] = &["project-admin", "member", "reader", "key-admin", "key-user"];
+/// System roles that only security admins grant (separation of duties, spec 13.1.1-2).
+pub const SECURITY_ROLES: &[&str] = &["security-admin", "auditor"];
+/// Project roles that reach tenant key material: only the project's key admins grant them.
+pub const KEY_ROLES: &[&str] = &["key-admin", "key-user"];
+
+/// Where a role is held, with what the grant rules need to know about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleScope {
+    System,
+    Domain(Uuid),
+    Project { id: Uuid, domain: Uuid },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
@@ -191,6 +205,9 @@ impl Authorizer {
         }
         for (p, r) in &subject.project_roles {
             parents.insert(grant("project", *p, r));
+            if r == "project-admin" {
+                parents.insert(grant("project", *p, "own-admin"));
+            }
         }
         for g in &parents {
             add(g.clone(), HashMap::new(), HashSet::new());
@@ -221,6 +238,7 @@ impl Authorizer {
                 add(g("project-admin"), HashMap::new(), HashSet::from([g("member")]));
                 add(g("member"), HashMap::new(), HashSet::from([g("reader")]));
                 add(g("reader"), HashMap::new(), HashSet::new());
+                add(g("own-admin"), HashMap::new(), HashSet::new());
                 add(g("key-admin"), HashMap::new(), HashSet::new());
                 add(g("key-user"), HashMap::new(), HashSet::new());
                 let domain_admins = grant("domain", domain, "domain-admin");
@@ -245,6 +263,10 @@ impl Authorizer {
                     (
                         "admins".to_string(),
                         RestrictedExpression::new_entity_uid(g("project-admin")),
+                    ),
+                    (
+                        "own_admins".to_string(),
+                        RestrictedExpression::new_entity_uid(g("own-admin")),
                     ),
                     (
                         "key_admins".to_string(),
@@ -313,92 +335,115 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// May `subject` grant (or revoke) `role` at `scope`? Each role maps to the Cedar action
+    /// that governs it: `assignment.system` for system-admin, `assignment.security` for the
+    /// security roles, `assignment.domain` for domain-admin, `assignment.project` (or the
+    /// domain's `assignment.domain`) for the project roles, and `assignment.key` for the key
+    /// roles; `first_key_admin` (the project has no key admin yet) also lets a project admin
+    /// name one (`assignment.key_first`). A role that is not held at that scope: never.
+    pub fn may_grant(&self, subject: &Subject, ctx: &Ctx, role: &str, scope: RoleScope, first_key_admin: bool) -> bool {
+        let ask = |action: &str, target: Target| self.authorize(subject, action, target, ctx).allowed;
+        match scope {
+            RoleScope::System => match role {
+                "system-admin" => ask("assignment.system", Target::System),
+                r if SECURITY_ROLES.contains(&r) => ask("assignment.security", Target::System),
+                _ => false,
+            },
+            RoleScope::Domain(d) => {
+                role == "domain-admin"
+                    && (ask("assignment.domain", Target::System) || ask("assignment.domain", Target::Domain(d)))
+            }
+            RoleScope::Project { id, domain } => {
+                let project = Target::Project { id, domain };
+                if KEY_ROLES.contains(&role) {
+                    ask("assignment.key", project)
+                        || (first_key_admin && role == "key-admin" && ask("assignment.key_first", project))
+                } else if PROJECT_ROLES.contains(&role) {
+                    ask("assignment.project", project)
+                        || ask("assignment.domain", Target::System)
+                        || ask("assignment.domain", Target::Domain(domain))
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// May `subject` act on a principal holding `held` (reset its password or second factor,
+    /// unlock, disable, delete, change its window or sources, add it to or remove it from a
+    /// group)? Only when it could grant every one of those roles itself: acting on an account
+    /// is as good as holding its roles, so nobody acts on an account that outranks them.
+    pub fn may_act_on(&self, subject: &Subject, ctx: &Ctx, held: &[(RoleScope, String)]) -> bool {
+        held.iter()
+            .all(|(scope, role)| self.may_grant(subject, ctx, role, *scope, false))
+    }
+}
+
+/// The role × action table of the built-in policies, evaluated (not written by hand): each
+/// built-in role held alone, on the target it applies to. `docs/authz.md` embeds it; a test
+/// fails when the two drift apart.
+/// Whether an action's resource is a project (its target needs the project's domain).
+pub fn is_project_action(action: &str) -> bool {
+    action.starts_with("project.")
+        || action.starts_with("keys.")
+        || action.starts_with("assignment.project")
+        || action.starts_with("assignment.key")
+}
+
+const SAMPLE_USER: Uuid = Uuid::from_u128(1);
+const SAMPLE_DOMAIN: Uuid = Uuid::from_u128(2);
+const SAMPLE_PROJECT: Uuid = Uuid::from_u128(3);
+
+fn sample_ctx() -> Ctx {
+    Ctx {
+        now: OffsetDateTime::UNIX_EPOCH,
+        source_ip: IpAddr::from([127, 0, 0, 1]),
+        mfa: true,
+    }
+}
+
+/// Each built-in role held alone by one user, on the sample domain or project.
+fn sample_holders() -> Vec<(&'static str, RoleScope)> {
+    let project = RoleScope::Project {
+        id: SAMPLE_PROJECT,
+        domain: SAMPLE_DOMAIN,
+    };
+    vec![
+        ("system-admin", RoleScope::System),
+        ("security-admin", RoleScope::System),
+        ("auditor", RoleScope::System),
+        ("domain-admin", RoleScope::Domain(SAMPLE_DOMAIN)),
+        ("project-admin", project),
+        ("member", project),
+        ("reader", project),
+        ("key-admin", project),
+        ("key-user", project),
+    ]
+}
+
+fn sample_subject(user_id: Uuid, role: &str, scope: RoleScope) -> Subject {
+    let mut s = Subject {
+        user_id,
+        ..Default::default()
+    };
+    match scope {
+        RoleScope::System => s.system_roles.push(role.into()),
+        RoleScope::Domain(d) => s.domain_admin_of.push(d),
+        RoleScope::Project { id, .. } => s.project_roles.push((id, role.into())),
+    }
+    s
+}
+
 /// The role × action table of the built-in policies, evaluated (not written by hand): each
 /// built-in role held alone, on the target it applies to. `docs/authz.md` embeds it; a test
 /// fails when the two drift apart.
 pub fn role_action_table(authz: &Authorizer) -> String {
-    let user = Uuid::from_u128(1);
-    let domain = Uuid::from_u128(2);
-    let project = Uuid::from_u128(3);
-    let ctx = Ctx {
-        now: OffsetDateTime::UNIX_EPOCH,
-        source_ip: IpAddr::from([127, 0, 0, 1]),
-        mfa: true,
-    };
-    let roles: Vec<(&str, Subject)> = vec![
-        (
-            "system-admin",
-            Subject {
-                user_id: user,
-                system_roles: vec!["system-admin".into()],
-                ..Default::default()
-            },
-        ),
-        (
-            "security-admin",
-            Subject {
-                user_id: user,
-                system_roles: vec!["security-admin".into()],
-                ..Default::default()
-            },
-        ),
-        (
-            "auditor",
-            Subject {
-                user_id: user,
-                system_roles: vec!["auditor".into()],
-                ..Default::default()
-            },
-        ),
-        (
-            "domain-admin",
-            Subject {
-                user_id: user,
-                domain_admin_of: vec![domain],
-                ..Default::default()
-            },
-        ),
-        (
-            "project-admin",
-            Subject {
-                user_id: user,
-                project_roles: vec![(project, "project-admin".into())],
-                ..Default::default()
-            },
-        ),
-        (
-            "member",
-            Subject {
-                user_id: user,
-                project_roles: vec![(project, "member".into())],
-                ..Default::default()
-            },
-        ),
-        (
-            "reader",
-            Subject {
-                user_id: user,
-                project_roles: vec![(project, "reader".into())],
-                ..Default::default()
-            },
-        ),
-        (
-            "key-admin",
-            Subject {
-                user_id: user,
-                project_roles: vec![(project, "key-admin".into())],
-                ..Default::default()
-            },
-        ),
-        (
-            "key-user",
-            Subject {
-                user_id: user,
-                project_roles: vec![(project, "key-user".into())],
-                ..Default::default()
-            },
-        ),
-    ];
+    let (user, domain, project, ctx) = (SAMPLE_USER, SAMPLE_DOMAIN, SAMPLE_PROJECT, sample_ctx());
+    let roles: Vec<(&str, Subject)> = sample_holders()
+        .into_iter()
+        .map(|(r, scope)| (r, sample_subject(user, r, scope)))
+        .collect();
     let mut out = String::from("| action | on | ");
     out.push_str(&roles.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(" | "));
     out.push_str(" |\n|---|---|");
@@ -406,7 +451,7 @@ pub fn role_action_table(authz: &Authorizer) -> String {
     out.push('\n');
     for action in ACTIONS {
         let targets: Vec<(&str, Target)> = match *action {
-            a if a.starts_with("project.") || a.starts_with("keys.") || a == "assignment.project" => {
+            a if is_project_action(a) => {
                 vec![("its project", Target::Project { id: project, domain })]
             }
             "self.manage" => vec![("own account", Target::User(user))],
@@ -423,6 +468,37 @@ pub fn role_action_table(authz: &Authorizer) -> String {
             }
             out.push('\n');
         }
+    }
+    out
+}
+
+/// Who may act on whom (reset a password or second factor, unlock, disable, delete, change a
+/// window or sources, move in or out of a group): each built-in role held alone (rows) against
+/// an account holding one role on the same domain or project (columns), evaluated through
+/// [`Authorizer::may_act_on`]. `docs/authz.md` embeds it.
+pub fn principal_action_table(authz: &Authorizer) -> String {
+    let ctx = sample_ctx();
+    let holders = sample_holders();
+    let mut out = String::from("| actor ╲ account holding | ");
+    out.push_str(&holders.iter().map(|(r, _)| *r).collect::<Vec<_>>().join(" | "));
+    out.push_str(" | no role |\n|---|");
+    out.push_str(&"---|".repeat(holders.len() + 1));
+    out.push('\n');
+    for (actor_role, actor_scope) in &holders {
+        let actor = sample_subject(SAMPLE_USER, actor_role, *actor_scope);
+        out.push_str(&format!("| {actor_role} |"));
+        let targets = holders
+            .iter()
+            .map(|(r, sc)| vec![(*sc, r.to_string())])
+            .chain(std::iter::once(vec![]));
+        for held in targets {
+            out.push_str(if authz.may_act_on(&actor, &ctx, &held) {
+                " ✔ |"
+            } else {
+                " · |"
+            });
+        }
+        out.push('\n');
     }
     out
 }
@@ -550,6 +626,77 @@ mod tests {
     }
 
     #[test]
+    fn spec_13_1_1_2_grant_rules_follow_separation_of_duties() {
+        let a = Authorizer::new(None).unwrap();
+        let (p, d) = (Uuid::new_v4(), Uuid::new_v4());
+        let proj = RoleScope::Project { id: p, domain: d };
+        let admin = subject(&["system-admin"], &[]);
+        let security = subject(&["security-admin"], &[]);
+        let padmin = subject(&[], &[(p, "project-admin")]);
+        let kadmin = subject(&[], &[(p, "key-admin")]);
+        let dadmin = Subject {
+            user_id: Uuid::new_v4(),
+            domain_admin_of: vec![d],
+            ..Default::default()
+        };
+        let c = ctx();
+        // Security roles come only from security admins.
+        assert!(!a.may_grant(&admin, &c, "security-admin", RoleScope::System, false));
+        assert!(!a.may_grant(&admin, &c, "auditor", RoleScope::System, false));
+        assert!(a.may_grant(&security, &c, "auditor", RoleScope::System, false));
+        assert!(!a.may_grant(&security, &c, "system-admin", RoleScope::System, false));
+        // Key roles come only from the project's key admins; a project admin names the first.
+        for s in [&admin, &dadmin, &padmin] {
+            assert!(!a.may_grant(s, &c, "key-user", proj, false));
+            assert!(!a.may_grant(s, &c, "key-admin", proj, false));
+        }
+        assert!(a.may_grant(&padmin, &c, "key-admin", proj, true));
+        assert!(!a.may_grant(&padmin, &c, "key-user", proj, true));
+        assert!(
+            !a.may_grant(&dadmin, &c, "key-admin", proj, true),
+            "a domain admin is no project's own admin"
+        );
+        assert!(
+            !a.may_grant(&admin, &c, "key-admin", proj, true),
+            "no system role reaches tenant keys"
+        );
+        assert!(a.may_grant(&kadmin, &c, "key-user", proj, false));
+        assert!(!a.may_grant(&kadmin, &c, "member", proj, false));
+        // Acting on an account needs every one of its roles.
+        let held = |r: &str, s: RoleScope| vec![(s, r.to_string())];
+        assert!(!a.may_act_on(&dadmin, &c, &held("system-admin", RoleScope::System)));
+        assert!(!a.may_act_on(&admin, &c, &held("security-admin", RoleScope::System)));
+        assert!(!a.may_act_on(&admin, &c, &held("key-user", proj)));
+        assert!(a.may_act_on(&admin, &c, &held("member", proj)));
+        assert!(a.may_act_on(&dadmin, &c, &held("member", proj)));
+        let mut both = held("member", proj);
+        both.push((RoleScope::System, "auditor".into()));
+        assert!(!a.may_act_on(&dadmin, &c, &both));
+    }
+
+    #[test]
+    fn operator_policies_cannot_loosen_the_grant_rules() {
+        let a = Authorizer::new(Some(
+            r#"permit (principal in Rampart::Role::"system-admin", action, resource);"#,
+        ))
+        .unwrap();
+        let admin = subject(&["system-admin"], &[]);
+        let (p, d) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(!a.may_grant(&admin, &ctx(), "security-admin", RoleScope::System, false));
+        assert!(!a.may_grant(
+            &admin,
+            &ctx(),
+            "key-user",
+            RoleScope::Project { id: p, domain: d },
+            false
+        ));
+        assert!(
+            !a.authorize(&admin, "keys.use", Target::Project { id: p, domain: d }, &ctx())
+                .allowed
+        );
+    }
+
+    #[test]
     fn self_service_only_on_ones_own_account() {
         let a = Authorizer::new(None).unwrap();
         let s = subject(&[], &[]);
@@ -598,23 +745,28 @@ mod tests {
 mod doc_tests {
     use super::*;
 
-    /// `docs/authz.md` embeds the evaluated role × action table.
+    /// `docs/authz.md` embeds the evaluated role × action and principal tables.
     #[test]
-    fn docs_authz_table_matches_the_policies() {
+    fn docs_authz_tables_match_the_policies() {
         let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/authz.md");
-        let doc = std::fs::read_to_string(&path).unwrap();
-        let (begin, end) = ("<!-- BEGIN ROLE ACTION TABLE -->\n", "<!-- END ROLE ACTION TABLE -->");
-        let start = doc.find(begin).expect("begin marker") + begin.len();
-        let stop = doc.find(end).expect("end marker");
-        let table = role_action_table(&Authorizer::new(None).unwrap());
-        if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-            std::fs::write(&path, format!("{}{}{}", &doc[..start], table, &doc[stop..])).unwrap();
-            return;
+        let authz = Authorizer::new(None).unwrap();
+        for (name, table) in [
+            ("ROLE ACTION TABLE", role_action_table(&authz)),
+            ("PRINCIPAL TABLE", principal_action_table(&authz)),
+        ] {
+            let doc = std::fs::read_to_string(&path).unwrap();
+            let (begin, end) = (format!("<!-- BEGIN {name} -->\n"), format!("<!-- END {name} -->"));
+            let start = doc.find(&begin).expect("begin marker") + begin.len();
+            let stop = doc.find(&end).expect("end marker");
+            if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+                std::fs::write(&path, format!("{}{}{}", &doc[..start], table, &doc[stop..])).unwrap();
+                continue;
+            }
+            assert_eq!(
+                &doc[start..stop],
+                table,
+                "docs/authz.md ({name}) is stale: UPDATE_GOLDEN=1 cargo test -p rampart-iam"
+            );
         }
-        assert_eq!(
-            &doc[start..stop],
-            table,
-            "docs/authz.md is stale: UPDATE_GOLDEN=1 cargo test -p rampart-iam"
-        );
     }
 }

@@ -9,4 +9,5 @@ pub mod net;
 pub mod password;
 pub mod policy;
 pub mod secrets;
+pub mod throttle;
 pub mod totp;

@@ -26,6 +26,16 @@ pub fn validate(p: &SecurityCompliance) -> Result<(), Error> {
         "must be between 60 and 604800",
     )?;
     check(
+        p.source_failure_limit <= 100_000,
+        "source_failure_limit",
+        "must be at most 100000 (0 turns the per-source limit off)",
+    )?;
+    check(
+        (60..=86_400).contains(&p.source_failure_window_s),
+        "source_failure_window_s",
+        "must be between 60 and 86400",
+    )?;
+    check(
         (8..=256).contains(&p.password_min_length),
         "password_min_length",
         "must be between 8 and 256 (the spec's floor is 8)",

@@ -35,6 +35,10 @@ pub use rampart_db::Backend;
 
 /// The admin password tests set at first login.
 pub const ADMIN_PASSWORD: &str = "Cluster-test-passw0rd";
+/// The password tests give the bootstrap security admin (`security`) at its first login.
+pub const SECURITY_PASSWORD: &str = "Cluster-warden-passw0rd";
+/// The password of the helper accounts the cluster makes to grant key roles.
+const STEWARD_PASSWORD: &str = "Cluster-steward-passw0rd";
 
 pub struct ClusterOptions {
     pub agents: usize,
@@ -97,6 +101,10 @@ pub struct TestCluster {
     /// The admin's second factor, to log in again.
     pub admin_mfa: MfaUser,
     clock: SharedClock,
+    /// The bootstrap security admin, logged in on first use.
+    security: tokio::sync::OnceCell<Client>,
+    /// Per project, a key admin that grants key roles for the tests (only key admins may).
+    key_stewards: tokio::sync::Mutex<std::collections::HashMap<Uuid, Client>>,
 }
 
 impl TestCluster {
@@ -157,6 +165,7 @@ impl TestCluster {
             domain: None,
             current_password: Sensitive::new(bootstrap.trim()),
             new_password: Sensitive::new(ADMIN_PASSWORD),
+            totp: None,
         })
         .await
         .expect("first password change");
@@ -174,6 +183,8 @@ impl TestCluster {
             config,
             admin_mfa: mfa,
             clock,
+            security: Default::default(),
+            key_stewards: Default::default(),
         };
         for i in 0..opts.agents {
             cluster.add_agent(&format!("node-{i}")).await;
@@ -292,6 +303,8 @@ impl TestCluster {
             mut config,
             admin_mfa,
             clock,
+            security,
+            key_stewards,
         } = self;
         config.api.listen = controller.addrs.clone();
         configure(&mut config);
@@ -313,12 +326,25 @@ impl TestCluster {
             config,
             admin_mfa,
             clock,
+            security,
+            key_stewards,
         }
     }
 
     /// Creates a user through the API (as the admin) with `password` already set (no change
-    /// required) and the given role grants; returns its id.
+    /// required) and the given role grants; returns its id. Each grant comes from whoever may
+    /// make it: the system admin for system-admin, domain and project roles, the bootstrap
+    /// security admin for the security roles, a key admin of the project for the key roles.
     pub async fn create_user(&self, name: &str, password: &str, grants: &[(&str, rampart_api::ScopeRef)]) -> Uuid {
+        let id = self.new_user(name, password).await;
+        for (role, scope) in grants {
+            self.grant(id, role, scope.clone()).await;
+        }
+        id
+    }
+
+    /// A user with `password` set (no change required) and no role.
+    async fn new_user(&self, name: &str, password: &str) -> Uuid {
         let user: rampart_api::User = self
             .admin
             .post(
@@ -332,26 +358,117 @@ impl TestCluster {
             )
             .await
             .expect("create user");
-        for (role, scope) in grants {
-            let _: rampart_api::RoleAssignment = self
-                .admin
-                .post(
-                    "/v1/role-assignments",
-                    &rampart_api::RoleAssignmentCreate {
-                        user: Some(user.id),
-                        group: None,
-                        role: role.to_string(),
-                        scope: scope.clone(),
-                    },
-                )
-                .await
-                .expect("grant role");
-        }
         user.id
     }
 
-    /// A second operator holding `security-admin` (the first one may be named by the system
-    /// admin), logged in with its own second factor.
+    async fn post_grant(grantor: &Client, user: Uuid, role: &str, scope: rampart_api::ScopeRef) {
+        let _: rampart_api::RoleAssignment = grantor
+            .post(
+                "/v1/role-assignments",
+                &rampart_api::RoleAssignmentCreate {
+                    user: Some(user),
+                    group: None,
+                    role: role.to_string(),
+                    scope,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("grant {role}: {e}"));
+    }
+
+    /// Grants `role` at `scope` to `user`, as someone allowed to (see [`TestCluster::create_user`]).
+    pub async fn grant(&self, user: Uuid, role: &str, scope: rampart_api::ScopeRef) {
+        let grantor = match (role, scope.project) {
+            ("security-admin" | "auditor", _) => self.bootstrap_security_admin().await.clone(),
+            ("key-admin" | "key-user", Some(p)) => self.key_steward(p).await,
+            _ => self.admin.clone(),
+        };
+        Self::post_grant(&grantor, user, role, scope).await;
+    }
+
+    /// The bootstrap security admin (`security`), logged in with its own second factor; its
+    /// one-time password is changed to [`SECURITY_PASSWORD`] on first use.
+    pub async fn bootstrap_security_admin(&self) -> &Client {
+        self.security
+            .get_or_init(|| async {
+                let file = self
+                    .data_dir
+                    .path()
+                    .join(rampart_controller::bootstrap::SECURITY_PASSWORD_FILE);
+                let one_time = std::fs::read_to_string(&file).expect("bootstrap security password file");
+                self.anon
+                    .change_password(&PasswordChange {
+                        username: rampart_controller::bootstrap::SECURITY_ADMIN.into(),
+                        domain: None,
+                        current_password: Sensitive::new(one_time.trim()),
+                        new_password: Sensitive::new(SECURITY_PASSWORD),
+                        totp: None,
+                    })
+                    .await
+                    .expect("security admin's first password change");
+                let mfa = MfaUser::enrol_with(
+                    &self.anon,
+                    rampart_controller::bootstrap::SECURITY_ADMIN,
+                    SECURITY_PASSWORD,
+                    None,
+                    self.clock.clone(),
+                )
+                .await
+                .expect("security admin enrols a second factor");
+                mfa.login(&self.anon).await.expect("security admin login")
+            })
+            .await
+    }
+
+    /// A key admin of `project`, made the way an operator would: the system admin gives the
+    /// project an admin, who names the project's first key admin.
+    async fn key_steward(&self, project: Uuid) -> Client {
+        let mut stewards = self.key_stewards.lock().await;
+        if let Some(c) = stewards.get(&project) {
+            return c.clone();
+        }
+        let short = &project.simple().to_string()[..8];
+        let in_project = rampart_api::ScopeRef {
+            project: Some(project),
+            ..Default::default()
+        };
+        let padmin = format!("padmin-{short}");
+        let padmin_id = self.new_user(&padmin, STEWARD_PASSWORD).await;
+        Self::post_grant(&self.admin, padmin_id, "project-admin", in_project.clone()).await;
+        let padmin = self
+            .anon
+            .login_as(&padmin, STEWARD_PASSWORD)
+            .await
+            .expect("project admin login")
+            .0;
+        let steward = format!("keys-{short}");
+        let steward_id = self.new_user(&steward, STEWARD_PASSWORD).await;
+        // The project's first key admin is named by its project admin.
+        Self::post_grant(&padmin, steward_id, "key-admin", in_project).await;
+        let client = self
+            .anon
+            .login_as(&steward, STEWARD_PASSWORD)
+            .await
+            .expect("key admin login")
+            .0;
+        stewards.insert(project, client.clone());
+        client
+    }
+
+    /// Logs `name` in (default domain), enrolling a second factor first when its roles need one.
+    pub async fn login_user(&self, name: &str, password: &str) -> Client {
+        let (client, token) = self.anon.login_as(name, password).await.expect("login");
+        if token.scope == TokenScope::Full {
+            return client;
+        }
+        let mfa = MfaUser::enrol_with(&self.anon, name, password, None, self.clock.clone())
+            .await
+            .expect("second-factor enrolment");
+        mfa.login(&self.anon).await.expect("login with a second factor")
+    }
+
+    /// A second operator holding `security-admin`, appointed by the bootstrap security admin
+    /// (only security admins appoint security admins), logged in with its own second factor.
     pub async fn security_admin(&self) -> (Client, MfaUser) {
         self.create_user(
             "secops",

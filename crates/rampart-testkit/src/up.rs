@@ -40,6 +40,7 @@ pub async fn take_over(url: &str, data_dir: &Path, ready: u64, password: &str, w
         domain: None,
         current_password: Sensitive::new(bootstrap.trim()),
         new_password: Sensitive::new(password),
+        totp: None,
     })
     .await
     .expect("first password change");
@@ -57,4 +58,26 @@ pub async fn take_over(url: &str, data_dir: &Path, ready: u64, password: &str, w
         .expect("admin project")
         .id;
     UpAdmin { anon, admin, project }
+}
+
+/// Takes over the bootstrap security admin (`security`) of the `rampart up` in `data_dir`: sets
+/// `password` from its one-time password file, enrols TOTP and logs in, as the README tells the
+/// security officer to. Only a security admin appoints security admins and auditors.
+pub async fn security_officer(anon: &Client, data_dir: &Path, password: &str) -> (Client, MfaUser) {
+    let one_time =
+        std::fs::read_to_string(data_dir.join("bootstrap-security-password")).expect("bootstrap security password");
+    anon.change_password(&PasswordChange {
+        username: "security".into(),
+        domain: None,
+        current_password: Sensitive::new(one_time.trim()),
+        new_password: Sensitive::new(password),
+        totp: None,
+    })
+    .await
+    .expect("security admin's first password change");
+    let mfa = MfaUser::enrol(anon, "security", password)
+        .await
+        .expect("security admin's TOTP enrolment");
+    let client = mfa.login(anon).await.expect("security admin login");
+    (client, mfa)
 }

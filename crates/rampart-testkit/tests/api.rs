@@ -87,6 +87,7 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
             domain: None,
             current_password: Sensitive::new(&bootstrap),
             new_password: Sensitive::new(weak),
+            totp: None,
         })
         .await
         .unwrap_err();
@@ -111,6 +112,7 @@ async fn spec_13_1_2_5_bootstrap_password_must_be_changed_at_first_use() {
         domain: None,
         current_password: Sensitive::new(&bootstrap),
         new_password: Sensitive::new("A-much-better-passphrase"),
+        totp: None,
     })
     .await
     .unwrap();
@@ -189,6 +191,7 @@ async fn spec_13_2_4_tokens_die_on_logout_and_on_password_change() {
             domain: None,
             current_password: Sensitive::new("Ledger-wombat-73"),
             new_password: Sensitive::new("Another-good-passphrase"),
+            totp: None,
         })
         .await
         .unwrap();

@@ -234,6 +234,8 @@ async fn spec_9_3_5_every_operation_refuses_outsiders() {
                 project: "other".into(),
                 roles: None,
                 expires_at: None,
+                password: None,
+                totp: None,
             },
         )
         .await

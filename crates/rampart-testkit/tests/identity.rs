@@ -85,6 +85,7 @@ async fn spec_13_2_6_lockout_after_consecutive_failures_same_answer_expiry_and_u
         domain: None,
         current_password: Sensitive::new("Not-her-password-1"),
         new_password: Sensitive::new("Walrus-lantern-88"),
+        totp: None,
     };
     c.anon.change_password(&change).await.unwrap_err();
     // Locked: the right password gets exactly the answer of a wrong one.
@@ -162,10 +163,20 @@ async fn spec_13_2_2_admin_roles_need_mfa_codes_work_once_and_recovery_codes() {
     recovery.totp = Some(codes.codes[3].clone());
     c.anon.login(&recovery).await.expect("recovery code");
     assert!(c.anon.login(&recovery).await.is_err(), "recovery code used up");
-    // An administrator removes the factor: the next login must enrol again.
+    // Another security admin removes the factor (the system admin is outranked): the next
+    // login must enrol again.
     let users: List<User> = c.admin.get("/v1/users").await.unwrap();
     let sec_id = users.items.iter().find(|u| u.name == "secops").unwrap().id;
-    c.admin
+    assert_eq!(
+        c.admin
+            .send::<()>(http::Method::DELETE, &format!("/v1/users/{sec_id}/mfa"), None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("outranked")
+    );
+    c.bootstrap_security_admin()
+        .await
         .send::<()>(http::Method::DELETE, &format!("/v1/users/{sec_id}/mfa"), None)
         .await
         .unwrap();
@@ -271,6 +282,7 @@ async fn spec_13_1_2_4_history_minimum_age_expiry_warning_and_expiry() {
                 domain: None,
                 current_password: Sensitive::new(from),
                 new_password: Sensitive::new(to),
+                totp: None,
             })
             .await
     };
@@ -421,6 +433,8 @@ async fn spec_13_2_4_application_credentials_are_scoped_and_die_with_their_crede
                 project: "admin".into(),
                 roles: Some(vec!["project-admin".into()]),
                 expires_at: None,
+                password: None,
+                totp: None,
             },
         )
         .await
@@ -434,6 +448,8 @@ async fn spec_13_2_4_application_credentials_are_scoped_and_die_with_their_crede
                 project: "admin".into(),
                 roles: Some(vec!["reader".into()]),
                 expires_at: None,
+                password: None,
+                totp: None,
             },
         )
         .await
@@ -461,6 +477,8 @@ async fn spec_13_2_4_application_credentials_are_scoped_and_die_with_their_crede
                 project: "admin".into(),
                 roles: None,
                 expires_at: None,
+                password: None,
+                totp: None,
             },
         )
         .await
@@ -726,7 +744,8 @@ async fn spec_13_1_1_1_groups_and_custom_roles_grant_what_they_bundle() {
             &rampart_api::RoleCreate {
                 name: "ops".into(),
                 description: None,
-                implies: vec!["member".into(), "key-user".into()],
+                // Key roles come from key admins only, so the system admin bundles others.
+                implies: vec!["member".into(), "reader".into()],
             },
         )
         .await
@@ -775,7 +794,7 @@ async fn spec_13_1_1_1_groups_and_custom_roles_grant_what_they_bundle() {
         .await
         .unwrap();
     let (_, t) = c.anon.login_as("dev", "Sandpiper-ledger-66").await.unwrap();
-    assert_eq!(t.roles, ["key-user", "member"]);
+    assert_eq!(t.roles, ["member", "reader"]);
     c.admin
         .send::<()>(http::Method::DELETE, &format!("/v1/groups/{}/users/{id}", g.id), None)
         .await

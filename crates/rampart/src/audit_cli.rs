@@ -83,7 +83,7 @@ pub struct ExportArgs {
     format: ExportFormat,
 }
 
-fn runtime(e: impl std::error::Error + 'static) -> Failure {
+pub(crate) fn runtime(e: impl std::error::Error + 'static) -> Failure {
     Failure::Runtime(anyhow::anyhow!("{}", ErrorChain(&e)))
 }
 
@@ -180,8 +180,21 @@ async fn verify(a: VerifyArgs) -> Result<(), Failure> {
     }
 }
 
-async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
-    let (config, data_dir) = load_config(&a.db).map_err(Failure::Config)?;
+/// The database of a data directory and an appender on its trail, for the offline verbs that
+/// leave a record of themselves: with the controller's checkpoint key, leaving checkpoints and
+/// the forwarding queue to the controller.
+pub(crate) async fn open_trail(
+    args: &ControllerArgs,
+) -> Result<
+    (
+        rampart_db::Db,
+        AuditLog<SqlAuditStore>,
+        std::path::PathBuf,
+        rampart_common::config::Config,
+    ),
+    Failure,
+> {
+    let (config, data_dir) = load_config(args).map_err(Failure::Config)?;
     let db = rampart_db::Db::connect(
         &config.database_url(&data_dir),
         &rampart_db::ConnectOptions {
@@ -195,8 +208,6 @@ async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
     )
     .await
     .map_err(runtime)?;
-    // Reading the trail is itself recorded, as through the API: with the controller's
-    // checkpoint key, leaving checkpoints and the forwarding queue to the controller.
     let signer = std::sync::Arc::new(
         Ed25519Signer::load_or_create(&data_dir.join("audit").join("checkpoint.key")).map_err(runtime)?,
     );
@@ -217,6 +228,12 @@ async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
     )
     .await
     .map_err(runtime)?;
+    Ok((db, audit, data_dir, config))
+}
+
+async fn list(a: ListArgs, format: Option<Format>) -> Result<(), Failure> {
+    // Reading the trail is itself recorded, as through the API.
+    let (db, audit, _, _) = open_trail(&a.db).await?;
     let filter = EventFilter {
         operation: a.operation.clone(),
         actor: a.actor.clone(),

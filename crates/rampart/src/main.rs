@@ -1,6 +1,7 @@
 //! `rampart`: the one binary. `up` runs the controller and a local agent on the embedded
 //! default (SQLite in the data directory); `controller` and `agent` run them apart.
 
+mod admin_cli;
 mod audit_cli;
 mod blackbox;
 mod cli;
@@ -47,6 +48,9 @@ enum Command {
     /// The audit trail, offline: verify it, list or export records.
     #[command(subcommand)]
     Audit(audit_cli::AuditCommand),
+    /// Host-side administration (root, on the controller host).
+    #[command(subcommand)]
+    Admin(admin_cli::AdminCommand),
     /// Writes a black-box dump through a real panic (tests of the crash path).
     #[command(hide = true)]
     DebugCrash(ControllerArgs),
@@ -262,6 +266,7 @@ fn main() -> ExitCode {
             Command::Controller(args) => run_controller(args, false).await,
             Command::Agent(args) => run_agent(args).await,
             Command::Audit(cmd) => audit_cli::run(cmd).await,
+            Command::Admin(cmd) => admin_cli::run(cmd).await,
             Command::DebugCrash(args) => debug_crash(args),
             Command::Login {
                 url,

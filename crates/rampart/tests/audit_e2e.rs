@@ -111,6 +111,7 @@ impl Up {
             domain: None,
             current_password: Sensitive::new(bootstrap.trim()),
             new_password: Sensitive::new(password),
+            totp: None,
         })
         .await
         .unwrap();
@@ -336,24 +337,9 @@ async fn spec_13_4_7_canary_secrets_reach_no_log_record_dump_queue_or_receiver()
     let canary = |label: &str| rampart_audit::canary::new_canary(label);
     let admin_password = format!("Aa1-{}", canary("bootstrap-pw"));
     let (admin, mfa) = up.admin(&anon, &admin_password).await;
-    // A security admin (MFA) routes the trail to the receiver.
+    // The bootstrap security admin (MFA) routes the trail to the receiver.
     let sec_password = format!("Aa1-{}", canary("officer-pw"));
-    let user: Value = admin
-        .post(
-            "/v1/users",
-            &json!({"name": "sec", "password": sec_password, "password_change_required": false}),
-        )
-        .await
-        .unwrap();
-    let _: Value = admin
-        .post(
-            "/v1/role-assignments",
-            &json!({"user": user["id"], "role": "security-admin", "scope": {"system": true}}),
-        )
-        .await
-        .unwrap();
-    let sec_mfa = MfaUser::enrol(&anon, "sec", &sec_password).await.unwrap();
-    let sec = sec_mfa.login(&anon).await.unwrap();
+    let (sec, sec_mfa) = rampart_testkit::up::security_officer(&anon, &up.data, &sec_password).await;
     sec.send(
         http::Method::PUT,
         "/v1/audit/forwarding",
@@ -386,6 +372,7 @@ async fn spec_13_4_7_canary_secrets_reach_no_log_record_dump_queue_or_receiver()
             domain: None,
             current_password: Sensitive::new(&wrong_current),
             new_password: Sensitive::new(&weak),
+            totp: None,
         })
         .await
         .is_err()

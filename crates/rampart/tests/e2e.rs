@@ -108,6 +108,7 @@ async fn up_gives_a_ready_node_and_kill_9_loses_nothing_acknowledged() {
         domain: None,
         current_password: Sensitive::new(bootstrap.trim()),
         new_password: Sensitive::new("E2e-survives-kill-9"),
+        totp: None,
     })
     .await
     .unwrap();
@@ -321,6 +322,7 @@ async fn spec_10_1_agent_in_another_network_namespace_joins_then_turns_unreachab
         domain: None,
         current_password: Sensitive::new(bootstrap.trim()),
         new_password: Sensitive::new("Netns-test-passphrase"),
+        totp: None,
     })
     .await
     .unwrap();

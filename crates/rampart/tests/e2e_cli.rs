@@ -174,16 +174,42 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
         project["id"].as_str().unwrap().to_string(),
         bob["id"].as_str().unwrap().to_string(),
     );
-    for role in ["key-admin", "key-user"] {
-        let (ok, _, err) = cli(
-            &home,
-            &ca,
-            &["role", "grant", role, "--user", &bob, "--project", &project],
-            &[],
-            None,
-        );
-        assert!(ok, "{err}");
-    }
+    // Tenant keys stay with the tenant (13.1.1-2): the system admin gives the project an
+    // admin, carol; she names bob its first key admin; bob lets her use the keys.
+    let (ok, out, err) = cli(
+        &home,
+        &ca,
+        &["user", "create", "carol"],
+        &[("RAMPART_NEW_PASSWORD", "Shelduck-amber-27")],
+        None,
+    );
+    assert!(ok, "{err}");
+    let carol: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let carol = carol["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &[
+            "role",
+            "grant",
+            "project-admin",
+            "--user",
+            &carol,
+            "--project",
+            &project,
+        ],
+        &[],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["role", "grant", "key-user", "--user", &bob, "--project", &project],
+        &[],
+        None,
+    );
+    assert!(!ok && err.contains("403"), "the system admin grants no key role: {err}");
     // 12.1-1 with the CLI: a signing key made locally, its public half trusted, an image signed,
     // streamed up and verified by the controller, then listed, shown and deleted.
     let (ok, out, err) = cli(&home, &ca, &["project", "list"], &[], None);
@@ -265,7 +291,39 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
     assert!(ok && !session.exists());
 
-    // Bob changes his admin-set password, logs in and uses a key of the project (12.4, 13.3-1).
+    // Carol, the project's admin, names bob its first key admin.
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["passwd", "--user", "carol", url_arg[0], url_arg[1]],
+        &[
+            ("RAMPART_PASSWORD", "Shelduck-amber-27"),
+            ("RAMPART_NEW_PASSWORD", "Shelduck-amber-28x"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["login", "--user", "carol", url_arg[0], url_arg[1]],
+        &[("RAMPART_PASSWORD", "Shelduck-amber-28x")],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["role", "grant", "key-admin", "--user", &bob, "--project", &project],
+        &[],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
+    assert!(ok);
+
+    // Bob changes his admin-set password, logs in, makes a key and lets carol use it; she
+    // encrypts and decrypts with it (12.4, 13.3-1).
     let (ok, _, err) = cli(
         &home,
         &ca,
@@ -295,6 +353,24 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     assert!(ok, "{err}");
     let key: serde_json::Value = serde_json::from_str(&out).unwrap();
     let key = key["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["role", "grant", "key-user", "--user", &carol, "--project", &project],
+        &[],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
+    assert!(ok);
+    let (ok, _, err) = cli(
+        &home,
+        &ca,
+        &["login", "--user", "carol", url_arg[0], url_arg[1]],
+        &[("RAMPART_PASSWORD", "Shelduck-amber-28x")],
+        None,
+    );
+    assert!(ok, "{err}");
     let with = |verb: &'static str, ctx: &'static str| {
         [
             "key",

@@ -896,6 +896,7 @@ async fn admin_of(url: &str, data: &Path) -> Client {
         domain: None,
         current_password: Sensitive::new(bootstrap.trim()),
         new_password: Sensitive::new(password),
+        totp: None,
     })
     .await
     .unwrap();

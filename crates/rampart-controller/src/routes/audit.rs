@@ -107,9 +107,15 @@ pub async fn list_events(
     let mut conn = state.db.conn().await?;
     let rows = rampart_db::audit::list_events(&mut conn, &filter, after, page.limit + 1).await?;
     let mut items = Vec::with_capacity(rows.len());
+    // Every reader here holds a system role: tenants' encryption contexts become digests, and a
+    // reader who is not an auditor (the system admin) sees no tenant key ids either.
+    let hide_key_ids = !principal.can(&state, "audit.verify", rampart_iam::authz::Target::System);
     for row in rows {
         match row {
-            Ok(r) => items.push(r),
+            Ok(mut r) => {
+                rampart_audit::redact::for_system_readers(&mut r, hide_key_ids);
+                items.push(r)
+            }
             Err(e) => {
                 // Shown by verification; a listing must not fail on it.
                 tracing::error!(

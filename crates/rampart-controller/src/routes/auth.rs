@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use rampart_api::SecurityCompliance;
 use rampart_api::{
     ApplicationCredential, ApplicationCredentialCreate, List, LoginRequest, PasswordChange, ProjectRef, RecoveryCodes,
     SessionResponse, TokenInfo, TokenResponse, TokenScope, TotpConfirm, TotpEnrollment, UserRef,
@@ -23,6 +24,7 @@ use crate::identity::*;
 use crate::state::AppState;
 
 pub const BOOTSTRAP_ADMIN_KEY: &str = "bootstrap_admin_user_id";
+pub const BOOTSTRAP_SECURITY_KEY: &str = "bootstrap_security_user_id";
 /// Lifetime of a token that may only enrol a second factor.
 const ENROLLMENT_TOKEN_S: i64 = 900;
 
@@ -50,24 +52,28 @@ async fn find_candidate(state: &AppState, username: &str, domain: Option<&str>) 
         }))
 }
 
-/// Checks a user's password with every account rule of spec 13.2: lockout, enabled, validity
-/// window, allowed sources. Every failure is the same `invalid_credentials` and costs the same
-/// argon2 work; failures of a known account count toward its lockout.
+/// Checks a user's password with every account rule of spec 13.2: per-source throttle,
+/// allowed sources, lockout (an attempt is reserved before the password is checked), enabled,
+/// validity window. Every failure is the same `invalid_credentials` and costs the same argon2
+/// work; wrong passwords of a known account count toward its lockout. On success the attempt
+/// is still open: the caller ends it (`succeed`, `fail` on a wrong second factor, `release`).
 async fn check_user_password(
     state: &AppState,
     username: &str,
     domain: Option<&str>,
     password: &str,
     ip: std::net::IpAddr,
-) -> Result<Candidate, Error> {
+) -> Result<(Candidate, Attempt), Error> {
     let policy = state.compliance().await?;
     let now = state.now();
+    check_source(state, &policy, ip)?;
     let candidate = find_candidate(state, username, domain).await?;
     let Some(c) = candidate else {
         verify_password(password, None).await?;
         // The name is not logged nor recorded: people type passwords into user fields.
         tracing::info!("authentication failed: unknown user");
         crate::audit::note_detail("reason", "unknown_user");
+        source_failed(state, &policy, ip);
         return Err(Error::InvalidCredentials);
     };
     crate::audit::note_login_actor(
@@ -76,34 +82,71 @@ async fn check_user_password(
         &c.domain_name,
         rampart_audit::AuthMethod::Password,
     );
-    if is_locked(&c.user, now) {
+    // A source the account may never log in from cannot lock it either: an operator who
+    // narrows an administrator's sources makes it impossible to lock out from elsewhere.
+    if !source_allowed(&policy, &c.domain_cidrs, &c.user, ip) {
+        verify_password(password, None).await?;
+        tracing::warn!(user = %c.user.name, ip = %ip, "authentication refused: source address not allowed");
+        crate::audit::note_detail("reason", "source_address_not_allowed");
+        source_failed(state, &policy, ip);
+        return Err(Error::InvalidCredentials);
+    }
+    let Some(attempt) = Attempt::reserve(state, &policy, &c.user, ip).await? else {
         // No count while locked: the lock does not grow with an attacker's guesses.
         verify_password(password, None).await?;
         tracing::warn!(user = %c.user.name, "authentication refused: account locked");
         crate::audit::note_detail("reason", "locked");
+        source_failed(state, &policy, ip);
         return Err(Error::InvalidCredentials);
-    }
+    };
     let ok = verify_password(password, c.user.password_hash.clone()).await?;
     if !ok {
         crate::audit::note_detail("reason", "wrong_password");
-        count_failure(state, &policy, &c.user, "wrong password").await?;
+        attempt.fail(state, &policy, "wrong password").await?;
         return Err(Error::InvalidCredentials);
     }
     let refusal = if !c.user.enabled {
         Some("user disabled")
     } else if !within_validity(&c.user, now) {
         Some("outside the account's validity window")
-    } else if !source_allowed(&policy, &c.domain_cidrs, &c.user, ip) {
-        Some("source address not allowed")
     } else {
         None
     };
     if let Some(reason) = refusal {
         tracing::warn!(user = %c.user.name, ip = %ip, reason, "authentication refused");
         crate::audit::note_detail("reason", reason.replace(' ', "_").replace('\'', ""));
+        attempt.release(state).await?;
         return Err(Error::InvalidCredentials);
     }
-    Ok(c)
+    Ok((c, attempt))
+}
+
+/// The second factor of an account that has one, within an open attempt: `mfa_required`
+/// (attempt released) without a code, `invalid_credentials` (attempt failed) with a wrong one.
+async fn require_second_factor(
+    state: &AppState,
+    policy: &SecurityCompliance,
+    user: &User,
+    attempt: Attempt,
+    code: Option<&Sensitive>,
+    what: &str,
+) -> Result<Attempt, Error> {
+    let Some(code) = code else {
+        crate::audit::note_detail("reason", "second_factor_missing");
+        attempt.release(state).await?;
+        return Err(Error::Unauthorized {
+            code: "mfa_required",
+            message: format!(
+                "this account has a second factor: {what} needs `totp` (a current code or a recovery code)"
+            ),
+        });
+    };
+    if !check_second_factor(state, user, code.expose()).await? {
+        crate::audit::note_detail("reason", "wrong_second_factor");
+        attempt.fail(state, policy, "wrong second factor").await?;
+        return Err(Error::InvalidCredentials);
+    }
+    Ok(attempt)
 }
 
 /// Log in: issue a token.
@@ -112,6 +155,7 @@ async fn check_user_password(
         (status = 201, body = TokenResponse, description = "Token issued; `scope` is `mfa_enrollment` when a second factor must be enrolled first"),
         (status = 401, body = ErrorBody, description = "invalid_credentials (wrong password or code, unknown, locked, disabled or expired user: one answer for all), or mfa_required"),
         (status = 403, body = ErrorBody, description = "password_change_required, or no role on the project"),
+        (status = 429, body = ErrorBody, description = "too many failed attempts from this source address"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -129,7 +173,7 @@ pub async fn login(
     };
     let policy = state.compliance().await?;
     let now = state.now();
-    let c = check_user_password(&state, &req.username, req.domain.as_deref(), password.expose(), ip).await?;
+    let (c, attempt) = check_user_password(&state, &req.username, req.domain.as_deref(), password.expose(), ip).await?;
     let user = c.user;
     let expired = password_expires_at(&policy, &user).is_some_and(|t| t <= now);
     if user.password_change_required || expired {
@@ -141,8 +185,7 @@ pub async fn login(
                 "password_change_required"
             },
         );
-        let mut conn = state.db.conn().await?;
-        identity::record_success(&mut conn, user.id, now).await?;
+        attempt.succeed(&state).await?;
         return Err(Error::Forbidden {
             code: "password_change_required",
             message: if expired {
@@ -158,19 +201,8 @@ pub async fn login(
     };
     let mut methods = vec!["password".to_string()];
     let mut scope = TokenScope::Full;
-    if user.mfa_enrolled() {
-        let Some(code) = &req.totp else {
-            crate::audit::note_detail("reason", "second_factor_missing");
-            return Err(Error::Unauthorized {
-                code: "mfa_required",
-                message: "this account needs a second factor: send `totp`".into(),
-            });
-        };
-        if !check_second_factor(&state, &user, code.expose()).await? {
-            crate::audit::note_detail("reason", "wrong_second_factor");
-            count_failure(&state, &policy, &user, "wrong second factor").await?;
-            return Err(Error::InvalidCredentials);
-        }
+    let attempt = if user.mfa_enrolled() {
+        let attempt = require_second_factor(&state, &policy, &user, attempt, req.totp.as_ref(), "login").await?;
         methods.push("totp".into());
         crate::audit::note_login_actor(
             user.id,
@@ -178,9 +210,14 @@ pub async fn login(
             &c.domain_name,
             rampart_audit::AuthMethod::PasswordTotp,
         );
-    } else if mfa_required(&policy, &expanded) {
-        scope = TokenScope::MfaEnrollment;
-    }
+        attempt
+    } else {
+        if mfa_required(&policy, &expanded) {
+            scope = TokenScope::MfaEnrollment;
+        }
+        attempt
+    };
+    attempt.succeed(&state).await?;
     let mut conn = state.db.begin().await?;
     identity::record_success(&mut conn, user.id, now).await?;
     let project = match &req.project {
@@ -329,6 +366,7 @@ async fn login_with_credential(
 ) -> Result<(StatusCode, axum::Json<TokenResponse>), Error> {
     let policy = state.compliance().await?;
     let now = state.now();
+    check_source(state, &policy, ip)?;
     let (cred, user, domain) = {
         let mut conn = state.db.conn().await?;
         let cred = credentials::get(&mut conn, id).await?;
@@ -344,6 +382,7 @@ async fn login_with_credential(
     };
     let (Some(cred), Some(user), Some(domain)) = (cred, user, domain) else {
         verify_password(secret, None).await?;
+        source_failed(state, &policy, ip);
         crate::audit::note_detail("reason", "unknown_application_credential");
         return Err(Error::InvalidCredentials);
     };
@@ -354,23 +393,33 @@ async fn login_with_credential(
         rampart_audit::AuthMethod::ApplicationCredential,
     );
     crate::audit::note_detail("application_credential", cred.id.to_string());
-    if is_locked(&user, now) {
+    let Some(attempt) = Attempt::reserve(state, &policy, &user, ip).await? else {
         verify_password(secret, None).await?;
+        crate::audit::note_detail("reason", "locked");
+        source_failed(state, &policy, ip);
         return Err(Error::InvalidCredentials);
-    }
+    };
     if !verify_password(secret, Some(cred.secret_hash.clone())).await? {
-        count_failure(state, &policy, &user, "wrong application credential secret").await?;
+        attempt
+            .fail(state, &policy, "wrong application credential secret")
+            .await?;
         return Err(Error::InvalidCredentials);
     }
+    // A password that must change (reset by an administrator, forced, expired) stops the
+    // account's credentials too: they would otherwise outlive incident response.
+    let password_due = user.password_change_required || password_expires_at(&policy, &user).is_some_and(|t| t <= now);
     let usable = user.enabled
         && domain.enabled
         && within_validity(&user, now)
+        && !password_due
         && cred.expires_at.is_none_or(|e| e > now)
         && source_allowed(&policy, &domain.allowed_source_cidrs, &user, ip);
     if !usable {
         tracing::warn!(credential = %cred.id, user = %user.name, "application credential refused");
+        attempt.release(state).await?;
         return Err(Error::InvalidCredentials);
     }
+    attempt.succeed(state).await?;
     let mut conn = state.db.begin().await?;
     identity::record_success(&mut conn, user.id, now).await?;
     credentials::touch(&mut conn, cred.id, now).await?;
@@ -429,8 +478,9 @@ async fn login_with_credential(
 /// Change a password (works without a token: first use, expired password).
 #[utoipa::path(post, path = "/v1/auth/password", tag = "auth", request_body = PasswordChange,
     responses(
-        (status = 204, description = "Password changed; every token of the user is revoked"),
-        (status = 401, body = ErrorBody, description = "invalid_credentials"),
+        (status = 204, description = "Password changed; every token and application credential of the user is revoked"),
+        (status = 401, body = ErrorBody, description = "invalid_credentials, or mfa_required (the account has a second factor: send `totp`)"),
+        (status = 429, body = ErrorBody, description = "too many failed attempts from this source address"),
         (status = 422, body = ErrorBody, description = "policy_violation; details.rules names each broken rule"),
     ))]
 pub async fn change_password(
@@ -438,7 +488,7 @@ pub async fn change_password(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> Result<StatusCode, Error> {
-    let c = check_user_password(
+    let (c, attempt) = check_user_password(
         &state,
         &req.username,
         req.domain.as_deref(),
@@ -449,6 +499,13 @@ pub async fn change_password(
     let user = c.user;
     let policy = state.compliance().await?;
     let now = state.now();
+    // With a second factor, the password alone does not change the password: a phished
+    // password must not lock the owner out of their account.
+    let attempt = if user.mfa_enrolled() {
+        require_second_factor(&state, &policy, &user, attempt, req.totp.as_ref(), "a password change").await?
+    } else {
+        attempt
+    };
     let mut violations = password_violations(&state, &policy, &user, req.new_password.expose(), true).await?;
     if req.new_password.expose() == req.current_password.expose() {
         violations.push(rampart_iam::password::Violation {
@@ -472,19 +529,32 @@ pub async fn change_password(
         });
     }
     if !violations.is_empty() {
+        attempt.release(&state).await?;
         return Err(policy_violation(violations));
     }
+    attempt.succeed(&state).await?;
     let hash = hash_password(req.new_password.expose()).await?;
     let mut tx = state.db.begin().await?;
     identity::set_password(&mut tx, user.id, &hash, false, now).await?;
-    identity::record_success(&mut tx, user.id, now).await?;
     let revoked = identity::revoke_user_tokens(&mut tx, user.id, now).await?;
-    let bootstrap_admin = meta::get(&mut tx, BOOTSTRAP_ADMIN_KEY).await?;
+    let bootstrap = [
+        (
+            meta::get(&mut tx, BOOTSTRAP_ADMIN_KEY).await?,
+            crate::bootstrap::PASSWORD_FILE,
+        ),
+        (
+            meta::get(&mut tx, BOOTSTRAP_SECURITY_KEY).await?,
+            crate::bootstrap::SECURITY_PASSWORD_FILE,
+        ),
+    ];
     rampart_db::Db::commit(tx).await?;
     tracing::info!(user = %user.name, revoked_tokens = revoked, "password changed");
-    if bootstrap_admin.as_deref() == Some(user.id.to_string().as_str()) {
+    for (id, name) in bootstrap {
+        if id.as_deref() != Some(user.id.to_string().as_str()) {
+            continue;
+        }
         // The one-time password is spent: do not leave it lying around.
-        let file = state.data_dir.join(crate::bootstrap::PASSWORD_FILE);
+        let file = state.data_dir.join(name);
         match std::fs::remove_file(&file) {
             Ok(()) => tracing::info!(path = %file.display(), "removed the spent bootstrap password file"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -599,7 +669,14 @@ pub async fn totp_confirm(
         user.totp_last_counter.max(0) as u64,
     ) else {
         let policy = state.compliance().await?;
-        count_failure(&state, &policy, &user, "wrong TOTP code at enrolment").await?;
+        count_failure(
+            &state,
+            &policy,
+            &user,
+            principal.client_ip,
+            "wrong TOTP code at enrolment",
+        )
+        .await?;
         return Err(Error::InvalidCredentials);
     };
     let mut tx = state.db.begin().await?;
@@ -649,7 +726,7 @@ fn credential_view(c: &AppCredential, secret: Option<Sensitive>) -> ApplicationC
     responses(
         (status = 201, body = ApplicationCredential),
         (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "reauthentication_required: the session is older than five minutes and no `password` was sent; invalid_credentials; mfa_required"),
         (status = 403, body = ErrorBody, description = "Roles you do not hold, or called with an application credential"),
     ))]
 pub async fn create_credential(
@@ -668,6 +745,7 @@ pub async fn create_credential(
     if req.expires_at.is_some_and(|e| e <= now) {
         return Err(Error::field("expires_at", "expires_at must be in the future"));
     }
+    reauthenticate(&state, &principal, &user, req.password.as_ref(), req.totp.as_ref()).await?;
     let mut conn = state.db.conn().await?;
     let project = identity::find_project(&mut conn, user.domain_id, &req.project)
         .await?
@@ -708,6 +786,56 @@ pub async fn create_credential(
     credentials::create(&mut conn, &cred).await?;
     tracing::info!(user = %user.name, credential = %cred.id, "application credential created");
     Ok((StatusCode::CREATED, axum::Json(credential_view(&cred, Some(secret)))))
+}
+
+/// How recent a login must be to count as a fresh proof of the owner's secrets.
+const FRESH_LOGIN_S: i64 = 300;
+
+/// A fresh proof that the owner is present, for what outlives the session (an application
+/// credential): a session opened in the last five minutes with every factor the account has,
+/// or the password (and a second-factor code) given again with the call. A stolen older
+/// token alone is not enough; a wrong password counts toward the lockout as at login.
+async fn reauthenticate(
+    state: &AppState,
+    principal: &Principal,
+    user: &User,
+    password: Option<&Sensitive>,
+    totp: Option<&Sensitive>,
+) -> Result<(), Error> {
+    let fresh = principal.application_credential.is_none()
+        && state.now() - principal.authenticated_at <= time::Duration::seconds(FRESH_LOGIN_S)
+        && (principal.mfa || !user.mfa_enrolled());
+    if fresh && password.is_none() {
+        return Ok(());
+    }
+    let Some(password) = password else {
+        return Err(Error::Unauthorized {
+            code: "reauthentication_required",
+            message: format!(
+                "this session is older than {FRESH_LOGIN_S} s: send `password` (and `totp` if you have a second factor), or log in again"
+            ),
+        });
+    };
+    let policy = state.compliance().await?;
+    check_source(state, &policy, principal.client_ip)?;
+    let Some(attempt) = Attempt::reserve(state, &policy, user, principal.client_ip).await? else {
+        verify_password(password.expose(), None).await?;
+        crate::audit::note_detail("reason", "locked");
+        return Err(Error::InvalidCredentials);
+    };
+    if !verify_password(password.expose(), user.password_hash.clone()).await? {
+        crate::audit::note_detail("reason", "wrong_password");
+        attempt
+            .fail(state, &policy, "wrong password at re-authentication")
+            .await?;
+        return Err(Error::InvalidCredentials);
+    }
+    let attempt = if user.mfa_enrolled() {
+        require_second_factor(state, &policy, user, attempt, totp, "re-authentication").await?
+    } else {
+        attempt
+    };
+    attempt.succeed(state).await
 }
 
 /// Your application credentials.

@@ -97,6 +97,8 @@ async fn project_rights(state: &AppState, principal: &Principal, project: Uuid) 
     if !read {
         return Err(Error::not_found("no such project"));
     }
+    let mut conn = state.db.conn().await?;
+    crate::auth::require_enabled(&mut conn, &p).await?;
     Ok((read, manage))
 }
 

@@ -14,11 +14,12 @@ use rampart_common::page::{PageParams, finish_page};
 use rampart_common::{Error, names};
 use rampart_db::identity::{self, Holder, Scope};
 use rampart_db::{Conn, groups};
-use rampart_iam::authz::{PROJECT_ROLES, SYSTEM_ROLES, Target};
+use rampart_iam::authz::{PROJECT_ROLES, RoleScope, SYSTEM_ROLES, Target};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::grants;
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::*;
 use crate::state::AppState;
@@ -79,10 +80,19 @@ fn user_view(u: &identity::User, policy: &SecurityCompliance, now: time::OffsetD
     }
 }
 
-async fn domain_by_key(conn: &mut Conn, key: Option<&str>) -> Result<identity::Domain, Error> {
-    identity::find_domain(conn, key.unwrap_or("default"))
-        .await?
-        .ok_or_else(|| Error::field("domain", "no such domain"))
+/// The domain named `key` (name or id; `default` when absent), if the caller may see it (it
+/// reads the domain's identities, or it is the caller's own domain). A missing domain and one
+/// out of sight get the same 404, so the answer never tells whether a domain exists.
+async fn domain_by_key(
+    state: &AppState,
+    principal: &Principal,
+    conn: &mut Conn,
+    key: Option<&str>,
+) -> Result<identity::Domain, Error> {
+    match identity::find_domain(conn, key.unwrap_or("default")).await? {
+        Some(d) if d.id == principal.domain_id || principal.can_in_domain(state, "identity.read", d.id) => Ok(d),
+        _ => Err(Error::not_found("no such domain")),
+    }
 }
 
 // ---- domains ----
@@ -252,7 +262,7 @@ pub async fn list_projects(
     let page = q.page()?;
     let mut conn = state.db.conn().await?;
     let domain = match &q.domain {
-        Some(k) => Some(domain_by_key(&mut conn, Some(k)).await?.id),
+        Some(k) => Some(domain_by_key(&state, &principal, &mut conn, Some(k)).await?.id),
         None => None,
     };
     let mut items = Vec::new();
@@ -288,7 +298,7 @@ pub async fn create_project(
     names::validate_name("name", &req.name)?;
     check_text("description", &req.description, 1024)?;
     let mut conn = state.db.conn().await?;
-    let d = domain_by_key(&mut conn, req.domain.as_deref()).await?;
+    let d = domain_by_key(&state, &principal, &mut conn, req.domain.as_deref()).await?;
     principal.require_in_domain(&state, "identity.manage", d.id, "domain")?;
     let p = identity::create_project(
         &mut conn,
@@ -307,16 +317,19 @@ pub async fn create_project(
 async fn visible_project(state: &AppState, principal: &Principal, id: Uuid) -> Result<identity::Project, Error> {
     let mut conn = state.db.conn().await?;
     match identity::project_by_id(&mut conn, id).await? {
+        // Key admins and key users see the project whose keys they hold.
         Some(p)
             if principal.can_in_domain(state, "identity.read", p.domain_id)
-                || principal.can(
-                    state,
-                    "project.read",
-                    Target::Project {
-                        id: p.id,
-                        domain: p.domain_id,
-                    },
-                ) =>
+                || ["project.read", "keys.use", "keys.manage"].iter().any(|a| {
+                    principal.can(
+                        state,
+                        a,
+                        Target::Project {
+                            id: p.id,
+                            domain: p.domain_id,
+                        },
+                    )
+                }) =>
         {
             Ok(p)
         }
@@ -404,7 +417,7 @@ pub async fn list_users(
     let now = state.now();
     let mut conn = state.db.conn().await?;
     let domain = match &q.domain {
-        Some(k) => Some(domain_by_key(&mut conn, Some(k)).await?.id),
+        Some(k) => Some(domain_by_key(&state, &principal, &mut conn, Some(k)).await?.id),
         None => None,
     };
     let mut items = Vec::new();
@@ -450,7 +463,7 @@ pub async fn create_user(
     let policy = state.compliance().await?;
     let now = state.now();
     let mut conn = state.db.conn().await?;
-    let d = domain_by_key(&mut conn, req.domain.as_deref()).await?;
+    let d = domain_by_key(&state, &principal, &mut conn, req.domain.as_deref()).await?;
     principal.require_in_domain(&state, "identity.manage", d.id, "domain")?;
     drop(conn);
     let mut user = identity::User {
@@ -516,6 +529,9 @@ pub async fn update_user(
 ) -> Result<axum::Json<User>, Error> {
     let mut u = visible_user(&state, &principal, id).await?;
     principal.require_in_domain(&state, "identity.manage", u.domain_id, "user")?;
+    if u.id != principal.user.id {
+        grants::require_act_on(&state, &principal, u.id).await?;
+    }
     check_text("description", &req.description, 1024)?;
     check_text("email", &req.email.clone().flatten(), 254)?;
     check_cidrs("allowed_source_cidrs", &req.allowed_source_cidrs)?;
@@ -553,7 +569,9 @@ pub async fn update_user(
     let now = state.now();
     let mut tx = state.db.begin().await?;
     identity::update_user_profile(&mut tx, &u).await?;
-    if !u.enabled || !within_validity(&u, now) {
+    // Disabling, an expired window and a forced password change end every session and
+    // application credential of the account.
+    if !u.enabled || !within_validity(&u, now) || req.password_change_required == Some(true) {
         identity::revoke_user_tokens(&mut tx, u.id, now).await?;
     }
     rampart_db::Db::commit(tx).await?;
@@ -575,6 +593,7 @@ pub async fn delete_user(
     if u.id == principal.user.id {
         return Err(Error::conflict("you cannot delete yourself"));
     }
+    grants::require_act_on(&state, &principal, u.id).await?;
     let mut conn = state.db.conn().await?;
     identity::delete_user(&mut conn, id).await?;
     tracing::info!(user = %u.name, by = %principal.user.name, "user deleted");
@@ -591,6 +610,11 @@ pub async fn unlock_user(
 ) -> Result<StatusCode, Error> {
     let u = visible_user(&state, &principal, id).await?;
     principal.require_in_domain(&state, "user.unlock", u.domain_id, "user")?;
+    // The security admin owns the lockout policy and unlocks any account (unlocking gives the
+    // caller nothing of the account); everyone else only accounts they outrank.
+    if !principal.can(&state, "security.manage", Target::System) {
+        grants::require_act_on(&state, &principal, u.id).await?;
+    }
     let mut conn = state.db.conn().await?;
     identity::unlock(&mut conn, id).await?;
     tracing::warn!(user = %u.name, by = %principal.user.name, "account unlocked");
@@ -612,6 +636,7 @@ pub async fn reset_password(
     if u.id == principal.user.id {
         return Err(Error::conflict("change your own password with POST /v1/auth/password"));
     }
+    grants::require_act_on(&state, &principal, u.id).await?;
     let policy = state.compliance().await?;
     let v = password_violations(&state, &policy, &u, req.password.expose(), false).await?;
     if !v.is_empty() {
@@ -649,6 +674,7 @@ pub async fn reset_mfa(
     if u.id == principal.user.id {
         return Err(Error::conflict("another administrator must reset your second factor"));
     }
+    grants::require_act_on(&state, &principal, u.id).await?;
     let mut tx = state.db.begin().await?;
     identity::remove_totp(&mut tx, u.id).await?;
     identity::revoke_user_tokens(&mut tx, u.id, state.now()).await?;
@@ -679,7 +705,7 @@ pub async fn list_groups(
     let page = q.page()?;
     let mut conn = state.db.conn().await?;
     let domain = match &q.domain {
-        Some(k) => Some(domain_by_key(&mut conn, Some(k)).await?.id),
+        Some(k) => Some(domain_by_key(&state, &principal, &mut conn, Some(k)).await?.id),
         None => None,
     };
     let mut items = Vec::new();
@@ -715,7 +741,7 @@ pub async fn create_group(
     names::validate_name("name", &req.name)?;
     check_text("description", &req.description, 1024)?;
     let mut conn = state.db.conn().await?;
-    let d = domain_by_key(&mut conn, req.domain.as_deref()).await?;
+    let d = domain_by_key(&state, &principal, &mut conn, req.domain.as_deref()).await?;
     principal.require_in_domain(&state, "identity.manage", d.id, "domain")?;
     let g = groups::create(
         &mut conn,
@@ -778,6 +804,7 @@ pub async fn delete_group(
 ) -> Result<StatusCode, Error> {
     let g = visible_group(&state, &principal, id).await?;
     principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
+    grants::require_group_roles(&state, &principal, id).await?;
     let mut tx = state.db.begin().await?;
     identity::revoke_group_tokens(&mut tx, id, state.now()).await?;
     groups::delete(&mut tx, id).await?;
@@ -819,8 +846,13 @@ pub async fn add_group_member(
     if u.id == principal.user.id {
         return Err(Error::forbidden("you cannot add yourself to a group"));
     }
+    // Adding a member grants it every role of the group: the caller must be able to grant them
+    // all, and to act on the account.
+    grants::require_group_roles(&state, &principal, id).await?;
+    grants::require_act_on(&state, &principal, u.id).await?;
     let mut conn = state.db.conn().await?;
     groups::add_member(&mut conn, id, user, state.now()).await?;
+    crate::audit::note_detail("user", u.id.to_string());
     tracing::info!(group = %g.name, user = %u.name, by = %principal.user.name, "group member added");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -835,6 +867,12 @@ pub async fn remove_group_member(
 ) -> Result<StatusCode, Error> {
     let g = visible_group(&state, &principal, id).await?;
     principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
+    if user == principal.user.id {
+        return Err(Error::forbidden("you cannot remove yourself from a group"));
+    }
+    grants::require_group_roles(&state, &principal, id).await?;
+    grants::require_act_on(&state, &principal, user).await?;
+    crate::audit::note_detail("user", user.to_string());
     let mut tx = state.db.begin().await?;
     if !groups::remove_member(&mut tx, id, user).await? {
         return Err(Error::not_found("that user is not in the group"));
@@ -974,11 +1012,18 @@ pub async fn update_role(
     if let Some(v) = req.description {
         r.description = v;
     }
+    let mut conn = state.db.conn().await?;
     if let Some(v) = req.implies {
         check_implies(&v)?;
+        // A bundle that gains a role would hand it to every holder without the grant rules:
+        // an assigned custom role may only shrink.
+        if v.iter().any(|x| !r.implies.contains(x)) && groups::role_assignment_count(&mut conn, &r.name).await? > 0 {
+            return Err(Error::conflict(
+                "an assigned custom role cannot gain roles; create a new role and grant it instead",
+            ));
+        }
         r.implies = v;
     }
-    let mut conn = state.db.conn().await?;
     groups::update_role(&mut conn, &r).await?;
     tracing::info!(role = %r.name, by = %principal.user.name, "role updated");
     Ok(axum::Json(custom_role_view(r)))
@@ -1046,92 +1091,104 @@ fn assignment_view(a: identity::RoleAssignment) -> RoleAssignment {
 
 /// The roles a role name stands for (itself, or a custom role's bundle).
 async fn role_members(state: &AppState, role: &str) -> Result<Vec<String>, Error> {
-    if rampart_api::is_builtin_role(role) {
-        return Ok(vec![role.to_string()]);
-    }
     let mut conn = state.db.conn().await?;
-    groups::role(&mut conn, role)
+    grants::expand_role(&mut conn, role)
         .await?
-        .map(|r| r.implies)
         .ok_or_else(|| Error::field("role", format!("no role named {role:?}")))
 }
 
-/// Whether the caller may grant or revoke `role` at `scope`; 404 when it cannot even see the
-/// scope's project or domain.
+/// Checks that `roles` are held at `scope` at all (400 otherwise).
+fn check_roles_fit(roles: &[String], scope: Scope) -> Result<(), Error> {
+    for r in roles {
+        let fits = match scope {
+            Scope::System => SYSTEM_ROLES.contains(&r.as_str()),
+            Scope::Domain(_) => r == "domain-admin",
+            Scope::Project(_) => PROJECT_ROLES.contains(&r.as_str()),
+        };
+        if !fits {
+            let held_on = match scope {
+                Scope::System => "at system scope",
+                Scope::Domain(_) => "on a domain (only domain-admin is)",
+                Scope::Project(_) => "on a project",
+            };
+            return Err(Error::field("role", format!("{r:?} is not held {held_on}")));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the caller may grant or revoke `roles` (one assignment, expanded) at `scope`, by
+/// the grant rules of `docs/authz.md`: 404 when it cannot even see the scope's project or
+/// domain, 403 (one message for every role, so the answer says nothing of what the role is)
+/// when it may not. Returns the scope with its domain.
 async fn require_assignment_rights(
     state: &AppState,
     principal: &Principal,
     roles: &[String],
     scope: Scope,
-) -> Result<(), Error> {
-    let mut conn = state.db.conn().await?;
-    match scope {
-        Scope::System => {
-            for r in roles {
-                if !SYSTEM_ROLES.contains(&r.as_str()) {
-                    return Err(Error::field("role", format!("{r:?} is not held at system scope")));
-                }
-                // Separation of duties: the security roles are given by security admins. Until
-                // the first security admin exists, a system admin may name one (never itself);
-                // from then on only security admins can.
-                if r == "system-admin" {
-                    principal.require_system(state, "assignment.system")?;
-                } else if !principal.can(state, "assignment.security", Target::System) {
-                    let first = principal.can(state, "assignment.system", Target::System)
-                        && identity::list_assignments(&mut conn, None, Some(Scope::System), None, 1000)
-                            .await?
-                            .iter()
-                            .all(|a| a.role != "security-admin");
-                    if !first {
-                        return Err(Error::forbidden(
-                            "only a security admin grants the security-admin and auditor roles",
-                        ));
-                    }
-                }
-            }
-        }
+) -> Result<RoleScope, Error> {
+    check_roles_fit(roles, scope)?;
+    let role_scope = match scope {
+        Scope::System => RoleScope::System,
         Scope::Domain(d) => {
-            if identity::find_domain(&mut conn, &d.to_string())
-                .await?
-                .filter(|x| x.id == d)
-                .is_none()
-            {
-                return Err(Error::not_found("no such domain"));
-            }
-            for r in roles {
-                if r != "domain-admin" {
-                    return Err(Error::field(
-                        "role",
-                        format!("{r:?} is not held on a domain (only domain-admin is)"),
-                    ));
-                }
-            }
-            principal.require_in_domain(state, "assignment.domain", d, "domain")?;
+            visible_domain(state, principal, d).await?;
+            RoleScope::Domain(d)
         }
         Scope::Project(p) => {
-            for r in roles {
-                if !PROJECT_ROLES.contains(&r.as_str()) {
-                    return Err(Error::field("role", format!("{r:?} is not held on a project")));
-                }
-            }
-            drop(conn);
             let project = visible_project(state, principal, p).await?;
-            let ok = principal.can(
-                state,
-                "assignment.project",
-                Target::Project {
-                    id: p,
-                    domain: project.domain_id,
-                },
-            ) || principal.can_in_domain(state, "assignment.domain", project.domain_id);
-            if !ok {
-                return Err(Error::forbidden(
-                    "your roles do not allow managing roles on this project",
-                ));
+            RoleScope::Project {
+                id: p,
+                domain: project.domain_id,
             }
         }
+    };
+    let first_key_admin = match scope {
+        Scope::Project(p) if roles.iter().any(|r| r == "key-admin") => {
+            let mut conn = state.db.conn().await?;
+            grants::project_has_no_key_admin(&mut conn, p).await?
+        }
+        _ => false,
+    };
+    let ctx = principal.ctx(state.now());
+    if roles.iter().all(|r| {
+        state
+            .authz
+            .may_grant(&principal.subject, &ctx, r, role_scope, first_key_admin)
+    }) {
+        Ok(role_scope)
+    } else {
+        Err(Error::forbidden(
+            "your roles do not allow granting or revoking this role here",
+        ))
     }
-    Ok(())
+}
+
+/// The holder of a new assignment must exist in the domain the role applies to (grants across
+/// domains are refused); at system scope, the caller must be able to see it. A missing holder
+/// and one out of reach get the same answer.
+async fn require_holder(
+    state: &AppState,
+    principal: &Principal,
+    holder: Holder,
+    scope: RoleScope,
+) -> Result<(), Error> {
+    let mut conn = state.db.conn().await?;
+    let domain = match holder {
+        Holder::User(u) => identity::user_by_id(&mut conn, u).await?.map(|u| u.domain_id),
+        Holder::Group(g) => groups::get(&mut conn, g).await?.map(|g| g.domain_id),
+    };
+    let reachable = match (domain, scope) {
+        (Some(hd), RoleScope::Domain(d) | RoleScope::Project { domain: d, .. }) => hd == d,
+        (Some(hd), RoleScope::System) => principal.can_in_domain(state, "identity.read", hd),
+        (None, _) => false,
+    };
+    if reachable {
+        return Ok(());
+    }
+    Err(match holder {
+        Holder::User(_) => Error::field("user", "no such user in the domain this role applies to"),
+        Holder::Group(_) => Error::field("group", "no such group in the domain this role applies to"),
+    })
 }
 
 /// Grant a role to a user or group at a scope.
@@ -1142,39 +1199,16 @@ pub async fn create_assignment(
     principal: Principal,
     ApiJson(req): ApiJson<RoleAssignmentCreate>,
 ) -> Result<(StatusCode, axum::Json<RoleAssignment>), Error> {
-    if ![
-        "assignment.system",
-        "assignment.security",
-        "assignment.domain",
-        "assignment.project",
-    ]
-    .iter()
-    .any(|a| principal.require_somewhere(&state, a).is_ok())
-    {
-        return Err(Error::forbidden("your roles do not allow granting roles"));
-    }
     let holder = holder(req.user, req.group)?;
     let scope = scope_of(&req.scope)?;
     let roles = role_members(&state, &req.role).await?;
-    require_assignment_rights(&state, &principal, &roles, scope).await?;
+    let role_scope = require_assignment_rights(&state, &principal, &roles, scope).await?;
+    require_holder(&state, &principal, holder, role_scope).await?;
     let mut conn = state.db.conn().await?;
-    match holder {
-        Holder::User(u) => {
-            if u == principal.user.id {
-                return Err(Error::forbidden("you cannot grant roles to yourself"));
-            }
-            identity::user_by_id(&mut conn, u)
-                .await?
-                .ok_or_else(|| Error::field("user", "no such user"))?;
-        }
-        Holder::Group(g) => {
-            groups::get(&mut conn, g)
-                .await?
-                .ok_or_else(|| Error::field("group", "no such group"))?;
-            if groups::members(&mut conn, g).await?.contains(&principal.user.id) {
-                return Err(Error::forbidden("you cannot grant roles to a group you belong to"));
-            }
-        }
+    if grants::is_self(&mut conn, &principal, holder).await? {
+        return Err(Error::forbidden(
+            "you cannot grant roles to yourself or to a group you belong to",
+        ));
     }
     let id = identity::create_assignment(&mut conn, holder, &req.role, scope, state.now()).await?;
     tracing::info!(role = %req.role, holder = ?holder, scope = ?scope, by = %principal.user.name, "role granted");
@@ -1188,6 +1222,33 @@ pub async fn create_assignment(
             scope: scope_view(scope),
         }),
     ))
+}
+
+/// Whether the caller may see an assignment: system readers see all; domain readers those on
+/// their domains; project admins and key admins those on their projects; everyone their own.
+async fn assignment_visible(
+    state: &AppState,
+    principal: &Principal,
+    conn: &mut Conn,
+    project_domains: &mut std::collections::HashMap<Uuid, Option<Uuid>>,
+    a: &identity::RoleAssignment,
+) -> Result<bool, Error> {
+    if principal.can(state, "identity.read", Target::System) || a.holder == Holder::User(principal.user.id) {
+        return Ok(true);
+    }
+    Ok(match a.scope {
+        Scope::System => false,
+        Scope::Domain(d) => principal.can(state, "identity.read", Target::Domain(d)),
+        Scope::Project(p) => {
+            if let std::collections::hash_map::Entry::Vacant(e) = project_domains.entry(p) {
+                e.insert(identity::project_by_id(conn, p).await?.map(|x| x.domain_id));
+            }
+            project_domains[&p].is_some_and(|d| {
+                let t = Target::Project { id: p, domain: d };
+                principal.can(state, "assignment.project", t) || principal.can(state, "keys.manage", t)
+            })
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -1228,7 +1289,6 @@ pub async fn list_assignments(
         (None, None) => None,
         _ => return Err(Error::validation("filter on project or domain, not both")),
     };
-    let all = principal.can(&state, "identity.read", Target::System);
     let mut conn = state.db.conn().await?;
     let mut project_domains = std::collections::HashMap::new();
     let mut items = Vec::new();
@@ -1238,21 +1298,7 @@ pub async fn list_assignments(
         let exhausted = rows.len() <= page.limit as usize;
         after = rows.last().map(|a| a.id.to_string());
         for a in rows {
-            let visible = all
-                || a.holder == Holder::User(principal.user.id)
-                || match a.scope {
-                    Scope::System => false,
-                    Scope::Domain(d) => principal.can(&state, "identity.read", Target::Domain(d)),
-                    Scope::Project(p) => {
-                        if let std::collections::hash_map::Entry::Vacant(e) = project_domains.entry(p) {
-                            e.insert(identity::project_by_id(&mut conn, p).await?.map(|x| x.domain_id));
-                        }
-                        project_domains[&p].is_some_and(|d| {
-                            principal.can(&state, "assignment.project", Target::Project { id: p, domain: d })
-                        })
-                    }
-                };
-            if visible {
+            if assignment_visible(&state, &principal, &mut conn, &mut project_domains, &a).await? {
                 items.push(a);
             }
         }
@@ -1277,19 +1323,26 @@ pub async fn delete_assignment(
 ) -> Result<StatusCode, Error> {
     let a = {
         let mut conn = state.db.conn().await?;
-        identity::assignment_by_id(&mut conn, id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such role assignment"))?
+        let a = identity::assignment_by_id(&mut conn, id).await?;
+        let visible = match &a {
+            Some(a) => assignment_visible(&state, &principal, &mut conn, &mut Default::default(), a).await?,
+            None => false,
+        };
+        match a {
+            Some(a) if visible => a,
+            _ => return Err(Error::not_found("no such role assignment")),
+        }
     };
     let roles = role_members(&state, &a.role)
         .await
         .unwrap_or_else(|_| vec![a.role.clone()]);
-    require_assignment_rights(&state, &principal, &roles, a.scope)
-        .await
-        .map_err(|e| match e {
-            Error::Validation { .. } => Error::not_found("no such role assignment"),
-            other => other,
-        })?;
+    {
+        let mut conn = state.db.conn().await?;
+        if grants::is_self(&mut conn, &principal, a.holder).await? && grants::has_security_role(&roles) {
+            return Err(Error::forbidden("nobody revokes their own security roles"));
+        }
+    }
+    require_assignment_rights(&state, &principal, &roles, a.scope).await?;
     let now = state.now();
     let mut tx = state.db.begin().await?;
     identity::delete_assignment(&mut tx, &a).await?;

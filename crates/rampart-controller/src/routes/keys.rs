@@ -60,6 +60,10 @@ async fn authorize(state: &AppState, principal: &Principal, project: Uuid, need:
     if !manage && !use_ {
         return Err(Error::not_found("no such project"));
     }
+    {
+        let mut conn = state.db.conn().await?;
+        crate::auth::require_enabled(&mut conn, &p).await?;
+    }
     let ok = match need {
         Need::Either => true,
         Need::Manage => manage,

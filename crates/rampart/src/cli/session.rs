@@ -173,14 +173,22 @@ pub async fn passwd(
             Sensitive::new(a)
         }
     };
-    anon.change_password(&rampart_api::PasswordChange {
+    let mut req = rampart_api::PasswordChange {
         username,
         domain,
         current_password: current,
         new_password: new,
-    })
-    .await
-    .map_err(|e| match &e {
+        totp: None,
+    };
+    let mut result = anon.change_password(&req).await;
+    // An account with a second factor confirms the change with a code (or a recovery code).
+    if let Err(e) = &result
+        && e.code() == Some("mfa_required")
+    {
+        req.totp = Some(Sensitive::new(prompt("TOTP code (or a recovery code)")?));
+        result = anon.change_password(&req).await;
+    }
+    result.map_err(|e| match &e {
         rampart_api::ClientError::Api { body, .. } if body.error.details.is_some() => {
             anyhow!(
                 "{e}: {}",
