@@ -240,6 +240,22 @@ async fn spec_12_1_1_signed_image_boots_and_the_instance_follows_its_power_actio
     let ev = events(&c, project, id).await;
     assert!(ev.iter().filter(|k| *k == "started").count() >= 3, "{ev:?}");
     assert!(ev.iter().any(|k| k == "stopped"), "{ev:?}");
+    // The trail names each action and its instance (13.4-1), not a guess from the URL.
+    let trail: Value = c
+        .admin
+        .get("/v1/audit/events?operation=instance.*&result=success&limit=100")
+        .await
+        .unwrap();
+    for a in ["instance.stop", "instance.start", "instance.reboot"] {
+        assert!(
+            trail["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["operation"] == a && r["target"]["id"] == id.to_string()),
+            "no {a} record for the instance: {trail:#}"
+        );
+    }
 
     // A VM that dies by itself becomes `crashed` and is not restarted by the node.
     fake.crash(id);

@@ -149,6 +149,99 @@ impl Up {
     }
 }
 
+impl Up {
+    /// `rampart admin ARGS --data-dir … --config …`, optionally under another uid.
+    fn admin_cli(&self, args: &[&str], as_uid: Option<u32>) -> (i32, String, String) {
+        let mut cmd = match as_uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    BIN.into(),
+                ]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let out = cmd
+            .arg("admin")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
+/// The break-glass way to a security admin (13.1.1-2): refused to anyone but root, refused
+/// while the controller runs, then a usable `security` with a new one-time password, and the
+/// recovery is in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_1_1_2_break_glass_recovers_a_security_admin_only_as_root_with_the_controller_stopped() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        assert!(
+            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "this test needs root"
+        );
+        eprintln!("note: not root, break-glass test skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::new(tmp.path(), "");
+    let proc = up.start();
+    let anon = up.anon().await;
+    let (admin, _) = up.admin(&anon, "Break-glass-passw0rd").await;
+    // The bootstrap security admin loses its second factor and nobody else holds the role.
+    let (sec, _) = rampart_testkit::up::security_officer(&anon, &up.data, "Lost-device-officer-71").await;
+    sec.current_token().await.unwrap();
+    let recover = ["recover-security-admin"];
+    let (code, _, err) = up.admin_cli(&recover, None);
+    assert_eq!(code, 2, "refused while the controller runs: {err}");
+    assert!(err.contains("stop the controller"), "{err}");
+    proc.stop();
+    let (code, _, err) = up.admin_cli(&recover, Some(65534));
+    assert_eq!(code, 2, "refused to a non-root user: {err}");
+    assert!(err.contains("root"), "{err}");
+    let (code, out, err) = up.admin_cli(&recover, None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let file = up.data.join("bootstrap-security-password");
+    assert_eq!(rampart_common::fsutil::mode_of(&file).unwrap(), 0o600);
+    let one_time = std::fs::read_to_string(&file).unwrap();
+    // Back up: the old session is gone, the one-time password must be changed, then a second
+    // factor enrolled again.
+    let _proc = up.start();
+    let anon = up.anon().await;
+    assert!(
+        sec.current_token().await.is_err(),
+        "the recovered account's sessions ended"
+    );
+    let e = anon.login_as("security", one_time.trim()).await.unwrap_err();
+    assert_eq!(e.code(), Some("password_change_required"));
+    let (officer, _) = rampart_testkit::up::security_officer(&anon, &up.data, "Found-again-officer-72").await;
+    officer.get::<Value>("/v1/security-compliance").await.unwrap();
+    assert!(!file.exists(), "the spent one-time password is removed");
+    drop(admin);
+    let (code, out, _) = up.audit(&["list", "--operation", "security_admin.recover"]);
+    assert_eq!(code, 0);
+    let recs: Vec<AuditRecord> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 1, "{out}");
+    assert_eq!(recs[0].actor.name.as_deref(), Some("rampart-cli"));
+    assert_eq!(recs[0].result.outcome, rampart_audit::record::Outcome::Success);
+}
+
 fn problems(report: &str) -> Vec<(u64, String)> {
     let v: Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"));
     v["problems"]

@@ -662,11 +662,13 @@ pub async fn totp_confirm(
         .open(sealed, &totp_context(user.id))
         .map_err(|e| Error::internal("opening a TOTP secret", e))?;
     let now = state.now();
+    // A new secret has had no code used yet: the last step of a removed one does not apply
+    // (an account re-enrolled within a minute of a reset would be refused otherwise).
     let Some(step) = totp::verify(
         secret.expose(),
         req.code.expose(),
         now.unix_timestamp().max(0) as u64,
-        user.totp_last_counter.max(0) as u64,
+        0,
     ) else {
         let policy = state.compliance().await?;
         count_failure(
