@@ -172,6 +172,15 @@ impl Authorizer {
 
     /// May `subject` do `action` on `target` in `ctx`?
     pub fn authorize(&self, subject: &Subject, action: &str, target: Target, ctx: &Ctx) -> Verdict {
+        if !applies(action, target) {
+            // A project action asked of the system (or the reverse) has a plain answer: no.
+            // Asking Cedar would fail schema validation and log an error for a question that
+            // is only a caller probing where a right might be.
+            return Verdict {
+                allowed: false,
+                because: vec!["not_applicable".into()],
+            };
+        }
         match self.evaluate(subject, action, target, ctx) {
             Ok(v) => v,
             Err(e) => {
@@ -389,6 +398,26 @@ pub fn is_project_action(action: &str) -> bool {
         || action.starts_with("keys.")
         || action.starts_with("assignment.project")
         || action.starts_with("assignment.key")
+}
+
+/// Whether the schema lets `action` be asked about `target` at all.
+pub fn applies(action: &str, target: Target) -> bool {
+    match target {
+        Target::Project { .. } => is_project_action(action),
+        Target::User(_) => action == "self.manage",
+        Target::Domain(_) => matches!(
+            action,
+            "domain.manage"
+                | "identity.read"
+                | "identity.manage"
+                | "user.unlock"
+                | "user.reset_password"
+                | "assignment.system"
+                | "assignment.security"
+                | "assignment.domain"
+        ),
+        Target::System => !is_project_action(action) && action != "self.manage",
+    }
 }
 
 const SAMPLE_USER: Uuid = Uuid::from_u128(1);
@@ -672,6 +701,37 @@ mod tests {
         let mut both = held("member", proj);
         both.push((RoleScope::System, "auditor".into()));
         assert!(!a.may_act_on(&dadmin, &c, &both));
+    }
+
+    #[test]
+    fn a_question_about_the_wrong_kind_of_resource_is_a_quiet_no() {
+        let a = Authorizer::new(None).unwrap();
+        let padmin = subject(&[], &[(Uuid::new_v4(), "project-admin")]);
+        // What granting roles used to ask of every caller: project actions on the system.
+        for action in ["assignment.project", "assignment.key", "keys.use", "project.read"] {
+            let v = a.authorize(&padmin, action, Target::System, &ctx());
+            assert_eq!(v.because, ["not_applicable"], "{action}");
+        }
+        // Every action of the schema, asked where the schema lets it be asked, evaluates.
+        for action in ACTIONS {
+            for t in [
+                Target::System,
+                Target::Domain(Uuid::new_v4()),
+                Target::Project {
+                    id: Uuid::new_v4(),
+                    domain: Uuid::new_v4(),
+                },
+                Target::User(Uuid::new_v4()),
+            ] {
+                if applies(action, t) {
+                    let v = a.authorize(&padmin, action, t, &ctx());
+                    assert!(
+                        !v.because.iter().any(|b| b.starts_with("error")),
+                        "{action} {t:?}: {v:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
