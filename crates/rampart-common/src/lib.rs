@@ -8,6 +8,7 @@ pub mod names;
 pub mod page;
 pub mod secret;
 pub mod time;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use secret::Sensitive;
