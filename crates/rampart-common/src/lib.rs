@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod names;
+pub mod origin;
 pub mod page;
 pub mod secret;
 pub mod time;

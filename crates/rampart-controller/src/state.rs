@@ -34,6 +34,8 @@ pub struct Inner {
     pub credkey: rampart_iam::credkey::CredentialKey,
     pub deny_lists: rampart_iam::denylist::DenyLists,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serialized web origins whose pages may use the session cookie for state changes.
+    pub api_origins: Vec<String>,
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,
