@@ -163,6 +163,27 @@ struct AgentArgs {
 
 /// How the node runs VMs, or none (logged) when this host cannot.
 fn node_compute(state_dir: PathBuf, accel: &str) -> Option<rampart_agent::compute::ComputeOptions> {
+impl AgentArgs {
+    /// The settings of this agent as text, for the configuration digest of its black-box
+    /// dumps; the join token is left out.
+    fn effective_settings(&self) -> String {
+        format!(
+            "controller = {:?}\nname = {:?}\nca_file = {:?}\nlog_level = {:?}\nvm_state_dir = {:?}\naccel = {:?}\n\
+             netns_prefix = {:?}\nreconcile_interval_s = {}\ntunnel_interface = {:?}\ntunnel_ip = {:?}\n",
+            self.controller,
+            self.name,
+            self.ca_file,
+            self.log_level,
+            self.vm_state_dir,
+            self.accel,
+            self.netns_prefix,
+            self.reconcile_interval_s,
+            self.tunnel_interface,
+            self.tunnel_ip,
+        )
+    }
+}
+
     match rampart_agent::compute::ComputeOptions::real(state_dir, accel) {
         Ok(c) => {
             tracing::info!(accel = %c.accel, reason = %c.reason, "this node runs VMs");
@@ -360,16 +381,19 @@ async fn shutdown_signal() {
 
 async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
-    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
-    let _guard = logging::init(logging::LogOptions {
-        level: &config.log.level,
-        dir: Some(&config.log_dir(&data_dir)),
-        to_stderr: config.log.stderr,
-        max_files: config.log.max_files,
-        max_file_bytes: config.log.max_file_bytes,
-        recorder: Some(recorder.clone()),
-    })?;
-    let mut dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
+    let (_guard, mut dumps) = blackbox::start(
+        logging::LogOptions {
+            level: &config.log.level,
+            dir: Some(&config.log_dir(&data_dir)),
+            to_stderr: config.log.stderr,
+            max_files: config.log.max_files,
+            max_file_bytes: config.log.max_file_bytes,
+            recorder: None,
+        },
+        config.audit.blackbox_events,
+        &data_dir,
+        blackbox::config_digest(&config),
+    )?;
     let agent_config = config.local_agent.clone();
     let compute_config = config.compute.clone();
     let controller = Controller::start(ControllerOptions {
@@ -397,17 +421,7 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
             }
         }
     });
-    let usr2_task = tokio::spawn(async move {
-        let Ok(mut usr2) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
-            return;
-        };
-        while usr2.recv().await.is_some() {
-            match blackbox::dump("signal", None, "black-box dump requested with SIGUSR2") {
-                Ok(path) => tracing::info!(path = %path.display(), "black-box dump written on SIGUSR2"),
-                Err(e) => tracing::error!(error = %e, "cannot write the black-box dump"),
-            }
-        }
-    });
+    let usr2_task = blackbox::spawn_sigusr2_dumps();
 
     let stop_agent = CancellationToken::new();
     let mut agent_task = None;
@@ -445,16 +459,19 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
 fn debug_crash(args: ControllerArgs) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
     rampart_common::fsutil::ensure_private_dir(&data_dir).map_err(|e| Failure::Runtime(e.into()))?;
-    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
-    let _guard = logging::init(logging::LogOptions {
-        level: &config.log.level,
-        dir: Some(&config.log_dir(&data_dir)),
-        to_stderr: config.log.stderr,
-        max_files: config.log.max_files,
-        max_file_bytes: config.log.max_file_bytes,
-        recorder: Some(recorder.clone()),
-    })?;
-    let _dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
+    let _black_box = blackbox::start(
+        logging::LogOptions {
+            level: &config.log.level,
+            dir: Some(&config.log_dir(&data_dir)),
+            to_stderr: config.log.stderr,
+            max_files: config.log.max_files,
+            max_file_bytes: config.log.max_file_bytes,
+            recorder: None,
+        },
+        config.audit.blackbox_events,
+        &data_dir,
+        blackbox::config_digest(&config),
+    )?;
     for step in 1..=3 {
         tracing::info!(step, "debug-crash: about to fail");
     }
@@ -554,14 +571,24 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         .map_err(ConfigProblem)
         .map_err(Failure::Config)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| default_dir("rampart-agent"));
-    let _guard = logging::init(logging::LogOptions {
-        level: &args.log_level,
-        dir: Some(&data_dir.join("logs")),
-        to_stderr: true,
-        max_files: 14,
-        max_file_bytes: 64 << 20,
-        recorder: None,
-    })?;
+    rampart_common::fsutil::ensure_private_dir(&data_dir)
+        .with_context(|| format!("cannot create the agent's data directory {}", data_dir.display()))?;
+    // The black box of `rampart up`, under the agent's data directory. No controller runs in
+    // this process to audit the dumps: they stay on the node, in <data_dir>/blackbox/.
+    let (_guard, _dumps) = blackbox::start(
+        logging::LogOptions {
+            level: &args.log_level,
+            dir: Some(&data_dir.join("logs")),
+            to_stderr: true,
+            max_files: 14,
+            max_file_bytes: 64 << 20,
+            recorder: None,
+        },
+        rampart_common::config::AuditConfig::default().blackbox_events,
+        &data_dir,
+        blackbox::text_digest(&args.effective_settings()),
+    )?;
+    let _usr2 = blackbox::spawn_sigusr2_dumps();
     let join_token = match (&args.join, &args.join_file) {
         (Some(t), _) => Some(Sensitive::new(t.trim())),
         (None, Some(f)) => Some(Sensitive::new(
