@@ -103,7 +103,11 @@ async fn flavor(c: &TestCluster) -> Value {
 /// (trusted key `release`) and a flavor. Returns the cluster, the project, the kernel image
 /// and the flavor.
 async fn bootable() -> (TestCluster, Uuid, Uuid, Value) {
-    let c = cluster(1).await;
+    bootable_on(1).await
+}
+
+async fn bootable_on(nodes: usize) -> (TestCluster, Uuid, Uuid, Value) {
+    let c = cluster(nodes).await;
     let project = c.admin_project().await;
     let key = SigningKey::generate().unwrap();
     trust(&c, &key, "release").await;
@@ -767,5 +771,53 @@ async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_inst
     })
     .await;
     assert!(c.agents[0].vms.vm(id).is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_10_3_3_members_of_a_security_group_are_spread_over_nodes() {
+    let (c, project, kernel, f) = bootable_on(2).await;
+    let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
+    let vpc: Value = c
+        .admin
+        .post(&p("vpcs"), &json!({"name": "v", "cidr": "10.82.0.0/16"}))
+        .await
+        .unwrap();
+    let subnet: Value = c
+        .admin
+        .post(
+            &p("subnets"),
+            &json!({"vpc": vpc["id"], "name": "s", "cidr": "10.82.1.0/24", "dhcp": true}),
+        )
+        .await
+        .unwrap();
+    let group: Value = c
+        .admin
+        .post(&p("security-groups"), &json!({"name": "web"}))
+        .await
+        .unwrap();
+    let launch = |name: &str, anti_affinity: bool| {
+        json!({"name": name, "image": kernel.to_string(), "flavor": f["name"],
+               "networks": [subnet["id"]], "security_groups": [group["id"]],
+               "anti_affinity": anti_affinity})
+    };
+    let first: Value = c.admin.post(&p("instances"), &launch("web-1", false)).await.unwrap();
+    let second: Value = c.admin.post(&p("instances"), &launch("web-2", false)).await.unwrap();
+    assert!(first["node_id"].is_string(), "{first}");
+    assert_ne!(
+        first["node_id"], second["node_id"],
+        "two members of one group on two nodes"
+    );
+    // Both nodes hold a member now: a third one on request of anti-affinity has nowhere to go.
+    let e = c
+        .admin
+        .post::<_, Value>(&p("instances"), &launch("web-3", true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{e}");
+    assert!(e.to_string().contains("anti-affinity"), "{e}");
+    // Without it (soft spreading), the member goes to a node that already has one.
+    let third: Value = c.admin.post(&p("instances"), &launch("web-3", false)).await.unwrap();
+    assert!(third["node_id"].is_string(), "{third}");
     c.shutdown().await;
 }
