@@ -149,6 +149,23 @@ async fn demo_images(c: &TestCluster, project: Uuid, key: &SigningKey) -> Uuid {
     k["id"].as_str().unwrap().parse().unwrap()
 }
 
+/// A VPC `name` of 10.`n`.0.0/16 with one DHCP subnet 10.`n`.1.0/24; returns the subnet.
+async fn vpc_with_subnet(c: &TestCluster, project: Uuid, name: &str, n: u8) -> Value {
+    let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
+    let vpc: Value = c
+        .admin
+        .post(&p("vpcs"), &json!({"name": name, "cidr": format!("10.{n}.0.0/16")}))
+        .await
+        .unwrap();
+    c.admin
+        .post(
+            &p("subnets"),
+            &json!({"vpc": vpc["id"], "name": format!("{name}-s"), "cidr": format!("10.{n}.1.0/24"), "dhcp": true}),
+        )
+        .await
+        .unwrap()
+}
+
 async fn instance(c: &TestCluster, project: Uuid, id: Uuid) -> Value {
     c.admin
         .get(&format!("/v1/projects/{project}/instances/{id}"))
@@ -626,32 +643,8 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
 async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_instance() {
     let (c, project, kernel, f) = bootable().await;
     let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
-    let vpc: Value = c
-        .admin
-        .post(&p("vpcs"), &json!({"name": "v", "cidr": "10.80.0.0/16"}))
-        .await
-        .unwrap();
-    let subnet: Value = c
-        .admin
-        .post(
-            &p("subnets"),
-            &json!({"vpc": vpc["id"], "name": "s", "cidr": "10.80.1.0/24", "dhcp": true}),
-        )
-        .await
-        .unwrap();
-    let vpc2: Value = c
-        .admin
-        .post(&p("vpcs"), &json!({"name": "v2", "cidr": "10.81.0.0/16"}))
-        .await
-        .unwrap();
-    let subnet2: Value = c
-        .admin
-        .post(
-            &p("subnets"),
-            &json!({"vpc": vpc2["id"], "name": "s2", "cidr": "10.81.1.0/24", "dhcp": true}),
-        )
-        .await
-        .unwrap();
+    let subnet = vpc_with_subnet(&c, project, "v", 80).await;
+    let subnet2 = vpc_with_subnet(&c, project, "v2", 81).await;
     let given: Value = c
         .admin
         .post(&p("ports"), &json!({"subnet": subnet["id"]}))
@@ -778,19 +771,7 @@ async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_inst
 async fn spec_10_3_3_members_of_a_security_group_are_spread_over_nodes() {
     let (c, project, kernel, f) = bootable_on(2).await;
     let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
-    let vpc: Value = c
-        .admin
-        .post(&p("vpcs"), &json!({"name": "v", "cidr": "10.82.0.0/16"}))
-        .await
-        .unwrap();
-    let subnet: Value = c
-        .admin
-        .post(
-            &p("subnets"),
-            &json!({"vpc": vpc["id"], "name": "s", "cidr": "10.82.1.0/24", "dhcp": true}),
-        )
-        .await
-        .unwrap();
+    let subnet = vpc_with_subnet(&c, project, "v", 82).await;
     let group: Value = c
         .admin
         .post(&p("security-groups"), &json!({"name": "web"}))

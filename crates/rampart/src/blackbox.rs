@@ -46,17 +46,15 @@ pub fn text_digest(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
-/// The run log with the flight recorder as one more sink, and the black box installed on it:
-/// what every long-running command of the binary starts with. Keep the guard until exit.
-pub fn start(
-    log: LogOptions<'_>,
-    events: usize,
-    data_dir: &Path,
-    config_digest: String,
-) -> anyhow::Result<(
+/// The run log's file writer guard (keep it until exit) and the dumps to record.
+pub type Started = (
     Option<tracing_appender::non_blocking::WorkerGuard>,
     tokio::sync::mpsc::UnboundedReceiver<Dump>,
-)> {
+);
+
+/// The run log with the flight recorder as one more sink, and the black box installed on it:
+/// what every long-running command of the binary starts with.
+pub fn start(log: LogOptions<'_>, events: usize, data_dir: &Path, config_digest: String) -> anyhow::Result<Started> {
     let recorder = FlightRecorder::new(events);
     let guard = crate::logging::init(LogOptions {
         recorder: Some(recorder.clone()),

@@ -161,8 +161,6 @@ struct AgentArgs {
     tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
-/// How the node runs VMs, or none (logged) when this host cannot.
-fn node_compute(state_dir: PathBuf, accel: &str) -> Option<rampart_agent::compute::ComputeOptions> {
 impl AgentArgs {
     /// The settings of this agent as text, for the configuration digest of its black-box
     /// dumps; the join token is left out.
@@ -186,6 +184,8 @@ impl AgentArgs {
 
     match rampart_agent::compute::ComputeOptions::real(state_dir, accel) {
         Ok(c) => {
+/// How the node runs VMs, or none (logged) when this host cannot.
+fn node_compute(state_dir: PathBuf, accel: &str) -> Option<rampart_agent::compute::ComputeOptions> {
             tracing::info!(accel = %c.accel, reason = %c.reason, "this node runs VMs");
             Some(c)
         }
@@ -381,19 +381,7 @@ async fn shutdown_signal() {
 
 async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
-    let (_guard, mut dumps) = blackbox::start(
-        logging::LogOptions {
-            level: &config.log.level,
-            dir: Some(&config.log_dir(&data_dir)),
-            to_stderr: config.log.stderr,
-            max_files: config.log.max_files,
-            max_file_bytes: config.log.max_file_bytes,
-            recorder: None,
-        },
-        config.audit.blackbox_events,
-        &data_dir,
-        blackbox::config_digest(&config),
-    )?;
+    let (_guard, mut dumps) = controller_black_box(&config, &data_dir)?;
     let agent_config = config.local_agent.clone();
     let compute_config = config.compute.clone();
     let controller = Controller::start(ControllerOptions {
@@ -455,23 +443,28 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     Ok(())
 }
 
-/// `rampart debug-crash`: the logging and black box of `rampart up`, then a real panic.
-fn debug_crash(args: ControllerArgs) -> Result<(), Failure> {
-    let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
-    rampart_common::fsutil::ensure_private_dir(&data_dir).map_err(|e| Failure::Runtime(e.into()))?;
-    let _black_box = blackbox::start(
+/// The run log and the black box of a controller process (`rampart up`, `debug-crash`).
+fn controller_black_box(config: &Config, data_dir: &Path) -> anyhow::Result<blackbox::Started> {
+    blackbox::start(
         logging::LogOptions {
             level: &config.log.level,
-            dir: Some(&config.log_dir(&data_dir)),
+            dir: Some(&config.log_dir(data_dir)),
             to_stderr: config.log.stderr,
             max_files: config.log.max_files,
             max_file_bytes: config.log.max_file_bytes,
             recorder: None,
         },
         config.audit.blackbox_events,
-        &data_dir,
-        blackbox::config_digest(&config),
-    )?;
+        data_dir,
+        blackbox::config_digest(config),
+    )
+}
+
+/// `rampart debug-crash`: the logging and black box of `rampart up`, then a real panic.
+fn debug_crash(args: ControllerArgs) -> Result<(), Failure> {
+    let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
+    rampart_common::fsutil::ensure_private_dir(&data_dir).map_err(|e| Failure::Runtime(e.into()))?;
+    let _black_box = controller_black_box(&config, &data_dir)?;
     for step in 1..=3 {
         tracing::info!(step, "debug-crash: about to fail");
     }

@@ -253,19 +253,7 @@ async fn spec_13_4_3_black_box_dumps_on_sigusr2_and_panic_are_written_and_audite
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(101), "a panic exits 101");
-    let dumps = |kind: &str| -> Vec<PathBuf> {
-        std::fs::read_dir(up.data.join("blackbox"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        let n = p.file_name().unwrap().to_string_lossy();
-                        n.starts_with(kind) && n.ends_with(".json")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let dumps = |kind: &str| dumps_in(&up.data, kind);
     let panic_dump = dumps("panic").pop().expect("panic dump");
     assert_eq!(rampart_common::fsutil::mode_of(&panic_dump).unwrap(), 0o600);
     let d: Value = serde_json::from_slice(&std::fs::read(&panic_dump).unwrap()).unwrap();
