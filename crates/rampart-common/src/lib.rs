@@ -8,8 +8,8 @@ pub mod names;
 pub mod origin;
 pub mod page;
 pub mod secret;
-pub mod time;
 pub mod testing;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use secret::Sensitive;

@@ -68,6 +68,8 @@ enum Command {
     },
     /// End the session.
     Logout,
+    /// Print the saved session's token, for other HTTPS clients: curl -H "Authorization: Bearer $(rampart token)".
+    Token,
     /// Change a password (also the bootstrap admin's one-time password).
     Passwd {
         #[arg(long)]
@@ -182,10 +184,10 @@ impl AgentArgs {
     }
 }
 
-    match rampart_agent::compute::ComputeOptions::real(state_dir, accel) {
-        Ok(c) => {
 /// How the node runs VMs, or none (logged) when this host cannot.
 fn node_compute(state_dir: PathBuf, accel: &str) -> Option<rampart_agent::compute::ComputeOptions> {
+    match rampart_agent::compute::ComputeOptions::real(state_dir, accel) {
+        Ok(c) => {
             tracing::info!(accel = %c.accel, reason = %c.reason, "this node runs VMs");
             Some(c)
         }
@@ -300,6 +302,7 @@ fn main() -> ExitCode {
             .await
             .map_err(Failure::Runtime),
             Command::Logout => cli::session::logout().await.map_err(Failure::Runtime),
+            Command::Token => cli::session::print_token().map_err(Failure::Runtime),
             Command::Passwd { url, ca, user, domain } => cli::session::passwd(url, ca, user, domain)
                 .await
                 .map_err(Failure::Runtime),
