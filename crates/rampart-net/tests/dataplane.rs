@@ -191,7 +191,7 @@ fn spec_10_5_ip_mac_binding_drops_spoofed_source_mac_and_arp_poisoning() {
 }
 
 #[test]
-fn spec_9_1_1c_root_namespace_keeps_ip_forward_off_while_vpc_routes() {
+fn spec_9_1_1c_vpc_namespaces_get_hardened_sysctls_and_the_root_namespace_is_untouched() {
     if !root_or_skip("spec_9_1_1c") {
         return;
     }
