@@ -42,6 +42,8 @@ BUILD_PACKAGES=(gcc libc6-dev pkg-config ca-certificates)
 RUNTIME_PACKAGES=(iproute2 openssl softhsm2)
 # Tenant networking on a node (rampart-net): nft, conntrack, platform DHCP.
 RUNTIME_PACKAGES+=(nftables conntrack dnsmasq-base)
+# The README walk-through: curl for the API, jq to pick ids out of its answers.
+RUNTIME_PACKAGES+=(curl jq)
 # Packages the test suite needs besides those.
 # (softhsm2 for the key tests, sqlite3 for the database-dump scan of rampart-kms)
 TEST_PACKAGES=(postgresql openssl iproute2 curl softhsm2 sqlite3)

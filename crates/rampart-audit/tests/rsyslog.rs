@@ -25,15 +25,11 @@ const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 const GTLS: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";
 
 fn available() -> bool {
-    let ok = Path::new(RSYSLOGD).exists() && Path::new(GTLS).exists();
-    if !ok {
-        assert!(
-            !require_system(),
-            "rsyslogd with the gtls driver is required (apt-get install rsyslog rsyslog-gnutls)"
-        );
-        eprintln!("SKIP: rsyslogd or rsyslog-gnutls not installed (apt-get install rsyslog rsyslog-gnutls)");
-    }
-    ok
+    rampart_common::testing::require(
+        rampart_common::testing::Need::Root,
+        Path::new(RSYSLOGD).exists() && Path::new(GTLS).exists(),
+        "rsyslogd or rsyslog-gnutls missing",
+    )
 }
 
 struct Rsyslog {

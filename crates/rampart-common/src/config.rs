@@ -298,6 +298,9 @@ pub struct ApiConfig {
     pub request_timeout_s: u64,
     /// Proxies whose `X-Forwarded-For` is believed (CIDRs); from anyone else the header is ignored.
     pub trusted_proxies: Vec<String>,
+    /// Web origins (`https://host[:port]`) whose pages may make state-changing calls with the
+    /// session cookie. Empty: each name of the API's certificate with each listening port.
+    pub origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -309,6 +312,7 @@ impl Default for ApiConfig {
             request_body_limit_bytes: 1 << 20,
             request_timeout_s: 60,
             trusted_proxies: vec![],
+            origins: vec![],
         }
     }
 }
@@ -484,6 +488,11 @@ impl Config {
                     "api.trusted_proxies",
                     format!("{p:?} is not an address range like 10.0.0.0/8"),
                 );
+            }
+        }
+        for o in &self.api.origins {
+            if let Err(e) = crate::origin::https_origin(o) {
+                return invalid("api.origins", e);
             }
         }
         if self.api.request_timeout_s == 0 {

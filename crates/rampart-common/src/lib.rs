@@ -5,8 +5,10 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod names;
+pub mod origin;
 pub mod page;
 pub mod secret;
+pub mod testing;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -778,8 +778,9 @@ mod tests {
     #[test]
     fn spec_12_1_1_signature_made_with_openssl_verifies() {
         // Interop: users may sign with stock OpenSSL instead of `rampart image sign`.
-        if std::process::Command::new("openssl").arg("version").output().is_err() {
-            eprintln!("skipping: openssl not installed");
+        use rampart_common::testing::{Need, require};
+        let have = std::process::Command::new("openssl").arg("version").output().is_ok();
+        if !require(Need::Root, have, "openssl missing") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -347,12 +347,18 @@ impl VirtFacts {
     }
 
     pub fn probe() -> VirtFacts {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::probe_root(Path::new("/"))
+    }
+
+    /// The facts of the host whose `/proc`, `/sys` and `/dev` are under `root` (tests give a
+    /// made-up host).
+    pub fn probe_root(root: &Path) -> VirtFacts {
+        let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
         let mods: Vec<&str> = ["kvm_intel", "kvm_amd"]
             .into_iter()
-            .filter(|m| Path::new("/sys/module").join(m).exists())
+            .filter(|m| root.join("sys/module").join(m).exists())
             .collect();
-        Self::from_cpuinfo_and_modules(&cpuinfo, &mods, Path::new("/dev/kvm").exists())
+        Self::from_cpuinfo_and_modules(&cpuinfo, &mods, root.join("dev/kvm").exists())
     }
 
     /// KVM is worth a probe boot only with real hardware virtualization: a `/dev/kvm` alone may
@@ -582,14 +588,58 @@ mod tests {
         assert_eq!(choose_accel(AccelSetting::Kvm, &ci, || false).accel, Accel::Kvm);
     }
 
-    #[test]
-    fn spec_11_1_1_auto_picks_tcg_on_this_host_when_it_lacks_hardware_virtualization() {
-        let facts = VirtFacts::probe();
-        let d = choose_accel(AccelSetting::Auto, &facts, || false);
-        if !facts.hardware_virtualization() {
-            assert_eq!(d.accel, Accel::Tcg, "{}", d.reason);
+    /// A made-up host: `/proc/cpuinfo` with `flags`, the given `/sys/module` entries, and
+    /// `/dev/kvm` when asked.
+    fn fake_host(flags: &str, modules: &[&str], dev_kvm: bool) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc")).unwrap();
+        std::fs::write(
+            root.path().join("proc/cpuinfo"),
+            format!("processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"),
+        )
+        .unwrap();
+        for m in modules {
+            std::fs::create_dir_all(root.path().join("sys/module").join(m)).unwrap();
         }
-        eprintln!("host facts {facts:?}: {}", d.reason);
+        if dev_kvm {
+            std::fs::create_dir_all(root.path().join("dev")).unwrap();
+            std::fs::write(root.path().join("dev/kvm"), b"").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn spec_11_1_1_auto_picks_tcg_from_the_hosts_cpu_flags_both_ways() {
+        let auto = |root: &tempfile::TempDir, probe_passes: bool| {
+            let facts = VirtFacts::probe_root(root.path());
+            let mut probed = false;
+            let d = choose_accel(AccelSetting::Auto, &facts, || {
+                probed = true;
+                probe_passes
+            });
+            (facts, d.accel, probed)
+        };
+        // A software /dev/kvm without vmx/svm or a kvm_intel/kvm_amd module (the CI kind):
+        // TCG, and no KVM probe boot at all.
+        let software = fake_host("fpu vme de pse tsc msr sse sse2 hypervisor", &["kvm"], true);
+        let (facts, accel, probed) = auto(&software, true);
+        assert!(!facts.cpu_flag && !facts.hw_kvm_module && facts.dev_kvm, "{facts:?}");
+        assert_eq!((accel, probed), (Accel::Tcg, false));
+        // The same host with the flag and the module: KVM is a candidate, the probe decides.
+        for (flags, module) in [("fpu vmx sse", "kvm_intel"), ("fpu svm sse", "kvm_amd")] {
+            let hw = fake_host(flags, &[module], true);
+            let (facts, accel, probed) = auto(&hw, true);
+            assert!(facts.cpu_flag && facts.hw_kvm_module && facts.dev_kvm, "{facts:?}");
+            assert_eq!((accel, probed), (Accel::Kvm, true), "{flags}");
+            assert_eq!(auto(&hw, false).1, Accel::Tcg, "a failed probe boot stays on TCG");
+        }
+        // The flag alone is enough with /dev/kvm; without /dev/kvm nothing is.
+        assert_eq!(auto(&fake_host("vmx", &[], true), true).1, Accel::Kvm);
+        let (_, accel, probed) = auto(&fake_host("vmx", &["kvm_intel"], false), true);
+        assert_eq!((accel, probed), (Accel::Tcg, false));
+        // "vmx" must be a flag of its own, not part of another word.
+        let (facts, _, _) = auto(&fake_host("fpu vmxfoo notsvm", &[], true), true);
+        assert!(!facts.cpu_flag);
     }
 
     #[test]

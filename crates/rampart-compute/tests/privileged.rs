@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rampart_common::Sensitive;
+use rampart_common::testing::Need;
 use rampart_compute::configdrive::{self, GuestConfig, NicConfig};
 use rampart_compute::confine::{IoLimit, Limits, device_of};
 use rampart_compute::driver::{
@@ -43,26 +44,14 @@ fn have(cmd: &str) -> bool {
 }
 
 /// True when the test may run; otherwise prints why it skips (or panics when root is required).
-fn privileged(test: &str, needs: &[&str]) -> bool {
-    let require = std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() == Ok("1");
+fn privileged(_test: &str, needs: &[&str]) -> bool {
     let missing: Vec<&&str> = needs.iter().filter(|c| !have(c)).collect();
     let why = if !is_root() {
-        Some("not root".to_string())
-    } else if !missing.is_empty() {
-        Some(format!("missing commands {missing:?} (scripts/install-host-deps.sh)"))
+        "not root".to_string()
     } else {
-        None
+        format!("missing commands {missing:?}")
     };
-    match why {
-        None => true,
-        Some(w) if require => panic!("{test}: {w}, and RAMPART_TEST_REQUIRE_ROOT=1"),
-        Some(w) => {
-            // Straight to the process's stderr: libtest captures eprintln! of passing tests.
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr().lock(), "skipping {test}: {w}");
-            false
-        }
-    }
+    rampart_common::testing::require(Need::Root, is_root() && missing.is_empty(), &why)
 }
 
 /// Boots share two cores with the rest of the machine: one at a time (an async lock: each
@@ -583,15 +572,11 @@ async fn spec_11_1_1_auto_accel_picks_tcg_here_and_the_kvm_probe_is_bounded() {
 /// status, resume, events, powerdown, quit. Needs no privilege.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qmp_client_drives_a_real_qemu() {
-    if !have("qemu-system-x86_64") {
-        if std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("qemu-system-x86_64 missing");
-        }
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "skipping qmp_client_drives_a_real_qemu: qemu-system-x86_64 missing"
-        );
+    if !rampart_common::testing::require(
+        Need::Root,
+        have("qemu-system-x86_64"),
+        "missing commands [\"qemu-system-x86_64\"]",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

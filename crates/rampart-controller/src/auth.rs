@@ -323,7 +323,7 @@ pub async fn require_token(
     // Before the token is even looked up, so a forged request has no effect at all (not even
     // on the session's idle timer).
     if via_cookie && !req.method().is_safe() {
-        check_csrf(&req, &token)?;
+        check_csrf(&req, &token, &state.api_origins)?;
     }
     let mut principal = authenticate(&state, &token, ip).await?;
     principal.via_cookie = via_cookie;
@@ -349,9 +349,9 @@ fn session_cookie(headers: &http::HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-/// Same origin (`Sec-Fetch-Site` when the browser sends it, and `Origin` equal to this API's
-/// own https origin) plus the session's CSRF token in `X-CSRF-Token`.
-fn check_csrf(req: &Request, token: &str) -> Result<(), Error> {
+/// Same origin (`Sec-Fetch-Site` when the browser sends it, and `Origin` one of the API's
+/// configured origins) plus the session's CSRF token in `X-CSRF-Token`.
+fn check_csrf(req: &Request, token: &str, api_origins: &[String]) -> Result<(), Error> {
     let refuse = |why: &str| Error::Forbidden {
         code: "csrf_check_failed",
         message: format!("a state-changing call with the session cookie {why}"),
@@ -360,13 +360,11 @@ fn check_csrf(req: &Request, token: &str) -> Result<(), Error> {
     if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
         return Err(refuse("must come from a page of this origin (Sec-Fetch-Site)"));
     }
-    let host = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let same_origin = match (header("origin"), host) {
-        (Some(origin), Some(host)) => origin.eq_ignore_ascii_case(&format!("https://{host}")),
-        _ => false,
-    };
-    if !same_origin {
-        return Err(refuse("must carry an Origin header equal to this API's origin"));
+    // Not the request's Host: a rebound DNS name puts the attacker's name in both.
+    if !header("origin").is_some_and(|o| rampart_common::origin::is_allowed(o, api_origins)) {
+        return Err(refuse(
+            "must carry an Origin header naming one of this API's origins (api.origins)",
+        ));
     }
     match header("x-csrf-token") {
         Some(presented) if secrets::verify_csrf_token(token, presented) => Ok(()),

@@ -136,6 +136,18 @@ impl Controller {
         }
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         planes::apply_input_filter(&config.network, &addrs).map_err(StartError::Plane)?;
+        let api_origins = if config.api.origins.is_empty() {
+            let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+            rampart_common::origin::default_origins(&names, &ports)
+        } else {
+            // Validated with the configuration.
+            config
+                .api
+                .origins
+                .iter()
+                .filter_map(|o| rampart_common::origin::https_origin(o).ok())
+                .collect()
+        };
 
         let ca = Arc::new(ca);
         let tls_config = Arc::new(tls::server_config(&ca, server_cert.clone())?);
@@ -155,6 +167,7 @@ impl Controller {
             deny_lists: Default::default(),
             login_throttle: Default::default(),
             trusted_proxies,
+            api_origins,
             compliance: std::sync::RwLock::new(None),
             audit,
             kms,

@@ -36,6 +36,8 @@ pub struct Inner {
     /// Failed authentications per source address (spec 13.2-6, beside per-account lockout).
     pub login_throttle: rampart_iam::throttle::SourceThrottle,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serialized web origins whose pages may use the session cookie for state changes.
+    pub api_origins: Vec<String>,
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,

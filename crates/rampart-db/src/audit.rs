@@ -441,6 +441,9 @@ pub async fn connect_query_only(url: &str, password_file: Option<&std::path::Pat
     } else {
         return Err(DbError::UnsupportedUrl(rampart_common::redact_url(url)));
     };
+    if backend == Backend::Postgres {
+        crate::check_postgres_tls(url)?;
+    }
     let mut url = url.to_string();
     if let Some(file) = password_file {
         let password = std::fs::read_to_string(file).map_err(|source| DbError::PasswordFile {

@@ -133,6 +133,32 @@ pub struct Db {
     backend: Backend,
 }
 
+/// Refuses a PostgreSQL URL whose connection could be read or redirected on the way (spec
+/// 9.2-1): unless it stays on this host (a Unix socket, `localhost` or a loopback address),
+/// it must be TLS with the server's certificate and name verified, `sslmode=verify-full`.
+/// `require` and `verify-ca` encrypt but accept any server holding a certificate of the CA
+/// (or any at all), and the lower modes may fall back to plain text.
+pub fn check_postgres_tls(url: &str) -> Result<()> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| DbError::Config(format!("{} is not a PostgreSQL URL: {e}", redact_url(url))))?;
+    if matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) || opts.get_socket().is_some() {
+        return Ok(());
+    }
+    let host = opts.get_host().trim_start_matches('[').trim_end_matches(']');
+    let local =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return Ok(());
+    }
+    Err(DbError::Config(format!(
+        "refusing to connect to the database at {host} without sslmode=verify-full ({}): a \
+         connection that leaves this host must be TLS with the server's certificate and name \
+         verified (add sslrootcert=FILE for a private CA)",
+        redact_url(url)
+    )))
+}
+
 /// Path of the SQLite file of a `sqlite:` URL.
 pub(crate) fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
@@ -235,6 +261,9 @@ impl Db {
         } else {
             return Err(DbError::UnsupportedUrl(redact_url(url)));
         };
+        if backend == Backend::Postgres {
+            check_postgres_tls(url)?;
+        }
         let mut url = url.to_string();
         if let Some(file) = &opts.password_file {
             let password = std::fs::read_to_string(file).map_err(|source| DbError::PasswordFile {
@@ -427,6 +456,49 @@ pub(crate) fn uuid_col(s: &str) -> Result<uuid::Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_9_2_1_postgres_needs_verify_full_unless_it_stays_on_this_host() {
+        for ok in [
+            "postgres://rampart@db.example.com/rampart?sslmode=verify-full",
+            "postgres://rampart@db.example.com/rampart?sslmode=verify-full&sslrootcert=/etc/rampart/db-ca.pem",
+            "postgres://rampart@localhost/rampart",
+            "postgres://rampart@127.0.0.1:5432/rampart?sslmode=disable",
+            "postgres://rampart@127.8.9.10/rampart?sslmode=prefer",
+            "postgres://rampart@[::1]:5432/rampart",
+            "postgres:///rampart?host=/var/run/postgresql",
+            "postgres://rampart@%2Fvar%2Frun%2Fpostgresql/rampart",
+        ] {
+            check_postgres_tls(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for refused in [
+            "postgres://rampart:secret@db.example.com/rampart",
+            "postgres://rampart:secret@db.example.com/rampart?sslmode=disable",
+            "postgres://rampart:secret@db.example.com/rampart?sslmode=prefer",
+            "postgres://rampart:secret@db.example.com/rampart?sslmode=require",
+            "postgres://rampart:secret@db.example.com/rampart?sslmode=verify-ca",
+            "postgres://rampart:secret@10.0.0.5/rampart?sslmode=require",
+            "postgres://rampart:secret@[2001:db8::5]/rampart?sslmode=require",
+        ] {
+            let e = check_postgres_tls(refused).unwrap_err().to_string();
+            assert!(e.contains("sslmode=verify-full"), "{refused}: {e}");
+            assert!(!e.contains("secret"), "no password in the error: {e}");
+        }
+    }
+
+    /// The refusal comes before any connection attempt: nothing is sent to the address.
+    #[tokio::test]
+    async fn spec_9_2_1_controller_database_without_verify_full_is_refused_before_connecting() {
+        for url in [
+            "postgres://rampart@192.0.2.10/rampart?sslmode=require",
+            "postgres://rampart@192.0.2.10/rampart?sslmode=prefer",
+        ] {
+            let e = Db::connect(url, &ConnectOptions::default()).await.unwrap_err();
+            assert!(matches!(e, DbError::Config(_)), "{url}: {e:?}");
+            let e = crate::audit::connect_query_only(url, None).await.unwrap_err();
+            assert!(matches!(e, DbError::Config(_)), "{url}: {e:?}");
+        }
+    }
 
     #[test]
     fn password_goes_into_the_url_encoded() {

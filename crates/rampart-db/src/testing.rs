@@ -46,12 +46,12 @@ impl TestDb {
         let admin = match std::env::var(POSTGRES_URL_ENV) {
             Ok(url) if !url.is_empty() => url,
             _ => {
-                if std::env::var(REQUIRE_POSTGRES_ENV).as_deref() == Ok("1") {
-                    panic!(
-                        "{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_URL_ENV} is not set: run scripts/ci/start-postgres.sh"
-                    );
-                }
-                eprintln!("note: {POSTGRES_URL_ENV} not set, PostgreSQL part of this test skipped");
+                // Counted as a skip: the PostgreSQL half of the test did not run.
+                rampart_common::testing::require(
+                    rampart_common::testing::Need::Postgres,
+                    false,
+                    "no PostgreSQL (RAMPART_TEST_POSTGRES_URL unset; scripts/ci/start-postgres.sh)",
+                );
                 return None;
             }
         };

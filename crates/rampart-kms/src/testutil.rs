@@ -40,13 +40,6 @@ fn test_hsm() -> Option<&'static TestHsm> {
                 "RAMPART_TEST_REQUIRE_HSM=1 but the PKCS#11 module {} is missing (apt-get install softhsm2)",
                 module.display()
             );
-            // Straight to stderr: the harness captures eprintln! of passing tests.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: skipping HSM tests: {} not found (apt-get install softhsm2; RAMPART_TEST_REQUIRE_HSM=1 makes this fatal)",
-                module.display()
-            );
             return None;
         }
         let base = std::env::temp_dir().join("rampart-kms-hsm-tests");
@@ -76,7 +69,7 @@ fn test_hsm() -> Option<&'static TestHsm> {
 }
 
 /// The configuration of a fresh token of its own (initialised, user PIN in a 0600 file), or
-/// `None` (after a printed note) without SoftHSM2.
+/// `None` without SoftHSM2 (the caller decides whether that skips its test).
 pub fn new_token() -> Option<Pkcs11Config> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let hsm = test_hsm()?;
@@ -95,15 +88,21 @@ pub fn new_token() -> Option<Pkcs11Config> {
     Some(config)
 }
 
-/// A backend on a fresh token of its own, or `None` (after a printed note) without SoftHSM2.
+/// A backend on a fresh token of its own, or `None` without SoftHSM2: the test skips.
 pub fn backend() -> Option<Arc<Pkcs11Backend>> {
-    let config = new_token()?;
-    Some(Arc::new(Pkcs11Backend::open(&config).expect("open token")))
+    token_config().map(|(_, b)| b)
 }
 
-/// The configuration of a fresh token and a backend open on it, for tests of `open` itself.
+/// The configuration of a fresh token and a backend open on it, for tests of `open` itself;
+/// `None` without SoftHSM2: the test skips.
 pub fn token_config() -> Option<(Pkcs11Config, Arc<Pkcs11Backend>)> {
-    let config = new_token()?;
+    let Some(config) = new_token() else {
+        rampart_common::testing::skip(SKIP_NO_SOFTHSM);
+        return None;
+    };
     let b = Arc::new(Pkcs11Backend::open(&config).expect("open token"));
     Some((config, b))
 }
+
+/// The skip reason of HSM tests on a machine without SoftHSM2.
+pub const SKIP_NO_SOFTHSM: &str = "softhsm2 missing";

@@ -94,16 +94,8 @@ fn spec_13_3_9_embedded_softhsm_initialises_once_and_survives_restart() {
     ) {
         return child(&step, Path::new(&dir));
     }
-    if !Path::new(SOFTHSM_MODULE).exists() {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_HSM").as_deref() != Ok("1"),
-            "RAMPART_TEST_REQUIRE_HSM=1 but {SOFTHSM_MODULE} is missing"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: skipping: {SOFTHSM_MODULE} not found (apt-get install softhsm2)"
-        );
+    use rampart_common::testing::{Need, require};
+    if !require(Need::Hsm, Path::new(SOFTHSM_MODULE).exists(), "softhsm2 missing") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -191,7 +191,7 @@ fn spec_10_5_ip_mac_binding_drops_spoofed_source_mac_and_arp_poisoning() {
 }
 
 #[test]
-fn spec_9_1_1c_root_namespace_keeps_ip_forward_off_while_vpc_routes() {
+fn spec_9_1_1c_vpc_namespaces_get_hardened_sysctls_and_the_root_namespace_is_untouched() {
     if !root_or_skip("spec_9_1_1c") {
         return;
     }
@@ -210,16 +210,31 @@ fn spec_9_1_1c_root_namespace_keeps_ip_forward_off_while_vpc_routes() {
         lab.ns(v1).can_connect(lab.ip(p2), 8080),
         "routed between subnets inside the VPC namespace"
     );
+    // What Rampart sets where it routes: forwarding on, and the hardened parameters of 9.1-1c
+    // (no redirects sent or taken, no replies to broadcast pings), read back from the kernel.
     let vpc_ns = lab.node.vpc_ns(&lab.b.net.vpc.id);
-    assert_eq!(
-        must(&format!("ip netns exec {vpc_ns} sysctl -n net.ipv4.ip_forward")).trim(),
-        "1"
-    );
+    let wanted = rampart_net::compile::vpc_sysctls();
+    assert_eq!(wanted["net.ipv4.ip_forward"], "1");
+    for (key, value) in [
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.default.send_redirects", "0"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.icmp_echo_ignore_broadcasts", "1"),
+    ] {
+        assert_eq!(wanted[key], value, "{key} in the VPC namespace's sysctls");
+    }
+    for (key, value) in &wanted {
+        assert_eq!(
+            must(&format!("ip netns exec {vpc_ns} sysctl -n {key}")).trim(),
+            value,
+            "{key} in {vpc_ns}"
+        );
+    }
+    // And Rampart leaves the root namespace's forwarding as the host had it.
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
         before
     );
-    assert_eq!(before.trim(), "0", "root namespace forwards packets");
 }
 
 fn udhcpc(ns: &Netns) -> String {

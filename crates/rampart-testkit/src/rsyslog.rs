@@ -17,15 +17,11 @@ pub const GTLS: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";
 /// Whether rsyslogd and its TLS driver are installed; with `RAMPART_TEST_REQUIRE_ROOT=1` (CI)
 /// their absence fails the test instead of skipping it.
 pub fn available() -> bool {
-    let ok = Path::new(RSYSLOGD).exists() && Path::new(GTLS).exists();
-    if !ok {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "rsyslogd with the gtls driver is required (apt-get install rsyslog rsyslog-gnutls)"
-        );
-        eprintln!("SKIP: rsyslogd or rsyslog-gnutls not installed (apt-get install rsyslog rsyslog-gnutls)");
-    }
-    ok
+    rampart_common::testing::require(
+        rampart_common::testing::Need::Root,
+        Path::new(RSYSLOGD).exists() && Path::new(GTLS).exists(),
+        "rsyslogd or rsyslog-gnutls missing",
+    )
 }
 
 /// A CA, the receiver's certificate and Rampart's client certificate, as files in a directory.

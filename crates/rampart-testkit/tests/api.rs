@@ -512,3 +512,102 @@ async fn only_system_admins_manage_nodes() {
     );
     c.shutdown().await;
 }
+
+/// A browser session (cookie and CSRF token) of a new user who may read the admin's project.
+async fn browser_session(c: &TestCluster) -> (String, String) {
+    let p = c.admin_project().await;
+    let scope = rampart_api::ScopeRef {
+        project: Some(p),
+        ..Default::default()
+    };
+    c.create_user("browser", "Plover-saffron-31", &[("reader", scope)])
+        .await;
+    let (status, headers, body) = raw(
+        c,
+        Method::POST,
+        "/v1/auth/sessions",
+        false,
+        Some((
+            "application/json",
+            r#"{"username":"browser","password":"Plover-saffron-31"}"#,
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (cookie, body["csrf_token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_3_csrf_origin_is_the_api_origin_not_the_request_host() {
+    let c = cluster().await;
+    let (cookie, csrf) = browser_session(&c).await;
+    let port = c.controller.addrs[0].port();
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    // HTTP/1.1, where the Host header is what the client says it is.
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http1_only()
+        .build()
+        .unwrap();
+    let logout = async |origin: &str, host: Option<&str>| {
+        let mut r = http
+            .delete(format!("{}/v1/auth/tokens/current", c.controller.url()))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .header("origin", origin);
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        (status, body)
+    };
+    // DNS rebinding: the attacker's name resolves to the API, so the page's Origin and the
+    // request's Host both carry it and agree with each other. Refused: it is not the API's.
+    let rebound = format!("rebound.attacker.test:{port}");
+    let (status, body) = logout(&format!("https://{rebound}"), Some(&rebound)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "csrf_check_failed", "{body}");
+    // The API's own origins (the certificate's names on its port) are accepted, whatever the
+    // Host header.
+    let (status, body) = logout(&format!("https://localhost:{port}"), Some(&rebound)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_9_3_3_configured_api_origins_replace_the_defaults() {
+    let c = TestCluster::start(ClusterOptions {
+        configure: Box::new(|config| config.api.origins = vec!["https://Cloud.Example.test".into()]),
+        ..Default::default()
+    })
+    .await;
+    let (cookie, csrf) = browser_session(&c).await;
+    let logout = async |origin: &str| {
+        let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        http.delete(format!("{}/v1/auth/tokens/current", c.controller.url()))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // The API's own address is no longer an origin once the operator names them.
+    assert_eq!(logout(&c.controller.url()).await, StatusCode::FORBIDDEN);
+    assert_eq!(logout("https://cloud.example.test").await, StatusCode::NO_CONTENT);
+    c.shutdown().await;
+}

@@ -103,7 +103,11 @@ async fn flavor(c: &TestCluster) -> Value {
 /// (trusted key `release`) and a flavor. Returns the cluster, the project, the kernel image
 /// and the flavor.
 async fn bootable() -> (TestCluster, Uuid, Uuid, Value) {
-    let c = cluster(1).await;
+    bootable_on(1).await
+}
+
+async fn bootable_on(nodes: usize) -> (TestCluster, Uuid, Uuid, Value) {
+    let c = cluster(nodes).await;
     let project = c.admin_project().await;
     let key = SigningKey::generate().unwrap();
     trust(&c, &key, "release").await;
@@ -143,6 +147,23 @@ async fn demo_images(c: &TestCluster, project: Uuid, key: &SigningKey) -> Uuid {
     assert_eq!(after["status"], "active");
     assert_eq!(after["signature_verified"], true);
     k["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// A VPC `name` of 10.`n`.0.0/16 with one DHCP subnet 10.`n`.1.0/24; returns the subnet.
+async fn vpc_with_subnet(c: &TestCluster, project: Uuid, name: &str, n: u8) -> Value {
+    let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
+    let vpc: Value = c
+        .admin
+        .post(&p("vpcs"), &json!({"name": name, "cidr": format!("10.{n}.0.0/16")}))
+        .await
+        .unwrap();
+    c.admin
+        .post(
+            &p("subnets"),
+            &json!({"vpc": vpc["id"], "name": format!("{name}-s"), "cidr": format!("10.{n}.1.0/24"), "dhcp": true}),
+        )
+        .await
+        .unwrap()
 }
 
 async fn instance(c: &TestCluster, project: Uuid, id: Uuid) -> Value {
@@ -638,32 +659,8 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
 async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_instance() {
     let (c, project, kernel, f) = bootable().await;
     let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
-    let vpc: Value = c
-        .admin
-        .post(&p("vpcs"), &json!({"name": "v", "cidr": "10.80.0.0/16"}))
-        .await
-        .unwrap();
-    let subnet: Value = c
-        .admin
-        .post(
-            &p("subnets"),
-            &json!({"vpc": vpc["id"], "name": "s", "cidr": "10.80.1.0/24", "dhcp": true}),
-        )
-        .await
-        .unwrap();
-    let vpc2: Value = c
-        .admin
-        .post(&p("vpcs"), &json!({"name": "v2", "cidr": "10.81.0.0/16"}))
-        .await
-        .unwrap();
-    let subnet2: Value = c
-        .admin
-        .post(
-            &p("subnets"),
-            &json!({"vpc": vpc2["id"], "name": "s2", "cidr": "10.81.1.0/24", "dhcp": true}),
-        )
-        .await
-        .unwrap();
+    let subnet = vpc_with_subnet(&c, project, "v", 80).await;
+    let subnet2 = vpc_with_subnet(&c, project, "v2", 81).await;
     let given: Value = c
         .admin
         .post(&p("ports"), &json!({"subnet": subnet["id"]}))
@@ -783,5 +780,41 @@ async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_inst
     })
     .await;
     assert!(c.agents[0].vms.vm(id).is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_10_3_3_members_of_a_security_group_are_spread_over_nodes() {
+    let (c, project, kernel, f) = bootable_on(2).await;
+    let p = |rest: &str| format!("/v1/projects/{project}/{rest}");
+    let subnet = vpc_with_subnet(&c, project, "v", 82).await;
+    let group: Value = c
+        .admin
+        .post(&p("security-groups"), &json!({"name": "web"}))
+        .await
+        .unwrap();
+    let launch = |name: &str, anti_affinity: bool| {
+        json!({"name": name, "image": kernel.to_string(), "flavor": f["name"],
+               "networks": [subnet["id"]], "security_groups": [group["id"]],
+               "anti_affinity": anti_affinity})
+    };
+    let first: Value = c.admin.post(&p("instances"), &launch("web-1", false)).await.unwrap();
+    let second: Value = c.admin.post(&p("instances"), &launch("web-2", false)).await.unwrap();
+    assert!(first["node_id"].is_string(), "{first}");
+    assert_ne!(
+        first["node_id"], second["node_id"],
+        "two members of one group on two nodes"
+    );
+    // Both nodes hold a member now: a third one on request of anti-affinity has nowhere to go.
+    let e = c
+        .admin
+        .post::<_, Value>(&p("instances"), &launch("web-3", true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{e}");
+    assert!(e.to_string().contains("anti-affinity"), "{e}");
+    // Without it (soft spreading), the member goes to a node that already has one.
+    let third: Value = c.admin.post(&p("instances"), &launch("web-3", false)).await.unwrap();
+    assert!(third["node_id"].is_string(), "{third}");
     c.shutdown().await;
 }

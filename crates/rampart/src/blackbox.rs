@@ -5,7 +5,8 @@
 //! (SHA-256 of the effective configuration with the database password masked) and the last
 //! run-log events from the in-memory [`FlightRecorder`]. Each dump also becomes an audit record
 //! (`system.blackbox.dump`): at once when the controller is running, otherwise at its next start
-//! (a marker file `<dump>.audited` says it was recorded).
+//! (a marker file `<dump>.audited` says it was recorded). The standalone agent has the same
+//! black box under its own data directory (`rampart agent`); its dumps stay on the node.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::logging::FlightRecorder;
+use crate::logging::{FlightRecorder, LogOptions};
 
 /// What a dump is about, sent to the task that records it in the audit trail.
 #[derive(Debug, Clone)]
@@ -37,8 +38,44 @@ static BLACKBOX: OnceLock<BlackBox> = OnceLock::new();
 pub fn config_digest(config: &rampart_common::config::Config) -> String {
     let mut c = config.clone();
     c.database.url = rampart_common::redact_url(&c.database.url);
-    let text = toml::to_string(&c).unwrap_or_default();
+    text_digest(&toml::to_string(&c).unwrap_or_default())
+}
+
+/// `sha256:<hex>` of a configuration's text (which holds no secret).
+pub fn text_digest(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// The run log's file writer guard (keep it until exit) and the dumps to record.
+pub type Started = (
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+    tokio::sync::mpsc::UnboundedReceiver<Dump>,
+);
+
+/// The run log with the flight recorder as one more sink, and the black box installed on it:
+/// what every long-running command of the binary starts with.
+pub fn start(log: LogOptions<'_>, events: usize, data_dir: &Path, config_digest: String) -> anyhow::Result<Started> {
+    let recorder = FlightRecorder::new(events);
+    let guard = crate::logging::init(LogOptions {
+        recorder: Some(recorder.clone()),
+        ..log
+    })?;
+    Ok((guard, install(data_dir, recorder, config_digest)))
+}
+
+/// Writes a dump on every SIGUSR2; the process goes on.
+pub fn spawn_sigusr2_dumps() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut usr2) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
+            return;
+        };
+        while usr2.recv().await.is_some() {
+            match dump("signal", None, "black-box dump requested with SIGUSR2") {
+                Ok(path) => tracing::info!(path = %path.display(), "black-box dump written on SIGUSR2"),
+                Err(e) => tracing::error!(error = %e, "cannot write the black-box dump"),
+            }
+        }
+    })
 }
 
 fn exe_digest() -> String {

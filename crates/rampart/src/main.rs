@@ -72,6 +72,8 @@ enum Command {
     },
     /// End the session.
     Logout,
+    /// Print the saved session's token, for other HTTPS clients: curl -H "Authorization: Bearer $(rampart token)".
+    Token,
     /// Change a password (also the bootstrap admin's one-time password).
     Passwd {
         #[arg(long)]
@@ -163,6 +165,27 @@ struct AgentArgs {
     /// This node's IPv4 address on the tenant-plane interface.
     #[arg(long, requires = "tunnel_interface")]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+}
+
+impl AgentArgs {
+    /// The settings of this agent as text, for the configuration digest of its black-box
+    /// dumps; the join token is left out.
+    fn effective_settings(&self) -> String {
+        format!(
+            "controller = {:?}\nname = {:?}\nca_file = {:?}\nlog_level = {:?}\nvm_state_dir = {:?}\naccel = {:?}\n\
+             netns_prefix = {:?}\nreconcile_interval_s = {}\ntunnel_interface = {:?}\ntunnel_ip = {:?}\n",
+            self.controller,
+            self.name,
+            self.ca_file,
+            self.log_level,
+            self.vm_state_dir,
+            self.accel,
+            self.netns_prefix,
+            self.reconcile_interval_s,
+            self.tunnel_interface,
+            self.tunnel_ip,
+        )
+    }
 }
 
 /// How the node runs VMs, or none (logged) when this host cannot.
@@ -284,6 +307,7 @@ fn main() -> ExitCode {
             .await
             .map_err(Failure::Runtime),
             Command::Logout => cli::session::logout().await.map_err(Failure::Runtime),
+            Command::Token => cli::session::print_token().map_err(Failure::Runtime),
             Command::Passwd { url, ca, user, domain } => cli::session::passwd(url, ca, user, domain)
                 .await
                 .map_err(Failure::Runtime),
@@ -365,16 +389,7 @@ async fn shutdown_signal() {
 
 async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
-    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
-    let _guard = logging::init(logging::LogOptions {
-        level: &config.log.level,
-        dir: Some(&config.log_dir(&data_dir)),
-        to_stderr: config.log.stderr,
-        max_files: config.log.max_files,
-        max_file_bytes: config.log.max_file_bytes,
-        recorder: Some(recorder.clone()),
-    })?;
-    let mut dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
+    let (_guard, mut dumps) = controller_black_box(&config, &data_dir)?;
     let agent_config = config.local_agent.clone();
     let compute_config = config.compute.clone();
     let controller = Controller::start(ControllerOptions {
@@ -402,17 +417,7 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
             }
         }
     });
-    let usr2_task = tokio::spawn(async move {
-        let Ok(mut usr2) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
-            return;
-        };
-        while usr2.recv().await.is_some() {
-            match blackbox::dump("signal", None, "black-box dump requested with SIGUSR2") {
-                Ok(path) => tracing::info!(path = %path.display(), "black-box dump written on SIGUSR2"),
-                Err(e) => tracing::error!(error = %e, "cannot write the black-box dump"),
-            }
-        }
-    });
+    let usr2_task = blackbox::spawn_sigusr2_dumps();
 
     let stop_agent = CancellationToken::new();
     let mut agent_task = None;
@@ -446,20 +451,28 @@ async fn run_controller(args: ControllerArgs, with_agent: bool) -> Result<(), Fa
     Ok(())
 }
 
+/// The run log and the black box of a controller process (`rampart up`, `debug-crash`).
+fn controller_black_box(config: &Config, data_dir: &Path) -> anyhow::Result<blackbox::Started> {
+    blackbox::start(
+        logging::LogOptions {
+            level: &config.log.level,
+            dir: Some(&config.log_dir(data_dir)),
+            to_stderr: config.log.stderr,
+            max_files: config.log.max_files,
+            max_file_bytes: config.log.max_file_bytes,
+            recorder: None,
+        },
+        config.audit.blackbox_events,
+        data_dir,
+        blackbox::config_digest(config),
+    )
+}
+
 /// `rampart debug-crash`: the logging and black box of `rampart up`, then a real panic.
 fn debug_crash(args: ControllerArgs) -> Result<(), Failure> {
     let (config, data_dir) = load_config(&args).map_err(Failure::Config)?;
     rampart_common::fsutil::ensure_private_dir(&data_dir).map_err(|e| Failure::Runtime(e.into()))?;
-    let recorder = logging::FlightRecorder::new(config.audit.blackbox_events);
-    let _guard = logging::init(logging::LogOptions {
-        level: &config.log.level,
-        dir: Some(&config.log_dir(&data_dir)),
-        to_stderr: config.log.stderr,
-        max_files: config.log.max_files,
-        max_file_bytes: config.log.max_file_bytes,
-        recorder: Some(recorder.clone()),
-    })?;
-    let _dumps = blackbox::install(&data_dir, recorder, blackbox::config_digest(&config));
+    let _black_box = controller_black_box(&config, &data_dir)?;
     for step in 1..=3 {
         tracing::info!(step, "debug-crash: about to fail");
     }
@@ -559,14 +572,24 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         .map_err(ConfigProblem)
         .map_err(Failure::Config)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| default_dir("rampart-agent"));
-    let _guard = logging::init(logging::LogOptions {
-        level: &args.log_level,
-        dir: Some(&data_dir.join("logs")),
-        to_stderr: true,
-        max_files: 14,
-        max_file_bytes: 64 << 20,
-        recorder: None,
-    })?;
+    rampart_common::fsutil::ensure_private_dir(&data_dir)
+        .with_context(|| format!("cannot create the agent's data directory {}", data_dir.display()))?;
+    // The black box of `rampart up`, under the agent's data directory. No controller runs in
+    // this process to audit the dumps: they stay on the node, in <data_dir>/blackbox/.
+    let (_guard, _dumps) = blackbox::start(
+        logging::LogOptions {
+            level: &args.log_level,
+            dir: Some(&data_dir.join("logs")),
+            to_stderr: true,
+            max_files: 14,
+            max_file_bytes: 64 << 20,
+            recorder: None,
+        },
+        rampart_common::config::AuditConfig::default().blackbox_events,
+        &data_dir,
+        blackbox::text_digest(&args.effective_settings()),
+    )?;
+    let _usr2 = blackbox::spawn_sigusr2_dumps();
     let join_token = match (&args.join, &args.join_file) {
         (Some(t), _) => Some(Sensitive::new(t.trim())),
         (None, Some(f)) => Some(Sensitive::new(

@@ -191,12 +191,7 @@ async fn spec_13_1_1_2_break_glass_recovers_a_security_admin_only_as_root_with_t
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "this test needs root"
-        );
-        eprintln!("note: not root, break-glass test skipped");
+    if !rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -347,19 +342,7 @@ async fn spec_13_4_3_black_box_dumps_on_sigusr2_and_panic_are_written_and_audite
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(101), "a panic exits 101");
-    let dumps = |kind: &str| -> Vec<PathBuf> {
-        std::fs::read_dir(up.data.join("blackbox"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        let n = p.file_name().unwrap().to_string_lossy();
-                        n.starts_with(kind) && n.ends_with(".json")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let dumps = |kind: &str| dumps_in(&up.data, kind);
     let panic_dump = dumps("panic").pop().expect("panic dump");
     assert_eq!(rampart_common::fsutil::mode_of(&panic_dump).unwrap(), 0o600);
     let d: Value = serde_json::from_slice(&std::fs::read(&panic_dump).unwrap()).unwrap();
@@ -565,4 +548,91 @@ fn login(user: &str, password: &str) -> LoginRequest {
         totp: None,
         application_credential: None,
     }
+}
+
+/// The black-box dumps of kind `kind` in `data_dir/blackbox`.
+fn dumps_in(data_dir: &Path, kind: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("blackbox"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy();
+                    n.starts_with(kind) && n.ends_with(".json")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn spec_13_4_3_standalone_agent_has_a_black_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("agent");
+    // A "controller" on loopback that accepts and never answers: the agent stays in its join.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", stall.local_addr().unwrap());
+    let token_file = tmp.path().join("join-token");
+    let token = format!(
+        "rjt1.{}.{}.{}",
+        uuid::Uuid::new_v4().simple(),
+        "s3cret".repeat(5),
+        "ab".repeat(32)
+    );
+    std::fs::write(&token_file, &token).unwrap();
+    let mut agent = Proc(
+        Command::new(BIN)
+            .args(["agent", "--controller", &url, "--join-file"])
+            .arg(&token_file)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--accel", "tcg", "--vm-state-dir"])
+            .arg(tmp.path().join("vms"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (held, _) = stall.accept().unwrap();
+
+    // SIGUSR2: a dump, the agent going on.
+    let _ = Command::new("kill").arg("-USR2").arg(agent.0.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dumps_in(&data, "signal").is_empty() {
+        assert!(Instant::now() < deadline, "no agent dump after SIGUSR2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let signal_dump = dumps_in(&data, "signal").pop().unwrap();
+    assert_eq!(rampart_common::fsutil::mode_of(&signal_dump).unwrap(), 0o600);
+    assert!(agent.0.try_wait().unwrap().is_none(), "still running after SIGUSR2");
+
+    // The join fails (the "controller" hangs up): the fatal path dumps too, with the flight
+    // recorder's last run-log events, and no join token anywhere in it.
+    drop(held);
+    drop(stall);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not give up its join");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("black-box dump written to"), "{stderr}");
+    let fatal = dumps_in(&data, "fatal").pop().expect("a fatal dump");
+    for path in [&signal_dump, &fatal] {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(!text.contains(&token), "no join token in {}", path.display());
+        let d: Value = serde_json::from_str(&text).unwrap();
+        assert!(d["config_digest"].as_str().unwrap().starts_with("sha256:"), "{d}");
+        assert!(d["backtrace"].as_str().unwrap().len() > 20);
+        let events = d["events"].as_array().unwrap();
+        assert!(!events.is_empty(), "the flight recorder's events: {d}");
+    }
+    let d: Value = serde_json::from_slice(&std::fs::read(&fatal).unwrap()).unwrap();
+    assert_eq!(d["kind"], "fatal");
+    assert!(!d["message"].as_str().unwrap().is_empty(), "{d}");
 }

@@ -35,7 +35,7 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn privileged(test: &str) -> bool {
+fn privileged(_test: &str) -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -49,14 +49,11 @@ fn privileged(test: &str) -> bool {
         "nsenter",
     ];
     let ok = root && tools.iter().all(|t| have(t));
-    if !ok {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "{test} needs root and {tools:?}"
-        );
-        eprintln!("note: {test} skipped: needs root and {tools:?}");
-    }
-    ok
+    rampart_common::testing::require(
+        rampart_common::testing::Need::Root,
+        ok,
+        &format!("needs root and {tools:?}"),
+    )
 }
 
 fn workspace() -> PathBuf {

@@ -228,14 +228,7 @@ fn privileged() -> bool {
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "this test needs root"
-        );
-        eprintln!("note: not root, privileged test skipped");
-    }
-    root
+    rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root")
 }
 
 /// A network namespace joined to the root namespace by a veth pair; removed on drop.

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rampart");
 
-fn privileged(test: &str) -> bool {
+fn privileged(_test: &str) -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -36,14 +36,11 @@ fn privileged(test: &str) -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     });
-    if !(root && tools) {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "{test} needs root and nft, conntrack, dnsmasq, busybox"
-        );
-        eprintln!("note: {test} skipped: needs root and nft, conntrack, dnsmasq, busybox");
-    }
-    root && tools
+    rampart_common::testing::require(
+        rampart_common::testing::Need::Root,
+        root && tools,
+        "needs root and nft, conntrack, dnsmasq, busybox",
+    )
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -1411,12 +1408,11 @@ async fn spec_10_3_2_a_vm_booted_into_a_security_group_answers_only_what_its_gro
         "ssh",
         "ssh-keygen",
     ];
-    if !tools.iter().all(|t| have(t)) {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "{test} needs {tools:?}"
-        );
-        eprintln!("note: {test} skipped: needs {tools:?}");
+    if !rampart_common::testing::require(
+        rampart_common::testing::Need::Root,
+        tools.iter().all(|t| have(t)),
+        &format!("needs {tools:?}"),
+    ) {
         return;
     }
     let img = demo_image();

@@ -304,11 +304,6 @@ pub fn event(clock: &SharedClock, i: u64) -> NewRecord {
     .detail("n", i)
 }
 
-/// Whether tests that need system services must run (CI) rather than skip.
-pub fn require_system() -> bool {
-    std::env::var("RAMPART_TEST_REQUIRE_ROOT").is_ok_and(|v| v == "1")
-}
-
 pub fn write_all(path: &std::path::Path, data: &[u8]) {
     std::fs::File::create(path).unwrap().write_all(data).unwrap();
 }

@@ -16,7 +16,7 @@ use rampart_net::plan::{Observed, Step, plan};
 
 /// True when the test may run. Without root it prints why it skips, unless
 /// `RAMPART_TEST_REQUIRE_ROOT=1`, where it fails instead.
-pub fn root_or_skip(test: &str) -> bool {
+pub fn root_or_skip(_test: &str) -> bool {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -30,13 +30,7 @@ pub fn root_or_skip(test: &str) -> bool {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("{test}: needs root and nft, and RAMPART_TEST_REQUIRE_ROOT=1 is set");
-        }
-        eprintln!("SKIP {test}: needs root and the nft binary");
-    }
-    ok
+    rampart_common::testing::require(rampart_common::testing::Need::Root, ok, "not root or nft missing")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

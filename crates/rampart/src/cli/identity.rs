@@ -183,11 +183,16 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
 }
 
 /// `rampart mfa enrol`: starts TOTP enrolment, prints the otpauth URI, asks for a code.
+/// Enrols TOTP: a QR code (and the URI and secret) for the app, a code to confirm it; then,
+/// since enrolment ends the sessions opened before it, a new login with the app's next code
+/// and the one-time recovery codes, shown this once (on standard output).
 pub async fn mfa_enrol() -> anyhow::Result<()> {
     let c = client()?;
+    let me: TokenInfo = c.get("/v1/auth/tokens/current").await?;
     let e: TotpEnrollment = c.post("/v1/auth/mfa/totp", &serde_json::json!({})).await?;
     eprintln!(
-        "Add this to your authenticator app:\n  {}\n(secret {})",
+        "Scan this with your authenticator app:\n\n{}\nor add it by hand:\n  {}\n(secret {})",
+        qr_text(e.otpauth_uri.expose())?,
         e.otpauth_uri.expose(),
         e.secret.expose()
     );
@@ -202,6 +207,51 @@ pub async fn mfa_enrol() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    eprintln!("second factor enrolled; log in again with `rampart login`");
+    eprintln!("Second factor enrolled. Log in again (password, then the app's next code):");
+    super::session::login(super::session::LoginArgs {
+        user: Some(me.user.name),
+        domain: Some(me.user.domain),
+        ..Default::default()
+    })
+    .await?;
+    let codes: RecoveryCodes = client()?
+        .post("/v1/auth/mfa/recovery-codes", &serde_json::json!({}))
+        .await?;
+    eprintln!("Recovery codes: each works once instead of an app code. They are shown only now; keep them offline:");
+    for code in &codes.codes {
+        println!("{}", code.expose());
+    }
     Ok(())
+}
+
+/// `uri` as a QR code of Unicode half blocks, light on dark with its quiet zone, for a terminal.
+fn qr_text(uri: &str) -> anyhow::Result<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(uri.as_bytes())?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spec_13_2_2_mfa_enrol_renders_the_otpauth_uri_as_a_qr_code() {
+        let uri = "otpauth://totp/Rampart:admin?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=Rampart&algorithm=SHA1&digits=6&period=30";
+        let text = super::qr_text(uri).unwrap();
+        let code = qrcode::QrCode::new(uri.as_bytes()).unwrap();
+        // Two modules per character row, a quiet zone of 4 on every side.
+        let side = code.width() + 8;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), side.div_ceil(2), "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() == side), "{text}");
+        assert!(
+            text.chars().all(|c| " \u{2580}\u{2584}\u{2588}\n".contains(c)),
+            "{text}"
+        );
+        assert_ne!(text, super::qr_text("otpauth://totp/other").unwrap());
+    }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
-use rampart_api::{Client, LoginRequest};
+use rampart_api::{Client, LoginRequest, TokenResponse, TokenScope};
 use rampart_common::Sensitive;
 use serde::{Deserialize, Serialize};
 
@@ -53,16 +53,20 @@ fn anonymous(url: &str, ca: &std::path::Path) -> anyhow::Result<Client> {
     Ok(Client::with_ca(url, &pem)?)
 }
 
+/// The token of `RAMPART_TOKEN`, else of the saved session.
+fn token() -> anyhow::Result<Sensitive> {
+    match std::env::var("RAMPART_TOKEN") {
+        Ok(t) => Ok(Sensitive::new(t)),
+        Err(_) => saved()
+            .map(|s| s.token)
+            .ok_or_else(|| anyhow!("not logged in: run `rampart login` (or set RAMPART_TOKEN)")),
+    }
+}
+
 /// A client carrying the session's token.
 pub fn client() -> anyhow::Result<Client> {
     let (url, ca) = target(None, None);
-    let token = match std::env::var("RAMPART_TOKEN") {
-        Ok(t) => Sensitive::new(t),
-        Err(_) => saved()
-            .map(|s| s.token)
-            .ok_or_else(|| anyhow!("not logged in: run `rampart login` (or set RAMPART_TOKEN)"))?,
-    };
-    Ok(anonymous(&url, &ca)?.with_token(token))
+    Ok(anonymous(&url, &ca)?.with_token(token()?))
 }
 
 fn prompt(label: &str) -> anyhow::Result<String> {
@@ -73,6 +77,7 @@ fn prompt(label: &str) -> anyhow::Result<String> {
     Ok(line.trim().to_string())
 }
 
+#[derive(Default)]
 pub struct LoginArgs {
     pub url: Option<String>,
     pub ca: Option<PathBuf>,
@@ -109,9 +114,6 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         }
         other => other?,
     };
-    for w in &response.warnings {
-        eprintln!("warning: {w}");
-    }
     let path = session_path();
     if let Some(dir) = path.parent() {
         rampart_common::fsutil::ensure_private_dir(dir)?;
@@ -122,18 +124,53 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
         token: response.token.clone(),
     };
     rampart_common::fsutil::write_secret(&path, serde_json::to_string_pretty(&saved)?.as_bytes())?;
-    eprintln!(
-        "logged in as {}@{} (roles: {}; scope: {:?}; until {})",
-        response.user.name,
-        response.user.domain,
-        if response.roles.is_empty() {
-            "none".into()
-        } else {
-            response.roles.join(", ")
-        },
-        response.scope,
-        rampart_common::time::rfc3339(response.expires_at)
-    );
+    for line in login_report(&response) {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
+/// What a session may do, in words.
+pub fn scope_text(scope: TokenScope) -> &'static str {
+    match scope {
+        TokenScope::Full => "everything your roles allow",
+        TokenScope::MfaEnrollment => "enrolling a second factor only",
+    }
+}
+
+/// What `rampart login` tells a person: who, which roles, what the session may do, and the
+/// next step in CLI terms. The server's warning about an enrolment-only token names the API
+/// call; a CLI user gets the command instead.
+fn login_report(r: &TokenResponse) -> Vec<String> {
+    let roles = if r.roles.is_empty() {
+        "none".to_string()
+    } else {
+        r.roles.join(", ")
+    };
+    let mut lines = vec![format!(
+        "logged in as {}@{} (roles: {roles}; this session may do {}; until {})",
+        r.user.name,
+        r.user.domain,
+        scope_text(r.scope),
+        rampart_common::time::rfc3339(r.expires_at)
+    )];
+    let enrolment_only = r.scope == TokenScope::MfaEnrollment;
+    for w in &r.warnings {
+        if !(enrolment_only && w.contains("/v1/auth/mfa/totp")) {
+            lines.push(format!("warning: {w}"));
+        }
+    }
+    if enrolment_only {
+        lines.push(
+            "your roles require a second factor: run `rampart mfa-enrol` next (it logs you in again when done)".into(),
+        );
+    }
+    lines
+}
+
+/// `rampart token`: the token of the saved session (or of `RAMPART_TOKEN`) on standard output.
+pub fn print_token() -> anyhow::Result<()> {
+    println!("{}", token()?.expose());
     Ok(())
 }
 
@@ -199,4 +236,42 @@ pub async fn passwd(
     })?;
     eprintln!("password changed; every session of this user has ended");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(scope: TokenScope, warnings: &[&str]) -> TokenResponse {
+        TokenResponse {
+            token: Sensitive::new("t"),
+            expires_at: time::macros::datetime!(2026-12-07 15:00 UTC),
+            user: rampart_api::UserRef {
+                id: uuid::Uuid::nil(),
+                name: "admin".into(),
+                domain: "default".into(),
+            },
+            project: None,
+            roles: vec!["admin".into()],
+            scope,
+            password_expires_at: None,
+            warnings: warnings.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn spec_13_2_2_login_says_what_the_session_may_do_and_the_next_command() {
+        let text = login_report(&response(
+            TokenScope::MfaEnrollment,
+            &["your roles require a second factor: enrol one with POST /v1/auth/mfa/totp, then log in again"],
+        ))
+        .join("\n");
+        assert!(text.contains("enrolling a second factor only"), "{text}");
+        assert!(text.contains("`rampart mfa-enrol`"), "{text}");
+        assert!(!text.contains("MfaEnrollment") && !text.contains("/v1/auth"), "{text}");
+        let text = login_report(&response(TokenScope::Full, &["your password expires in 3 days"])).join("\n");
+        assert!(text.contains("everything your roles allow"), "{text}");
+        assert!(text.contains("warning: your password expires in 3 days"), "{text}");
+        assert!(!text.contains("Full") && !text.contains("mfa-enrol"), "{text}");
+    }
 }
