@@ -282,6 +282,15 @@ impl TestCluster {
     /// Stops the controller and starts it again on the same address, data directory and
     /// database, with `configure` applied to its configuration; agents keep running.
     pub async fn restart_controller(self, configure: impl FnOnce(&mut Config)) -> TestCluster {
+        self.restart_controller_after(Duration::ZERO, configure).await
+    }
+
+    /// As [`TestCluster::restart_controller`], with the controller down for `downtime`.
+    pub async fn restart_controller_after(
+        self,
+        downtime: Duration,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestCluster {
         let TestCluster {
             controller,
             data_dir,
@@ -296,6 +305,7 @@ impl TestCluster {
         config.api.listen = controller.addrs.clone();
         configure(&mut config);
         controller.shutdown().await;
+        tokio::time::sleep(downtime).await;
         let controller = Controller::start(ControllerOptions {
             config: config.clone(),
             data_dir: data_dir.path().to_path_buf(),
@@ -369,6 +379,15 @@ impl TestCluster {
             .await
             .expect("security admin enrols");
         let client = mfa.login(&self.anon).await.expect("security admin login");
+        (client, mfa)
+    }
+
+    /// Logs in an existing user whose roles need a second factor: enrols TOTP first.
+    pub async fn login_with_mfa(&self, name: &str, password: &str) -> (Client, MfaUser) {
+        let mfa = MfaUser::enrol_with(&self.anon, name, password, None, self.clock.clone())
+            .await
+            .expect("TOTP enrolment");
+        let client = mfa.login(&self.anon).await.expect("login with TOTP");
         (client, mfa)
     }
 

@@ -62,7 +62,9 @@ pub fn client() -> anyhow::Result<Client> {
             .map(|s| s.token)
             .ok_or_else(|| anyhow!("not logged in: run `rampart login` (or set RAMPART_TOKEN)"))?,
     };
-    Ok(anonymous(&url, &ca)?.with_token(token))
+    // Creating calls carry an Idempotency-Key: a retry after a lost answer or a 503 makes
+    // nothing twice.
+    Ok(anonymous(&url, &ca)?.with_token(token).with_retries(3))
 }
 
 fn prompt(label: &str) -> anyhow::Result<String> {
