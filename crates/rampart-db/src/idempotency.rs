@@ -24,6 +24,9 @@ pub struct Answer {
     pub sealed_body: String,
 }
 
+/// `request_hash, status, content_type, sealed_body, created_at`.
+type KeptRow = (String, Option<i64>, Option<String>, Option<String>, i64);
+
 /// Claims `key` for a first call, or returns what the first call left. Keys older than
 /// `expired_before` are forgotten first.
 pub async fn claim(
@@ -54,7 +57,7 @@ pub async fn claim(
     if inserted == 1 {
         return Ok(None);
     }
-    let row: Option<(String, Option<i64>, Option<String>, Option<String>, i64)> = sqlx::query_as(
+    let row: Option<KeptRow> = sqlx::query_as(
         "SELECT request_hash, status, content_type, sealed_body, created_at FROM idempotency_keys \
          WHERE principal = $1 AND idem_key = $2",
     )

@@ -506,6 +506,7 @@ mod flaky_tests {
 
     use super::*;
     use crate::backend::UnavailableBackend;
+    use crate::envelope::WrappedKey;
 
     /// A token that fails C_GenerateKey `failures` times, as SoftHSM did under concurrent
     /// project creation; everything else is the unavailable backend's.
