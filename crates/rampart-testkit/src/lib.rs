@@ -410,6 +410,31 @@ impl TestCluster {
     }
 }
 
+/// Root, for tests that need it: in CI (which sets RAMPART_TEST_REQUIRE_ROOT=1) a missing
+/// privilege fails the test; elsewhere the test says so and passes.
+pub fn privileged() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        assert!(
+            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "this test needs root"
+        );
+        eprintln!("note: not root, privileged test skipped");
+    }
+    root
+}
+
+/// A free TCP port on 127.0.0.1 (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Every backend this run tests (SQLite; PostgreSQL when configured, required in CI).
 pub async fn backends() -> Vec<Backend> {
     let mut v = vec![Backend::Sqlite];

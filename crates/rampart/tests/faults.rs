@@ -6,24 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rampart_api::{Client, ClientError, Project, ProjectCreate};
-use rampart_testkit::{ClusterOptions, TestCluster};
-
-/// Root: in CI (which sets RAMPART_TEST_REQUIRE_ROOT=1) a missing privilege fails the test;
-/// elsewhere the test says so and passes.
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "this test needs root"
-        );
-        eprintln!("note: not root, privileged test skipped");
-    }
-    root
-}
+use rampart_testkit::{ClusterOptions, TestCluster, free_port, privileged};
 
 /// A small tmpfs of its own, unmounted on drop (also when the test panics).
 struct SmallDisk {
@@ -173,14 +156,6 @@ async fn spec_14_2_3_writes_recover_after_a_full_disk_without_a_restart() {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_rampart");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `rampart up` process, killed on drop.
 struct Up(std::process::Child);
