@@ -52,7 +52,12 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     token: Option<Sensitive>,
+    /// Retries of a `POST` that got no answer or 503, with the same `Idempotency-Key`.
+    retries: u32,
 }
+
+/// The header that makes a retried `POST` safe (the server keeps the first answer 24 h).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +94,7 @@ impl Client {
             base,
             http,
             token: None,
+            retries: 0,
         })
     }
 
@@ -108,6 +114,14 @@ impl Client {
 
     pub fn token(&self) -> Option<&Sensitive> {
         self.token.as_ref()
+    }
+
+    /// Retries a `POST` up to `n` times (after 0.5 s, 1 s, 2 s...) when it got no answer or
+    /// 503. Every `POST` then carries an `Idempotency-Key`, the same on each attempt, so a
+    /// retry of a call that did take effect gets its first answer instead of a duplicate.
+    pub fn with_retries(mut self, n: u32) -> Client {
+        self.retries = n;
+        self
     }
 
     /// Sends a request and decodes the JSON answer; API errors become [`ClientError::Api`].
@@ -132,18 +146,46 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response, ClientError> {
+        let key = (method == Method::POST && self.retries > 0).then(|| uuid::Uuid::new_v4().to_string());
+        self.send_with_key(method, path, body, key.as_deref()).await
+    }
+
+    /// As [`Client::send`] with the given `Idempotency-Key` (none: no header, no retry).
+    pub async fn send_with_key<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        key: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token.expose());
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let response = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let mut attempt = 0;
+        let response = loop {
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token.expose());
+            }
+            if let Some(key) = &key {
+                req = req.header(IDEMPOTENCY_KEY, *key);
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let sent = req.send().await;
+            let retry = key.is_some()
+                && attempt < self.retries
+                && sent
+                    .as_ref()
+                    .map_or(true, |r| r.status() == StatusCode::SERVICE_UNAVAILABLE);
+            if !retry {
+                break sent.map_err(|source| ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
+            }
+            tokio::time::sleep(Duration::from_millis(500 << attempt.min(4))).await;
+            attempt += 1;
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);

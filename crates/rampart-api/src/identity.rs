@@ -360,7 +360,13 @@ impl Default for SecurityCompliance {
             password_expires_days: 0,
             password_expiry_warning_days: 14,
             change_password_upon_first_use: true,
-            mfa_required_roles: vec!["system-admin".into(), "security-admin".into(), "domain-admin".into()],
+            mfa_required_roles: vec![
+                "system-admin".into(),
+                "security-admin".into(),
+                "domain-admin".into(),
+                // Reads the whole trail: who did what, from where (issue 13).
+                "auditor".into(),
+            ],
             token_expiration_s: 3600,
             token_idle_timeout_s: 1800,
             allowed_source_cidrs: vec![],

@@ -15,10 +15,13 @@ pub struct List<T> {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok` when the database answers.
+    /// `ok` when the database answers and takes writes; `degraded` while writes fail (a full
+    /// disk): then `reason` says why and `/readyz` answers 503.
     pub status: String,
     pub version: String,
     pub nodes: NodeCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -73,6 +73,97 @@ impl UidRange {
     }
 }
 
+/// Host-wide claims on VM uids, shared by every agent of the host (two agents with their own
+/// state directories would otherwise both pick the lowest free uid of the same range and run
+/// two tenants' VMs under one uid). One file per claimed uid names the VM directory holding
+/// it; claims are made under an exclusive lock on the registry. A claim whose directory is
+/// gone is stale and taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidRegistry {
+    dir: PathBuf,
+}
+
+impl UidRegistry {
+    /// Cleared at boot with the VMs it describes; VM directories that outlive a reboot claim
+    /// their uid again when their VM is prepared.
+    pub const DEFAULT_DIR: &'static str = "/run/rampart/vm-uids";
+
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        UidRegistry { dir: dir.into() }
+    }
+
+    fn locked(&self) -> Result<std::fs::File, ConfineError> {
+        std::fs::create_dir_all(&self.dir).map_err(io_err("creating", &self.dir))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("securing", &self.dir))?;
+        let path = self.dir.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        f.lock().map_err(io_err("locking", &path))?;
+        Ok(f)
+    }
+
+    /// Whether `uid` is free for `owner` (the VM directory), claiming it if so.
+    fn try_claim(&self, uid: u32, owner: &Path) -> Result<bool, ConfineError> {
+        let path = self.dir.join(uid.to_string());
+        let owner_text = owner.to_string_lossy();
+        match std::fs::read_to_string(&path) {
+            Ok(holder) if holder == owner_text => return Ok(true),
+            Ok(holder) => {
+                // The holder makes its directory before it claims, so a missing one is gone.
+                if Path::new(&holder).exists() {
+                    return Ok(false);
+                }
+                tracing::info!(uid, stale = %holder, "taking over a stale VM uid claim");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        }
+        std::fs::write(&path, owner_text.as_bytes()).map_err(io_err("writing", &path))?;
+        Ok(true)
+    }
+
+    /// Claims `uid` for `owner` (a VM directory found owned by it, after a restart); an error
+    /// if another live VM of this host holds it.
+    pub fn claim(&self, uid: u32, owner: &Path) -> Result<(), ConfineError> {
+        let _lock = self.locked()?;
+        if self.try_claim(uid, owner)? {
+            Ok(())
+        } else {
+            Err(ConfineError::Invalid("VM uid already held by another VM of this host"))
+        }
+    }
+
+    /// The lowest uid of `range` that no VM of this host holds, claimed for `owner`.
+    pub fn allocate(&self, range: &UidRange, owner: &Path) -> Result<u32, ConfineError> {
+        let _lock = self.locked()?;
+        for uid in range.start..range.start.saturating_add(range.count) {
+            if self.try_claim(uid, owner)? {
+                return Ok(uid);
+            }
+        }
+        Err(ConfineError::UidsExhausted {
+            start: range.start,
+            end: range.start.saturating_add(range.count),
+        })
+    }
+
+    /// Gives up `owner`'s claim on `uid` (its VM was deleted).
+    pub fn release(&self, uid: u32, owner: &Path) {
+        let Ok(_lock) = self.locked() else {
+            return;
+        };
+        let path = self.dir.join(uid.to_string());
+        if std::fs::read_to_string(&path).is_ok_and(|h| h == owner.to_string_lossy()) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Per-device I/O throttle (`MAJ:MIN`, the device holding the VM's files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoLimit {
@@ -702,5 +793,32 @@ mod tests {
         let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let (maj, min) = device_of(Path::new("/")).unwrap();
         assert_eq!(format!("{maj}:{min}"), want);
+    }
+
+    #[test]
+    fn spec_9_1_1f_two_agents_on_one_host_never_share_a_vm_uid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = UidRegistry::new(tmp.path().join("uids"));
+        let range = UidRange {
+            start: 2_100_000_000,
+            count: 4,
+        };
+        // Two agents, two state directories, one registry (the host's).
+        let (a, b) = (tmp.path().join("agent-a/vm1"), tmp.path().join("agent-b/vm1"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let ua = registry.allocate(&range, &a).unwrap();
+        let ub = registry.allocate(&range, &b).unwrap();
+        assert_ne!(ua, ub);
+        // The holder's claim is its own again after a restart.
+        registry.claim(ua, &a).unwrap();
+        // A claim whose VM directory is gone (or owned by someone else) is stale.
+        std::fs::remove_dir_all(&a).unwrap();
+        let c = tmp.path().join("agent-b/vm2");
+        std::fs::create_dir_all(&c).unwrap();
+        assert_eq!(registry.allocate(&range, &c).unwrap(), ua);
+        registry.release(ub, &b);
+        assert!(!tmp.path().join("uids").join(ub.to_string()).exists());
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::confine::{self, CgroupLayout, ConfineError, JailSpec, Limits, UidRange, VmCgroup};
+use crate::confine::{self, CgroupLayout, ConfineError, JailSpec, Limits, UidRange, UidRegistry, VmCgroup};
 use crate::image::{self, BootPermit, Digest, ImageError, ImageSignature, SignaturePolicy, TrustedKey};
 use crate::monitor::{self, Sample};
 use crate::qemu::{self, Accel, Boot, RenderError, VmSpec};
@@ -394,6 +394,8 @@ pub struct QemuDriverConfig {
     pub state_dir: PathBuf,
     pub qemu_binary: PathBuf,
     pub uid_range: UidRange,
+    /// Host-wide: every agent of the host allocates VM uids through it.
+    pub uid_registry: UidRegistry,
     pub cgroups: CgroupLayout,
     /// How long QEMU may take to open its QMP socket.
     pub start_timeout: Duration,
@@ -405,6 +407,7 @@ impl QemuDriverConfig {
             state_dir,
             qemu_binary: "/usr/bin/qemu-system-x86_64".into(),
             uid_range: UidRange::default(),
+            uid_registry: UidRegistry::new(UidRegistry::DEFAULT_DIR),
             cgroups: CgroupLayout::detect()?,
             start_timeout: Duration::from_secs(10),
         })
@@ -450,29 +453,22 @@ impl QemuDriver {
         if let Ok(m) = std::fs::metadata(&dir)
             && self.cfg.uid_range.contains(m.uid())
         {
+            // After a restart or a reboot: the uid is this VM's again, unless another VM of the
+            // host took it meanwhile (then this one must not run under it).
+            self.cfg.uid_registry.claim(m.uid(), &dir)?;
             return Ok((dir, m.uid()));
         }
-        let used = self.used_uids();
-        let uid = self.cfg.uid_range.allocate(&used)?;
+        // The directory first: the registry takes a claim without its directory for stale.
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("creating the VM dir")(e)),
         }
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io("securing the VM dir"))?;
+        let uid = self.cfg.uid_registry.allocate(&self.cfg.uid_range, &dir)?;
         confine::own_private(&dir, uid, uid)?;
         Ok((dir, uid))
-    }
-
-    fn used_uids(&self) -> BTreeSet<u32> {
-        std::fs::read_dir(&self.cfg.state_dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.uid())
-                    .filter(|u| self.cfg.uid_range.contains(*u))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Hands every file QEMU opens to the VM's uid, mode 0600; files outside the VM directory
@@ -750,12 +746,17 @@ impl Hypervisor for QemuDriver {
     async fn destroy(&self, id: Uuid) -> Result<(), DriverError> {
         self.stop(id, Duration::from_secs(0)).await?;
         let dir = self.vm_dir(id);
+        let uid = std::fs::metadata(&dir).ok().map(|m| m.uid());
         // Only the VM's own directory; the mount namespace of the jail never leaked a mount here.
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("removing the VM dir")(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing the VM dir")(e)),
         }
+        if let Some(uid) = uid.filter(|u| self.cfg.uid_range.contains(*u)) {
+            self.cfg.uid_registry.release(uid, &dir);
+        }
+        Ok(())
     }
 
     async fn observe(&self) -> Result<Vec<ObservedVm>, DriverError> {
@@ -953,5 +954,49 @@ mod tests {
         let panicked = [obs(d, PowerState::Panicked)];
         let only_d = BTreeMap::from([(d, DesiredPower::Running)]);
         assert_eq!(plan_power(&only_d, &panicked, &was), [PowerAction::ReportPanicked(d)]);
+    }
+
+    /// Two agents on one host, each with its own state directory: their VMs get different
+    /// uids (they allocate through the host's registry), and a deleted VM's uid is free again.
+    #[tokio::test]
+    async fn spec_9_1_1f_two_agents_on_one_host_give_their_vms_different_uids() {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        if !root {
+            assert!(
+                std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
+                "this test needs root (chown to VM uids)"
+            );
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = UidRegistry::new(tmp.path().join("host-uids"));
+        // A range of its own, so that VMs of other tests on this host never meet it.
+        let range = UidRange {
+            start: 2_100_000_000 + (std::process::id() % 1000) * 64,
+            count: 64,
+        };
+        let driver = |name: &str| {
+            let Ok(mut cfg) = QemuDriverConfig::new(tmp.path().join(name)) else {
+                return None;
+            };
+            cfg.uid_range = range;
+            cfg.uid_registry = registry.clone();
+            Some(QemuDriver::new(cfg))
+        };
+        let (Some(a), Some(b)) = (driver("agent-a"), driver("agent-b")) else {
+            eprintln!("note: no cgroup hierarchy, test skipped");
+            return;
+        };
+        let (va, vb) = (Uuid::new_v4(), Uuid::new_v4());
+        let (_, ua) = a.prepare_dir(va).unwrap();
+        let (_, ub) = b.prepare_dir(vb).unwrap();
+        assert_ne!(ua, ub, "two agents, one host: one uid each");
+        assert_eq!(a.prepare_dir(va).unwrap().1, ua, "stable across calls (restarts)");
+        a.destroy(va).await.unwrap();
+        let (_, uc) = b.prepare_dir(Uuid::new_v4()).unwrap();
+        assert_eq!(uc, ua, "a deleted VM's uid is free again");
     }
 }

@@ -34,7 +34,7 @@ use rampart_audit::formats::{Format, SyslogOptions};
 use rampart_audit::forward::{Forwarder, ForwarderConfig, ForwardingStatus, pump};
 use rampart_audit::queue::{PersistentQueue, QueueOptions};
 use rampart_audit::record::{Actor, AuditResult, AuthMethod, NewRecord, Target};
-use rampart_audit::store::{AuditLog, CheckpointPolicy};
+use rampart_audit::store::{AuditError, AuditLog, CheckpointPolicy};
 use rampart_common::config::AuditConfig;
 use rampart_common::error::{ErrorChain, ErrorCode};
 use rampart_common::time::SharedClock;
@@ -734,7 +734,11 @@ pub async fn write_ahead(State(state): State<AppState>, req: Request, next: Next
     if let Some(rec) = due {
         let op = rec.operation.clone();
         match state.audit.log.append(rec).await {
-            Ok(r) => note(|s| s.intent_seq = Some(r.seq)),
+            Ok(r) => {
+                note(|s| s.intent_seq = Some(r.seq));
+                // Its transactions mark the intent as committed (see `reconcile_intents`).
+                return rampart_db::intents::scope(r.seq, next.run(req)).await;
+            }
             Err(e) => {
                 tracing::error!(error = %ErrorChain(&e), operation = %op, "write-ahead audit record not written; the call is refused before it runs");
                 return e.into_public().into_response();
@@ -742,6 +746,66 @@ pub async fn write_ahead(State(state): State<AppState>, req: Request, next: Next
         }
     }
     next.run(req).await
+}
+
+/// The completion of an open intent whose call will never answer: `success` (status 200, with
+/// what it created when known) if a transaction of the call committed, else `abandoned`
+/// (outcome `failure`, status 500, code `abandoned`): nothing of it was committed.
+pub fn intent_completion(intent: &rampart_db::intents::OpenIntent, now: OffsetDateTime) -> NewRecord {
+    let p = &intent.pending;
+    let target = Target::new(
+        p.target.kind.clone(),
+        p.target.id.clone().or(intent.target_id.clone()),
+        p.target.project.clone(),
+    );
+    let result = if intent.committed {
+        AuditResult::success(200)
+    } else {
+        AuditResult::failure(500, "abandoned")
+    };
+    let mut r = NewRecord::new(now, p.actor.clone(), p.operation.clone(), target, result)
+        .detail("intent_seq", p.seq)
+        .detail(
+            "reconciled",
+            "the call ended without a completion record (process stopped); completed at start-up from the database",
+        );
+    r.source_ip = p.source_ip.clone();
+    r.user_agent = p.user_agent.clone();
+    r.request_id = p.request_id.clone();
+    r
+}
+
+/// Appends a completion for every open intent sealed before `before` (calls that cannot still
+/// be running); returns how many. Runs at start-up and then on the leader, so that the trail
+/// always says what became of a call.
+pub async fn reconcile_intents(state: &AppState, before: OffsetDateTime) -> Result<u64, Error> {
+    let mut completed = 0;
+    loop {
+        let page = {
+            let mut conn = state.db.conn().await?;
+            rampart_db::intents::open_intents(&mut conn, before, 500).await?
+        };
+        for intent in &page.open {
+            let rec = intent_completion(intent, state.now());
+            state.audit.log.append(rec).await.map_err(AuditError::into_public)?;
+            tracing::warn!(
+                intent_seq = intent.pending.seq,
+                operation = %intent.pending.operation,
+                committed = intent.committed,
+                "open audit intent completed"
+            );
+            completed += 1;
+        }
+        let mut conn = state.db.conn().await?;
+        rampart_db::intents::advance(&mut conn, page.watermark).await?;
+        if page.done {
+            break;
+        }
+    }
+    if completed > 0 {
+        state.audit.wake_pump.notify_one();
+    }
+    Ok(completed)
 }
 
 /// The syslog header fields of this controller.
@@ -843,11 +907,39 @@ pub fn spawn_forwarding(state: AppState) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// How long a call may run before an open intent of it is taken for dead when other
+/// controllers may be serving it (PostgreSQL). Image uploads are not bounded by
+/// `api.request_timeout_s`, hence the generous hour.
+const INTENT_GRACE: time::Duration = time::Duration::hours(1);
+
+/// The start-up pass over open intents, in the background (serving does not wait). On SQLite
+/// this controller is the only one: every call begun before `started` died with the previous
+/// process. On PostgreSQL, calls of other controllers may still run, so only old intents count.
+pub fn spawn_intent_reconcile(state: AppState, started: OffsetDateTime) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let before = match state.db.backend() {
+            rampart_db::Backend::Sqlite => started,
+            rampart_db::Backend::Postgres => started - INTENT_GRACE,
+        };
+        match reconcile_intents(&state, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(completed = n, "open audit intents of the previous run completed"),
+            Err(e) => tracing::error!(error = %e, "open audit intents not reconciled at start; the leader retries"),
+        }
+    })
+}
+
 /// Leader work, called by the reconciler every second: checkpoints when due, and every
 /// `audit.purge_interval_s` the retention purge of records, run logs and black-box dumps.
 pub async fn leader_tick(state: &AppState, tick: u64) {
     if let Err(e) = state.audit.log.tick().await {
         tracing::error!(error = %ErrorChain(&e), "audit checkpoint failed");
+    }
+    // Calls whose completion record failed (a full disk) while this process ran.
+    if tick % 60 == 30
+        && let Err(e) = reconcile_intents(state, state.now() - INTENT_GRACE).await
+    {
+        tracing::error!(error = %e, "open audit intents not reconciled");
     }
     let every = state.audit.config.purge_interval_s.max(1);
     if tick % every == every - 1

@@ -12,7 +12,7 @@ use rampart_common::Error;
 use rampart_common::config::{CaKeyCustody, Config, HsmKind};
 use rampart_common::error::ErrorChain;
 use rampart_common::time::{from_ms, rfc3339, to_ms};
-use rampart_db::{Conn, kms as db, meta};
+use rampart_db::{Conn, identity, kms as db, meta};
 use rampart_kms::ca::{CaRole, RevocationReason, RevokedEntry, cert_info};
 use rampart_kms::{
     BackendKind, CertificateAuthority, EmbeddedSoftHsm, HsmError, Key, KeyAuditFacts, KeyBackend, KeyOperation,
@@ -170,32 +170,63 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .map_err(|e| Error::internal("running a key operation", e))
 }
 
-/// At start: every project gets its root keys; the CAs and the server certificate go into the
-/// certificate inventory.
-pub async fn after_start(state: &AppState) -> Result<(), Error> {
-    let projects = {
-        let mut conn = state.db.conn().await?;
-        db::all_project_ids(&mut conn).await?
-    };
-    if state.kms.backend_kind() == BackendKind::Pkcs11 {
-        let service = state.kms.service.clone();
-        let n = projects.len();
-        let failed = blocking(move || {
-            projects
-                .into_iter()
-                .filter_map(|p| service.create_project_root(p).err().map(|e| (p, e)))
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        for (p, e) in &failed {
-            tracing::error!(project = %p, error = %ErrorChain(e), "cannot create the project's root keys in the HSM");
+/// Projects whose root keys are checked per blocking task by [`spawn_root_check`].
+const ROOT_CHECK_BATCH: usize = 100;
+
+/// After start, in the background: every project has its root keys (made when the project
+/// was, so this only repairs a token restored from an older backup). One HSM lookup per
+/// project: start-up must not wait for it, so the API answers first and the check runs in
+/// batches until done or shutdown. Key operations make missing roots themselves meanwhile.
+pub fn spawn_root_check(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if state.kms.backend_kind() != BackendKind::Pkcs11 {
+            return;
+        }
+        let projects = match async {
+            let mut conn = state.db.conn().await?;
+            Ok::<_, Error>(db::all_project_ids(&mut conn).await?)
+        }
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the projects whose root keys to check");
+                return;
+            }
+        };
+        let (n, started) = (projects.len(), std::time::Instant::now());
+        let mut failed = 0;
+        for batch in projects.chunks(ROOT_CHECK_BATCH) {
+            if state.shutdown.is_cancelled() {
+                return;
+            }
+            let (service, batch) = (state.kms.service.clone(), batch.to_vec());
+            let Ok(errors) = blocking(move || {
+                batch
+                    .into_iter()
+                    .filter_map(|p| service.create_project_root(p).err().map(|e| (p, e)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            else {
+                return;
+            };
+            for (p, e) in &errors {
+                tracing::error!(project = %p, error = %ErrorChain(e), "cannot create the project's root keys in the HSM");
+            }
+            failed += errors.len();
         }
         tracing::info!(
             projects = n,
-            failed = failed.len(),
+            failed,
+            took_ms = started.elapsed().as_millis() as u64,
             "project root keys checked in the HSM"
         );
-    }
+    })
+}
+
+/// At start: the CAs and the server certificate go into the certificate inventory.
+pub async fn after_start(state: &AppState) -> Result<(), Error> {
     let mut conn = state.db.conn().await?;
     record_ca(&mut conn, &state.ca, state.now()).await?;
     record_ca(&mut conn, &state.kms.tenant_ca, state.now()).await?;
@@ -205,19 +236,28 @@ pub async fn after_start(state: &AppState) -> Result<(), Error> {
 
 // ---- projects ----
 
-/// A new project gets its root keys in the HSM. A failure is logged, not fatal: the roots are
-/// made again when the project's first key is created, and key operations fail closed meanwhile.
-pub async fn project_created(state: &AppState, project: Uuid) {
-    let service = state.kms.service.clone();
-    match blocking(move || service.create_project_root(project)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM")
-        }
-        Err(e) => {
-            tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM")
-        }
+/// A new project gets its root keys in the HSM before the call answers: transient token
+/// failures are retried with backoff; if the keys still cannot be made, the project is removed
+/// again and the call fails with 503 `hsm_unavailable`, so no project answers 201 without
+/// its keys. Without an HSM (`kms.required = false`) key operations fail closed anyway and
+/// projects are made without roots.
+pub async fn project_created(state: &AppState, project: Uuid) -> Result<(), Error> {
+    if state.kms.backend_kind() != BackendKind::Pkcs11 {
+        return Ok(());
     }
+    let service = state.kms.service.clone();
+    let made = blocking(move || service.create_project_root(project)).await?;
+    let Err(e) = made else {
+        return Ok(());
+    };
+    tracing::error!(%project, error = %ErrorChain(&e), "cannot create the project's root keys in the HSM; the project is removed again");
+    let mut conn = state.db.conn().await?;
+    identity::delete_project(&mut conn, project).await?;
+    Err(Error::coded(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "hsm_unavailable",
+        "the project's keys could not be created in the HSM, so the project was not created; try again later",
+    ))
 }
 
 /// In the project's delete transaction: refused while it has keys that are not destroyed

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod compute;
 pub mod grants;
 pub mod http;
+pub mod idempotency;
 pub mod identity;
 pub mod kms;
 pub mod network;
@@ -92,6 +93,14 @@ impl Controller {
             data_dir,
             clock,
         } = opts;
+        // Listen first: an address not on this host or a port in use is refused before the
+        // data directory, the database or the HSM token are touched.
+        let mut listeners = Vec::new();
+        for addr in &config.api.listen {
+            let l = planes::bind_listener(*addr, config.network.management_interface.as_deref())
+                .map_err(|source| StartError::Bind { addr: *addr, source })?;
+            listeners.push(l);
+        }
         fsutil::ensure_private_dir(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
@@ -128,12 +137,6 @@ impl Controller {
 
         let audit = Arc::new(audit::Audit::open(&db, &data_dir, clock.clone(), config.audit.clone()).await?);
 
-        let mut listeners = Vec::new();
-        for addr in &config.api.listen {
-            let l = planes::bind_listener(*addr, config.network.management_interface.as_deref())
-                .map_err(|source| StartError::Bind { addr: *addr, source })?;
-            listeners.push(l);
-        }
         let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         planes::apply_input_filter(&config.network, &addrs).map_err(StartError::Plane)?;
         let api_origins = if config.api.origins.is_empty() {
@@ -185,6 +188,8 @@ impl Controller {
                 state.shutdown.clone(),
             )));
         }
+        tasks.push(audit::spawn_intent_reconcile(state.clone(), now));
+        tasks.push(kms::spawn_root_check(state.clone()));
         tasks.push(reconcile::spawn(state.clone()));
         tasks.push(audit::spawn_forwarding(state.clone()));
         tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");

@@ -18,6 +18,21 @@ pub fn host_table(addrs: &[SocketAddr]) -> String {
 
 /// Binds one API listener, pinned to `device` unless the address is a loopback one.
 pub fn bind_listener(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpListener> {
+    let socket = listening_socket(addr, device)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Whether every address can be listened on (it is on this host, the port is free), before
+/// anything is written: the sockets are closed again at once.
+pub fn check_listen(addrs: &[SocketAddr], device: Option<&str>) -> Result<(), (SocketAddr, std::io::Error)> {
+    for addr in addrs {
+        listening_socket(*addr, device).map_err(|e| (*addr, e))?;
+    }
+    Ok(())
+}
+
+fn listening_socket(addr: SocketAddr, device: Option<&str>) -> std::io::Result<socket2::Socket> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -35,8 +50,7 @@ pub fn bind_listener(addr: SocketAddr, device: Option<&str>) -> std::io::Result<
     }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// The input filter for the API ports: loopback and the configured sources pass, the rest

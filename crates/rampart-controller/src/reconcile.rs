@@ -26,6 +26,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks: u64 = 0;
         let mut leader = false;
+        // When this controller became the leader: node liveness waits a heartbeat timeout
+        // after it, so agents that kept running through a controller restart (or failover)
+        // have time to report before they are declared unreachable.
+        let mut leader_since = std::time::Instant::now();
         let mut cert_retry = CertRetry::default();
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,6 +42,7 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
                 Ok(now_leader) => {
                     if now_leader != leader {
                         tracing::info!(instance = %state.instance_id, leader = now_leader, "reconciler lease changed hands");
+                        leader_since = std::time::Instant::now();
                     }
                     now_leader
                 }
@@ -49,7 +54,10 @@ pub fn spawn(state: AppState) -> JoinHandle<()> {
             state.audit.set_leader(leader);
             if leader {
                 crate::audit::leader_tick(&state, ticks).await;
-                if let Err(e) = node_liveness(&state).await {
+                let grace = Duration::from_secs(state.config.nodes.heartbeat_timeout_s);
+                if leader_since.elapsed() >= grace
+                    && let Err(e) = node_liveness(&state).await
+                {
                     tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "node liveness pass failed");
                 }
                 if let Err(e) = crate::compute::evaluate_alarms(&state).await {
@@ -154,6 +162,10 @@ async fn purge_tokens(state: &AppState) -> rampart_db::Result<()> {
     let n = identity::purge_expired_tokens(&mut conn, state.now()).await?;
     if n > 0 {
         tracing::info!(count = n, "purged expired tokens");
+    }
+    let n = rampart_db::idempotency::purge(&mut conn, state.now() - crate::idempotency::TTL).await?;
+    if n > 0 {
+        tracing::info!(count = n, "forgot idempotency keys older than 24 h");
     }
     Ok(())
 }

@@ -52,6 +52,7 @@ fn every_authenticated_operation_declares_the_bearer_scheme_and_a_401() {
     let doc = public_openapi();
     let open = [
         "/v1/health",
+        "/readyz",
         "/v1/ca/certificate",
         // Relying parties fetch the CRL without an account.
         "/v1/ca/crl",

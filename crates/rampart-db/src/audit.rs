@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::{Backend, Db, DbError, Result};
 
-const RECORD_COLUMNS: &str = "seq, id, time_ms, actor_id, actor_name, actor_domain, auth_method, source_ip, \
+pub(crate) const RECORD_COLUMNS: &str = "seq, id, time_ms, actor_id, actor_name, actor_domain, auth_method, source_ip, \
      user_agent, request_id, operation, target_type, target_id, target_project, outcome, status, code, duration_ms, \
      details, prev_hash, hash";
 
@@ -38,6 +38,26 @@ impl SqlAuditStore {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Every call writes the trail before anything else, so its appends tell first when the
+    /// database stops taking writes (and when it takes them again).
+    fn noted<T>(&self, r: std::result::Result<T, StoreError>) -> std::result::Result<T, StoreError> {
+        match &r {
+            Ok(_) => self.db.note_write(Ok(())),
+            Err(StoreError::Backend { source, .. }) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+                while let Some(e) = cause {
+                    if let Some(sqlx) = e.downcast_ref::<sqlx::Error>() {
+                        self.db.note_write(Err(sqlx));
+                        break;
+                    }
+                    cause = e.source();
+                }
+            }
+            Err(StoreError::Conflict(_)) => {}
+        }
+        r
     }
 }
 
@@ -87,7 +107,7 @@ fn row_of(r: &AnyRow) -> std::result::Result<AuditRow, RowError> {
     })
 }
 
-fn record_of(r: &AnyRow) -> std::result::Result<AuditRecord, RowError> {
+pub(crate) fn record_of(r: &AnyRow) -> std::result::Result<AuditRecord, RowError> {
     row_of(r)?.into_record()
 }
 
@@ -197,8 +217,13 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn append(&self, record: &AuditRecord) -> std::result::Result<(), StoreError> {
-        let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
-        insert_record(&mut conn, record).await
+        self.noted(
+            async {
+                let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
+                insert_record(&mut conn, record).await
+            }
+            .await,
+        )
     }
 
     async fn append_batch(&self, records: &[AuditRecord]) -> std::result::Result<(), StoreError> {
@@ -206,14 +231,19 @@ impl AuditStore for SqlAuditStore {
             return self.append(one).await;
         }
         // One transaction, so one durable commit (fsync) for the whole group, all or nothing.
-        let mut tx = self.db.begin().await.map_err(|e| StoreError::Backend {
-            context: "starting an audit append",
-            source: Box::new(e),
-        })?;
-        for r in records {
-            insert_record(&mut tx, r).await?;
-        }
-        tx.commit().await.map_err(backend_err("committing audit records"))
+        self.noted(
+            async {
+                let mut tx = self.db.begin().await.map_err(|e| StoreError::Backend {
+                    context: "starting an audit append",
+                    source: Box::new(e),
+                })?;
+                for r in records {
+                    insert_record(&mut tx, r).await?;
+                }
+                tx.commit().await.map_err(backend_err("committing audit records"))
+            }
+            .await,
+        )
     }
 
     async fn read(
@@ -232,8 +262,13 @@ impl AuditStore for SqlAuditStore {
     }
 
     async fn append_checkpoint(&self, cp: &Checkpoint) -> std::result::Result<(), StoreError> {
-        let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
-        insert_checkpoint(&mut conn, cp).await
+        self.noted(
+            async {
+                let mut conn = self.db.pool().acquire().await.map_err(backend_err("connecting"))?;
+                insert_checkpoint(&mut conn, cp).await
+            }
+            .await,
+        )
     }
 
     async fn checkpoints(&self) -> std::result::Result<Vec<Checkpoint>, StoreError> {
@@ -485,5 +520,9 @@ pub async fn connect_query_only(url: &str, password_file: Option<&std::path::Pat
         .connect_with(options)
         .await
         .map_err(|source| DbError::Connect { url: redacted, source })?;
-    Ok(Db { pool, backend })
+    Ok(Db {
+        pool,
+        backend,
+        writes: Default::default(),
+    })
 }

@@ -180,6 +180,8 @@ pub async fn create_project(
     now: OffsetDateTime,
 ) -> Result<Project> {
     let id = Uuid::new_v4();
+    // One transaction with the intent marker: after a crash the trail can say what was made.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query(
         "INSERT INTO projects (id, domain_id, name, description, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -189,9 +191,11 @@ pub async fn create_project(
     .bind(description)
     .bind(i64::from(enabled))
     .bind(to_ms(now))
-    .execute(conn)
+    .execute(&mut *tx)
     .await
     .map_err(|e| conflict_on_unique(e, format!("a project named {name:?} already exists in this domain")))?;
+    crate::intents::created(&mut tx, &id.to_string()).await?;
+    tx.commit().await?;
     Ok(Project {
         id,
         domain_id,

@@ -10,7 +10,9 @@ pub mod audit;
 pub mod compute;
 pub mod credentials;
 pub mod groups;
+pub mod idempotency;
 pub mod identity;
+pub mod intents;
 pub mod kms;
 pub mod leases;
 pub mod meta;
@@ -21,7 +23,8 @@ pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rampart_common::redact_url;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -131,6 +134,61 @@ impl Default for ConnectOptions {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    writes: Arc<WriteHealth>,
+}
+
+/// Whether writes reach the database, as the last write seen says: what `/v1/health` and
+/// `/readyz` report while a full disk (or a lost server) refuses them.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    /// Since when and why writes fail; `None` while they succeed.
+    failing: Mutex<Option<(Instant, String)>>,
+    last_probe: Mutex<Option<Instant>>,
+}
+
+impl WriteHealth {
+    fn note(&self, outcome: Result<(), &sqlx::Error>) {
+        let mut failing = self.failing.lock().expect("write health lock");
+        match outcome {
+            Ok(()) => {
+                if let Some((since, reason)) = failing.take() {
+                    tracing::warn!(after_s = since.elapsed().as_secs(), %reason, "database writes succeed again");
+                }
+            }
+            Err(e) if is_outage(e) => {
+                if failing.is_none() {
+                    tracing::error!(error = %e, "database writes fail");
+                    *failing = Some((Instant::now(), e.to_string()));
+                }
+            }
+            // A constraint or conflict says nothing about the database's health.
+            Err(_) => {}
+        }
+    }
+
+    /// Why writes fail, while they do.
+    pub fn failure(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .expect("write health lock")
+            .as_ref()
+            .map(|(_, r)| r.clone())
+    }
+}
+
+/// An error that means the database cannot take writes at all (disk full, I/O error, server
+/// gone) rather than a refusal of this one statement.
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.kind(), sqlx::error::ErrorKind::Other),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
 /// Refuses a PostgreSQL URL whose connection could be read or redirected on the way (spec
@@ -296,6 +354,20 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.connect_timeout)
+            // A commit that failed (SQLITE_FULL) may leave the driver counting a transaction
+            // that SQLite already rolled back; the rollback queued on drop then fails too and
+            // every later `BEGIN` on that connection is refused ("begin_with at non-zero
+            // transaction depth"). Such a connection is closed instead of handed out again;
+            // the pool opens a fresh one.
+            .before_acquire(|conn, _meta| {
+                Box::pin(async move {
+                    let stuck = conn.is_in_transaction();
+                    if stuck {
+                        tracing::warn!("a database connection left inside a transaction is discarded");
+                    }
+                    Ok(!stuck)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -310,7 +382,11 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            writes: Arc::default(),
+        };
         tracing::info!(url = %redacted, backend = ?backend, "database connected");
         Ok(db)
     }
@@ -341,9 +417,55 @@ impl Db {
         })
     }
 
-    /// Commits a transaction from [`Db::begin`].
-    pub async fn commit(tx: Tx) -> Result<()> {
+    /// Commits a transaction from [`Db::begin`], recording in it that the current call's
+    /// change committed (see [`intents`]).
+    pub async fn commit(mut tx: Tx) -> Result<()> {
+        intents::mark(&mut tx, None).await?;
         Ok(tx.commit().await?)
+    }
+
+    /// Records the outcome of a write for [`Db::write_failure`].
+    pub fn note_write(&self, outcome: std::result::Result<(), &sqlx::Error>) {
+        self.writes.note(outcome);
+    }
+
+    /// Why writes fail, if the last write failed for want of a working database. While they
+    /// fail, a small write is tried (at most once a second) so that the state clears as soon as
+    /// space returns, even when no client writes.
+    pub async fn write_failure(&self) -> Option<String> {
+        self.writes.failure()?;
+        let due = {
+            let mut last = self.writes.last_probe.lock().expect("probe lock");
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let _ = self.probe_write().await;
+        }
+        self.writes.failure()
+    }
+
+    /// One small durable write (a heartbeat in `meta`).
+    async fn probe_write(&self) -> Result<()> {
+        let outcome = async {
+            let mut tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => self.pool.begin().await?,
+            };
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('write_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        self.note_write(outcome.as_ref().map(|_| ()));
+        Ok(outcome?)
     }
 
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {

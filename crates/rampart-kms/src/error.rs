@@ -53,6 +53,34 @@ pub enum HsmError {
 }
 
 impl HsmError {
+    /// A failure that may pass on its own (a busy or briefly failing token: SoftHSM answers
+    /// concurrent object creation with CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED at times), worth
+    /// a retry with backoff; a missing key or bad input is not.
+    pub fn is_transient(&self) -> bool {
+        use cryptoki::error::{Error as CkError, RvError};
+        let rv = match self {
+            HsmError::Device { source, .. } => source,
+            HsmError::Unavailable {
+                source: Some(source), ..
+            } => source,
+            _ => return false,
+        };
+        matches!(
+            rv,
+            CkError::Pkcs11(
+                RvError::GeneralError
+                    | RvError::FunctionFailed
+                    | RvError::DeviceError
+                    | RvError::DeviceMemory
+                    | RvError::HostMemory
+                    | RvError::SessionCount
+                    | RvError::OperationActive
+                    | RvError::CantLock,
+                _
+            )
+        )
+    }
+
     pub(crate) fn device(operation: &'static str) -> impl FnOnce(cryptoki::error::Error) -> HsmError {
         move |source| HsmError::Device { operation, source }
     }

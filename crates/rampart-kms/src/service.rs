@@ -157,6 +157,38 @@ impl KeyAuditFacts {
 
 pub struct KeyService {
     backend: Arc<dyn KeyBackend>,
+    /// Backend failures seen by [`KeyService::create_project_root`], retried ones included:
+    /// the `rampart_hsm_errors` gauge.
+    errors: std::sync::atomic::AtomicU64,
+}
+
+/// Attempts of an HSM call that fails transiently, and the wait before each retry.
+pub const HSM_ATTEMPTS: u32 = 5;
+pub const HSM_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs `op` until it succeeds, fails for good, or [`HSM_ATTEMPTS`] transient failures
+/// passed, doubling the wait from [`HSM_BACKOFF_FIRST`]; `on_error` sees every failure.
+pub fn with_retries<T>(
+    mut op: impl FnMut() -> Result<T, HsmError>,
+    mut on_error: impl FnMut(&HsmError, u32),
+    sleep: impl Fn(std::time::Duration),
+) -> Result<T, HsmError> {
+    let mut wait = HSM_BACKOFF_FIRST;
+    let mut attempt = 1;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                on_error(&e, attempt);
+                if !e.is_transient() || attempt >= HSM_ATTEMPTS {
+                    return Err(e);
+                }
+                sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyService {
@@ -177,7 +209,15 @@ fn material_id(key: &Key, version: u32) -> MaterialId {
 
 impl KeyService {
     pub fn new(backend: Arc<dyn KeyBackend>) -> Self {
-        KeyService { backend }
+        KeyService {
+            backend,
+            errors: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// HSM failures seen so far (retried ones included).
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn backend_kind(&self) -> BackendKind {
@@ -190,10 +230,18 @@ impl KeyService {
 
     /// Creates the project's root keys in the HSM; call when a project is created (and it is
     /// done lazily by [`KeyService::create_key`] too).
+    /// Transient token failures are retried with backoff (this blocks: run it off the async
+    /// threads).
     pub fn create_project_root(&self, project: Uuid) -> Result<(), KmsError> {
-        self.backend
-            .ensure_project_root(project)
-            .map_err(KmsError::from_backend("creating the project root key"))
+        with_retries(
+            || self.backend.ensure_project_root(project),
+            |e, attempt| {
+                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%project, attempt, error = %rampart_common::error::ErrorChain(e), "creating the project root keys failed");
+            },
+            std::thread::sleep,
+        )
+        .map_err(KmsError::from_backend("creating the project root key"))
     }
 
     /// A new enabled key, version 1 generated in the HSM.
@@ -384,5 +432,153 @@ impl KeyService {
             source_key_id: source.id,
             source_key_version: opened.key_version,
         })
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use std::cell::Cell;
+
+    use cryptoki::context::Function;
+    use cryptoki::error::{Error as CkError, RvError};
+
+    use super::*;
+
+    fn device(rv: RvError) -> HsmError {
+        HsmError::Device {
+            operation: "C_GenerateKey",
+            source: CkError::Pkcs11(rv, Function::GenerateKey),
+        }
+    }
+
+    #[test]
+    fn spec_13_3_9_hsm_transient_failures_are_retried_with_backoff() {
+        let (calls, seen) = (Cell::new(0), Cell::new(0));
+        let waits = std::cell::RefCell::new(Vec::new());
+        let r = with_retries(
+            || {
+                calls.set(calls.get() + 1);
+                if calls.get() < 3 {
+                    Err(device(RvError::GeneralError))
+                } else {
+                    Ok(7)
+                }
+            },
+            |_, _| seen.set(seen.get() + 1),
+            |d| waits.borrow_mut().push(d),
+        );
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!((calls.get(), seen.get()), (3, 2));
+        assert_eq!(*waits.borrow(), [HSM_BACKOFF_FIRST, HSM_BACKOFF_FIRST * 2]);
+
+        // Lasting failures end after the last attempt; a permanent one at once.
+        calls.set(0);
+        let r: Result<(), _> = with_retries(
+            || {
+                calls.set(calls.get() + 1);
+                Err(device(RvError::FunctionFailed))
+            },
+            |_, _| {},
+            |_| {},
+        );
+        assert!(r.is_err());
+        assert_eq!(calls.get(), HSM_ATTEMPTS);
+        calls.set(0);
+        let r: Result<(), _> = with_retries(
+            || {
+                calls.set(calls.get() + 1);
+                Err(device(RvError::AttributeValueInvalid))
+            },
+            |_, _| {},
+            |_| {},
+        );
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+}
+
+#[cfg(test)]
+mod flaky_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use cryptoki::context::Function;
+    use cryptoki::error::{Error as CkError, RvError};
+
+    use super::*;
+    use crate::backend::UnavailableBackend;
+    use crate::envelope::WrappedKey;
+
+    /// A token that fails C_GenerateKey `failures` times, as SoftHSM did under concurrent
+    /// project creation; everything else is the unavailable backend's.
+    struct Flaky {
+        failures: AtomicU32,
+        inner: UnavailableBackend,
+    }
+
+    impl KeyBackend for Flaky {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Pkcs11
+        }
+        fn ensure_project_root(&self, _: Uuid) -> Result<(), HsmError> {
+            if self.failures.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            Err(HsmError::Device {
+                operation: "C_GenerateKey",
+                source: CkError::Pkcs11(RvError::GeneralError, Function::GenerateKey),
+            })
+        }
+        fn destroy_project_root(&self, p: Uuid) -> Result<(), HsmError> {
+            self.inner.destroy_project_root(p)
+        }
+        fn generate_key_material(&self, id: &MaterialId) -> Result<WrappedKey, HsmError> {
+            self.inner.generate_key_material(id)
+        }
+        fn encrypt(
+            &self,
+            i: &MaterialId,
+            w: &WrappedKey,
+            n: &[u8; 12],
+            a: &[u8],
+            p: &[u8],
+        ) -> Result<Vec<u8>, HsmError> {
+            self.inner.encrypt(i, w, n, a, p)
+        }
+        fn decrypt(
+            &self,
+            i: &MaterialId,
+            w: &WrappedKey,
+            n: &[u8; 12],
+            a: &[u8],
+            s: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+            self.inner.decrypt(i, w, n, a, s)
+        }
+        fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
+            self.inner.random(out)
+        }
+        fn forget(&self, ids: &[MaterialId]) {
+            self.inner.forget(ids)
+        }
+    }
+
+    fn service(failures: u32) -> KeyService {
+        KeyService::new(Arc::new(Flaky {
+            failures: AtomicU32::new(failures),
+            inner: UnavailableBackend::new("test"),
+        }))
+    }
+
+    #[test]
+    fn spec_13_3_9_project_roots_survive_transient_token_failures_and_are_counted() {
+        let s = service(2);
+        s.create_project_root(Uuid::new_v4()).expect("made after two retries");
+        assert_eq!(s.error_count(), 2);
+
+        let s = service(HSM_ATTEMPTS + 1);
+        let e = s.create_project_root(Uuid::new_v4()).unwrap_err();
+        assert_eq!(e.http_status(), 500, "{e}");
+        assert_eq!(s.error_count(), u64::from(HSM_ATTEMPTS));
     }
 }

@@ -293,6 +293,15 @@ impl TestCluster {
     /// Stops the controller and starts it again on the same address, data directory and
     /// database, with `configure` applied to its configuration; agents keep running.
     pub async fn restart_controller(self, configure: impl FnOnce(&mut Config)) -> TestCluster {
+        self.restart_controller_after(Duration::ZERO, configure).await
+    }
+
+    /// As [`TestCluster::restart_controller`], with the controller down for `downtime`.
+    pub async fn restart_controller_after(
+        self,
+        downtime: Duration,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestCluster {
         let TestCluster {
             controller,
             data_dir,
@@ -309,6 +318,7 @@ impl TestCluster {
         config.api.listen = controller.addrs.clone();
         configure(&mut config);
         controller.shutdown().await;
+        tokio::time::sleep(downtime).await;
         let controller = Controller::start(ControllerOptions {
             config: config.clone(),
             data_dir: data_dir.path().to_path_buf(),
@@ -461,10 +471,7 @@ impl TestCluster {
         if token.scope == TokenScope::Full {
             return client;
         }
-        let mfa = MfaUser::enrol_with(&self.anon, name, password, None, self.clock.clone())
-            .await
-            .expect("second-factor enrolment");
-        mfa.login(&self.anon).await.expect("login with a second factor")
+        self.login_with_mfa(name, password).await.0
     }
 
     /// A second operator holding `security-admin`, appointed by the bootstrap security admin
@@ -489,6 +496,15 @@ impl TestCluster {
         (client, mfa)
     }
 
+    /// Logs in an existing user whose roles need a second factor: enrols TOTP first.
+    pub async fn login_with_mfa(&self, name: &str, password: &str) -> (Client, MfaUser) {
+        let mfa = MfaUser::enrol_with(&self.anon, name, password, None, self.clock.clone())
+            .await
+            .expect("TOTP enrolment");
+        let client = mfa.login(&self.anon).await.expect("login with TOTP");
+        (client, mfa)
+    }
+
     /// The id of the bootstrap `admin` project.
     pub async fn admin_project(&self) -> Uuid {
         let projects: rampart_api::List<rampart_api::Project> = self.admin.get("/v1/projects").await.expect("projects");
@@ -506,6 +522,24 @@ impl TestCluster {
         }
         self.controller.shutdown().await;
     }
+}
+
+/// Root, for tests that need it: in CI (which sets RAMPART_TEST_REQUIRE_ROOT=1) a missing
+/// privilege fails the test; elsewhere the test says so and passes.
+pub fn privileged() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root")
+}
+
+/// A free TCP port on 127.0.0.1 (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Every backend this run tests (SQLite; PostgreSQL when configured, required in CI).

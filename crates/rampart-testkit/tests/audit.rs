@@ -30,7 +30,8 @@ async fn auditor(c: &TestCluster, name: &str) -> Client {
         ..Default::default()
     };
     c.create_user(name, AUDITOR_PASSWORD, &[("auditor", system)]).await;
-    c.anon.login_as(name, AUDITOR_PASSWORD).await.unwrap().0
+    // Auditors need a second factor by default.
+    c.login_with_mfa(name, AUDITOR_PASSWORD).await.0
 }
 
 async fn events(client: &Client, query: &str) -> Vec<AuditRecord> {

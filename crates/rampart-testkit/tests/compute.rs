@@ -620,7 +620,7 @@ async fn spec_12_1_6_alarm_fires_on_injected_cpu_load() {
     };
     c.create_user("alarm-auditor", "Heron-lantern-58", &[("auditor", system)])
         .await;
-    let (auditor, _) = c.anon.login_as("alarm-auditor", "Heron-lantern-58").await.unwrap();
+    let (auditor, _) = c.login_with_mfa("alarm-auditor", "Heron-lantern-58").await;
     let page: Value = auditor
         .get("/v1/audit/events?limit=1000&operation=alarm.transition")
         .await

@@ -267,6 +267,17 @@ pub(crate) struct ConfigProblem(pub(crate) anyhow::Error);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Up(args) | Command::Controller(args) = &cli.command
+        && let Ok((config, _)) = load_config(args)
+        && let Err((addr, e)) =
+            rampart_controller::planes::check_listen(&config.api.listen, config.network.management_interface.as_deref())
+    {
+        // Before the embedded HSM's directory, the logs or the database are created.
+        eprintln!(
+            "error: cannot listen on {addr}: {e} (check api.listen: the address must be on this host and the port free)"
+        );
+        return ExitCode::FAILURE;
+    }
+    if let Command::Up(args) | Command::Controller(args) = &cli.command
         && let Err(e) = embedded_hsm_env(args)
     {
         eprintln!("error: {e:#}");

@@ -187,11 +187,7 @@ impl Up {
 /// recovery is in the audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_13_1_1_2_break_glass_recovers_a_security_admin_only_as_root_with_the_controller_stopped() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root") {
+    if !rampart_testkit::privileged() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

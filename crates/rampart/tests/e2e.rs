@@ -6,16 +6,9 @@ use std::time::{Duration, Instant};
 
 use rampart_api::{Client, JoinTokenCreate, NodeState, PasswordChange};
 use rampart_common::Sensitive;
+use rampart_testkit::{free_port, privileged};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rampart");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Proc(Child);
 
@@ -219,16 +212,6 @@ fn unreachable_database_stops_start_up_without_leaking_the_password() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2-secret"), "{stderr}");
-}
-
-/// Root and network namespaces: in CI (which sets RAMPART_TEST_REQUIRE_ROOT=1) a missing
-/// privilege fails the test; elsewhere the test says so and passes.
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root")
 }
 
 /// A network namespace joined to the root namespace by a veth pair; removed on drop.

@@ -1077,7 +1077,12 @@ pub async fn prometheus(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        rampart_compute::monitor::prometheus_text(&items),
+        format!(
+            "{}# HELP rampart_hsm_errors HSM failures seen by this controller since it started (retried ones included).\n\
+             # TYPE rampart_hsm_errors gauge\nrampart_hsm_errors {}\n",
+            rampart_compute::monitor::prometheus_text(&items),
+            state.kms.service.error_count()
+        ),
     ))
 }
 

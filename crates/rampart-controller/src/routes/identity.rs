@@ -309,7 +309,7 @@ pub async fn create_project(
         state.now(),
     )
     .await?;
-    crate::kms::project_created(&state, p.id).await;
+    crate::kms::project_created(&state, p.id).await?;
     tracing::info!(project = %p.name, domain = %d.name, by = %principal.user.name, "project created");
     Ok((StatusCode::CREATED, axum::Json(project_view(p))))
 }

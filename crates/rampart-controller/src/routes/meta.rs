@@ -11,15 +11,37 @@ use crate::state::AppState;
 
 /// Liveness of the control plane and its nodes.
 #[utoipa::path(get, path = "/v1/health", tag = "meta",
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody, description = "The database does not answer")))]
+    responses((status = 200, body = Health, description = "`ok`, or `degraded` with a `reason` while the database refuses writes"),
+        (status = 503, body = ErrorBody, description = "The database does not answer")))]
 pub async fn health(State(state): State<AppState>) -> Result<axum::Json<Health>, Error> {
-    let mut conn = state.db.conn().await?;
-    let (ready, total) = nodes::counts(&mut conn).await?;
+    let (ready, total) = {
+        let mut conn = state.db.conn().await?;
+        nodes::counts(&mut conn).await?
+    };
+    let reason = state
+        .db
+        .write_failure()
+        .await
+        .map(|r| format!("database writes fail: {r}"));
     Ok(axum::Json(Health {
-        status: "ok".into(),
+        status: if reason.is_some() { "degraded" } else { "ok" }.into(),
         version: rampart_common::VERSION.into(),
         nodes: NodeCounts { ready, total },
+        reason,
     }))
+}
+
+/// Readiness for traffic (load balancers, orchestrators): 200 while the database answers and
+/// takes writes, 503 `unavailable` with the reason otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses((status = 200, body = String, description = "`ready`"),
+        (status = 503, body = ErrorBody, description = "The database does not answer or refuses writes")))]
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error> {
+    state.db.ping().await?;
+    match state.db.write_failure().await {
+        Some(reason) => Err(Error::Unavailable(format!("database writes fail: {reason}"))),
+        None => Ok("ready"),
+    }
 }
 
 /// The internal CA certificate (PEM). Public: agents fetch it before they trust it and check

@@ -60,9 +60,44 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Every authenticated `POST` takes an `Idempotency-Key` (see [`crate::idempotency`]); added
+/// once the routes are merged into the document.
+fn document_idempotency(mut openapi: OpenApiDoc) -> OpenApiDoc {
+    {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        let header = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some(
+                "Makes a retry safe: the answer of the first call with this key (1-255 visible ASCII \
+                 characters, a UUID say) is kept 24 h per principal and given again to a retry with the \
+                 same request (header `Idempotent-Replayed: true`); the same key with another request \
+                 is refused with 409 `idempotency_key_reused`, and while the first call runs with 409 \
+                 `idempotency_key_in_progress`.",
+            ))
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String),
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let Some(op) = item.post.as_mut() else {
+                continue;
+            };
+            if op.security.is_some() {
+                op.parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(utoipa::openapi::RefOr::T(header.clone()));
+            }
+        }
+    }
+    openapi
+}
+
 fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(meta::health))
+        .routes(routes!(meta::readyz))
         .routes(routes!(meta::ca_certificate))
         .routes(routes!(auth::login))
         .routes(routes!(auth::create_session))
@@ -185,11 +220,13 @@ fn agent_routes() -> OpenApiRouter<AppState> {
 
 /// The public OpenAPI document (checked in as `openapi/rampart-v1.json`).
 pub fn public_openapi() -> OpenApiDoc {
-    OpenApiRouter::with_openapi(PublicApi::openapi())
-        .merge(open_routes())
-        .merge(authenticated_routes())
-        .split_for_parts()
-        .1
+    document_idempotency(
+        OpenApiRouter::with_openapi(PublicApi::openapi())
+            .merge(open_routes())
+            .merge(authenticated_routes())
+            .split_for_parts()
+            .1,
+    )
 }
 
 /// The agent protocol's OpenAPI document (checked in as `openapi/rampart-agent-v1.json`).
@@ -203,6 +240,8 @@ pub fn router(state: AppState) -> axum::Router {
     let write_ahead = || middleware::from_fn_with_state(state.clone(), crate::audit::write_ahead);
     let authenticated = authenticated_routes()
         .route_layer(write_ahead())
+        // A retry answered from its Idempotency-Key runs nothing, so it needs no write-ahead.
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,
@@ -211,7 +250,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(open_routes().route_layer(write_ahead()))
         .merge(authenticated)
         .split_for_parts();
-    let public_json = serde_json::to_string(&public_doc).expect("OpenAPI serialises");
+    let public_json = serde_json::to_string(&document_idempotency(public_doc)).expect("OpenAPI serialises");
     let (agent, _) = agent_routes().route_layer(write_ahead()).split_for_parts();
     let request_timeout = Duration::from_secs(state.config.api.request_timeout_s);
     let public = public

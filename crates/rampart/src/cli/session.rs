@@ -66,7 +66,9 @@ fn token() -> anyhow::Result<Sensitive> {
 /// A client carrying the session's token.
 pub fn client() -> anyhow::Result<Client> {
     let (url, ca) = target(None, None);
-    Ok(anonymous(&url, &ca)?.with_token(token()?))
+    // Creating calls carry an Idempotency-Key: a retry after a lost answer or a 503 makes
+    // nothing twice.
+    Ok(anonymous(&url, &ca)?.with_token(token()?).with_retries(3))
 }
 
 fn prompt(label: &str) -> anyhow::Result<String> {
