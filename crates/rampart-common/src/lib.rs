@@ -6,7 +6,9 @@ pub mod error;
 pub mod fsutil;
 pub mod names;
 pub mod page;
+pub mod quota;
 pub mod secret;
+pub mod special;
 pub mod time;
 
 pub use error::{Error, Result};
