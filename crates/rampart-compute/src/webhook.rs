@@ -193,10 +193,12 @@ mod tests {
         assert!(p.check_url("https://hooks.example.com/alarms/cpu?x=1").is_ok());
         assert!(p.check_url("https://HOOKS.example.com:443/alarms/").is_ok());
         assert!(p.check_url("https://ops.example.org:8443/anything").is_ok());
+        // An `@` in the path is only a path: the request still goes to hooks.example.com.
+        let u = p.check_url("https://hooks.example.com/alarms/@127.0.0.1/").unwrap();
+        assert_eq!(u.host_str(), Some("hooks.example.com"));
         for bad in [
             // User info before the real host: a string prefix match let this through.
             "https://hooks.example.com@127.0.0.1:9555/",
-            "https://hooks.example.com/alarms/@127.0.0.1/",
             "https://hooks.example.com:x@127.0.0.1/alarms/",
             // A longer host under the attacker's domain.
             "https://hooks.example.com.attacker.test/alarms/",
