@@ -208,6 +208,18 @@ fn blockdev(id: &str, path: &str, format: DiskFormat, read_only: bool) -> String
     .to_string()
 }
 
+/// The config drive: read-only raw with the default (host page) cache, as before.
+fn config_blockdev(path: &str) -> String {
+    serde_json::json!({
+        "node-name": "cidata",
+        "driver": "raw",
+        "read-only": true,
+        "file": {"driver": "file", "filename": path},
+        "backing": null,
+    })
+    .to_string()
+}
+
 /// The argv (without the program) for `qemu-system-x86_64`.
 pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
     check_id("name", &spec.name)?;
@@ -288,7 +300,7 @@ pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
     }
     if let Some(cd) = &spec.config_drive {
         let path = check_path("config_drive", cd)?;
-        push(&["-blockdev", &blockdev("cidata", &path, DiskFormat::Raw, true)]);
+        push(&["-blockdev", &config_blockdev(&path)]);
         push(&["-device", &format!("{blk},drive=cidata,serial=cidata")]);
     }
     for n in &spec.nics {
