@@ -34,7 +34,7 @@ pub enum Declared {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
-    #[error("the image is declared {declared} but starts with a {found} header")]
+    #[error("plain bytes were declared ({declared}, kernel or initrd), but the image starts with a {found} header")]
     Mismatch {
         declared: &'static str,
         found: &'static str,

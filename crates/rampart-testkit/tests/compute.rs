@@ -941,9 +941,9 @@ async fn quota_per_project_limits_are_set_by_the_system_admin_and_refuse_with_40
         project: Some(project),
         ..Default::default()
     };
-    c.create_user("quota-member", "Quota-member-pass-77", &[("member", member_scope)])
+    c.create_user("quota-member", "Harbor-lantern-5521", &[("member", member_scope)])
         .await;
-    let member = c.anon.login_as("quota-member", "Quota-member-pass-77").await.unwrap().0;
+    let member = c.anon.login_as("quota-member", "Harbor-lantern-5521").await.unwrap().0;
     let path = format!("/v1/projects/{project}/quotas");
 
     let before: Value = member.get(&path).await.unwrap();
