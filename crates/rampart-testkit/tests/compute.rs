@@ -99,6 +99,15 @@ async fn flavor(c: &TestCluster) -> Value {
         .unwrap()
 }
 
+/// A cluster without agents whose admin project trusts a fresh key `release`.
+async fn trusting_project() -> (TestCluster, Uuid, SigningKey) {
+    let c = cluster(0).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    (c, project, key)
+}
+
 /// What a boot needs: a one-node cluster whose admin project holds the signed demo images
 /// (trusted key `release`) and a flavor. Returns the cluster, the project, the kernel image
 /// and the flavor.
@@ -273,10 +282,7 @@ async fn spec_12_1_1_signed_image_boots_and_the_instance_follows_its_power_actio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_tampered_or_untrusted_upload_is_refused_with_image_signature_invalid() {
-    let c = cluster(0).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
+    let (c, project, key) = trusting_project().await;
 
     // Signed over other bytes than those uploaded.
     let (created, s, body) = image(
@@ -351,10 +357,7 @@ fn qcow2(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_images_naming_host_files_or_another_format_are_refused_with_image_format_invalid() {
-    let c = cluster(0).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
+    let (c, project, key) = trusting_project().await;
     let dir = tempfile::tempdir().unwrap();
     let data_file = dir.path().join("data.raw");
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
@@ -408,10 +411,7 @@ async fn spec_12_1_1_images_naming_host_files_or_another_format_are_refused_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_a_kernel_cannot_name_a_rejected_ramdisk_and_a_rejected_name_is_free_again() {
-    let c = cluster(0).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
+    let (c, project, key) = trusting_project().await;
     // An initrd whose upload is refused (signed over other bytes).
     let (rd, s, _) = image(
         &c,
@@ -921,6 +921,56 @@ async fn spec_10_3_2_instance_ports_are_bound_as_taps_and_released_with_the_inst
     })
     .await;
     assert!(c.agents[0].vms.vm(id).is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_instance_create_refuses_a_kernel_whose_ramdisk_is_not_verified() {
+    let (c, project, key) = trusting_project().await;
+    let settings = format!("/v1/projects/{project}/compute-settings");
+    put_json(&c.admin, &settings, &json!({"image_signature_policy": "warn"}))
+        .await
+        .unwrap();
+    // Under `warn` an unsigned initrd becomes active, unverified; the kernel is signed.
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/images"),
+            &json!({"name": "rd-unsigned", "disk_format": "initrd"}),
+        )
+        .await
+        .unwrap();
+    let rd: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = put_data(&c, &c.admin, project, rd, b"initrd bytes").await;
+    assert_eq!((s, &body["status"]), (StatusCode::OK, &json!("active")), "{body}");
+    let (_, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "k",
+        "kernel",
+        json!({"ramdisk_image": "rd-unsigned"}),
+        &key,
+        b"kernel bytes",
+        b"kernel bytes",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Back to `require`: the node would refuse the initrd, so the API does first.
+    put_json(&c.admin, &settings, &json!({"image_signature_policy": "require"}))
+        .await
+        .unwrap();
+    let f = flavor(&c).await;
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "vm", "image": "k", "flavor": f["name"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "{e}");
+    assert_eq!(code(&e), Some("image_unavailable"), "{e}");
     c.shutdown().await;
 }
 
