@@ -444,8 +444,10 @@ pub struct AlarmCreate {
     /// Parts of the week with thresholds of their own.
     #[serde(default)]
     pub windows: Vec<AlarmWindow>,
-    /// HTTPS URLs that receive each state transition (must start with a prefix in
-    /// `compute.alarm_webhook_prefixes`).
+    /// HTTPS URLs that receive each state transition: each with the scheme, host and port of a
+    /// prefix in `compute.alarm_webhook_prefixes` and a path under its path, no user info; a
+    /// host resolving to a loopback, private or link-local address not listed in
+    /// `compute.alarm_webhook_allowed_networks` receives nothing, and redirects are not followed.
     #[serde(default)]
     pub webhooks: Vec<String>,
 }

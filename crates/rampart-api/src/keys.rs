@@ -276,12 +276,26 @@ pub struct CertificateIssue {
     pub project: Uuid,
     /// PKCS#10 request (PEM). Only its public key is used.
     pub csr: String,
-    /// DNS names and IP addresses (default: those the CSR asks for).
+    /// DNS names (default: those the CSR asks for), all inside the project's zones
+    /// `<project>.<domain>.<kms.tenant_certificate_domain>` or
+    /// `<project id>.<kms.tenant_certificate_domain>`; IP addresses, `localhost` and other
+    /// names are refused with 422 `certificate_name_not_allowed`.
     #[serde(default)]
     pub names: Option<Vec<String>>,
     /// Lifetime, 1 to 397 days (default `kms.certificate_days`).
     #[serde(default)]
     pub days: Option<u32>,
+    /// Extended key usages (default both). A wildcard name is for `server_auth` only.
+    #[serde(default)]
+    pub usages: Option<Vec<CertificateUsage>>,
+}
+
+/// What a tenant certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateUsage {
+    ServerAuth,
+    ClientAuth,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -7,10 +7,12 @@ pub mod compute;
 pub mod identity;
 pub mod keys;
 pub mod network;
+pub mod quotas;
 pub mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError};
 pub use identity::*;
 pub use keys::*;
+pub use quotas::*;
 pub use types::*;

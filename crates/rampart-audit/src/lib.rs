@@ -10,6 +10,7 @@
 pub mod canary;
 pub mod canonical;
 pub mod checkpoint;
+pub mod flood;
 pub mod formats;
 pub mod forward;
 pub mod hash;

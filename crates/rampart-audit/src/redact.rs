@@ -221,15 +221,48 @@ pub const MAX_DETAILS_DEPTH: usize = 8;
 /// Maximum length of any string inside `details`.
 pub const MAX_DETAILS_STRING: usize = 1024;
 
+/// Maximum members of any object or array inside `details`; the rest are dropped.
+pub const MAX_DETAILS_MEMBERS: usize = 64;
+/// Maximum length of a member name inside `details`.
+pub const MAX_DETAILS_KEY: usize = 128;
+/// Maximum size of a record's `details` as JSON. Records are kept for months (13.4-1) and a
+/// full disk stops the API, so what a request can put into one is bounded whatever the route.
+pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
+/// Set in `details` when members were dropped to respect [`MAX_DETAILS_BYTES`].
+pub const TRUNCATED_MARK: &str = "details_truncated";
+
 /// Prepares `details` for a record: redaction, then every number that canonical JSON cannot
 /// carry exactly (fractions, integers beyond ±2^53−1) becomes its decimal string, long strings
-/// are cut and deep nesting is truncated, so sealing can never fail on caller data.
+/// and names are cut, deep nesting and long lists are truncated, and the whole is kept within
+/// [`MAX_DETAILS_BYTES`] (whole members are dropped, in order, and [`TRUNCATED_MARK`] set), so
+/// sealing can never fail on caller data and no caller can write a large record.
 pub fn normalise_details(mut details: Map<String, Value>) -> Map<String, Value> {
     redact_map(&mut details);
-    for v in details.values_mut() {
-        normalise(v, 1);
+    let mut root = Value::Object(details);
+    normalise(&mut root, 0);
+    let Value::Object(details) = root else {
+        unreachable!("normalise keeps an object an object")
+    };
+    if json_len(&Value::Object(details.clone())) <= MAX_DETAILS_BYTES {
+        return details;
     }
-    details
+    // Room for the mark itself: `,"details_truncated":true`.
+    let budget = MAX_DETAILS_BYTES - TRUNCATED_MARK.len() - 8;
+    let mut kept = Map::new();
+    let mut used = 2;
+    for (k, v) in details {
+        let len = json_len(&Value::String(k.clone())) + 1 + json_len(&v) + 1;
+        if used + len <= budget {
+            used += len;
+            kept.insert(k, v);
+        }
+    }
+    kept.insert(TRUNCATED_MARK.into(), Value::Bool(true));
+    kept
+}
+
+fn json_len(v: &Value) -> usize {
+    serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
 }
 
 fn normalise(v: &mut Value, depth: usize) {
@@ -249,8 +282,22 @@ fn normalise(v: &mut Value, depth: usize) {
         Value::String(s) if s.chars().count() > MAX_DETAILS_STRING => {
             *s = s.chars().take(MAX_DETAILS_STRING).collect();
         }
-        Value::Array(items) => items.iter_mut().for_each(|i| normalise(i, depth + 1)),
-        Value::Object(map) => map.values_mut().for_each(|i| normalise(i, depth + 1)),
+        Value::Array(items) => {
+            items.truncate(MAX_DETAILS_MEMBERS);
+            items.iter_mut().for_each(|i| normalise(i, depth + 1))
+        }
+        Value::Object(map) => {
+            let members = std::mem::take(map);
+            for (k, mut v) in members.into_iter().take(MAX_DETAILS_MEMBERS) {
+                normalise(&mut v, depth + 1);
+                let k = if k.chars().count() > MAX_DETAILS_KEY {
+                    k.chars().take(MAX_DETAILS_KEY).collect()
+                } else {
+                    k
+                };
+                map.insert(k, v);
+            }
+        }
         _ => {}
     }
 }
@@ -346,6 +393,31 @@ mod tests {
         assert_eq!(scrub_text("curl/8.1\r\nX-Forged: 1", 100), "curl/8.1  X-Forged: 1");
         assert_eq!(scrub_text("Basic dXNlcjpwYXNz", 100), REDACTED);
         assert_eq!(scrub_text(&"a".repeat(600), 512).len(), 512);
+    }
+
+    #[test]
+    fn spec_13_4_1_details_of_any_request_are_bounded_in_size() {
+        // What a flooding caller sent: 5000 context members of 1000 bytes (~5 MB).
+        let big: Map<String, Value> = (0..5000)
+            .map(|i| (format!("k{i:05}{}", "x".repeat(300)), Value::String("v".repeat(1000))))
+            .collect();
+        let mut details = Map::new();
+        details.insert("key_version".into(), 3.into());
+        details.insert("encryption_context".into(), Value::Object(big));
+        details.insert("list".into(), Value::Array(vec![Value::from(1); 10_000]));
+        let out = normalise_details(details);
+        let len = serde_json::to_vec(&out).unwrap().len();
+        assert!(len <= MAX_DETAILS_BYTES, "{len} bytes");
+        assert_eq!(out["key_version"], 3, "small members survive");
+        assert_eq!(out[TRUNCATED_MARK], true);
+        // Within the bound nothing is dropped or marked.
+        let mut small = Map::new();
+        small.insert("list".into(), Value::Array(vec![Value::from(1); 100]));
+        small.insert("k".repeat(200), "v".into());
+        let out = normalise_details(small);
+        assert_eq!(out["list"].as_array().unwrap().len(), MAX_DETAILS_MEMBERS);
+        assert!(out.keys().all(|k| k.chars().count() <= MAX_DETAILS_KEY));
+        assert!(out.get(TRUNCATED_MARK).is_none());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Config {
     pub compute: ComputeConfig,
     pub network: NetworkConfig,
     pub kms: KmsConfig,
+    /// Default per-project quotas.
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
@@ -59,6 +61,9 @@ pub struct AuditConfig {
     pub syslog_enterprise_id: u32,
     /// Run-log events the flight recorder keeps for black-box dumps.
     pub blackbox_events: usize,
+    /// Refused state-changing calls (each one audited) one principal may make from one source
+    /// address per minute; past it, its calls get 429 before they run. 0: no limit.
+    pub refused_calls_per_minute: u32,
 }
 
 impl Default for AuditConfig {
@@ -72,6 +77,7 @@ impl Default for AuditConfig {
             forward_retry_max_s: 30,
             syslog_enterprise_id: 32473,
             blackbox_events: 500,
+            refused_calls_per_minute: 60,
         }
     }
 }
@@ -134,8 +140,15 @@ pub struct ComputeConfig {
     /// Accelerator of the local agent: `auto` (KVM only with hardware virtualization and a
     /// passing probe boot, otherwise TCG), `kvm` or `tcg`.
     pub accel: String,
-    /// URL prefixes alarm webhooks may use (HTTPS only). Empty: no webhooks.
+    /// URL prefixes alarm webhooks may use (HTTPS only). Empty: no webhooks. A webhook must
+    /// have a prefix's scheme, host and port exactly and a path under its path.
     pub alarm_webhook_prefixes: Vec<String>,
+    /// Networks (CIDRs) of loopback, private, link-local or other special-purpose addresses that
+    /// webhooks may nevertheless reach. Empty: webhooks reach public addresses only.
+    pub alarm_webhook_allowed_networks: Vec<String>,
+    /// The `qemu-img` the controller runs (with `-f qcow2`, never probing) to inspect qcow2
+    /// uploads for backing and data files (12.1-1).
+    pub qemu_img: PathBuf,
 }
 
 impl Default for ComputeConfig {
@@ -147,6 +160,8 @@ impl Default for ComputeConfig {
             vm_state_dir: PathBuf::from("/var/lib/rampart-vms"),
             accel: "auto".into(),
             alarm_webhook_prefixes: vec![],
+            alarm_webhook_allowed_networks: vec![],
+            qemu_img: PathBuf::from("qemu-img"),
         }
     }
 }
@@ -177,6 +192,12 @@ impl ComputeConfig {
             .any(|p| !p.starts_with("https://") || p.len() < 9)
         {
             return invalid("compute.alarm_webhook_prefixes", "must be https:// URL prefixes");
+        }
+        if self.alarm_webhook_allowed_networks.iter().any(|n| !is_cidr(n)) {
+            return invalid(
+                "compute.alarm_webhook_allowed_networks",
+                "must be CIDRs such as 10.20.0.0/16 or fd00::/8",
+            );
         }
         Ok(())
     }
@@ -259,6 +280,9 @@ pub struct KmsConfig {
     pub maintenance_interval_s: u64,
     /// Default lifetime of certificates issued from tenants' CSRs.
     pub certificate_days: u32,
+    /// DNS suffix of the projects' certificate zones: a project's tenant certificates name
+    /// hosts under `<project>.<domain>.<suffix>` or `<project id>.<suffix>` only (13.3-2).
+    pub tenant_certificate_domain: String,
     /// Certificates expiring within this many days raise the expiry alarm.
     pub certificate_warning_days: u32,
     /// Validity of the published CRLs.
@@ -277,6 +301,7 @@ impl Default for KmsConfig {
             ca_key: CaKeyCustody::Auto,
             maintenance_interval_s: 60,
             certificate_days: 90,
+            tenant_certificate_domain: "rampart.internal".into(),
             certificate_warning_days: 30,
             crl_validity_hours: 24,
         }
@@ -584,6 +609,12 @@ impl Config {
             return invalid("audit.blackbox_events", "must be between 10 and 100000");
         }
         self.compute.validate()?;
+        if let Some(r) = self.quotas.too_large() {
+            return Err(ConfigError::Invalid {
+                key: "quotas",
+                message: format!("{} must be at most {}", r.as_str(), crate::quota::MAX_LIMIT),
+            });
+        }
         let net = &self.network;
         let external = match &net.external_cidr {
             Some(c) => match ipv4_network(c) {
@@ -657,6 +688,22 @@ impl Config {
         }
         if !(1..=397).contains(&k.certificate_days) {
             return invalid("kms.certificate_days", "must be between 1 and 397");
+        }
+        let suffix = &k.tenant_certificate_domain;
+        if suffix.is_empty()
+            || suffix.len() > 180
+            || suffix.split('.').any(|l| {
+                l.is_empty()
+                    || l.starts_with('-')
+                    || !l
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+        {
+            return invalid(
+                "kms.tenant_certificate_domain",
+                "must be a lowercase DNS name such as rampart.internal",
+            );
         }
         if !(1..=365).contains(&k.certificate_warning_days) {
             return invalid("kms.certificate_warning_days", "must be between 1 and 365");

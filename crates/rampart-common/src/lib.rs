@@ -7,7 +7,9 @@ pub mod fsutil;
 pub mod names;
 pub mod origin;
 pub mod page;
+pub mod quota;
 pub mod secret;
+pub mod special;
 pub mod testing;
 pub mod time;
 

@@ -186,6 +186,40 @@ fn check_tap(tap: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// One tenant drive as a `-blockdev` JSON node (what `-drive id=…,cache=none,aio=threads,
+/// discard=unmap` meant). `"backing": null` is always explicit (spec 12.1-1, OSSA-2024-001): a
+/// qcow2 header naming a backing file must never make QEMU open a host file; the keyval form
+/// cannot say null (`backing=null` names a node called "null"), hence JSON.
+fn blockdev(id: &str, path: &str, format: DiskFormat, read_only: bool) -> String {
+    serde_json::json!({
+        "node-name": id,
+        "driver": format.to_string(),
+        "read-only": read_only,
+        "discard": "unmap",
+        "cache": {"direct": true, "no-flush": false},
+        "file": {
+            "driver": "file",
+            "filename": path,
+            "aio": "threads",
+            "cache": {"direct": true, "no-flush": false},
+        },
+        "backing": null,
+    })
+    .to_string()
+}
+
+/// The config drive: read-only raw with the default (host page) cache, as before.
+fn config_blockdev(path: &str) -> String {
+    serde_json::json!({
+        "node-name": "cidata",
+        "driver": "raw",
+        "read-only": true,
+        "file": {"driver": "file", "filename": path},
+        "backing": null,
+    })
+    .to_string()
+}
+
 /// The argv (without the program) for `qemu-system-x86_64`.
 pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
     check_id("name", &spec.name)?;
@@ -256,14 +290,7 @@ pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
             return Err(invalid("disks.id", format!("duplicate {:?}", d.id)));
         }
         let path = check_path("disks.path", &d.path)?;
-        let ro = if d.read_only { ",readonly=on" } else { "" };
-        push(&[
-            "-drive",
-            &format!(
-                "id={},file={path},format={},if=none,cache=none,aio=threads,discard=unmap{ro}",
-                d.id, d.format
-            ),
-        ]);
+        push(&["-blockdev", &blockdev(&d.id, &path, d.format, d.read_only)]);
         let boot = if spec.machine == Machine::Q35 && spec.boot == Boot::Disk && i == 0 {
             ",bootindex=0"
         } else {
@@ -273,10 +300,7 @@ pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
     }
     if let Some(cd) = &spec.config_drive {
         let path = check_path("config_drive", cd)?;
-        push(&[
-            "-drive",
-            &format!("id=cidata,file={path},format=raw,if=none,readonly=on"),
-        ]);
+        push(&["-blockdev", &config_blockdev(&path)]);
         push(&["-device", &format!("{blk},drive=cidata,serial=cidata")]);
     }
     for n in &spec.nics {
@@ -538,6 +562,36 @@ mod tests {
             ] {
                 assert!(!joined.contains(forbidden), "{forbidden} in {joined}");
             }
+        }
+    }
+
+    #[test]
+    fn spec_12_1_1_every_tenant_drive_is_rendered_with_backing_null() {
+        for m in [Machine::Microvm, Machine::Q35] {
+            let mut s = demo_spec(m);
+            s.disks.push(Disk {
+                id: "data".into(),
+                path: "/run/rampart/vms/x/data.raw".into(),
+                format: DiskFormat::Raw,
+                read_only: true,
+            });
+            let a = render_argv(&s).unwrap();
+            assert!(!a.iter().any(|x| x == "-drive"), "legacy -drive in {a:?}");
+            let nodes: Vec<serde_json::Value> = a
+                .iter()
+                .zip(a.iter().skip(1))
+                .filter(|(flag, _)| *flag == "-blockdev")
+                .map(|(_, v)| serde_json::from_str(v).unwrap())
+                .collect();
+            // Both disks and the config drive.
+            assert_eq!(nodes.len(), 3, "{a:?}");
+            for n in &nodes {
+                assert_eq!(n.get("backing"), Some(&serde_json::Value::Null), "{n}");
+                assert_eq!(n["file"]["driver"], "file", "{n}");
+            }
+            assert_eq!(nodes[0]["driver"], "qcow2");
+            assert_eq!(nodes[1]["read-only"], true);
+            assert_eq!(nodes[2]["node-name"], "cidata");
         }
     }
 

@@ -30,6 +30,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::Method;
 use rampart_audit::checkpoint::{CheckpointSigner, Ed25519Signer};
+use rampart_audit::flood::{Caller, RefusalLimiter};
 use rampart_audit::formats::{Format, SyslogOptions};
 use rampart_audit::forward::{Forwarder, ForwarderConfig, ForwardingStatus, pump};
 use rampart_audit::queue::{PersistentQueue, QueueOptions};
@@ -218,6 +219,8 @@ pub struct Audit {
     running: Mutex<Option<Running>>,
     hostname: String,
     clock: SharedClock,
+    /// Refused calls per principal and source (13.4-1: nobody fills the trail in a loop).
+    refusals: RefusalLimiter,
 }
 
 impl Audit {
@@ -261,7 +264,7 @@ impl Audit {
             log,
             store,
             queue,
-            config,
+            config: config.clone(),
             key_id,
             wake_pump: tokio::sync::Notify::new(),
             leader: AtomicBool::new(false),
@@ -269,6 +272,7 @@ impl Audit {
             running: Mutex::new(None),
             hostname,
             clock,
+            refusals: RefusalLimiter::new(config.refused_calls_per_minute),
         })
     }
 
@@ -377,6 +381,8 @@ pub struct SlotData {
     pub details: Map<String, Value>,
     /// Further events of the same request (a lockout after a failed login).
     pub events: Vec<(String, Target, AuditResult, Map<String, Value>)>,
+    /// Answered 429 by the refusal limiter before it ran: not recorded one by one.
+    rate_limited: bool,
 }
 
 /// The audit record under construction for the current request.
@@ -663,6 +669,19 @@ pub async fn record_calls(State(state): State<AppState>, req: Request, next: Nex
     if !is_audited(&method, &info.class, status) {
         return response;
     }
+    let caller = {
+        let data = slot.0.lock().expect("audit slot lock");
+        if data.rate_limited {
+            return response;
+        }
+        authenticated_caller(data.actor.as_ref(), &info)
+    };
+    if let Some(caller) = caller
+        && (400..500).contains(&status)
+        && state.audit.refusals.refused(&caller, Instant::now())
+    {
+        tracing::warn!(principal = ?caller.principal, source = ?caller.source, limit = state.audit.config.refused_calls_per_minute, operation = %info.class.operation, "refused-call limit reached: further calls of this principal from this address get 429 for the rest of the minute");
+    }
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0.to_string());
     let (response, created) = if status == 201 {
         let (parts, body) = response.into_parts();
@@ -716,10 +735,33 @@ pub async fn record_calls(State(state): State<AppState>, req: Request, next: Nex
     response
 }
 
+/// Whom the refusal limiter counts a call against: authenticated principals only (an
+/// unauthenticated refusal names nobody and carries nothing from the request but its address).
+fn authenticated_caller(actor: Option<&Actor>, info: &CallInfo) -> Option<Caller> {
+    let principal = actor?.id.clone()?;
+    Some(Caller {
+        principal: Some(principal),
+        source: info.client_ip.clone(),
+    })
+}
+
 /// The write-ahead step of a state-changing call (see the module documentation): the innermost
 /// layer of every route group, so the pending record names the authenticated actor and a call
 /// refused by authentication changes nothing and needs none.
 pub async fn write_ahead(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limited = SLOT
+        .try_with(|s| {
+            let mut d = s.0.lock().expect("audit slot lock");
+            let caller = authenticated_caller(d.actor.as_ref(), d.call.as_ref()?)?;
+            let wait = state.audit.refusals.retry_after(&caller, Instant::now())?;
+            d.rate_limited = true;
+            Some(wait)
+        })
+        .ok()
+        .flatten();
+    if let Some(retry_after_s) = limited {
+        return Error::RateLimited { retry_after_s }.into_response();
+    }
     let due = SLOT
         .try_with(|s| {
             let d = s.0.lock().expect("audit slot lock");

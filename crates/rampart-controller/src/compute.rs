@@ -10,9 +10,11 @@ use rampart_api::compute::{
     NodeCompute, ObservedPower, PowerState, SignaturePolicy, TrustedKeyDoc,
 };
 use rampart_common::Error;
+use rampart_common::error::ErrorChain;
 use rampart_common::time::{from_ms, to_ms};
 use rampart_compute::alarm::{self, AlarmRule, Comparison, TimeWindow};
 use rampart_compute::image::SIGNATURE_FORMAT;
+use rampart_compute::webhook::WebhookPolicy;
 use rampart_db::compute::{self as db, InstanceRow};
 use rampart_db::network as netdb;
 use rampart_db::nodes;
@@ -602,46 +604,67 @@ pub async fn evaluate_alarms(state: &AppState) -> Result<(), Error> {
                     "metric": a.metric, "from": a.state, "to": to, "reason": reason,
                     "at": rampart_common::time::rfc3339(now),
                 });
-                let prefixes = state.config.compute.alarm_webhook_prefixes.clone();
-                tokio::spawn(send_webhooks(hooks, prefixes, body));
+                match webhook_policy(&state.config.compute) {
+                    Ok(policy) => {
+                        tokio::spawn(send_webhooks(hooks, policy, system_roots(), body));
+                    }
+                    Err(e) => tracing::error!(error = %e, "alarm webhooks not sent"),
+                }
             }
         }
     }
     Ok(())
 }
 
-/// Posts a transition to each webhook (HTTPS, trusting the system's CA bundle, 10 s), once;
-/// failures are logged. URLs are checked against the allowed prefixes again at send time.
-async fn send_webhooks(hooks: Vec<String>, prefixes: Vec<String>, body: serde_json::Value) {
-    let bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+/// The webhook rules of the configuration (12.1-6).
+pub fn webhook_policy(c: &rampart_common::config::ComputeConfig) -> Result<WebhookPolicy, Error> {
+    WebhookPolicy::new(&c.alarm_webhook_prefixes, &c.alarm_webhook_allowed_networks)
+        .map_err(|e| Error::internal("reading the webhook configuration", e))
+}
+
+/// The system's CA bundle, which public webhook receivers are signed by.
+fn system_roots() -> Vec<u8> {
+    std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default()
+}
+
+/// Posts a transition to each webhook (HTTPS, trusting `roots_pem`, 10 s), once; failures are
+/// logged. Each URL is checked against the policy again at send time, its host resolved once
+/// and every address checked; the connection goes to that address and no redirect is followed,
+/// so neither DNS nor the receiver can send the controller anywhere else.
+pub async fn send_webhooks(hooks: Vec<String>, policy: WebhookPolicy, roots_pem: Vec<u8>, body: serde_json::Value) {
     for url in hooks {
-        if !prefixes.iter().any(|p| url.starts_with(p.as_str())) {
-            continue;
+        match deliver(&policy, &roots_pem, &url, &body).await {
+            Ok(status) => tracing::info!(url = %url, status, "alarm webhook delivered"),
+            Err(e) => tracing::warn!(url = %url, error = %e, "alarm webhook not delivered"),
         }
-        let Some(rest) = url.strip_prefix("https://") else {
-            continue;
-        };
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let result = match rampart_api::tls::client_config(&bundle, None) {
-            Ok(tls) => match rampart_api::Client::with_timeout(
-                &format!("https://{host}"),
-                tls,
-                std::time::Duration::from_secs(10),
-            ) {
-                Ok(c) => c.send(http::Method::POST, path, Some(&body)).await.map(|_| ()),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(rampart_api::ClientError::from(e)),
-        };
-        match result {
-            Ok(()) => tracing::info!(url = %url, "alarm webhook delivered"),
-            Err(e) => {
-                tracing::warn!(url = %url, error = %rampart_common::error::ErrorChain(&e), "alarm webhook failed")
-            }
-        }
+    }
+}
+
+async fn deliver(policy: &WebhookPolicy, roots_pem: &[u8], url: &str, body: &serde_json::Value) -> Result<u16, String> {
+    let dest = policy.resolve(url).await.map_err(|e| e.to_string())?;
+    let tls = rampart_api::tls::client_config(roots_pem, None).map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .https_only(true)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&dest.host, dest.addr)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(10))
+        .user_agent(concat!("rampart/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ErrorChain(&e).to_string())?;
+    let resp = client
+        .post(dest.url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| ErrorChain(&e).to_string())?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(status.as_u16())
+    } else {
+        Err(format!("the receiver answered {status} (redirects are not followed)"))
     }
 }
 
@@ -654,4 +677,47 @@ pub async fn prune_metrics(state: &AppState) -> Result<(), Error> {
         tracing::debug!(rows = n, "pruned instance metrics");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    /// Whether anything connects to `listener` within a short wait.
+    async fn connected(listener: &tokio::net::TcpListener) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(500), listener.accept())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn spec_12_1_6_webhooks_never_reach_an_unlisted_internal_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = serde_json::json!({"alarm": "x"});
+        let prefixes = vec![
+            "https://hooks.example.com".to_string(),
+            format!("https://127.0.0.1:{port}/"),
+        ];
+        let closed = WebhookPolicy::new(&prefixes, &[]).unwrap();
+        for url in [
+            // The user-info trick and a direct loopback URL under an allowed prefix.
+            format!("https://hooks.example.com@127.0.0.1:{port}/"),
+            format!("https://127.0.0.1:{port}/hook"),
+        ] {
+            send_webhooks(vec![url.clone()], closed.clone(), system_roots(), body.clone()).await;
+            assert!(!connected(&listener).await, "{url} reached 127.0.0.1:{port}");
+        }
+        // Listed by the operator, the same loopback receiver is reached: the check above could
+        // have seen a connection.
+        let open = WebhookPolicy::new(&prefixes, &["127.0.0.0/8".into()]).unwrap();
+        let send = tokio::spawn(send_webhooks(
+            vec![format!("https://127.0.0.1:{port}/hook")],
+            open,
+            system_roots(),
+            body,
+        ));
+        assert!(connected(&listener).await, "the listed receiver was not reached");
+        send.abort();
+    }
 }

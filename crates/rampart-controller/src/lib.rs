@@ -13,6 +13,7 @@ pub mod identity;
 pub mod kms;
 pub mod network;
 pub mod planes;
+pub mod quota;
 pub mod reconcile;
 pub mod render;
 pub mod routes;

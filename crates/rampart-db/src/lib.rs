@@ -18,6 +18,7 @@ pub mod leases;
 pub mod meta;
 pub mod network;
 pub mod nodes;
+pub mod quotas;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -55,6 +55,9 @@ pub enum CaError {
     BadCertificate(String),
     #[error("{0}")]
     BadName(String),
+    /// A well-formed name the requesting project does not own (13.3-2).
+    #[error("{0}")]
+    NameNotAllowed(String),
     #[error("{path} exists but {other} does not: refusing to create a new CA over half of an old one")]
     HalfCa { path: PathBuf, other: PathBuf },
     #[error("the CA key is in the HSM ({marker}) but no HSM is available; configure [kms] so the token can be opened")]
@@ -252,6 +255,75 @@ pub fn validate_certificate_name(name: &str) -> Result<SanType, CaError> {
         }
     }
     Ok(SanType::DnsName(name.to_string().try_into().map_err(|_| bad())?))
+}
+
+/// What a tenant certificate may be used for (its extended key usages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TenantUsage {
+    ServerAuth,
+    ClientAuth,
+}
+
+/// The names a project may have certified by the tenant CA (13.3-2): DNS names inside its own
+/// zones and nothing else: no IP address, no `localhost`, no other project's or the world's
+/// names. The zones are `<project>.<domain>.<suffix>` and `<project id>.<suffix>` (see
+/// [`TenantNamePolicy::for_project`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantNamePolicy {
+    zones: Vec<String>,
+}
+
+impl TenantNamePolicy {
+    /// The zones of a project: by name when its and its domain's names are DNS labels, and by
+    /// id always (names can be reused after a deletion, ids cannot).
+    pub fn for_project(project_id: uuid::Uuid, project: &str, domain: &str, suffix: &str) -> TenantNamePolicy {
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        let suffix = suffix.trim_matches('.').to_ascii_lowercase();
+        let mut zones = vec![format!("{project_id}.{suffix}")];
+        if label(project) && label(domain) {
+            zones.push(format!("{project}.{domain}.{suffix}"));
+        }
+        TenantNamePolicy { zones }
+    }
+
+    pub fn zones(&self) -> &[String] {
+        &self.zones
+    }
+
+    /// Checks every name against the zones and the usages against the names: a wildcard
+    /// names many hosts, so it serves a server and never identifies a client.
+    pub fn check(&self, names: &[String], usages: &[TenantUsage]) -> Result<(), CaError> {
+        if usages.is_empty() {
+            return Err(CaError::BadName("a certificate needs at least one usage".into()));
+        }
+        for name in names {
+            validate_certificate_name(name)?;
+            let host = name.strip_prefix("*.").unwrap_or(name);
+            let inside = self
+                .zones
+                .iter()
+                .any(|z| host == z || host.strip_suffix(z.as_str()).is_some_and(|rest| rest.ends_with('.')));
+            if !inside {
+                return Err(CaError::NameNotAllowed(format!(
+                    "{name:?} is not in this project's zones ({}); the tenant CA certifies no IP address, no localhost and no other project's names",
+                    self.zones.join(", ")
+                )));
+            }
+            if name.starts_with("*.") && usages.contains(&TenantUsage::ClientAuth) {
+                return Err(CaError::NameNotAllowed(format!(
+                    "{name:?}: a wildcard name is for server certificates only (usages: [\"server_auth\"])"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl CertificateAuthority {
@@ -517,13 +589,15 @@ impl CertificateAuthority {
             .collect()
     }
 
-    /// Signs a tenant's CSR for `names` (server and client authentication). Only the CSR's
-    /// public key is taken: the subject is the first name, the CSR's own extensions (a CA
-    /// flag, other usages) are ignored.
+    /// Signs a tenant's CSR for `names` and `usages`, both checked against the project's
+    /// `policy` first. Only the CSR's public key is taken: the subject is the first name, the
+    /// CSR's own extensions (a CA flag, other usages) are ignored.
     pub fn sign_tenant_csr(
         &self,
         csr_pem: &str,
         names: &[String],
+        policy: &TenantNamePolicy,
+        usages: &[TenantUsage],
         days: u32,
         now: OffsetDateTime,
     ) -> Result<SignedCertificate, CaError> {
@@ -533,6 +607,10 @@ impl CertificateAuthority {
                 "a certificate carries 1 to {MAX_CERTIFICATE_NAMES} names"
             )));
         }
+        policy.check(names, usages)?;
+        let mut usages = usages.to_vec();
+        usages.sort();
+        usages.dedup();
         let sans = names
             .iter()
             .map(|n| validate_certificate_name(n))
@@ -545,7 +623,13 @@ impl CertificateAuthority {
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages
+            .iter()
+            .map(|u| match u {
+                TenantUsage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+                TenantUsage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            })
+            .collect();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, now, days);
@@ -800,8 +884,10 @@ mod tests {
             CertificateAuthority::csr_names(&csr).unwrap(),
             vec!["shop.example.com".to_string(), "10.0.0.5".to_string()]
         );
-        let names = vec!["shop.example.com".to_string(), "*.shop.example.com".to_string()];
-        let signed = ca.sign_tenant_csr(&csr, &names, 90, now()).unwrap();
+        let policy = TenantNamePolicy::for_project(uuid::Uuid::nil(), "shop", "example", "com");
+        let both = [TenantUsage::ServerAuth, TenantUsage::ClientAuth];
+        let names = vec!["shop.example.com".to_string(), "www.shop.example.com".to_string()];
+        let signed = ca.sign_tenant_csr(&csr, &names, &policy, &both, 90, now()).unwrap();
         let info = cert_info(&signed.cert_der).unwrap();
         assert_eq!(info.names, names);
         assert!(!info.is_ca, "a CSR asking to be a CA gets a leaf");
@@ -811,21 +897,71 @@ mod tests {
         for bad in ["UPPER.example", "a..b", "-x.example", "urn:rampart:node:1", "", "a b"] {
             assert!(
                 matches!(
-                    ca.sign_tenant_csr(&csr, &[bad.to_string()], 90, now()),
+                    ca.sign_tenant_csr(&csr, &[bad.to_string()], &policy, &both, 90, now()),
                     Err(CaError::BadName(_))
                 ),
                 "{bad:?}"
             );
         }
-        let many: Vec<String> = (0..=MAX_CERTIFICATE_NAMES).map(|i| format!("h{i}.example")).collect();
+        let many: Vec<String> = (0..=MAX_CERTIFICATE_NAMES)
+            .map(|i| format!("h{i}.shop.example.com"))
+            .collect();
         assert!(matches!(
-            ca.sign_tenant_csr(&csr, &many, 90, now()),
+            ca.sign_tenant_csr(&csr, &many, &policy, &both, 90, now()),
             Err(CaError::BadName(_))
         ));
         // The tenant CA is not the infrastructure CA: its certificates do not chain to ca.pem.
         let (infra, _) = CertificateAuthority::load_or_create(dir.path(), 3650, now()).unwrap();
         assert_ne!(infra.sha256(), ca.sha256());
         assert!(webpki_verify(&infra, &signed.cert_der, None).is_err());
+    }
+
+    #[test]
+    fn spec_13_3_2_tenant_ca_signs_only_the_projects_own_names_and_the_usages_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create_in(dir.path(), CaRole::Tenant, 3650, now(), None).unwrap();
+        let a_id = uuid::Uuid::new_v4();
+        let a = TenantNamePolicy::for_project(a_id, "proj-a", "default", "rampart.internal");
+        let csr = tenant_csr(&["x.proj-a.default.rampart.internal"], false);
+        let server = [TenantUsage::ServerAuth];
+        let both = [TenantUsage::ServerAuth, TenantUsage::ClientAuth];
+        for foreign in [
+            "billing.proj-b.internal",
+            "billing.proj-b.default.rampart.internal",
+            "*.proj-b.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "proj-a.default.rampart.internal.attacker.test",
+            "xproj-a.default.rampart.internal",
+            "rampart.internal",
+        ] {
+            let e = ca
+                .sign_tenant_csr(&csr, &[foreign.to_string()], &a, &server, 90, now())
+                .unwrap_err();
+            assert!(matches!(e, CaError::NameNotAllowed(_)), "{foreign}: {e}");
+        }
+        // Its own names, by name and by id; a wildcard only for a server.
+        let own = vec![
+            "api.proj-a.default.rampart.internal".to_string(),
+            format!("db.{a_id}.rampart.internal"),
+            "*.web.proj-a.default.rampart.internal".to_string(),
+        ];
+        let signed = ca.sign_tenant_csr(&csr, &own, &a, &server, 90, now()).unwrap();
+        let der = signed.cert_der.clone();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth, "{eku:?}");
+        assert!(matches!(
+            ca.sign_tenant_csr(&csr, &own, &a, &both, 90, now()),
+            Err(CaError::NameNotAllowed(_))
+        ));
+        let client = ca
+            .sign_tenant_csr(&csr, &own[..1], &a, &[TenantUsage::ClientAuth], 90, now())
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&client.cert_der).unwrap();
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth, "{eku:?}");
     }
 
     #[test]

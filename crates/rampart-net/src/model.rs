@@ -442,6 +442,39 @@ fn check_network_address(field: &str, cidr: &Ipv4Net) -> Result<(), Error> {
     Ok(())
 }
 
+/// A VPC range must not reach into addresses that mean something to every host: loopback,
+/// link-local (the metadata service), "this network", IETF protocol assignments, multicast
+/// and the reserved block. Private (RFC 1918), shared (RFC 6598) and public ranges are fine.
+fn check_vpc_range(cidr: &Ipv4Net) -> Result<(), Error> {
+    use rampart_common::special::{Special, overlapping_v4};
+    let bad: Vec<&str> = overlapping_v4(cidr.network(), cidr.prefix_len())
+        .into_iter()
+        .filter(|k| {
+            matches!(
+                k,
+                Special::ThisNetwork
+                    | Special::Loopback
+                    | Special::LinkLocal
+                    | Special::Protocol
+                    | Special::Multicast
+                    | Special::Reserved
+            )
+        })
+        .map(Special::as_str)
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        "cidr",
+        "cidr_reserved",
+        format!(
+            "{cidr} overlaps {} addresses; use a private range such as 10.0.0.0/16",
+            bad.join(" and ")
+        ),
+    ))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VpcCreate {
@@ -461,6 +494,7 @@ impl VpcCreate {
         if !(8..=28).contains(&self.cidr.prefix_len()) {
             return Err(invalid("cidr", "cidr_size", "a VPC CIDR must be between /8 and /28"));
         }
+        check_vpc_range(&self.cidr)?;
         Ok(Vpc {
             id,
             project,
@@ -987,6 +1021,43 @@ mod tests {
         }
         .into_vpc(Uuid::new_v4(), Uuid::new_v4())
         .unwrap()
+    }
+
+    #[test]
+    fn spec_10_4_vpc_ranges_in_special_purpose_blocks_are_refused() {
+        let create = |cidr: &str| {
+            VpcCreate {
+                name: "v".into(),
+                cidr: cidr.parse().unwrap(),
+                external: false,
+            }
+            .into_vpc(Uuid::new_v4(), Uuid::new_v4())
+        };
+        for bad in [
+            "127.0.0.0/8",
+            "127.10.0.0/16",
+            "169.254.0.0/16",
+            "169.254.169.0/24",
+            "0.0.0.0/8",
+            "192.0.0.0/24",
+            "224.0.0.0/8",
+            "240.0.0.0/8",
+            "255.255.255.0/24",
+            // A supernet of a special block contains it.
+            "169.0.0.0/8",
+        ] {
+            let e = create(bad).map(|_| ()).unwrap_err();
+            assert_eq!(reason(&e), Some("cidr_reserved"), "{bad}: {e}");
+        }
+        for good in [
+            "10.0.0.0/16",
+            "172.16.0.0/12",
+            "192.168.0.0/24",
+            "100.64.0.0/16",
+            "8.8.0.0/16",
+        ] {
+            assert!(create(good).is_ok(), "{good}");
+        }
     }
 
     fn subnet_req(cidr: &str, gw: Option<&str>) -> SubnetCreate {

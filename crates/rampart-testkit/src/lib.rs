@@ -115,6 +115,9 @@ impl TestCluster {
         config.nodes.heartbeat_interval_s = 1;
         config.nodes.heartbeat_timeout_s = 3;
         config.nodes.long_poll_timeout_s = 5;
+        // Authorization tests make hundreds of refused calls a second on purpose; the limiter
+        // has tests of its own that turn it on.
+        config.audit.refused_calls_per_minute = 0;
         // A fresh SoftHSM2 token of this test (the embedded token needs SOFTHSM2_CONF at process
         // start, which a test process shares). Without SoftHSM2 the controller starts with key
         // operations failing closed, unless RAMPART_TEST_REQUIRE_HSM=1 makes that fatal.

@@ -703,3 +703,84 @@ async fn spec_13_4_1_system_admin_reads_the_trail_only_auditors_verify_and_pages
     }
     c.shutdown().await;
 }
+
+/// Posts `body` to a key operation as `client`; returns the status.
+async fn key_call(c: &TestCluster, client: &Client, path: &str, body: &Value) -> StatusCode {
+    let tls = rampart_api::tls::client_config(c.controller.ca_pem().as_bytes(), None).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap();
+    http.post(format!("{}{path}", c.controller.url()))
+        .bearer_auth(client.token().unwrap().expose())
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_4_1_refused_key_calls_cannot_flood_the_trail() {
+    const LIMIT: u32 = 4;
+    let c = cluster_with(|config| config.audit.refused_calls_per_minute = LIMIT).await;
+    let a = c.admin_project().await;
+    let b: rampart_api::Project = c.admin.post("/v1/projects", &json!({"name": "flood-b"})).await.unwrap();
+    let in_project = |p: uuid::Uuid| ScopeRef {
+        project: Some(p),
+        ..Default::default()
+    };
+    c.create_user("outsider", AUDITOR_PASSWORD, &[("key-user", in_project(b.id))])
+        .await;
+    c.create_user("insider", AUDITOR_PASSWORD, &[("key-user", in_project(a))])
+        .await;
+    let outsider = c.anon.login_as("outsider", AUDITOR_PASSWORD).await.unwrap().0;
+    let insider = c.anon.login_as("insider", AUDITOR_PASSWORD).await.unwrap().0;
+    let reader = auditor(&c, "flood-auditor").await;
+
+    // ~600 KB of context, to a project the caller cannot see.
+    let huge: serde_json::Map<String, Value> = (0..600)
+        .map(|i| (format!("k{i:04}"), Value::String("v".repeat(1000))))
+        .collect();
+    let body = json!({"plaintext": "aGk=", "context": huge});
+    let key = uuid::Uuid::new_v4();
+    let path = format!("/v1/projects/{a}/keys/{key}/encrypt");
+    assert_eq!(key_call(&c, &outsider, &path, &body).await, StatusCode::NOT_FOUND);
+    // An authorized caller over the 32-entry limit: refused, nothing of the context kept.
+    let over: serde_json::Map<String, Value> = (0..33).map(|i| (format!("k{i}"), Value::from("v"))).collect();
+    assert_eq!(
+        key_call(&c, &insider, &path, &json!({"plaintext": "aGk=", "context": over})).await,
+        StatusCode::BAD_REQUEST
+    );
+    let records = events(&reader, "operation=key.encrypt").await;
+    assert!(!records.is_empty());
+    for r in &records {
+        let size = serde_json::to_vec(r).unwrap().len();
+        assert!(size < 4096, "a {size}-byte record for a refused call: {:?}", r.details);
+        assert!(r.details.get("encryption_context").is_none(), "{:?}", r.details);
+    }
+
+    // The outsider goes on: past the limit its calls get 429 and add no record.
+    let mut statuses = vec![];
+    for _ in 0..LIMIT + 3 {
+        statuses.push(key_call(&c, &outsider, &path, &body).await);
+    }
+    let refused = statuses.iter().filter(|s| **s == StatusCode::NOT_FOUND).count();
+    assert_eq!(refused as u32, LIMIT - 1, "{statuses:?}");
+    assert!(
+        statuses[LIMIT as usize - 1..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let outsider_records = events(&reader, "operation=key.encrypt&actor=outsider").await;
+    // Each refused call: its write-ahead intent and its completion.
+    assert_eq!(outsider_records.len() as u32, 2 * LIMIT, "{outsider_records:?}");
+    // Another principal from the same address is not limited.
+    assert_eq!(
+        key_call(&c, &insider, &path, &json!({"plaintext": "aGk="})).await,
+        StatusCode::NOT_FOUND,
+        "the insider is not rate limited (no such key)"
+    );
+    c.shutdown().await;
+}

@@ -99,6 +99,15 @@ async fn flavor(c: &TestCluster) -> Value {
         .unwrap()
 }
 
+/// A cluster without agents whose admin project trusts a fresh key `release`.
+async fn trusting_project() -> (TestCluster, Uuid, SigningKey) {
+    let c = cluster(0).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    (c, project, key)
+}
+
 /// What a boot needs: a one-node cluster whose admin project holds the signed demo images
 /// (trusted key `release`) and a flavor. Returns the cluster, the project, the kernel image
 /// and the flavor.
@@ -310,10 +319,7 @@ async fn spec_12_1_1_signed_image_boots_and_the_instance_follows_its_power_actio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_tampered_or_untrusted_upload_is_refused_with_image_signature_invalid() {
-    let c = cluster(0).await;
-    let project = c.admin_project().await;
-    let key = SigningKey::generate().unwrap();
-    trust(&c, &key, "release").await;
+    let (c, project, key) = trusting_project().await;
 
     // Signed over other bytes than those uploaded.
     let (created, s, body) = image(
@@ -369,6 +375,154 @@ async fn spec_12_1_1_tampered_or_untrusted_upload_is_refused_with_image_signatur
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some("validation_failed"), "{e}");
+    c.shutdown().await;
+}
+
+/// A 1 MiB qcow2 made by the real `qemu-img` with extra `create` arguments.
+fn qcow2(dir: &std::path::Path, name: &str, args: &[&str]) -> Vec<u8> {
+    let p = dir.join(name);
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow2"])
+        .args(args)
+        .arg(&p)
+        .arg("1M")
+        .output()
+        .expect("qemu-img (apt-get install qemu-utils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(&p).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_images_naming_host_files_or_another_format_are_refused_with_image_format_invalid() {
+    let (c, project, key) = trusting_project().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_file = dir.path().join("data.raw");
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        // `-u`: the header names /etc/shadow; qemu-img does not open it.
+        (
+            "backing",
+            "qcow2",
+            qcow2(dir.path(), "b.qcow2", &["-u", "-b", "/etc/shadow", "-F", "raw"]),
+        ),
+        (
+            "data-file",
+            "qcow2",
+            qcow2(
+                dir.path(),
+                "d.qcow2",
+                &["-o", &format!("data_file={}", data_file.display())],
+            ),
+        ),
+        ("qcow2-as-raw", "raw", qcow2(dir.path(), "r.qcow2", &[])),
+        (
+            "vmdk-as-kernel",
+            "kernel",
+            b"# Disk DescriptorFile\nRW 8 FLAT \"/etc/shadow\" 0\n".to_vec(),
+        ),
+        ("raw-as-qcow2", "qcow2", vec![0u8; 65536]),
+    ];
+    for (name, format, bytes) in &cases {
+        // Correctly signed: only the format check can refuse them.
+        let (created, s, body) = image(&c, &c.admin, project, name, format, json!({}), &key, bytes, bytes).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "image_format_invalid", "{name}: {body}");
+        let after: Value = c
+            .admin
+            .get(&format!(
+                "/v1/projects/{project}/images/{}",
+                created["id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(after["status"], "rejected", "{name}");
+    }
+    // A clean qcow2 and a plain raw disk are accepted.
+    let clean = qcow2(dir.path(), "clean.qcow2", &[]);
+    let (_, s, body) = image(&c, &c.admin, project, "clean", "qcow2", json!({}), &key, &clean, &clean).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let raw = vec![0u8; 65536];
+    let (_, s, body) = image(&c, &c.admin, project, "plain", "raw", json!({}), &key, &raw, &raw).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_a_kernel_cannot_name_a_rejected_ramdisk_and_a_rejected_name_is_free_again() {
+    let (c, project, key) = trusting_project().await;
+    // An initrd whose upload is refused (signed over other bytes).
+    let (rd, s, _) = image(
+        &c,
+        &c.admin,
+        project,
+        "rd",
+        "initrd",
+        json!({}),
+        &key,
+        b"signed",
+        b"uploaded",
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let sig = key.sign_digest(&sha(b"kernel bytes"));
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("/v1/projects/{project}/images"),
+            &json!({"name": "k", "disk_format": "kernel", "ramdisk_image": rd["id"],
+                    "signature": sig.signature, "signing_key": sig.key_id}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "{e}");
+    assert_eq!(code(&e), Some("image_unavailable"), "{e}");
+    // A queued (never uploaded) initrd is no better.
+    let queued: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/images"),
+            &json!({"name": "rd-queued", "disk_format": "initrd"}),
+        )
+        .await
+        .unwrap();
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("/v1/projects/{project}/images"),
+            &json!({"name": "k", "disk_format": "kernel", "ramdisk_image": queued["id"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("image_unavailable"), "{e}");
+
+    // The rejected upload does not hold its name: the good initrd takes it, and the kernel
+    // naming it boots.
+    let (rd2, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "rd",
+        "initrd",
+        json!({}),
+        &key,
+        b"initrd",
+        b"initrd",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_ne!(rd2["id"], rd["id"]);
+    let (_, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "k",
+        "kernel",
+        json!({"ramdisk_image": "rd"}),
+        &key,
+        b"kernel bytes",
+        b"kernel bytes",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     c.shutdown().await;
 }
 
@@ -816,5 +970,128 @@ async fn spec_10_3_3_members_of_a_security_group_are_spread_over_nodes() {
     // Without it (soft spreading), the member goes to a node that already has one.
     let third: Value = c.admin.post(&p("instances"), &launch("web-3", false)).await.unwrap();
     assert!(third["node_id"].is_string(), "{third}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_instance_create_refuses_a_kernel_whose_ramdisk_is_not_verified() {
+    let (c, project, key) = trusting_project().await;
+    let settings = format!("/v1/projects/{project}/compute-settings");
+    put_json(&c.admin, &settings, &json!({"image_signature_policy": "warn"}))
+        .await
+        .unwrap();
+    // Under `warn` an unsigned initrd becomes active, unverified; the kernel is signed.
+    let created: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/images"),
+            &json!({"name": "rd-unsigned", "disk_format": "initrd"}),
+        )
+        .await
+        .unwrap();
+    let rd: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let (s, body) = put_data(&c, &c.admin, project, rd, b"initrd bytes").await;
+    assert_eq!((s, &body["status"]), (StatusCode::OK, &json!("active")), "{body}");
+    let (_, s, body) = image(
+        &c,
+        &c.admin,
+        project,
+        "k",
+        "kernel",
+        json!({"ramdisk_image": "rd-unsigned"}),
+        &key,
+        b"kernel bytes",
+        b"kernel bytes",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Back to `require`: the node would refuse the initrd, so the API does first.
+    put_json(&c.admin, &settings, &json!({"image_signature_policy": "require"}))
+        .await
+        .unwrap();
+    let f = flavor(&c).await;
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "vm", "image": "k", "flavor": f["name"]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "{e}");
+    assert_eq!(code(&e), Some("image_unavailable"), "{e}");
+    c.shutdown().await;
+}
+
+async fn put_json(client: &Client, path: &str, body: &Value) -> Result<Value, ClientError> {
+    Ok(client
+        .send(http::Method::PUT, path, Some(body))
+        .await?
+        .json()
+        .await
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_per_project_limits_are_set_by_the_system_admin_and_refuse_with_409() {
+    let c = cluster(0).await;
+    let project = c.admin_project().await;
+    let member_scope = ScopeRef {
+        project: Some(project),
+        ..Default::default()
+    };
+    c.create_user("quota-member", "Harbor-lantern-5521", &[("member", member_scope)])
+        .await;
+    let member = c.anon.login_as("quota-member", "Harbor-lantern-5521").await.unwrap().0;
+    let path = format!("/v1/projects/{project}/quotas");
+
+    let before: Value = member.get(&path).await.unwrap();
+    assert_eq!(before["limits"]["vpcs"], 10, "the configured default: {before}");
+    assert_eq!(before["own"]["vpcs"], Value::Null);
+    let e = put_json(&member, &path, &json!({"vpcs": 100})).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN), "{e}");
+    let e = put_json(&c.admin, &path, &json!({"vpcs": 2_000_000}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("validation_failed"), "{e}");
+
+    let set = put_json(&c.admin, &path, &json!({"images": 1, "vpcs": 1}))
+        .await
+        .unwrap();
+    assert_eq!(set["limits"]["images"], 1);
+    assert_eq!(set["limits"]["instances"], 50, "left out: the default");
+
+    let img = |name: &str| json!({"name": name, "disk_format": "raw"});
+    member
+        .post::<_, Value>(&format!("/v1/projects/{project}/images"), &img("q1"))
+        .await
+        .unwrap();
+    let e = member
+        .post::<_, Value>(&format!("/v1/projects/{project}/images"), &img("q2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::CONFLICT), "{e}");
+    assert_eq!(code(&e), Some("quota_exceeded"), "{e}");
+
+    let vpc = |name: &str| json!({"name": name, "cidr": "10.90.0.0/16"});
+    member
+        .post::<_, Value>(&format!("/v1/projects/{project}/vpcs"), &vpc("q1"))
+        .await
+        .unwrap();
+    let e = member
+        .post::<_, Value>(&format!("/v1/projects/{project}/vpcs"), &vpc("q2"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("quota_exceeded"), "{e}");
+
+    let after: Value = member.get(&path).await.unwrap();
+    assert_eq!(after["used"]["images"], 1, "{after}");
+    assert_eq!(after["used"]["vpcs"], 1, "{after}");
+    // Back to the defaults: the second VPC fits again.
+    put_json(&c.admin, &path, &json!({})).await.unwrap();
+    member
+        .post::<_, Value>(&format!("/v1/projects/{project}/vpcs"), &vpc("q2"))
+        .await
+        .unwrap();
     c.shutdown().await;
 }

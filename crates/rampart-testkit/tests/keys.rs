@@ -669,18 +669,20 @@ async fn spec_13_3_2_tenant_csr_is_issued_listed_with_expiry_revoked_and_in_the_
     let user_a = user(&c, "kuser-a", &[("key-user", a)]).await;
     let admin_b = user(&c, "kadmin-b", &[("key-admin", b)]).await;
 
+    let app = format!("app.{a}.rampart.internal");
     let issued = admin_a
         .issue_certificate(&CertificateIssue {
             project: a,
-            csr: csr("app.tenant-a.test"),
+            csr: csr(&app),
             names: None,
             days: Some(30),
+            usages: None,
         })
         .await
         .unwrap();
     assert_eq!(issued.project_id, Some(a));
     assert_eq!(issued.issuer_ca.as_deref(), Some("tenant"));
-    assert_eq!(issued.names, vec!["app.tenant-a.test".to_string()]);
+    assert_eq!(issued.names, vec![app.clone()]);
     assert!(
         (29..=30).contains(&issued.expires_in_days),
         "{}",
@@ -705,6 +707,7 @@ async fn spec_13_3_2_tenant_csr_is_issued_listed_with_expiry_revoked_and_in_the_
                 csr: "not a csr".into(),
                 names: None,
                 days: None,
+                usages: None,
             })
             .await,
     );
@@ -714,9 +717,10 @@ async fn spec_13_3_2_tenant_csr_is_issued_listed_with_expiry_revoked_and_in_the_
         user_a
             .issue_certificate(&CertificateIssue {
                 project: a,
-                csr: csr("x.test"),
+                csr: csr(&format!("x.{a}.rampart.internal")),
                 names: None,
                 days: None,
+                usages: None,
             })
             .await,
     );
@@ -764,6 +768,52 @@ async fn spec_13_3_2_tenant_csr_is_issued_listed_with_expiry_revoked_and_in_the_
     );
     // The infrastructure CRL does not list tenant certificates.
     assert!(!serials(&c.anon.crl(false).await.unwrap()).contains(&issued.serial));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_3_2_a_project_gets_certificates_only_for_its_own_names() {
+    let Some((c, _clock)) = cluster().await else { return };
+    let a = project(&c, "proj-a").await;
+    let b = project(&c, "proj-b").await;
+    let admin_a = user(&c, "ca-admin-a", &[("key-admin", a)]).await;
+    let issue = |names: Vec<String>, usages: Option<Vec<rampart_api::CertificateUsage>>| CertificateIssue {
+        project: a,
+        csr: csr(&names[0]),
+        names: Some(names),
+        days: Some(30),
+        usages,
+    };
+    for foreign in [
+        "billing.proj-b.internal".to_string(),
+        "billing.proj-b.default.rampart.internal".to_string(),
+        format!("billing.{b}.rampart.internal"),
+        "*.proj-b.example.com".to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ] {
+        let (s, code) = refused(admin_a.issue_certificate(&issue(vec![foreign.clone()], None)).await);
+        assert_eq!((s, code.as_str()), (422, "certificate_name_not_allowed"), "{foreign}");
+    }
+    // Its own zones, by name and by id.
+    let own = vec![
+        "api.proj-a.default.rampart.internal".to_string(),
+        format!("db.{a}.rampart.internal"),
+    ];
+    let cert = admin_a.issue_certificate(&issue(own.clone(), None)).await.unwrap();
+    assert_eq!(cert.names, own);
+    // A wildcard serves, it does not identify a client.
+    let wild = vec!["*.web.proj-a.default.rampart.internal".to_string()];
+    let (s, code) = refused(admin_a.issue_certificate(&issue(wild.clone(), None)).await);
+    assert_eq!((s, code.as_str()), (422, "certificate_name_not_allowed"));
+    let server = admin_a
+        .issue_certificate(&issue(wild, Some(vec![rampart_api::CertificateUsage::ServerAuth])))
+        .await
+        .unwrap();
+    let der = rampart_kms::ca::pem_to_der(server.certificate.as_deref().unwrap()).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
     c.shutdown().await;
 }
 

@@ -12,15 +12,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rampart_api::{
     AgentRenewRequest, AgentRenewResponse, Certificate, CertificateImport, CertificateIssue, CertificateKind,
-    CertificateRevoke, CertificateStatus, List,
+    CertificateRevoke, CertificateStatus, CertificateUsage, List,
 };
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
 use rampart_common::page::finish_page;
+use rampart_common::quota::Resource;
 use rampart_common::time::{from_ms, to_ms};
 use rampart_db::kms::{self as db, CertScope};
 use rampart_iam::authz::Target;
-use rampart_kms::ca::{CaRole, CertificateAuthority};
+use rampart_kms::ca::{CaRole, CertificateAuthority, TenantNamePolicy, TenantUsage};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -199,11 +200,33 @@ pub async fn get_certificate(
     Ok(axum::Json(view(&state, &row, true)))
 }
 
+/// The zones whose names `project` may have certified (13.3-2).
+async fn name_policy(state: &AppState, project: Uuid) -> Result<TenantNamePolicy, Error> {
+    let mut conn = state.db.conn().await?;
+    let p = rampart_db::identity::project_by_id(&mut conn, project)
+        .await?
+        .ok_or_else(|| Error::not_found("no such project"))?;
+    let domain = rampart_db::identity::find_domain(&mut conn, &p.domain_id.to_string())
+        .await?
+        .map(|d| d.name)
+        .unwrap_or_default();
+    Ok(TenantNamePolicy::for_project(
+        p.id,
+        &p.name,
+        &domain,
+        &state.config.kms.tenant_certificate_domain,
+    ))
+}
+
 /// Issue a certificate from a tenant's CSR (`key-admin` of the project), signed by the tenant
-/// CA for server and client authentication. Only the CSR's public key is used; the names are
-/// those given (or those the CSR asks for).
+/// CA for the usages asked (default server and client authentication). Only the CSR's public
+/// key is used; the names are those given (or those the CSR asks for) and must lie in the
+/// project's zones (`<project>.<domain>.<kms.tenant_certificate_domain>`,
+/// `<project id>.<kms.tenant_certificate_domain>`): any other name, an IP address or
+/// `localhost` is 422 `certificate_name_not_allowed`, as is a wildcard with `client_auth`.
 #[utoipa::path(post, path = "/v1/certificates", tag = "certificates", request_body = CertificateIssue, security(("bearer" = [])),
-    responses((status = 201, body = Certificate), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = Certificate), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "quota_exceeded"), (status = 422, body = ErrorBody, description = "certificate_name_not_allowed")))]
 pub async fn issue_certificate(
     State(state): State<AppState>,
     principal: Principal,
@@ -226,12 +249,29 @@ pub async fn issue_certificate(
         Some(n) => n,
         None => CertificateAuthority::csr_names(&req.csr).map_err(|e| bad_certificate("csr", e))?,
     };
+    let usages: Vec<TenantUsage> = req
+        .usages
+        .unwrap_or_else(|| vec![CertificateUsage::ServerAuth, CertificateUsage::ClientAuth])
+        .into_iter()
+        .map(|u| match u {
+            CertificateUsage::ServerAuth => TenantUsage::ServerAuth,
+            CertificateUsage::ClientAuth => TenantUsage::ClientAuth,
+        })
+        .collect();
+    let policy = name_policy(&state, req.project).await?;
+    {
+        let mut conn = state.db.conn().await?;
+        crate::quota::enforce(&state, &mut conn, req.project, Resource::Certificates, 1).await?;
+    }
     let ca = state.kms.tenant_ca.clone();
     let now = state.now();
     let csr = req.csr;
-    let signed = blocking(move || ca.sign_tenant_csr(&csr, &names, days, now))
+    let signed = blocking(move || ca.sign_tenant_csr(&csr, &names, &policy, &usages, days, now))
         .await?
         .map_err(|e| match e {
+            rampart_kms::CaError::NameNotAllowed(m) => {
+                Error::coded(StatusCode::UNPROCESSABLE_ENTITY, "certificate_name_not_allowed", m)
+            }
             rampart_kms::CaError::BadName(m) => Error::field("names", m),
             rampart_kms::CaError::BadCsr(m) => Error::field("csr", m),
             other => Error::internal("signing a tenant certificate", other),
@@ -275,6 +315,10 @@ pub async fn import_certificate(
             }
         }
         None => principal.require_system(&state, "system.manage")?,
+    }
+    if let Some(p) = req.project {
+        let mut conn = state.db.conn().await?;
+        crate::quota::enforce(&state, &mut conn, p, Resource::Certificates, 1).await?;
     }
     let pem = format!("{}\n{}", req.certificate, req.chain.unwrap_or_default());
     if pem.len() > 256 * 1024 {

@@ -13,9 +13,11 @@ use rampart_api::List;
 use rampart_api::compute::*;
 use rampart_common::error::ErrorBody;
 use rampart_common::page::{PageParams, finish_page};
+use rampart_common::quota::Resource;
 use rampart_common::time::{from_ms, to_ms};
 use rampart_common::{Error, names};
 use rampart_compute::image::{self, Digest, ImageSignature, StreamingHasher, TrustedKey};
+use rampart_compute::inspect;
 use rampart_db::compute::{self as db, InstanceRow};
 use rampart_iam::authz::Target;
 use serde::Deserialize;
@@ -319,9 +321,30 @@ fn check_cmdline(s: &str) -> Result<(), Error> {
     }
 }
 
-/// Register an image (status `queued`); then upload its bytes with `PUT …/{id}/data`.
+/// A kernel may boot with `r` as its initrd only when `r` passed its upload checks (`active`)
+/// and, under the `require` policy, its signature verified: what the node would refuse at boot
+/// is refused here, with a reason, instead (422 `image_unavailable`).
+fn usable_ramdisk(r: &db::ImageRow, policy: SignaturePolicy) -> Result<(), Error> {
+    let why = if r.status != "active" {
+        format!("the ramdisk image {:?} is {}, not active", r.name, r.status)
+    } else if policy == SignaturePolicy::Require && !r.signature_verified {
+        format!(
+            "the ramdisk image {:?} has no verified signature and the project's policy is require",
+            r.name
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::coded(StatusCode::UNPROCESSABLE_ENTITY, "image_unavailable", why))
+}
+
+/// Register an image (status `queued`); then upload its bytes with `PUT …/{id}/data`. A
+/// kernel's `ramdisk_image` must be an `active` initrd of the project (signature verified
+/// under the `require` policy), else 422 `image_unavailable`. The name of a `rejected` image
+/// is free: registering it again replaces the rejected record.
 #[utoipa::path(post, path = "/v1/projects/{project}/images", tag = "compute", params(("project" = Uuid, Path)), request_body = ImageCreate, security(("bearer" = [])),
-    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "image_unavailable: the ramdisk image is not active and verified")))]
 pub async fn create_image(
     State(state): State<AppState>,
     principal: Principal,
@@ -359,17 +382,27 @@ pub async fn create_image(
             ));
         }
     }
-    let mut conn = state.db.conn().await?;
+    let mut tx = state.db.begin().await?;
     let ramdisk = match &req.ramdisk_image {
         Some(key) => {
-            let r = db::find_image(&mut conn, project, key)
+            let r = db::find_image(&mut tx, project, key)
                 .await?
                 .filter(|r| r.disk_format == "initrd")
                 .ok_or_else(|| Error::field("ramdisk_image", "no initrd image of that id or name in this project"))?;
+            let policy = logic::policy(&mut tx, project).await?;
+            usable_ramdisk(&r, policy)?;
             Some(r.id)
         }
         None => None,
     };
+    // A rejected upload keeps its record for the owner to see, but not its name.
+    if let Some(old) = db::find_image(&mut tx, project, &req.name).await?
+        && old.status == "rejected"
+        && old.name == req.name
+    {
+        db::delete_image(&mut tx, old.id).await?;
+    }
+    crate::quota::enforce(&state, &mut tx, project, Resource::Images, 1).await?;
     let row = db::ImageRow {
         id: Uuid::new_v4(),
         project_id: project,
@@ -386,7 +419,8 @@ pub async fn create_image(
         storage_key: None,
         created_at: state.now(),
     };
-    db::insert_image(&mut conn, &row).await?;
+    db::insert_image(&mut tx, &row).await?;
+    rampart_db::Db::commit(tx).await?;
     tracing::info!(image = %row.id, name = %row.name, project = %project, by = %principal.user.name, "image registered");
     Ok((StatusCode::CREATED, axum::Json(image_view(row))))
 }
@@ -465,7 +499,10 @@ pub async fn delete_image(
 /// Upload the image's bytes (raw body, streamed to disk and hashed with SHA-256 on the way).
 /// The digest's signature is then checked against the trusted keys under the project's
 /// policy: under `require` a missing, untrusted or bad signature leaves the image `rejected`
-/// and answers 422 `policy_violation` with `details.code = image_signature_invalid`.
+/// and answers 422 `policy_violation` with `details.code = image_signature_invalid`. Before
+/// that, the bytes must match the `disk_format`: a qcow2 naming a backing file or an external
+/// data file, a raw/kernel/initrd image starting with a qcow2, VMDK, VHD(X) or other container
+/// header, or a qcow2 that is none leaves the image `rejected` with 422 `image_format_invalid`.
 #[utoipa::path(put, path = "/v1/projects/{project}/images/{id}/data", tag = "compute", params(("project" = Uuid, Path), ("id" = Uuid, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = [])),
     responses((status = 200, body = Image), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -497,6 +534,23 @@ pub async fn upload_image_data(
             return Err(e);
         }
     };
+    let sha = digest.to_string();
+    let declared = if img.disk_format == "qcow2" {
+        inspect::Declared::Qcow2
+    } else {
+        inspect::Declared::Opaque
+    };
+    if let Err(e) = inspect::check_upload(&tmp, declared, &state.config.compute.qemu_img).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let mut conn = state.db.conn().await?;
+        mark_rejected(&mut conn, &state, id, size, &sha).await?;
+        tracing::warn!(target: "rampart::audit", operation = "image.upload", outcome = "failure", code = inspect::CODE_IMAGE_FORMAT_INVALID, image = %id, project = %project, sha256 = %sha, reason = %e, by = %principal.user.name, "image rejected");
+        return Err(Error::coded(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            inspect::CODE_IMAGE_FORMAT_INVALID,
+            format!("the image does not match its disk_format {}: {e}", img.disk_format),
+        ));
+    }
     let mut conn = state.db.conn().await?;
     let policy = logic::policy(&mut conn, project).await?;
     let trusted: Vec<TrustedKey> = db::trusted_keys(&mut conn, project)
@@ -520,24 +574,11 @@ pub async fn upload_image_data(
         .map(|_| ()),
         _ => Err(image::ImageError::Unsigned),
     };
-    let sha = digest.to_string();
     let mut view;
     match (verdict, policy) {
         (Err(e), SignaturePolicy::Require) => {
             let _ = tokio::fs::remove_file(&tmp).await;
-            db::finish_upload(
-                &mut conn,
-                id,
-                db::UploadResult {
-                    status: "rejected",
-                    size_bytes: size as i64,
-                    sha256: &sha,
-                    signature_verified: false,
-                    storage_key: None,
-                },
-                state.now(),
-            )
-            .await?;
+            mark_rejected(&mut conn, &state, id, size, &sha).await?;
             tracing::warn!(target: "rampart::audit", operation = "image.upload", outcome = "failure", code = IMAGE_SIGNATURE_INVALID, image = %id, project = %project, sha256 = %sha, reason = %e, by = %principal.user.name, "image rejected");
             return Err(Error::PolicyViolation {
                 message: format!("the image failed its integrity check: {e}"),
@@ -585,6 +626,31 @@ pub async fn upload_image_data(
     }
     tracing::info!(image = %id, sha256 = %sha, size, verified = view.signature_verified, by = %principal.user.name, "image uploaded");
     Ok(axum::Json(view))
+}
+
+/// Records a refused upload: the image stays visible as `rejected` (its name is free again for
+/// the next registration), its bytes are not kept.
+async fn mark_rejected(
+    conn: &mut rampart_db::Conn,
+    state: &AppState,
+    id: Uuid,
+    size: u64,
+    sha: &str,
+) -> Result<(), Error> {
+    db::finish_upload(
+        conn,
+        id,
+        db::UploadResult {
+            status: "rejected",
+            size_bytes: size as i64,
+            sha256: sha,
+            signature_verified: false,
+            storage_key: None,
+        },
+        state.now(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Streams the body into `tmp` (0600, in `dir`), hashing as it goes.
@@ -713,7 +779,8 @@ fn check_instance(req: &InstanceCreate) -> Result<(), Error> {
 /// over nodes), and published to that node in one transaction. The node verifies the image
 /// before it boots it.
 #[utoipa::path(post, path = "/v1/projects/{project}/instances", tag = "compute", params(("project" = Uuid, Path)), request_body = InstanceCreate, security(("bearer" = [])),
-    responses((status = 202, body = Instance), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 202, body = Instance), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "image_unavailable: the kernel's ramdisk image is not active and verified"), (status = 503, body = ErrorBody)))]
 pub async fn create_instance(
     State(state): State<AppState>,
     principal: Principal,
@@ -771,9 +838,25 @@ pub async fn create_instance(
             "an initrd does not boot by itself: give its kernel image",
         ));
     }
+    if let Some(rd) = image.ramdisk_image_id {
+        let r = db::image_by_id(&mut tx, rd)
+            .await?
+            .filter(|r| r.project_id == project)
+            .ok_or_else(|| {
+                Error::coded(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "image_unavailable",
+                    "the kernel's ramdisk image no longer exists",
+                )
+            })?;
+        usable_ramdisk(&r, logic::policy(&mut tx, project).await?)?;
+    }
     let flavor = db::find_flavor(&mut tx, &req.flavor)
         .await?
         .ok_or_else(|| Error::field("flavor", "no flavor of that id or name"))?;
+    crate::quota::enforce(&state, &mut tx, project, Resource::Instances, 1).await?;
+    // `networks` make a port each.
+    crate::quota::enforce(&state, &mut tx, project, Resource::Ports, req.networks.len() as u64).await?;
     let nics = logic::plan_nics(&mut tx, project, &req, state.now()).await?;
     let node = logic::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64).await?;
     let start = req.start.unwrap_or(true);
@@ -1147,16 +1230,19 @@ pub async fn create_alarm(
         windows: windows.clone(),
     };
     rule.validate().map_err(|e| Error::field("period_s", e.to_string()))?;
-    let prefixes = &state.config.compute.alarm_webhook_prefixes;
-    if req.webhooks.len() > 8
-        || req.webhooks.iter().any(|u| {
-            u.len() > 2048 || !u.starts_with("https://") || !prefixes.iter().any(|p| u.starts_with(p.as_str()))
-        })
-    {
-        return Err(Error::field(
-            "webhooks",
-            "at most 8 webhooks, each an https:// URL under a prefix allowed by compute.alarm_webhook_prefixes",
-        ));
+    if req.webhooks.len() > 8 || req.webhooks.iter().any(|u| u.len() > 2048) {
+        return Err(Error::field("webhooks", "at most 8 webhooks of at most 2048 bytes"));
+    }
+    let policy = logic::webhook_policy(&state.config.compute)?;
+    for u in &req.webhooks {
+        policy.check_url(u).map_err(|e| {
+            Error::field(
+                "webhooks",
+                format!(
+                    "{e}: each webhook is an https:// URL under a prefix allowed by compute.alarm_webhook_prefixes"
+                ),
+            )
+        })?;
     }
     let mut conn = state.db.conn().await?;
     db::instance(&mut conn, req.instance)

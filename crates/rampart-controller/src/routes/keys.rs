@@ -18,6 +18,7 @@ use rampart_api::{
 };
 use rampart_common::error::ErrorBody;
 use rampart_common::page::{PageParams, finish_page};
+use rampart_common::quota::Resource;
 use rampart_common::{Error, Sensitive};
 use rampart_db::kms as db;
 use rampart_iam::authz::Target;
@@ -183,6 +184,15 @@ fn context(c: Option<rampart_api::Context>) -> EncryptionContext {
     c.unwrap_or_default().into_iter().collect()
 }
 
+/// Puts a request's encryption context into its audit facts, but only once the caller is
+/// authorized and the context is within its limits (13.4-1): a refused call must not let
+/// anyone write up to a request body's worth of text into a trail kept for years.
+fn admit_context(f: &mut KeyAuditFacts, ctx: &EncryptionContext) -> Result<(), Error> {
+    rampart_kms::envelope::validate_context(ctx)?;
+    f.context = ctx.clone();
+    Ok(())
+}
+
 fn decode_b64(field: &'static str, value: &Sensitive) -> Result<Zeroizing<Vec<u8>>, Error> {
     STANDARD
         .decode(value.expose().trim())
@@ -241,6 +251,10 @@ pub async fn create_key(
         authorize(&state, &principal, project, Need::Manage).await?;
         if let Some(a) = &req.algorithm {
             lifecycle::Algorithm::parse(a)?;
+        }
+        {
+            let mut conn = state.db.conn().await?;
+            crate::quota::enforce(&state, &mut conn, project, Resource::Keys, 1).await?;
         }
         let service = state.kms.service.clone();
         let now = state.now();
@@ -418,9 +432,9 @@ pub async fn encrypt(
 ) -> Response {
     let mut f = facts(KeyOperation::Encrypt, project, id);
     let ctx = context(req.context);
-    f.context = ctx.clone();
     let result = async {
         authorize(&state, &principal, project, Need::Use).await?;
+        admit_context(&mut f, &ctx)?;
         let plaintext = decode_b64("plaintext", &req.plaintext)?;
         let key = load(&state, project, id).await?;
         let service = state.kms.service.clone();
@@ -454,9 +468,9 @@ pub async fn decrypt(
 ) -> Response {
     let mut f = facts(KeyOperation::Decrypt, project, id);
     let ctx = context(req.context);
-    f.context = ctx.clone();
     let result = async {
         authorize(&state, &principal, project, Need::Use).await?;
+        admit_context(&mut f, &ctx)?;
         let key = load(&state, project, id).await?;
         let service = state.kms.service.clone();
         let ciphertext = req.ciphertext;
@@ -488,9 +502,9 @@ pub async fn generate_data_key(
 ) -> Response {
     let mut f = facts(KeyOperation::GenerateDataKey, project, id);
     let ctx = context(req.context);
-    f.context = ctx.clone();
     let result = async {
         authorize(&state, &principal, project, Need::Use).await?;
+        admit_context(&mut f, &ctx)?;
         let key = load(&state, project, id).await?;
         let service = state.kms.service.clone();
         let bytes = req.bytes;
@@ -529,10 +543,11 @@ pub async fn re_encrypt(
         Some(c) => context(Some(c)),
         None => source_ctx.clone(),
     };
-    f.context = target_ctx.clone();
     let target_id = req.target_key.unwrap_or(id);
     let result = async {
         authorize(&state, &principal, project, Need::Use).await?;
+        rampart_kms::envelope::validate_context(&source_ctx)?;
+        admit_context(&mut f, &target_ctx)?;
         let source = load(&state, project, id).await?;
         let target = if target_id == id {
             source.clone()

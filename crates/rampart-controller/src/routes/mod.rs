@@ -10,6 +10,7 @@ pub mod keys;
 pub mod meta;
 pub mod network;
 pub mod nodes;
+pub mod quotas;
 
 use std::time::Duration;
 
@@ -152,6 +153,7 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::list_assignments, identity::create_assignment))
         .routes(routes!(identity::delete_assignment))
         .routes(routes!(identity::get_compliance, identity::put_compliance))
+        .routes(routes!(quotas::get_quotas, quotas::put_quotas))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::create_join_token))

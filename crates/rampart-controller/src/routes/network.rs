@@ -17,6 +17,7 @@ use rampart_api::network::*;
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
 use rampart_common::page::{PageParams, PageRequest, finish_page};
+use rampart_common::quota::Resource;
 use rampart_db::network::{self as db, PortRow, VpcRow};
 use rampart_db::{Db, Tx};
 use rampart_net::model::{self, invalid};
@@ -150,6 +151,7 @@ pub async fn create_vpc(
     let mut w = Write::begin(&state, &principal, p).await?;
     let external = req.external;
     let vpc = req.into_vpc(Uuid::new_v4(), p)?;
+    crate::quota::enforce(&state, &mut w.tx, p, Resource::Vpcs, 1).await?;
     let router_ip = if external {
         Some(network::allocate_external(&mut w.tx, &state.config).await?)
     } else {
@@ -513,6 +515,7 @@ pub async fn create_port(
     if existing.len() >= 65_000 {
         return Err(invalid("subnet", "too_many_ports", "a VPC holds at most 65000 ports"));
     }
+    crate::quota::enforce(&state, &mut w.tx, p, Resource::Ports, 1).await?;
     let groups = db::group_ids(&mut w.tx, p).await?;
     let port = req.into_port(Uuid::new_v4(), &subnet, &existing, |g| groups.contains(g))?;
     db::insert_port(&mut w.tx, p, &port, state.now()).await?;

@@ -187,6 +187,7 @@ pub async fn cert(cmd: CertCmd) -> anyhow::Result<()> {
                 csr: String::from_utf8(stdin_bytes()?)?,
                 names: None,
                 days,
+                usages: None,
             };
             print(&c.issue_certificate(&req).await?)
         }
