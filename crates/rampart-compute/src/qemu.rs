@@ -186,38 +186,94 @@ fn check_tap(tap: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
+#[derive(serde::Serialize)]
+struct CacheMode {
+    direct: bool,
+    #[serde(rename = "no-flush")]
+    no_flush: bool,
+}
+
+#[derive(serde::Serialize)]
+struct FileNode<'a> {
+    driver: &'static str,
+    filename: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aio: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<CacheMode>,
+}
+
+/// A `-blockdev` node. A struct, not a `json!` map, so the argv is the same whatever
+/// `serde_json` features the build unifies (the golden files compare it byte for byte).
+#[derive(serde::Serialize)]
+struct BlockdevNode<'a> {
+    #[serde(rename = "node-name")]
+    node_name: &'a str,
+    driver: String,
+    #[serde(rename = "read-only")]
+    read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discard: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<CacheMode>,
+    file: FileNode<'a>,
+    /// `Some(None)` renders `"backing": null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backing: Option<Option<()>>,
+}
+
+/// `"backing": null` for the formats whose header can name a backing file (spec 12.1-1,
+/// OSSA-2024-001: such a header must never make QEMU open a host file; the keyval form cannot
+/// say null, `backing=null` names a node called "null", hence JSON). The `raw` driver has no
+/// backing at all, and QEMU refuses the option there.
+fn backing_for(format: &str) -> Option<Option<()>> {
+    (format != "raw").then_some(None)
+}
+
 /// One tenant drive as a `-blockdev` JSON node (what `-drive id=…,cache=none,aio=threads,
-/// discard=unmap` meant). `"backing": null` is always explicit (spec 12.1-1, OSSA-2024-001): a
-/// qcow2 header naming a backing file must never make QEMU open a host file; the keyval form
-/// cannot say null (`backing=null` names a node called "null"), hence JSON.
+/// discard=unmap` meant).
 fn blockdev(id: &str, path: &str, format: DiskFormat, read_only: bool) -> String {
-    serde_json::json!({
-        "node-name": id,
-        "driver": format.to_string(),
-        "read-only": read_only,
-        "discard": "unmap",
-        "cache": {"direct": true, "no-flush": false},
-        "file": {
-            "driver": "file",
-            "filename": path,
-            "aio": "threads",
-            "cache": {"direct": true, "no-flush": false},
+    let driver = format.to_string();
+    let node = BlockdevNode {
+        node_name: id,
+        backing: backing_for(&driver),
+        driver,
+        read_only,
+        discard: Some("unmap"),
+        cache: Some(CacheMode {
+            direct: true,
+            no_flush: false,
+        }),
+        file: FileNode {
+            driver: "file",
+            filename: path,
+            aio: Some("threads"),
+            cache: Some(CacheMode {
+                direct: true,
+                no_flush: false,
+            }),
         },
-        "backing": null,
-    })
-    .to_string()
+    };
+    serde_json::to_string(&node).expect("a blockdev node serialises")
 }
 
 /// The config drive: read-only raw with the default (host page) cache, as before.
 fn config_blockdev(path: &str) -> String {
-    serde_json::json!({
-        "node-name": "cidata",
-        "driver": "raw",
-        "read-only": true,
-        "file": {"driver": "file", "filename": path},
-        "backing": null,
-    })
-    .to_string()
+    let node = BlockdevNode {
+        node_name: "cidata",
+        driver: "raw".into(),
+        read_only: true,
+        discard: None,
+        cache: None,
+        file: FileNode {
+            driver: "file",
+            filename: path,
+            aio: None,
+            cache: None,
+        },
+        backing: backing_for("raw"),
+    };
+    serde_json::to_string(&node).expect("a blockdev node serialises")
 }
 
 /// The argv (without the program) for `qemu-system-x86_64`.
@@ -586,7 +642,10 @@ mod tests {
             // Both disks and the config drive.
             assert_eq!(nodes.len(), 3, "{a:?}");
             for n in &nodes {
-                assert_eq!(n.get("backing"), Some(&serde_json::Value::Null), "{n}");
+                // A format that can name a backing file gets an explicit null; raw has none
+                // (and QEMU refuses the option for it).
+                let expected = (n["driver"] != "raw").then_some(&serde_json::Value::Null);
+                assert_eq!(n.get("backing"), expected, "{n}");
                 assert_eq!(n["file"]["driver"], "file", "{n}");
             }
             assert_eq!(nodes[0]["driver"], "qcow2");

@@ -236,8 +236,9 @@ impl QmpClient {
     }
 }
 
-/// Parses the `return` of `query-blockstats` (device name, or qdev id when the drive has no
-/// legacy name, as with `-drive if=none,id=...`: then the `node-name`/`qdev` path ends with it).
+/// Parses the `return` of `query-blockstats`, naming each drive by its legacy device name, else
+/// by the `node-name` of its `-blockdev` node (how Rampart names tenant drives: `root`, `cidata`,
+/// …), else by its qdev path.
 pub fn parse_blockstats(v: &Value) -> Vec<BlockStats> {
     v.as_array()
         .map(|items| {
@@ -248,6 +249,7 @@ pub fn parse_blockstats(v: &Value) -> Vec<BlockStats> {
                     let device = i["device"]
                         .as_str()
                         .filter(|d| !d.is_empty())
+                        .or_else(|| i["node-name"].as_str().filter(|d| !d.is_empty()))
                         .or_else(|| i["qdev"].as_str())
                         .unwrap_or("")
                         .to_string();
@@ -272,7 +274,8 @@ mod tests {
     fn spec_12_1_5_blockstats_are_parsed_by_device() {
         let v = json!([
             {"device": "root", "stats": {"rd_bytes": 512, "wr_bytes": 4096, "rd_operations": 1, "wr_operations": 2}},
-            {"device": "", "qdev": "/machine/peripheral-anon/device[1]/virtio-backend", "stats": {"rd_bytes": 7}}
+            {"device": "", "qdev": "/machine/peripheral-anon/device[1]/virtio-backend", "stats": {"rd_bytes": 7}},
+            {"device": "", "node-name": "cidata", "qdev": "/machine/peripheral-anon/device[2]/virtio-backend", "stats": {"rd_bytes": 9}}
         ]);
         let s = parse_blockstats(&v);
         assert_eq!(s[0].device, "root");
@@ -280,6 +283,11 @@ mod tests {
         assert_eq!(s[0].wr_operations, 2);
         assert_eq!(s[1].rd_bytes, 7);
         assert!(s[1].device.ends_with("virtio-backend"));
+        assert_eq!(
+            (s[2].device.as_str(), s[2].rd_bytes),
+            ("cidata", 9),
+            "a -blockdev node by its name"
+        );
     }
 
     /// A scripted QMP server on a real unix socket: greeting, replies out of order with
