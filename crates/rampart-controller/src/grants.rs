@@ -76,11 +76,23 @@ pub async fn project_has_no_key_admin(conn: &mut Conn, project: Uuid) -> Result<
     Ok(true)
 }
 
-fn outranked() -> Error {
-    Error::Forbidden {
-        code: "outranked",
-        message: "this account holds roles you may not grant; acting on it needs the right to grant every one of them"
-            .into(),
+/// 403 `outranked` (with `message`) unless the caller could grant every role of `held`.
+fn require_grantable(
+    state: &AppState,
+    principal: &Principal,
+    held: &[(RoleScope, String)],
+    message: &str,
+) -> Result<(), Error> {
+    if state
+        .authz
+        .may_act_on(&principal.subject, &principal.ctx(state.now()), held)
+    {
+        Ok(())
+    } else {
+        Err(Error::Forbidden {
+            code: "outranked",
+            message: message.into(),
+        })
     }
 }
 
@@ -92,14 +104,12 @@ pub async fn require_act_on(state: &AppState, principal: &Principal, user: Uuid)
         let mut conn = state.db.conn().await?;
         user_roles(&mut conn, user).await?
     };
-    if state
-        .authz
-        .may_act_on(&principal.subject, &principal.ctx(state.now()), &held)
-    {
-        Ok(())
-    } else {
-        Err(outranked())
-    }
+    require_grantable(
+        state,
+        principal,
+        &held,
+        "this account holds roles you may not grant; acting on it needs the right to grant every one of them",
+    )
 }
 
 /// 403 `outranked` unless the caller could grant every role `group` gives its members (adding
@@ -109,18 +119,12 @@ pub async fn require_group_roles(state: &AppState, principal: &Principal, group:
         let mut conn = state.db.conn().await?;
         group_roles(&mut conn, group).await?
     };
-    if state
-        .authz
-        .may_act_on(&principal.subject, &principal.ctx(state.now()), &held)
-    {
-        Ok(())
-    } else {
-        Err(Error::Forbidden {
-            code: "outranked",
-            message: "this group gives roles you may not grant: changing its members needs the right to grant every one of them"
-                .into(),
-        })
-    }
+    require_grantable(
+        state,
+        principal,
+        &held,
+        "this group gives roles you may not grant: changing its members needs the right to grant every one of them",
+    )
 }
 
 /// Whether `holder` is, or contains, the caller: nobody grants or revokes their own roles.

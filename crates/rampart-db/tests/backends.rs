@@ -504,24 +504,29 @@ fn rcgen_free_self_signed_pem() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The `default` domain and one user `u` in it.
+async fn one_user(c: &mut rampart_db::Conn, t: OffsetDateTime) -> identity::User {
+    let d = identity::insert_domain(c, "default", t).await.unwrap();
+    identity::insert_user(
+        c,
+        NewUser {
+            domain_id: d.id,
+            name: "u",
+            password_hash: Some("h"),
+            password_change_required: false,
+        },
+        t,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn spec_13_2_6_reserved_attempts_never_exceed_the_threshold() {
     each_backend(|db| async move {
         let t = now();
         let mut c = db.conn().await.unwrap();
-        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
-        let u = identity::insert_user(
-            &mut c,
-            NewUser {
-                domain_id: d.id,
-                name: "u",
-                password_hash: Some("h"),
-                password_change_required: false,
-            },
-            t,
-        )
-        .await
-        .unwrap();
+        let u = one_user(&mut c, t).await;
         let until = t + Duration::minutes(30);
         // Five attempts in flight at once take every slot; the sixth is refused unchecked.
         for i in 0..5 {
@@ -567,19 +572,7 @@ async fn spec_13_2_6_failures_lock_and_success_resets() {
     each_backend(|db| async move {
         let t = now();
         let mut c = db.conn().await.unwrap();
-        let d = identity::insert_domain(&mut c, "default", t).await.unwrap();
-        let u = identity::insert_user(
-            &mut c,
-            NewUser {
-                domain_id: d.id,
-                name: "u",
-                password_hash: Some("h"),
-                password_change_required: false,
-            },
-            t,
-        )
-        .await
-        .unwrap();
+        let u = one_user(&mut c, t).await;
         let until = t + Duration::minutes(30);
         assert!(!identity::record_failure(&mut c, u.id, 3, until).await.unwrap());
         assert!(!identity::record_failure(&mut c, u.id, 3, until).await.unwrap());

@@ -97,6 +97,16 @@ async fn grant_group(client: &Client, group: Uuid, role: &str, scope: ScopeRef) 
         .await
 }
 
+/// The security admin sets the security-compliance policy.
+async fn set_policy(c: &TestCluster, policy: SecurityCompliance) {
+    let _: SecurityCompliance = c
+        .bootstrap_security_admin()
+        .await
+        .request(Method::PUT, "/v1/security-compliance", Some(&policy))
+        .await
+        .unwrap();
+}
+
 /// A domain admin of `default`, logged in with its second factor.
 async fn domain_admin(c: &TestCluster, name: &str) -> Client {
     let d = default_domain(c).await;
@@ -558,15 +568,14 @@ async fn spec_13_2_6_a_burst_of_parallel_guesses_evaluates_at_most_the_threshold
     let c = TestCluster::start(ClusterOptions::default()).await;
     let p = c.admin_project().await;
     // The per-source limit is tested on its own below; here one client makes the burst.
-    let sec = c.bootstrap_security_admin().await;
-    let policy = SecurityCompliance {
-        source_failure_limit: 0,
-        ..Default::default()
-    };
-    let _: SecurityCompliance = sec
-        .request(Method::PUT, "/v1/security-compliance", Some(&policy))
-        .await
-        .unwrap();
+    set_policy(
+        &c,
+        SecurityCompliance {
+            source_failure_limit: 0,
+            ..Default::default()
+        },
+    )
+    .await;
     let id = c.create_user("target", PW, &[("reader", project(p))]).await;
     let wrong = |i: usize| {
         let anon = c.anon.clone();
@@ -604,15 +613,14 @@ async fn spec_13_2_6_a_burst_of_parallel_guesses_evaluates_at_most_the_threshold
 async fn spec_13_2_6_one_source_cannot_lock_every_account() {
     let c = TestCluster::start(ClusterOptions::default()).await;
     let p = c.admin_project().await;
-    let sec = c.bootstrap_security_admin().await;
-    let policy = SecurityCompliance {
-        source_failure_limit: 6,
-        ..Default::default()
-    };
-    let _: SecurityCompliance = sec
-        .request(Method::PUT, "/v1/security-compliance", Some(&policy))
-        .await
-        .unwrap();
+    set_policy(
+        &c,
+        SecurityCompliance {
+            source_failure_limit: 6,
+            ..Default::default()
+        },
+    )
+    .await;
     // An account whose sources exclude this client cannot be locked from here at all.
     let fenced = c.create_user("fenced", PW, &[("reader", project(p))]).await;
     c.admin
@@ -810,19 +818,15 @@ async fn spec_13_1_1_2_principal_matrix_actor_role_by_target_role() {
     let p = new_project(&c, "matrix").await;
     // So that MFA codes never run out for the many logins: no second factor needed here (the
     // rules do not depend on it).
-    let sec = c.bootstrap_security_admin().await;
-    let _: SecurityCompliance = sec
-        .request(
-            Method::PUT,
-            "/v1/security-compliance",
-            Some(&SecurityCompliance {
-                mfa_required_roles: vec![],
-                source_failure_limit: 0,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    set_policy(
+        &c,
+        SecurityCompliance {
+            mfa_required_roles: vec![],
+            source_failure_limit: 0,
+            ..Default::default()
+        },
+    )
+    .await;
     let actors = [
         "system-admin",
         "security-admin",
