@@ -48,10 +48,34 @@ pub struct LogOptions<'a> {
     pub recorder: Option<FlightRecorder>,
 }
 
+/// How the run log shows on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrLog {
+    Off,
+    /// A person at a terminal: one readable line per warning or error; the full JSON run log
+    /// is in the files (a JSON line per heartbeat is no summary).
+    Human,
+    /// A pipe or a journal: the JSON run log, as in the files.
+    Json,
+}
+
+/// What standard error gets: JSON unless a person watches the terminal while the files keep
+/// the run log.
+pub fn stderr_log(to_stderr: bool, stderr_is_terminal: bool, has_files: bool) -> StderrLog {
+    match (to_stderr, stderr_is_terminal && has_files) {
+        (false, _) => StderrLog::Off,
+        (true, true) => StderrLog::Human,
+        (true, false) => StderrLog::Json,
+    }
+}
+
 /// Installs the subscriber; keep the guard alive until exit so the file writer flushes.
 pub fn init(opts: LogOptions<'_>) -> anyhow::Result<Option<WorkerGuard>> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
     let filter = filter(opts.level)?;
-    let stderr_layer = opts.to_stderr.then(|| {
+    let mode = stderr_log(opts.to_stderr, std::io::stderr().is_terminal(), opts.dir.is_some());
+    let stderr_layer = (mode == StderrLog::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
@@ -61,6 +85,13 @@ pub fn init(opts: LogOptions<'_>) -> anyhow::Result<Option<WorkerGuard>> {
             .with_target(true)
             .with_span_events(FmtSpan::NONE)
             .with_writer(std::io::stderr)
+    });
+    let human_layer = (mode == StderrLog::Human).then(|| {
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::filter::LevelFilter::WARN)
     });
     let (file_layer, guard) = match opts.dir {
         Some(dir) => {
@@ -92,6 +123,7 @@ pub fn init(opts: LogOptions<'_>) -> anyhow::Result<Option<WorkerGuard>> {
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr_layer)
+        .with(human_layer)
         .with(file_layer)
         .with(recorder_layer)
         .try_init()
@@ -257,6 +289,17 @@ impl<'a> MakeWriter<'a> for FlightRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_13_4_2_a_terminal_gets_warnings_in_words_and_the_files_keep_the_json() {
+        // `rampart up` in the foreground: readable warnings; the run log is in the files.
+        assert_eq!(stderr_log(true, true, true), StderrLog::Human);
+        // Under systemd or a pipe the JSON goes to standard error as before.
+        assert_eq!(stderr_log(true, false, true), StderrLog::Json);
+        // Without files, standard error is the only run log: it stays complete.
+        assert_eq!(stderr_log(true, true, false), StderrLog::Json);
+        assert_eq!(stderr_log(false, true, true), StderrLog::Off);
+    }
 
     #[test]
     fn spec_13_4_2_run_log_files_rotate_by_size_and_keep_at_most_max_files() {

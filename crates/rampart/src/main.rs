@@ -571,6 +571,13 @@ fn print_banner(url: &str, data_dir: &Path, with_agent: bool) {
             pw.display()
         );
     }
+    let security = data_dir.join(rampart_controller::bootstrap::SECURITY_PASSWORD_FILE);
+    if security.exists() {
+        eprintln!(
+            "  security    user 'security' (security-admin), one-time password in {}",
+            security.display()
+        );
+    }
     eprintln!("  logs        {}", data_dir.join("logs").display());
     eprintln!(
         "  try         curl --cacert {} {url}/v1/health\n",
