@@ -1,20 +1,19 @@
-//! Identity administration: domains, projects, users, groups, roles, role assignments and
-//! the security-compliance policy. Every handler asks the authorizer before it acts; a
+//! Identity administration: domains, projects, users and the security-compliance policy
+//! (groups, roles and role assignments have their own modules beside this one). Every handler asks the authorizer before it acts; a
 //! resource the caller may not see is 404, one it may see but not change is 403.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use rampart_api::{
-    Domain, DomainCreate, DomainUpdate, Group, GroupCreate, GroupUpdate, List, PasswordReset, Project, ProjectCreate,
-    ProjectUpdate, Role, RoleAssignment, RoleAssignmentCreate, RoleCreate, RoleUpdate, ScopeRef, SecurityCompliance,
+    Domain, DomainCreate, DomainUpdate, List, PasswordReset, Project, ProjectCreate, ProjectUpdate, SecurityCompliance,
     User, UserCreate, UserUpdate,
 };
 use rampart_common::error::ErrorBody;
 use rampart_common::page::{PageParams, finish_page};
 use rampart_common::{Error, names};
-use rampart_db::identity::{self, Holder, Scope};
-use rampart_db::{Conn, groups};
-use rampart_iam::authz::{PROJECT_ROLES, RoleScope, SYSTEM_ROLES, Target};
+use rampart_db::Conn;
+use rampart_db::identity;
+use rampart_iam::authz::Target;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -31,7 +30,7 @@ fn check_cidrs(field: &str, cidrs: &Option<Vec<String>>) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), Error> {
+pub(super) fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), Error> {
     match v {
         Some(s) if s.len() > max || s.chars().any(|c| c.is_control() && c != '\n') => Err(Error::field(
             field,
@@ -83,7 +82,7 @@ fn user_view(u: &identity::User, policy: &SecurityCompliance, now: time::OffsetD
 /// The domain named `key` (name or id; `default` when absent), if the caller may see it (it
 /// reads the domain's identities, or it is the caller's own domain). A missing domain and one
 /// out of sight get the same 404, so the answer never tells whether a domain exists.
-async fn domain_by_key(
+pub(super) async fn domain_by_key(
     state: &AppState,
     principal: &Principal,
     conn: &mut Conn,
@@ -156,7 +155,11 @@ pub async fn create_domain(
     Ok((StatusCode::CREATED, axum::Json(domain_view(d))))
 }
 
-async fn visible_domain(state: &AppState, principal: &Principal, id: Uuid) -> Result<identity::Domain, Error> {
+pub(super) async fn visible_domain(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<identity::Domain, Error> {
     let mut conn = state.db.conn().await?;
     let d = identity::find_domain(&mut conn, &id.to_string())
         .await?
@@ -241,7 +244,7 @@ pub struct DomainFilter {
 }
 
 impl DomainFilter {
-    fn page(&self) -> Result<rampart_common::page::PageRequest, Error> {
+    pub(super) fn page(&self) -> Result<rampart_common::page::PageRequest, Error> {
         PageParams {
             limit: self.limit,
             cursor: self.cursor.clone(),
@@ -314,7 +317,11 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, axum::Json(project_view(p))))
 }
 
-async fn visible_project(state: &AppState, principal: &Principal, id: Uuid) -> Result<identity::Project, Error> {
+pub(super) async fn visible_project(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<identity::Project, Error> {
     let mut conn = state.db.conn().await?;
     match identity::project_by_id(&mut conn, id).await? {
         // Key admins and key users see the project whose keys they hold.
@@ -497,7 +504,7 @@ pub async fn create_user(
 }
 
 /// The user `id` if the caller may see it (itself, or an administrator of its domain).
-async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<identity::User, Error> {
+pub(super) async fn visible_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<identity::User, Error> {
     let mut conn = state.db.conn().await?;
     match identity::user_by_id(&mut conn, id).await? {
         Some(u) if u.id == principal.user.id || principal.can_in_domain(state, "identity.read", u.domain_id) => Ok(u),
@@ -680,678 +687,6 @@ pub async fn reset_mfa(
     identity::revoke_user_tokens(&mut tx, u.id, state.now()).await?;
     rampart_db::Db::commit(tx).await?;
     tracing::warn!(user = %u.name, by = %principal.user.name, "second factor removed by an administrator");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ---- groups ----
-
-fn group_view(g: groups::Group) -> Group {
-    Group {
-        id: g.id,
-        domain_id: g.domain_id,
-        name: g.name,
-        description: g.description,
-    }
-}
-
-/// Groups you may administer.
-#[utoipa::path(get, path = "/v1/groups", tag = "identity", params(DomainFilter), security(("bearer" = [])),
-    responses((status = 200, body = List<Group>), (status = 401, body = ErrorBody)))]
-pub async fn list_groups(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiQuery(q): ApiQuery<DomainFilter>,
-) -> Result<axum::Json<List<Group>>, Error> {
-    let page = q.page()?;
-    let mut conn = state.db.conn().await?;
-    let domain = match &q.domain {
-        Some(k) => Some(domain_by_key(&state, &principal, &mut conn, Some(k)).await?.id),
-        None => None,
-    };
-    let mut items = Vec::new();
-    let mut after = page.after.clone();
-    loop {
-        let rows = groups::list(&mut conn, domain, after.as_deref(), page.limit + 1).await?;
-        let exhausted = rows.len() <= page.limit as usize;
-        after = rows.last().map(|g| g.id.to_string());
-        items.extend(
-            rows.into_iter()
-                .filter(|g| principal.can_in_domain(&state, "identity.read", g.domain_id)),
-        );
-        if items.len() > page.limit as usize || exhausted {
-            break;
-        }
-    }
-    let (items, next) = finish_page(items, page.limit, |g| g.id.to_string());
-    Ok(axum::Json(List {
-        items: items.into_iter().map(group_view).collect(),
-        next,
-    }))
-}
-
-/// Create a group.
-#[utoipa::path(post, path = "/v1/groups", tag = "identity", request_body = GroupCreate, security(("bearer" = [])),
-    responses((status = 201, body = Group), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_group(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(req): ApiJson<GroupCreate>,
-) -> Result<(StatusCode, axum::Json<Group>), Error> {
-    principal.require_somewhere(&state, "identity.manage")?;
-    names::validate_name("name", &req.name)?;
-    check_text("description", &req.description, 1024)?;
-    let mut conn = state.db.conn().await?;
-    let d = domain_by_key(&state, &principal, &mut conn, req.domain.as_deref()).await?;
-    principal.require_in_domain(&state, "identity.manage", d.id, "domain")?;
-    let g = groups::create(
-        &mut conn,
-        d.id,
-        &req.name,
-        req.description.as_deref().unwrap_or(""),
-        state.now(),
-    )
-    .await?;
-    tracing::info!(group = %g.name, by = %principal.user.name, "group created");
-    Ok((StatusCode::CREATED, axum::Json(group_view(g))))
-}
-
-async fn visible_group(state: &AppState, principal: &Principal, id: Uuid) -> Result<groups::Group, Error> {
-    let mut conn = state.db.conn().await?;
-    match groups::get(&mut conn, id).await? {
-        Some(g) if principal.can_in_domain(state, "identity.read", g.domain_id) => Ok(g),
-        _ => Err(Error::not_found("no such group")),
-    }
-}
-
-/// One group.
-#[utoipa::path(get, path = "/v1/groups/{id}", tag = "identity", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Group), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_group(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<axum::Json<Group>, Error> {
-    Ok(axum::Json(group_view(visible_group(&state, &principal, id).await?)))
-}
-
-/// Change a group.
-#[utoipa::path(patch, path = "/v1/groups/{id}", tag = "identity", params(("id" = Uuid, Path)), request_body = GroupUpdate, security(("bearer" = [])),
-    responses((status = 200, body = Group), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_group(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<Uuid>,
-    ApiJson(req): ApiJson<GroupUpdate>,
-) -> Result<axum::Json<Group>, Error> {
-    let mut g = visible_group(&state, &principal, id).await?;
-    principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
-    check_text("description", &req.description, 1024)?;
-    if let Some(v) = req.description {
-        g.description = v;
-    }
-    let mut conn = state.db.conn().await?;
-    groups::update(&mut conn, &g).await?;
-    Ok(axum::Json(group_view(g)))
-}
-
-/// Delete a group; its members lose the roles it gave them at once.
-#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "identity", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_group(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<StatusCode, Error> {
-    let g = visible_group(&state, &principal, id).await?;
-    principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
-    grants::require_group_roles(&state, &principal, id).await?;
-    let mut tx = state.db.begin().await?;
-    identity::revoke_group_tokens(&mut tx, id, state.now()).await?;
-    groups::delete(&mut tx, id).await?;
-    rampart_db::Db::commit(tx).await?;
-    tracing::info!(group = %g.name, by = %principal.user.name, "group deleted");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Members of a group (user ids).
-#[utoipa::path(get, path = "/v1/groups/{id}/users", tag = "identity", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 200, body = List<Uuid>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn group_members(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<axum::Json<List<Uuid>>, Error> {
-    visible_group(&state, &principal, id).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(List {
-        items: groups::members(&mut conn, id).await?,
-        next: None,
-    }))
-}
-
-/// Add a user of the same domain to a group.
-#[utoipa::path(put, path = "/v1/groups/{id}/users/{user}", tag = "identity", params(("id" = Uuid, Path), ("user" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Member added"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn add_group_member(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
-) -> Result<StatusCode, Error> {
-    let g = visible_group(&state, &principal, id).await?;
-    principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
-    let u = visible_user(&state, &principal, user).await?;
-    if u.domain_id != g.domain_id {
-        return Err(Error::validation("a group holds users of its own domain only"));
-    }
-    if u.id == principal.user.id {
-        return Err(Error::forbidden("you cannot add yourself to a group"));
-    }
-    // Adding a member grants it every role of the group: the caller must be able to grant them
-    // all, and to act on the account.
-    grants::require_group_roles(&state, &principal, id).await?;
-    grants::require_act_on(&state, &principal, u.id).await?;
-    let mut conn = state.db.conn().await?;
-    groups::add_member(&mut conn, id, user, state.now()).await?;
-    crate::audit::note_detail("user", u.id.to_string());
-    tracing::info!(group = %g.name, user = %u.name, by = %principal.user.name, "group member added");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Remove a user from a group; the roles it gave end at once.
-#[utoipa::path(delete, path = "/v1/groups/{id}/users/{user}", tag = "identity", params(("id" = Uuid, Path), ("user" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Member removed"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn remove_group_member(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath((id, user)): ApiPath<(Uuid, Uuid)>,
-) -> Result<StatusCode, Error> {
-    let g = visible_group(&state, &principal, id).await?;
-    principal.require_in_domain(&state, "identity.manage", g.domain_id, "group")?;
-    if user == principal.user.id {
-        return Err(Error::forbidden("you cannot remove yourself from a group"));
-    }
-    grants::require_group_roles(&state, &principal, id).await?;
-    grants::require_act_on(&state, &principal, user).await?;
-    crate::audit::note_detail("user", user.to_string());
-    let mut tx = state.db.begin().await?;
-    if !groups::remove_member(&mut tx, id, user).await? {
-        return Err(Error::not_found("that user is not in the group"));
-    }
-    identity::revoke_user_tokens(&mut tx, user, state.now()).await?;
-    rampart_db::Db::commit(tx).await?;
-    tracing::info!(group = %g.name, user = %user, by = %principal.user.name, "group member removed");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ---- roles ----
-
-fn builtin_role(name: &str, description: &str) -> Role {
-    Role {
-        id: name.to_string(),
-        name: name.to_string(),
-        description: description.to_string(),
-        builtin: true,
-        implies: vec![],
-    }
-}
-
-fn custom_role_view(r: groups::CustomRole) -> Role {
-    Role {
-        id: r.id.to_string(),
-        name: r.name,
-        description: r.description,
-        builtin: false,
-        implies: r.implies,
-    }
-}
-
-/// Built-in and custom roles.
-#[utoipa::path(get, path = "/v1/roles", tag = "identity", security(("bearer" = [])),
-    responses((status = 200, body = List<Role>), (status = 401, body = ErrorBody)))]
-pub async fn list_roles(State(state): State<AppState>, _principal: Principal) -> Result<axum::Json<List<Role>>, Error> {
-    let mut items: Vec<Role> = rampart_api::BUILTIN_ROLES
-        .iter()
-        .map(|(n, d)| builtin_role(n, d))
-        .collect();
-    let mut conn = state.db.conn().await?;
-    items.extend(groups::roles(&mut conn).await?.into_iter().map(custom_role_view));
-    Ok(axum::Json(List { items, next: None }))
-}
-
-fn check_implies(implies: &[String]) -> Result<(), Error> {
-    if implies.is_empty() {
-        return Err(Error::field(
-            "implies",
-            "a custom role must grant at least one built-in role",
-        ));
-    }
-    for r in implies {
-        if !PROJECT_ROLES.contains(&r.as_str()) {
-            // Bundles are for tenants: system and domain roles are granted one by one.
-            return Err(Error::field(
-                "implies",
-                format!("{r:?} is not a project role ({})", PROJECT_ROLES.join(", ")),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Create a custom role: a named bundle of built-in project roles (system-admin).
-#[utoipa::path(post, path = "/v1/roles", tag = "identity", request_body = RoleCreate, security(("bearer" = [])),
-    responses((status = 201, body = Role), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_role(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(req): ApiJson<RoleCreate>,
-) -> Result<(StatusCode, axum::Json<Role>), Error> {
-    principal.require_system(&state, "identity.manage")?;
-    names::validate_name("name", &req.name)?;
-    if rampart_api::is_builtin_role(&req.name) {
-        return Err(Error::conflict(format!("{:?} is a built-in role", req.name)));
-    }
-    check_text("description", &req.description, 1024)?;
-    check_implies(&req.implies)?;
-    let mut conn = state.db.conn().await?;
-    let r = groups::create_role(
-        &mut conn,
-        &req.name,
-        req.description.as_deref().unwrap_or(""),
-        &req.implies,
-        state.now(),
-    )
-    .await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role created");
-    Ok((StatusCode::CREATED, axum::Json(custom_role_view(r))))
-}
-
-async fn find_role(state: &AppState, id: &str) -> Result<Role, Error> {
-    if let Some((n, d)) = rampart_api::BUILTIN_ROLES.iter().find(|(n, _)| *n == id) {
-        return Ok(builtin_role(n, d));
-    }
-    let mut conn = state.db.conn().await?;
-    groups::role(&mut conn, id)
-        .await?
-        .map(custom_role_view)
-        .ok_or_else(|| Error::not_found("no such role"))
-}
-
-/// One role (a built-in role's id is its name).
-#[utoipa::path(get, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Role), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_role(
-    State(state): State<AppState>,
-    _principal: Principal,
-    ApiPath(id): ApiPath<String>,
-) -> Result<axum::Json<Role>, Error> {
-    Ok(axum::Json(find_role(&state, &id).await?))
-}
-
-async fn custom_role(state: &AppState, principal: &Principal, id: &str) -> Result<groups::CustomRole, Error> {
-    principal.require_system(state, "identity.manage")?;
-    if rampart_api::is_builtin_role(id) {
-        return Err(Error::conflict("built-in roles cannot be changed"));
-    }
-    let mut conn = state.db.conn().await?;
-    groups::role(&mut conn, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such role"))
-}
-
-/// Change a custom role; holders get the new bundle at their next request.
-#[utoipa::path(patch, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), request_body = RoleUpdate, security(("bearer" = [])),
-    responses((status = 200, body = Role), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn update_role(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<String>,
-    ApiJson(req): ApiJson<RoleUpdate>,
-) -> Result<axum::Json<Role>, Error> {
-    let mut r = custom_role(&state, &principal, &id).await?;
-    check_text("description", &req.description, 1024)?;
-    if let Some(v) = req.description {
-        r.description = v;
-    }
-    let mut conn = state.db.conn().await?;
-    if let Some(v) = req.implies {
-        check_implies(&v)?;
-        // A bundle that gains a role would hand it to every holder without the grant rules:
-        // an assigned custom role may only shrink.
-        if v.iter().any(|x| !r.implies.contains(x)) && groups::role_assignment_count(&mut conn, &r.name).await? > 0 {
-            return Err(Error::conflict(
-                "an assigned custom role cannot gain roles; create a new role and grant it instead",
-            ));
-        }
-        r.implies = v;
-    }
-    groups::update_role(&mut conn, &r).await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role updated");
-    Ok(axum::Json(custom_role_view(r)))
-}
-
-/// Delete an unassigned custom role.
-#[utoipa::path(delete, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_role(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, Error> {
-    let r = custom_role(&state, &principal, &id).await?;
-    let mut conn = state.db.conn().await?;
-    groups::delete_role(&mut conn, &r).await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role deleted");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ---- role assignments ----
-
-fn scope_of(s: &ScopeRef) -> Result<Scope, Error> {
-    match (s.system, s.domain, s.project) {
-        (Some(true), None, None) => Ok(Scope::System),
-        (None, Some(d), None) => Ok(Scope::Domain(d)),
-        (None, None, Some(p)) => Ok(Scope::Project(p)),
-        _ => Err(Error::field(
-            "scope",
-            "scope is exactly one of {\"system\": true}, {\"domain\": id}, {\"project\": id}",
-        )),
-    }
-}
-
-fn scope_view(s: Scope) -> ScopeRef {
-    match s {
-        Scope::System => ScopeRef {
-            system: Some(true),
-            ..Default::default()
-        },
-        Scope::Domain(d) => ScopeRef {
-            domain: Some(d),
-            ..Default::default()
-        },
-        Scope::Project(p) => ScopeRef {
-            project: Some(p),
-            ..Default::default()
-        },
-    }
-}
-
-fn assignment_view(a: identity::RoleAssignment) -> RoleAssignment {
-    let (user, group) = match a.holder {
-        Holder::User(u) => (Some(u), None),
-        Holder::Group(g) => (None, Some(g)),
-    };
-    RoleAssignment {
-        id: a.id,
-        user,
-        group,
-        role: a.role,
-        scope: scope_view(a.scope),
-    }
-}
-
-/// The roles a role name stands for (itself, or a custom role's bundle).
-async fn role_members(state: &AppState, role: &str) -> Result<Vec<String>, Error> {
-    let mut conn = state.db.conn().await?;
-    grants::expand_role(&mut conn, role)
-        .await?
-        .ok_or_else(|| Error::field("role", format!("no role named {role:?}")))
-}
-
-/// Checks that `roles` are held at `scope` at all (400 otherwise).
-fn check_roles_fit(roles: &[String], scope: Scope) -> Result<(), Error> {
-    for r in roles {
-        let fits = match scope {
-            Scope::System => SYSTEM_ROLES.contains(&r.as_str()),
-            Scope::Domain(_) => r == "domain-admin",
-            Scope::Project(_) => PROJECT_ROLES.contains(&r.as_str()),
-        };
-        if !fits {
-            let held_on = match scope {
-                Scope::System => "at system scope",
-                Scope::Domain(_) => "on a domain (only domain-admin is)",
-                Scope::Project(_) => "on a project",
-            };
-            return Err(Error::field("role", format!("{r:?} is not held {held_on}")));
-        }
-    }
-    Ok(())
-}
-
-/// Whether the caller may grant or revoke `roles` (one assignment, expanded) at `scope`, by
-/// the grant rules of `docs/authz.md`: 404 when it cannot even see the scope's project or
-/// domain, 403 (one message for every role, so the answer says nothing of what the role is)
-/// when it may not. Returns the scope with its domain.
-async fn require_assignment_rights(
-    state: &AppState,
-    principal: &Principal,
-    roles: &[String],
-    scope: Scope,
-) -> Result<RoleScope, Error> {
-    check_roles_fit(roles, scope)?;
-    let role_scope = match scope {
-        Scope::System => RoleScope::System,
-        Scope::Domain(d) => {
-            visible_domain(state, principal, d).await?;
-            RoleScope::Domain(d)
-        }
-        Scope::Project(p) => {
-            let project = visible_project(state, principal, p).await?;
-            RoleScope::Project {
-                id: p,
-                domain: project.domain_id,
-            }
-        }
-    };
-    let first_key_admin = match scope {
-        Scope::Project(p) if roles.iter().any(|r| r == "key-admin") => {
-            let mut conn = state.db.conn().await?;
-            grants::project_has_no_key_admin(&mut conn, p).await?
-        }
-        _ => false,
-    };
-    let ctx = principal.ctx(state.now());
-    if roles.iter().all(|r| {
-        state
-            .authz
-            .may_grant(&principal.subject, &ctx, r, role_scope, first_key_admin)
-    }) {
-        Ok(role_scope)
-    } else {
-        Err(Error::forbidden(
-            "your roles do not allow granting or revoking this role here",
-        ))
-    }
-}
-
-/// The holder of a new assignment must exist in the domain the role applies to (grants across
-/// domains are refused); at system scope, the caller must be able to see it. A missing holder
-/// and one out of reach get the same answer.
-async fn require_holder(
-    state: &AppState,
-    principal: &Principal,
-    holder: Holder,
-    scope: RoleScope,
-) -> Result<(), Error> {
-    let mut conn = state.db.conn().await?;
-    let domain = match holder {
-        Holder::User(u) => identity::user_by_id(&mut conn, u).await?.map(|u| u.domain_id),
-        Holder::Group(g) => groups::get(&mut conn, g).await?.map(|g| g.domain_id),
-    };
-    let reachable = match (domain, scope) {
-        (Some(hd), RoleScope::Domain(d) | RoleScope::Project { domain: d, .. }) => hd == d,
-        (Some(hd), RoleScope::System) => principal.can_in_domain(state, "identity.read", hd),
-        (None, _) => false,
-    };
-    if reachable {
-        return Ok(());
-    }
-    Err(match holder {
-        Holder::User(_) => Error::field("user", "no such user in the domain this role applies to"),
-        Holder::Group(_) => Error::field("group", "no such group in the domain this role applies to"),
-    })
-}
-
-/// Grant a role to a user or group at a scope.
-#[utoipa::path(post, path = "/v1/role-assignments", tag = "identity", request_body = RoleAssignmentCreate, security(("bearer" = [])),
-    responses((status = 201, body = RoleAssignment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_assignment(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiJson(req): ApiJson<RoleAssignmentCreate>,
-) -> Result<(StatusCode, axum::Json<RoleAssignment>), Error> {
-    let holder = holder(req.user, req.group)?;
-    let scope = scope_of(&req.scope)?;
-    let roles = role_members(&state, &req.role).await?;
-    let role_scope = require_assignment_rights(&state, &principal, &roles, scope).await?;
-    require_holder(&state, &principal, holder, role_scope).await?;
-    let mut conn = state.db.conn().await?;
-    if grants::is_self(&mut conn, &principal, holder).await? {
-        return Err(Error::forbidden(
-            "you cannot grant roles to yourself or to a group you belong to",
-        ));
-    }
-    let id = identity::create_assignment(&mut conn, holder, &req.role, scope, state.now()).await?;
-    tracing::info!(role = %req.role, holder = ?holder, scope = ?scope, by = %principal.user.name, "role granted");
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(RoleAssignment {
-            id,
-            user: req.user,
-            group: req.group,
-            role: req.role,
-            scope: scope_view(scope),
-        }),
-    ))
-}
-
-/// Whether the caller may see an assignment: system readers see all; domain readers those on
-/// their domains; project admins and key admins those on their projects; everyone their own.
-async fn assignment_visible(
-    state: &AppState,
-    principal: &Principal,
-    conn: &mut Conn,
-    project_domains: &mut std::collections::HashMap<Uuid, Option<Uuid>>,
-    a: &identity::RoleAssignment,
-) -> Result<bool, Error> {
-    if principal.can(state, "identity.read", Target::System) || a.holder == Holder::User(principal.user.id) {
-        return Ok(true);
-    }
-    Ok(match a.scope {
-        Scope::System => false,
-        Scope::Domain(d) => principal.can(state, "identity.read", Target::Domain(d)),
-        Scope::Project(p) => {
-            if let std::collections::hash_map::Entry::Vacant(e) = project_domains.entry(p) {
-                e.insert(identity::project_by_id(conn, p).await?.map(|x| x.domain_id));
-            }
-            project_domains[&p].is_some_and(|d| {
-                let t = Target::Project { id: p, domain: d };
-                principal.can(state, "assignment.project", t) || principal.can(state, "keys.manage", t)
-            })
-        }
-    })
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AssignmentFilter {
-    pub user: Option<Uuid>,
-    pub group: Option<Uuid>,
-    /// Only assignments on this project.
-    pub project: Option<Uuid>,
-    /// Only assignments on this domain.
-    pub domain: Option<Uuid>,
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
-/// Role assignments you may see: all for system readers; on the domains and projects you
-/// administer; and your own.
-#[utoipa::path(get, path = "/v1/role-assignments", tag = "identity", params(AssignmentFilter), security(("bearer" = [])),
-    responses((status = 200, body = List<RoleAssignment>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn list_assignments(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiQuery(q): ApiQuery<AssignmentFilter>,
-) -> Result<axum::Json<List<RoleAssignment>>, Error> {
-    let page = PageParams {
-        limit: q.limit,
-        cursor: q.cursor.clone(),
-    }
-    .validate()?;
-    let holder = match (q.user, q.group) {
-        (None, None) => None,
-        (u, g) => Some(holder(u, g)?),
-    };
-    let scope = match (q.project, q.domain) {
-        (Some(p), None) => Some(Scope::Project(p)),
-        (None, Some(d)) => Some(Scope::Domain(d)),
-        (None, None) => None,
-        _ => return Err(Error::validation("filter on project or domain, not both")),
-    };
-    let mut conn = state.db.conn().await?;
-    let mut project_domains = std::collections::HashMap::new();
-    let mut items = Vec::new();
-    let mut after = page.after.clone();
-    loop {
-        let rows = identity::list_assignments(&mut conn, holder, scope, after.as_deref(), page.limit + 1).await?;
-        let exhausted = rows.len() <= page.limit as usize;
-        after = rows.last().map(|a| a.id.to_string());
-        for a in rows {
-            if assignment_visible(&state, &principal, &mut conn, &mut project_domains, &a).await? {
-                items.push(a);
-            }
-        }
-        if items.len() > page.limit as usize || exhausted {
-            break;
-        }
-    }
-    let (items, next) = finish_page(items, page.limit, |a| a.id.to_string());
-    Ok(axum::Json(List {
-        items: items.into_iter().map(assignment_view).collect(),
-        next,
-    }))
-}
-
-/// Revoke a role assignment; the holders' sessions end at once.
-#[utoipa::path(delete, path = "/v1/role-assignments/{id}", tag = "identity", params(("id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_assignment(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(id): ApiPath<Uuid>,
-) -> Result<StatusCode, Error> {
-    let a = {
-        let mut conn = state.db.conn().await?;
-        let a = identity::assignment_by_id(&mut conn, id).await?;
-        let visible = match &a {
-            Some(a) => assignment_visible(&state, &principal, &mut conn, &mut Default::default(), a).await?,
-            None => false,
-        };
-        match a {
-            Some(a) if visible => a,
-            _ => return Err(Error::not_found("no such role assignment")),
-        }
-    };
-    let roles = role_members(&state, &a.role)
-        .await
-        .unwrap_or_else(|_| vec![a.role.clone()]);
-    {
-        let mut conn = state.db.conn().await?;
-        if grants::is_self(&mut conn, &principal, a.holder).await? && grants::has_security_role(&roles) {
-            return Err(Error::forbidden("nobody revokes their own security roles"));
-        }
-    }
-    require_assignment_rights(&state, &principal, &roles, a.scope).await?;
-    let now = state.now();
-    let mut tx = state.db.begin().await?;
-    identity::delete_assignment(&mut tx, &a).await?;
-    match a.holder {
-        Holder::User(u) => identity::revoke_user_tokens(&mut tx, u, now).await?,
-        Holder::Group(g) => identity::revoke_group_tokens(&mut tx, g, now).await?,
-    };
-    rampart_db::Db::commit(tx).await?;
-    tracing::info!(role = %a.role, holder = ?a.holder, scope = ?a.scope, by = %principal.user.name, "role revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,16 +1,19 @@
 //! The routes of the controller and the OpenAPI documents generated from them.
 
 pub mod agent;
+pub mod assignments;
 pub mod audit;
 pub mod auth;
 pub mod certificates;
 pub mod compute;
+pub mod groups;
 pub mod identity;
 pub mod keys;
 pub mod meta;
 pub mod network;
 pub mod nodes;
 pub mod quotas;
+pub mod roles;
 
 use std::time::Duration;
 
@@ -136,22 +139,14 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::unlock_user))
         .routes(routes!(identity::reset_password))
         .routes(routes!(identity::reset_mfa))
-        .routes(routes!(identity::list_groups, identity::create_group))
-        .routes(routes!(
-            identity::get_group,
-            identity::update_group,
-            identity::delete_group
-        ))
-        .routes(routes!(identity::group_members))
-        .routes(routes!(identity::add_group_member, identity::remove_group_member))
-        .routes(routes!(identity::list_roles, identity::create_role))
-        .routes(routes!(
-            identity::get_role,
-            identity::update_role,
-            identity::delete_role
-        ))
-        .routes(routes!(identity::list_assignments, identity::create_assignment))
-        .routes(routes!(identity::delete_assignment))
+        .routes(routes!(groups::list_groups, groups::create_group))
+        .routes(routes!(groups::get_group, groups::update_group, groups::delete_group))
+        .routes(routes!(groups::group_members))
+        .routes(routes!(groups::add_group_member, groups::remove_group_member))
+        .routes(routes!(roles::list_roles, roles::create_role))
+        .routes(routes!(roles::get_role, roles::update_role, roles::delete_role))
+        .routes(routes!(assignments::list_assignments, assignments::create_assignment))
+        .routes(routes!(assignments::delete_assignment))
         .routes(routes!(identity::get_compliance, identity::put_compliance))
         .routes(routes!(quotas::get_quotas, quotas::put_quotas))
         .routes(routes!(nodes::list_nodes))

@@ -1,0 +1,173 @@
+//! The role catalogue: built-in roles and custom roles (named bundles of project roles).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rampart_api::{List, Role, RoleCreate, RoleUpdate};
+use rampart_common::error::ErrorBody;
+use rampart_common::{Error, names};
+use rampart_db::groups;
+use rampart_iam::authz::PROJECT_ROLES;
+
+use super::identity::check_text;
+use crate::auth::Principal;
+use crate::http::{ApiJson, ApiPath};
+use crate::state::AppState;
+
+fn builtin_role(name: &str, description: &str) -> Role {
+    Role {
+        id: name.to_string(),
+        name: name.to_string(),
+        description: description.to_string(),
+        builtin: true,
+        implies: vec![],
+    }
+}
+
+fn custom_role_view(r: groups::CustomRole) -> Role {
+    Role {
+        id: r.id.to_string(),
+        name: r.name,
+        description: r.description,
+        builtin: false,
+        implies: r.implies,
+    }
+}
+
+/// Built-in and custom roles.
+#[utoipa::path(get, path = "/v1/roles", tag = "identity", security(("bearer" = [])),
+    responses((status = 200, body = List<Role>), (status = 401, body = ErrorBody)))]
+pub async fn list_roles(State(state): State<AppState>, _principal: Principal) -> Result<axum::Json<List<Role>>, Error> {
+    let mut items: Vec<Role> = rampart_api::BUILTIN_ROLES
+        .iter()
+        .map(|(n, d)| builtin_role(n, d))
+        .collect();
+    let mut conn = state.db.conn().await?;
+    items.extend(groups::roles(&mut conn).await?.into_iter().map(custom_role_view));
+    Ok(axum::Json(List { items, next: None }))
+}
+
+fn check_implies(implies: &[String]) -> Result<(), Error> {
+    if implies.is_empty() {
+        return Err(Error::field(
+            "implies",
+            "a custom role must grant at least one built-in role",
+        ));
+    }
+    for r in implies {
+        if !PROJECT_ROLES.contains(&r.as_str()) {
+            // Bundles are for tenants: system and domain roles are granted one by one.
+            return Err(Error::field(
+                "implies",
+                format!("{r:?} is not a project role ({})", PROJECT_ROLES.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Create a custom role: a named bundle of built-in project roles (system-admin).
+#[utoipa::path(post, path = "/v1/roles", tag = "identity", request_body = RoleCreate, security(("bearer" = [])),
+    responses((status = 201, body = Role), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<RoleCreate>,
+) -> Result<(StatusCode, axum::Json<Role>), Error> {
+    principal.require_system(&state, "identity.manage")?;
+    names::validate_name("name", &req.name)?;
+    if rampart_api::is_builtin_role(&req.name) {
+        return Err(Error::conflict(format!("{:?} is a built-in role", req.name)));
+    }
+    check_text("description", &req.description, 1024)?;
+    check_implies(&req.implies)?;
+    let mut conn = state.db.conn().await?;
+    let r = groups::create_role(
+        &mut conn,
+        &req.name,
+        req.description.as_deref().unwrap_or(""),
+        &req.implies,
+        state.now(),
+    )
+    .await?;
+    tracing::info!(role = %r.name, by = %principal.user.name, "role created");
+    Ok((StatusCode::CREATED, axum::Json(custom_role_view(r))))
+}
+
+async fn find_role(state: &AppState, id: &str) -> Result<Role, Error> {
+    if let Some((n, d)) = rampart_api::BUILTIN_ROLES.iter().find(|(n, _)| *n == id) {
+        return Ok(builtin_role(n, d));
+    }
+    let mut conn = state.db.conn().await?;
+    groups::role(&mut conn, id)
+        .await?
+        .map(custom_role_view)
+        .ok_or_else(|| Error::not_found("no such role"))
+}
+
+/// One role (a built-in role's id is its name).
+#[utoipa::path(get, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Role), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_role(
+    State(state): State<AppState>,
+    _principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::Json<Role>, Error> {
+    Ok(axum::Json(find_role(&state, &id).await?))
+}
+
+async fn custom_role(state: &AppState, principal: &Principal, id: &str) -> Result<groups::CustomRole, Error> {
+    principal.require_system(state, "identity.manage")?;
+    if rampart_api::is_builtin_role(id) {
+        return Err(Error::conflict("built-in roles cannot be changed"));
+    }
+    let mut conn = state.db.conn().await?;
+    groups::role(&mut conn, id)
+        .await?
+        .ok_or_else(|| Error::not_found("no such role"))
+}
+
+/// Change a custom role; holders get the new bundle at their next request.
+#[utoipa::path(patch, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), request_body = RoleUpdate, security(("bearer" = [])),
+    responses((status = 200, body = Role), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RoleUpdate>,
+) -> Result<axum::Json<Role>, Error> {
+    let mut r = custom_role(&state, &principal, &id).await?;
+    check_text("description", &req.description, 1024)?;
+    if let Some(v) = req.description {
+        r.description = v;
+    }
+    let mut conn = state.db.conn().await?;
+    if let Some(v) = req.implies {
+        check_implies(&v)?;
+        // A bundle that gains a role would hand it to every holder without the grant rules:
+        // an assigned custom role may only shrink.
+        if v.iter().any(|x| !r.implies.contains(x)) && groups::role_assignment_count(&mut conn, &r.name).await? > 0 {
+            return Err(Error::conflict(
+                "an assigned custom role cannot gain roles; create a new role and grant it instead",
+            ));
+        }
+        r.implies = v;
+    }
+    groups::update_role(&mut conn, &r).await?;
+    tracing::info!(role = %r.name, by = %principal.user.name, "role updated");
+    Ok(axum::Json(custom_role_view(r)))
+}
+
+/// Delete an unassigned custom role.
+#[utoipa::path(delete, path = "/v1/roles/{id}", tag = "identity", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_role(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, Error> {
+    let r = custom_role(&state, &principal, &id).await?;
+    let mut conn = state.db.conn().await?;
+    groups::delete_role(&mut conn, &r).await?;
+    tracing::info!(role = %r.name, by = %principal.user.name, "role deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
