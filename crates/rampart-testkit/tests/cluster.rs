@@ -78,24 +78,30 @@ async fn spec_13_4_1_node_turns_unreachable_without_heartbeats_and_ready_when_ba
         c.wait_for_node_state(&name, NodeState::Ready, Duration::from_secs(5))
             .await;
         assert_eq!(c.admin.nodes().await.unwrap().items.len(), 2, "no second node row");
-        // Each host event is in the audit trail, in order, naming the node.
-        let trail: Value = c
-            .admin
-            .get("/v1/audit/events?operation=node.*&limit=1000")
-            .await
-            .unwrap();
-        let of_node: Vec<&str> = trail["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["details"]["name"] == name.as_str() && r["actor"]["auth_method"] == "system")
-            .map(|r| r["operation"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            of_node,
-            ["node.ready", "node.unreachable", "node.reachable"],
-            "{backend:?}"
-        );
+        // Each host event is in the audit trail, in order, naming the node. The liveness task
+        // appends its record after it saves the state the API shows, so the last one may land a
+        // moment after `ready` is visible: wait for it.
+        let expected = ["node.ready", "node.unreachable", "node.reachable"];
+        let of_node = || async {
+            let trail: Value = c
+                .admin
+                .get("/v1/audit/events?operation=node.*&limit=1000")
+                .await
+                .unwrap();
+            trail["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["details"]["name"] == name.as_str() && r["actor"]["auth_method"] == "system")
+                .map(|r| r["operation"].as_str().unwrap().to_string())
+                .collect::<Vec<String>>()
+        };
+        let seen = TestCluster::wait_for("the node's three host events", Duration::from_secs(5), || async {
+            let ops = of_node().await;
+            (ops.len() >= expected.len()).then_some(ops)
+        })
+        .await;
+        assert_eq!(seen, expected, "{backend:?}");
         c.agents.push(back);
         c.shutdown().await;
     }
