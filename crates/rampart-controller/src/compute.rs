@@ -302,17 +302,6 @@ pub async fn unplug_nics(tx: &mut rampart_db::Conn, instance: Uuid, now: OffsetD
     Ok(())
 }
 
-/// Re-renders `node`'s document in the caller's transaction (the generation moves only when it
-/// changed). The caller commits, then calls [`AppState::notify_node_changes`].
-pub async fn publish_node(state: &AppState, tx: &mut rampart_db::Conn, node: Uuid) -> rampart_db::Result<()> {
-    let Some(n) = nodes::get(tx, node).await? else {
-        return Ok(());
-    };
-    let doc = crate::render::node_document_json(tx, &state.config, node, &n.name).await?;
-    nodes::publish_config(tx, node, &doc).await?;
-    Ok(())
-}
-
 /// Picks a ready node that can run VMs for a new instance of `flavor_memory_mib`, spreading the
 /// members of its security groups over nodes (spec 10.3-3): fewest members of its groups first,
 /// then fewest instances, then the name. With `anti_affinity`, only nodes with no member of its

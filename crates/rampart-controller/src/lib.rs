@@ -2,6 +2,7 @@
 //! and desired state, and the background reconcilers. It owns the database; agents only talk
 //! to it over mutual TLS.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod kms;
 pub mod network;
 pub mod planes;
+pub mod publish;
 pub mod quota;
 pub mod reconcile;
 pub mod render;

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use rampart_api::network::{FlowEdge, FlowGraph, FlowNode, NetworkStatus};
 use rampart_common::Error;
 use rampart_common::config::Config;
-use rampart_db::{Conn, network as db, nodes};
+use rampart_db::{Conn, network as db};
 use rampart_net::desired::{ExternalNetwork, LocalPort, NodeNetwork, VpcNetwork};
 use uuid::Uuid;
 
@@ -101,23 +101,6 @@ pub async fn node_network(conn: &mut Conn, config: &Config, node: Uuid) -> rampa
         return Ok(NodeNetwork::default());
     }
     Ok(NodeNetwork { external, vpcs })
-}
-
-/// Re-renders the documents of `nodes` in the caller's transaction; true when a generation
-/// moved (the caller wakes the long polls after commit).
-pub async fn republish(
-    conn: &mut Conn,
-    config: &Config,
-    nodes_to_do: &BTreeSet<(Uuid, String)>,
-) -> rampart_db::Result<bool> {
-    let mut changed = false;
-    for (id, name) in nodes_to_do {
-        let before = nodes::generation(conn, *id).await?;
-        let doc = crate::render::node_document_json(conn, config, *id, name).await?;
-        let after = nodes::publish_config(conn, *id, &doc).await?;
-        changed |= before != Some(after);
-    }
-    Ok(changed)
 }
 
 /// The nodes whose documents a change in `project` may touch.

@@ -180,7 +180,7 @@ pub async fn republish_all(state: &AppState) -> rampart_db::Result<()> {
     for (id, name) in all {
         let mut tx = state.db.begin().await?;
         let before = nodes::generation(&mut tx, id).await?;
-        let doc = crate::render::node_document_json(&mut tx, &state.config, id, &name).await?;
+        let doc = crate::publish::node_document_json(&mut tx, &state.config, id, &name).await?;
         let after = nodes::publish_config(&mut tx, id, &doc).await?;
         rampart_db::Db::commit(tx).await?;
         changed |= before != Some(after);

@@ -17,20 +17,6 @@ pub fn node_config(node_id: Uuid, node_name: &str, nodes: &NodesConfig) -> NodeC
     }
 }
 
-/// The whole document of a node with every section read from the database, as
-/// [`rampart_db::nodes::publish_config`] stores it.
-pub async fn node_document_json(
-    conn: &mut rampart_db::Conn,
-    config: &rampart_common::config::Config,
-    node_id: Uuid,
-    node_name: &str,
-) -> rampart_db::Result<String> {
-    let mut doc = node_config(node_id, node_name, &config.nodes);
-    doc.compute = crate::compute::node_compute(conn, node_id).await?;
-    doc.network = crate::network::node_network(conn, config, node_id).await?;
-    Ok(serde_json::to_string(&doc).expect("node config serialises"))
-}
-
 pub fn node_config_json(node_id: Uuid, node_name: &str, nodes: &NodesConfig) -> String {
     serde_json::to_string(&node_config(node_id, node_name, nodes)).expect("node config serialises")
 }

@@ -167,7 +167,7 @@ async fn republish_project(state: &AppState, tx: &mut rampart_db::Conn, project:
     for (node, _) in rampart_db::nodes::all_ids(tx).await? {
         let on_node = db::instances_on_node(tx, node).await?;
         if project.is_none_or(|p| on_node.iter().any(|i| i.project_id == p)) {
-            logic::publish_node(state, tx, node).await?;
+            crate::publish::node(&state.config, tx, node).await?;
         }
     }
     Ok(())
@@ -900,8 +900,8 @@ pub async fn create_instance(
     // (whose sets now name the new addresses), in the same transaction.
     let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
     all.extend(before);
-    crate::network::republish(&mut tx, &state.config, &all).await?;
-    logic::publish_node(&state, &mut tx, node).await?;
+    crate::publish::nodes(&mut tx, &state.config, &all).await?;
+    crate::publish::node(&state.config, &mut tx, node).await?;
     rampart_db::Db::commit(tx).await?;
     state.notify_node_changes();
     tracing::info!(instance = %row.id, name = %row.name, project = %project, node = %node, ports = ?ports, by = %principal.user.name, "instance created");
@@ -973,13 +973,13 @@ pub async fn delete_instance(
     match row.node_id {
         Some(node) => {
             db::mark_deleting(&mut tx, id, state.now()).await?;
-            logic::publish_node(&state, &mut tx, node).await?;
+            crate::publish::node(&state.config, &mut tx, node).await?;
         }
         None => db::delete_instance(&mut tx, id).await?,
     }
     let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
     all.extend(before);
-    crate::network::republish(&mut tx, &state.config, &all).await?;
+    crate::publish::nodes(&mut tx, &state.config, &all).await?;
     let after = db::instance(&mut tx, id).await?;
     rampart_db::Db::commit(tx).await?;
     state.notify_node_changes();
@@ -1026,7 +1026,7 @@ pub async fn instance_action(
     };
     let mut tx = state.db.begin().await?;
     db::set_desired_power(&mut tx, id, power, bump, status, state.now()).await?;
-    logic::publish_node(&state, &mut tx, node).await?;
+    crate::publish::node(&state.config, &mut tx, node).await?;
     let after = db::instance(&mut tx, id)
         .await?
         .ok_or_else(|| Error::not_found("no such instance"))?;

@@ -103,7 +103,7 @@ impl Write {
     async fn finish(mut self, state: &AppState) -> Result<(), Error> {
         let mut all = network::nodes_of_project(&mut self.tx, self.project).await?;
         all.extend(self.before);
-        let changed = network::republish(&mut self.tx, &state.config, &all).await?;
+        let changed = crate::publish::nodes(&mut self.tx, &state.config, &all).await?;
         Db::commit(self.tx).await?;
         if changed {
             state.notify_node_changes();
