@@ -22,6 +22,27 @@ pub struct Health {
     pub nodes: NodeCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `?verbose`: the controller's background tasks, each with its own period and health.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskHealth>,
+}
+
+/// One background task of a controller (`GET /v1/health?verbose`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TaskHealth {
+    pub name: String,
+    /// Runs only on the controller holding the `reconcilers` lease.
+    pub leader_only: bool,
+    pub period_s: u64,
+    /// `ok` (its last pass succeeded), `failing` (its last pass failed: see the run log),
+    /// `standby` (leader-only on a controller that is not the leader), `starting` (no pass yet).
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_success_at: Option<OffsetDateTime>,
+    pub consecutive_failures: u64,
+    /// Times the supervisor restarted it after a panic.
+    pub restarts: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

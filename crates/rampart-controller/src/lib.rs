@@ -16,11 +16,11 @@ pub mod network;
 pub mod planes;
 pub mod publish;
 pub mod quota;
-pub mod reconcile;
 pub mod render;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tasks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -177,8 +177,11 @@ impl Controller {
             compliance: std::sync::RwLock::new(None),
             audit,
             kms,
+            tasks: Default::default(),
         }));
-        reconcile::republish_all(&state).await?;
+        if publish::all(&state.db, &state.config).await? {
+            state.notify_node_changes();
+        }
         kms::after_start(&state).await.map_err(StartError::KmsRecords)?;
 
         let router = routes::router(state.clone());
@@ -191,10 +194,10 @@ impl Controller {
                 state.shutdown.clone(),
             )));
         }
-        tasks.push(audit::spawn_intent_reconcile(state.clone(), now));
+        tasks.push(audit::intents::spawn_intent_reconcile(state.clone(), now));
         tasks.push(kms::spawn_root_check(state.clone()));
-        tasks.push(reconcile::spawn(state.clone()));
-        tasks.push(audit::spawn_forwarding(state.clone()));
+        tasks.extend(tasks::spawn_all(&state));
+        tasks.push(audit::forwarding::spawn_forwarding(state.clone()));
         tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");
         Ok(Controller { state, addrs, tasks })
     }

@@ -51,3 +51,22 @@ pub async fn nodes(
     }
     Ok(changed)
 }
+
+/// Re-renders every node's document (after an upgrade or a configuration change), one
+/// transaction per node; true when a generation moved (the caller wakes the long polls).
+pub async fn all(db: &rampart_db::Db, config: &Config) -> rampart_db::Result<bool> {
+    let all = {
+        let mut conn = db.conn().await?;
+        nodes::all_ids(&mut conn).await?
+    };
+    let mut changed = false;
+    for (id, name) in all {
+        let mut tx = db.begin().await?;
+        let before = nodes::generation(&mut tx, id).await?;
+        let doc = node_document_json(&mut tx, config, id, &name).await?;
+        let after = nodes::publish_config(&mut tx, id, &doc).await?;
+        rampart_db::Db::commit(tx).await?;
+        changed |= before != Some(after);
+    }
+    Ok(changed)
+}

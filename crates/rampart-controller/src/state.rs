@@ -45,6 +45,8 @@ pub struct Inner {
     pub audit: Arc<crate::audit::Audit>,
     /// Keys (the HSM-backed key service) and certificates (the tenant CA, CRLs).
     pub kms: crate::kms::Kms,
+    /// The background tasks' health and whether this controller holds the reconciler lease.
+    pub tasks: crate::tasks::Registry,
 }
 
 impl std::ops::Deref for AppState {

@@ -239,7 +239,7 @@ pub async fn status(
     if let Some((operation, message)) = event {
         tracing::info!(node = %node, "{message}");
         let name = nodes::get(&mut conn, node).await?.map(|n| n.name).unwrap_or_default();
-        crate::audit::node_state_event(&state, &node.to_string(), &name, operation).await?;
+        crate::audit::events::node_state_event(&state, &node.to_string(), &name, operation).await?;
     }
     if !s.errors.is_empty() {
         tracing::warn!(node = %node, errors = ?s.errors, "agent reports errors");
@@ -251,7 +251,9 @@ pub async fn status(
             drop(conn);
             // Other nodes' documents name this node's tunnel address.
             tracing::info!(node = %node, tunnel_ip = ?net.tunnel_ip, "node tunnel address changed; republishing");
-            crate::reconcile::republish_all(&state).await?;
+            if crate::publish::all(&state.db, &state.config).await? {
+                state.notify_node_changes();
+            }
         } else {
             drop(conn);
         }

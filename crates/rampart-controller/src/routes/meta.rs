@@ -11,9 +11,18 @@ use crate::state::AppState;
 
 /// Liveness of the control plane and its nodes.
 #[utoipa::path(get, path = "/v1/health", tag = "meta",
+    params(("verbose" = Option<bool>, Query, description = "Also list the background tasks of this controller, each with its period and health")),
     responses((status = 200, body = Health, description = "`ok`, or `degraded` with a `reason` while the database refuses writes"),
         (status = 503, body = ErrorBody, description = "The database does not answer")))]
-pub async fn health(State(state): State<AppState>) -> Result<axum::Json<Health>, Error> {
+pub async fn health(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<axum::Json<Health>, Error> {
+    // `?verbose` or `?verbose=true`; anything else is the short answer load balancers poll.
+    let verbose = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "verbose" || kv == "verbose=true" || kv == "verbose=1")
+    });
     let (ready, total) = {
         let mut conn = state.db.conn().await?;
         nodes::counts(&mut conn).await?
@@ -28,6 +37,7 @@ pub async fn health(State(state): State<AppState>) -> Result<axum::Json<Health>,
         version: rampart_common::VERSION.into(),
         nodes: NodeCounts { ready, total },
         reason,
+        tasks: if verbose { state.tasks.snapshot() } else { Vec::new() },
     }))
 }
 

@@ -234,7 +234,7 @@ pub fn agent_openapi() -> OpenApiDoc {
 /// The whole router of the API listener.
 pub fn router(state: AppState) -> axum::Router {
     // The write-ahead audit record is the innermost layer: after authentication, before the handler.
-    let write_ahead = || middleware::from_fn_with_state(state.clone(), crate::audit::write_ahead);
+    let write_ahead = || middleware::from_fn_with_state(state.clone(), crate::audit::middleware::write_ahead);
     let authenticated = authenticated_routes()
         .route_layer(write_ahead())
         // A retry answered from its Idempotency-Key runs nothing, so it needs no write-ahead.
@@ -266,7 +266,7 @@ pub fn router(state: AppState) -> axum::Router {
         // Audit records are written inside the client-address layer and outside the token check.
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::audit::record_calls,
+            crate::audit::middleware::record_calls,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::client_ip))
         .fallback(http::not_found)
