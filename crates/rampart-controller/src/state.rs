@@ -46,7 +46,7 @@ pub struct Inner {
     /// Keys (the HSM-backed key service) and certificates (the tenant CA, CRLs).
     pub kms: crate::kms::Kms,
     /// The background tasks' health and whether this controller holds the reconciler lease.
-    pub tasks: crate::tasks::Registry,
+    pub tasks: crate::tasks::registry::Registry,
 }
 
 impl std::ops::Deref for AppState {

@@ -7,8 +7,10 @@
 //! change in one transaction that also republishes the documents of every node holding a VPC
 //! of the project, so agents see the change at the next generation.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use crate::app;
+use crate::auth::Principal;
+use crate::http::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,105 +18,7 @@ use rampart_api::List;
 use rampart_api::network::*;
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
-use rampart_common::page::{PageParams, PageRequest, finish_page};
-use rampart_common::quota::Resource;
-use rampart_db::network::{self as db, PortRow, VpcRow};
-use rampart_db::{Db, Tx};
-use rampart_net::model::{self, invalid};
 use uuid::Uuid;
-
-use crate::auth::Principal;
-use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::network;
-use crate::state::AppState;
-
-fn page(q: &NetworkListParams) -> Result<PageRequest, Error> {
-    PageParams {
-        limit: q.limit,
-        cursor: q.cursor.clone(),
-    }
-    .validate()
-}
-
-fn vpc_view(r: VpcRow) -> Vpc {
-    Vpc {
-        id: r.vpc.id,
-        project_id: r.vpc.project,
-        name: r.vpc.name,
-        cidr: r.vpc.cidr,
-        external: r.router_external_ip.is_some(),
-        router_external_ip: r.router_external_ip,
-        created_at: r.created_at,
-    }
-}
-
-fn port_view(r: PortRow) -> Port {
-    Port {
-        id: r.port.id,
-        project_id: r.project,
-        vpc: r.port.vpc,
-        subnet: r.port.subnet,
-        mac: r.port.mac,
-        ip: r.port.ip,
-        security_groups: r.port.security_groups,
-        tags: r.port.tags,
-        allowed_address_pairs: r.port.allowed_address_pairs,
-        port_security: r.port.port_security,
-        max_connections: r.port.max_connections,
-        binding: match (r.node, r.device) {
-            (Some(node), Some(device)) => Some(PortBinding { node, device }),
-            _ => None,
-        },
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    }
-}
-
-fn fip_view(f: model::FloatingIp) -> FloatingIp {
-    FloatingIp {
-        id: f.id,
-        address: f.address,
-        port: f.port,
-    }
-}
-
-/// A write: the project is checked for `project.write`, the nodes holding its VPCs are noted
-/// (before the change, so a node that loses its last port still gets its new document), and
-/// [`Write::finish`] republishes and commits.
-struct Write {
-    tx: Tx,
-    project: Uuid,
-    before: BTreeSet<(Uuid, String)>,
-}
-
-impl Write {
-    async fn begin(state: &AppState, principal: &Principal, project: Uuid) -> Result<Write, Error> {
-        principal.project(state, project, "project.write").await?;
-        Write::open(state, project).await
-    }
-
-    /// For callers that authorized already.
-    async fn open(state: &AppState, project: Uuid) -> Result<Write, Error> {
-        let mut tx = state.db.begin().await?;
-        let before = network::nodes_of_project(&mut tx, project).await?;
-        Ok(Write { tx, project, before })
-    }
-
-    async fn finish(mut self, state: &AppState) -> Result<(), Error> {
-        let mut all = network::nodes_of_project(&mut self.tx, self.project).await?;
-        all.extend(self.before);
-        let changed = crate::publish::nodes(&mut self.tx, &state.config, &all).await?;
-        Db::commit(self.tx).await?;
-        if changed {
-            state.notify_node_changes();
-        }
-        Ok(())
-    }
-}
-
-async fn read(state: &AppState, principal: &Principal, project: Uuid) -> Result<(), Error> {
-    principal.project(state, project, "project.read").await.map(|_| ())
-}
 
 // ---- VPCs ----
 
@@ -127,15 +31,9 @@ pub async fn list_vpcs(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<Vpc>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_vpcs(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |r| r.vpc.name.clone());
-    Ok(axum::Json(List {
-        items: items.into_iter().map(vpc_view).collect(),
-        next,
-    }))
+    app::network::vpcs::list_vpcs(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Create a VPC: an isolated network with its own router (10.4). With `"external": true` it
@@ -148,29 +46,9 @@ pub async fn create_vpc(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<VpcCreate>,
 ) -> Result<(StatusCode, axum::Json<Vpc>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let external = req.external;
-    let vpc = req.into_vpc(Uuid::new_v4(), p)?;
-    crate::quota::enforce(&state, &mut w.tx, p, Resource::Vpcs, 1).await?;
-    let router_ip = if external {
-        Some(network::allocate_external(&mut w.tx, &state.config).await?)
-    } else {
-        None
-    };
-    let now = state.now();
-    db::insert_vpc(&mut w.tx, &vpc, router_ip, now).await?;
-    let row = db::vpc_by_id(&mut w.tx, vpc.id)
-        .await?
-        .ok_or_else(|| Error::internal("creating a VPC", "row vanished"))?;
-    w.finish(&state).await?;
-    tracing::info!(vpc = %vpc.id, name = %vpc.name, project = %p, by = %principal.user.name, "VPC created");
-    Ok((StatusCode::CREATED, axum::Json(vpc_view(row))))
-}
-
-async fn vpc_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Result<VpcRow, Error> {
-    db::get_vpc(conn, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such VPC"))
+    app::network::vpcs::create_vpc(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One VPC.
@@ -181,9 +59,9 @@ pub async fn get_vpc(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<Vpc>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(vpc_view(vpc_in(&mut conn, p, id).await?)))
+    app::network::vpcs::get_vpc(&state, &principal, (p, id))
+        .await
+        .map(axum::Json)
 }
 
 /// Connect a VPC to the external network or cut it off (`external`).
@@ -195,28 +73,9 @@ pub async fn update_vpc(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<VpcUpdate>,
 ) -> Result<axum::Json<Vpc>, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let row = vpc_in(&mut w.tx, p, id).await?;
-    let now = state.now();
-    match (req.external, row.router_external_ip) {
-        (Some(true), None) => {
-            let ip = network::allocate_external(&mut w.tx, &state.config).await?;
-            db::set_router_external_ip(&mut w.tx, id, Some(ip), now).await?;
-        }
-        (Some(false), Some(_)) => {
-            if !db::floating_ips_of_vpc(&mut w.tx, id).await?.is_empty() {
-                return Err(Error::conflict(
-                    "floating IPs still point at ports of this VPC; release them first",
-                ));
-            }
-            db::set_router_external_ip(&mut w.tx, id, None, now).await?;
-        }
-        _ => {}
-    }
-    let row = vpc_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(vpc = %id, external = row.router_external_ip.is_some(), by = %principal.user.name, "VPC updated");
-    Ok(axum::Json(vpc_view(row)))
+    app::network::vpcs::update_vpc(&state, &principal, (p, id), req)
+        .await
+        .map(axum::Json)
 }
 
 /// Delete a VPC and its subnets (409 while it has ports).
@@ -227,12 +86,9 @@ pub async fn delete_vpc(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    vpc_in(&mut w.tx, p, id).await?;
-    db::delete_vpc(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(vpc = %id, by = %principal.user.name, "VPC deleted");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::vpcs::delete_vpc(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- subnets ----
@@ -246,12 +102,9 @@ pub async fn list_subnets(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<Subnet>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_subnets(&mut conn, p, q.vpc, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |s| s.id.to_string());
-    Ok(axum::Json(List { items, next }))
+    app::network::subnets::list_subnets(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Create a subnet in a VPC: a bridge on every node with its ports, the gateway address on it,
@@ -264,17 +117,9 @@ pub async fn create_subnet(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<SubnetCreate>,
 ) -> Result<(StatusCode, axum::Json<Subnet>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let vpc = db::get_vpc(&mut w.tx, p, req.vpc)
-        .await?
-        .ok_or_else(|| invalid("vpc", "unknown_vpc", "no such VPC in this project"))?;
-    let existing = db::subnets_of_vpc(&mut w.tx, vpc.vpc.id).await?;
-    let segment = model::allocate_segment_id(&db::segment_ids(&mut w.tx).await?)?;
-    let subnet = req.into_subnet(Uuid::new_v4(), &vpc.vpc, &existing, segment)?;
-    db::insert_subnet(&mut w.tx, p, &subnet, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(subnet = %subnet.id, vpc = %subnet.vpc, cidr = %subnet.cidr, by = %principal.user.name, "subnet created");
-    Ok((StatusCode::CREATED, axum::Json(subnet)))
+    app::network::subnets::create_subnet(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One subnet.
@@ -285,12 +130,9 @@ pub async fn get_subnet(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<Subnet>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    db::get_subnet(&mut conn, p, id)
-        .await?
+    app::network::subnets::get_subnet(&state, &principal, (p, id))
+        .await
         .map(axum::Json)
-        .ok_or_else(|| Error::not_found("no such subnet"))
 }
 
 /// Delete a subnet (409 while it has ports).
@@ -301,14 +143,9 @@ pub async fn delete_subnet(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    db::get_subnet(&mut w.tx, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such subnet"))?;
-    db::delete_subnet(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(subnet = %id, by = %principal.user.name, "subnet deleted");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::subnets::delete_subnet(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- security groups ----
@@ -322,12 +159,9 @@ pub async fn list_groups(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<SecurityGroup>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_groups(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |g| g.name.clone());
-    Ok(axum::Json(List { items, next }))
+    app::network::security_groups::list_groups(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Create a security group. It starts with the default rules of 10.3-4: ingress of anything
@@ -341,18 +175,9 @@ pub async fn create_group(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<SecurityGroupCreate>,
 ) -> Result<(StatusCode, axum::Json<SecurityGroup>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let g = req.into_group(Uuid::new_v4(), [Uuid::new_v4(), Uuid::new_v4()])?;
-    db::insert_group(&mut w.tx, p, &g, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(group = %g.id, name = %g.name, project = %p, by = %principal.user.name, "security group created");
-    Ok((StatusCode::CREATED, axum::Json(g)))
-}
-
-async fn group_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Result<SecurityGroup, Error> {
-    db::get_group(conn, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such security group"))
+    app::network::security_groups::create_group(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One security group with its rules in evaluation order.
@@ -363,9 +188,9 @@ pub async fn get_group(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<SecurityGroup>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(group_in(&mut conn, p, id).await?))
+    app::network::security_groups::get_group(&state, &principal, (p, id))
+        .await
+        .map(axum::Json)
 }
 
 /// Rename a security group or change its description.
@@ -377,19 +202,9 @@ pub async fn update_group(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<SecurityGroupUpdate>,
 ) -> Result<axum::Json<SecurityGroup>, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let g = group_in(&mut w.tx, p, id).await?;
-    // The same checks as at creation.
-    let checked = SecurityGroupCreate {
-        name: req.name.unwrap_or(g.name),
-        description: Some(req.description.unwrap_or(g.description)),
-    }
-    .into_group(id, [Uuid::nil(), Uuid::nil()])?;
-    db::update_group(&mut w.tx, id, &checked.name, &checked.description, state.now()).await?;
-    let g = group_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(group = %id, by = %principal.user.name, "security group updated");
-    Ok(axum::Json(g))
+    app::network::security_groups::update_group(&state, &principal, (p, id), req)
+        .await
+        .map(axum::Json)
 }
 
 /// Delete a security group (409 while ports are in it or other groups' rules name it).
@@ -400,12 +215,9 @@ pub async fn delete_group(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    group_in(&mut w.tx, p, id).await?;
-    db::delete_group(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(group = %id, by = %principal.user.name, "security group deleted");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::security_groups::delete_group(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 /// Rules of a security group, in evaluation order.
@@ -416,12 +228,9 @@ pub async fn list_rules(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<List<SecurityGroupRule>>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(List {
-        items: group_in(&mut conn, p, id).await?.rules,
-        next: None,
-    }))
+    app::network::security_groups::list_rules(&state, &principal, (p, id))
+        .await
+        .map(axum::Json)
 }
 
 /// Add a rule to a security group (after its other rules). A remote group must be a group of
@@ -434,21 +243,9 @@ pub async fn create_rule(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<SecurityGroupRuleCreate>,
 ) -> Result<(StatusCode, axum::Json<SecurityGroupRule>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let g = group_in(&mut w.tx, p, id).await?;
-    if g.rules.len() >= 1000 {
-        return Err(invalid(
-            "rules",
-            "too_many_rules",
-            "a security group holds at most 1000 rules",
-        ));
-    }
-    let groups = db::group_ids(&mut w.tx, p).await?;
-    let rule = req.into_rule(Uuid::new_v4(), |g| groups.contains(g))?;
-    db::insert_rule(&mut w.tx, id, &rule, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(group = %id, rule = %rule.id, by = %principal.user.name, "security group rule added");
-    Ok((StatusCode::CREATED, axum::Json(rule)))
+    app::network::security_groups::create_rule(&state, &principal, (p, id), req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// Remove a rule. Flows it admitted that are already established keep running until they
@@ -460,14 +257,9 @@ pub async fn delete_rule(
     principal: Principal,
     ApiPath((p, id, rule)): ApiPath<(Uuid, Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    group_in(&mut w.tx, p, id).await?;
-    if !db::delete_rule(&mut w.tx, id, rule, state.now()).await? {
-        return Err(Error::not_found("no such rule in this security group"));
-    }
-    w.finish(&state).await?;
-    tracing::info!(group = %id, rule = %rule, by = %principal.user.name, "security group rule removed");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::security_groups::delete_rule(&state, &principal, (p, id, rule))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- ports ----
@@ -481,15 +273,9 @@ pub async fn list_ports(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<Port>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_ports(&mut conn, p, q.vpc, q.subnet, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |r| r.port.id.to_string());
-    Ok(axum::Json(List {
-        items: items.into_iter().map(port_view).collect(),
-        next,
-    }))
+    app::network::ports::list_ports(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Create a port: the next free address of the subnet (or the fixed `ip` asked for) and a
@@ -503,34 +289,9 @@ pub async fn create_port(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<PortCreate>,
 ) -> Result<(StatusCode, axum::Json<Port>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let subnet = db::get_subnet(&mut w.tx, p, req.subnet)
-        .await?
-        .ok_or_else(|| invalid("subnet", "unknown_subnet", "no such subnet in this project"))?;
-    let existing: Vec<model::Port> = db::ports_of_vpc(&mut w.tx, subnet.vpc)
-        .await?
-        .into_iter()
-        .map(|r| r.port)
-        .collect();
-    if existing.len() >= 65_000 {
-        return Err(invalid("subnet", "too_many_ports", "a VPC holds at most 65000 ports"));
-    }
-    crate::quota::enforce(&state, &mut w.tx, p, Resource::Ports, 1).await?;
-    let groups = db::group_ids(&mut w.tx, p).await?;
-    let port = req.into_port(Uuid::new_v4(), &subnet, &existing, |g| groups.contains(g))?;
-    db::insert_port(&mut w.tx, p, &port, state.now()).await?;
-    let row = db::get_port(&mut w.tx, p, port.id)
-        .await?
-        .ok_or_else(|| Error::internal("creating a port", "row vanished"))?;
-    w.finish(&state).await?;
-    tracing::info!(port = %port.id, ip = %port.ip, mac = %port.mac, by = %principal.user.name, "port created");
-    Ok((StatusCode::CREATED, axum::Json(port_view(row))))
-}
-
-async fn port_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Result<PortRow, Error> {
-    db::get_port(conn, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such port"))
+    app::network::ports::create_port(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One port.
@@ -541,9 +302,9 @@ pub async fn get_port(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<Port>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(port_view(port_in(&mut conn, p, id).await?)))
+    app::network::ports::get_port(&state, &principal, (p, id))
+        .await
+        .map(axum::Json)
 }
 
 /// Change a port's security groups, tags (micro-segmentation: a retag moves set elements
@@ -556,15 +317,9 @@ pub async fn update_port(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<PortUpdate>,
 ) -> Result<axum::Json<Port>, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let row = port_in(&mut w.tx, p, id).await?;
-    let groups = db::group_ids(&mut w.tx, p).await?;
-    let port = req.apply(&row.port, |g| groups.contains(g))?;
-    db::update_port(&mut w.tx, &port, state.now()).await?;
-    let row = port_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(port = %id, by = %principal.user.name, "port updated");
-    Ok(axum::Json(port_view(row)))
+    app::network::ports::update_port(&state, &principal, (p, id), req)
+        .await
+        .map(axum::Json)
 }
 
 /// Delete a port. Its node removes the device, its addresses from every set and their
@@ -576,49 +331,9 @@ pub async fn delete_port(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    port_in(&mut w.tx, p, id).await?;
-    not_in_an_instance(&mut w.tx, id).await?;
-    db::delete_port(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(port = %id, by = %principal.user.name, "port deleted");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// A port plugged into an instance belongs to it until the instance is deleted: 409
-/// `port_in_use`.
-async fn not_in_an_instance(conn: &mut rampart_db::Conn, port: Uuid) -> Result<(), Error> {
-    match rampart_db::compute::port_instance(conn, port).await? {
-        Some(i) => Err(crate::compute::port_in_use(format!(
-            "port {port} is plugged into instance {i}; delete the instance first"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Plugging a device into a host's namespaces is an operator's act (`system.manage`), not a
-/// tenant's: 404 for a project the caller cannot see at all, 403 for everyone else without
-/// the system role. A system administrator needs no role on the project.
-async fn operator_write(state: &AppState, principal: &Principal, p: Uuid) -> Result<Write, Error> {
-    match principal.project(state, p, "project.read").await {
-        Ok(_) | Err(Error::Forbidden { .. }) => {}
-        Err(e) => return Err(e),
-    }
-    principal.require_system(state, "system.manage")?;
-    Write::open(state, p).await
-}
-
-fn valid_ifname(s: &str) -> bool {
-    (1..=15).contains(&s.len())
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-fn valid_netns(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    app::network::ports::delete_port(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 /// Plug a port into a node (system administrators; the compute service does it for VM
@@ -633,45 +348,9 @@ pub async fn bind_port(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<PortBinding>,
 ) -> Result<axum::Json<Port>, Error> {
-    let mut w = operator_write(&state, &principal, p).await?;
-    let row = port_in(&mut w.tx, p, id).await?;
-    not_in_an_instance(&mut w.tx, id).await?;
-    if let PortDevice::Veth { peer_netns, peer_name } = &req.device {
-        if !valid_netns(peer_netns) {
-            return Err(invalid(
-                "device.peer_netns",
-                "invalid_netns",
-                "peer_netns must be 1-64 letters, digits, '-', '_' or '.'",
-            ));
-        }
-        if !valid_ifname(peer_name) {
-            return Err(invalid(
-                "device.peer_name",
-                "invalid_ifname",
-                "peer_name must be an interface name of 1-15 letters, digits, '-', '_' or '.'",
-            ));
-        }
-    }
-    if rampart_db::nodes::get(&mut w.tx, req.node).await?.is_none() {
-        return Err(invalid("node", "unknown_node", "no such node"));
-    }
-    for other in db::ports_on_node(&mut w.tx, req.node).await? {
-        if other.port.id != id && other.device.as_ref() == Some(&req.device) && req.device != PortDevice::Tap {
-            return Err(Error::conflict(format!(
-                "port {} already uses that device on this node",
-                other.port.id
-            )));
-        }
-    }
-    db::bind_port(&mut w.tx, id, Some((req.node, &req.device)), state.now()).await?;
-    let row = PortRow {
-        node: Some(req.node),
-        device: Some(req.device.clone()),
-        ..row
-    };
-    w.finish(&state).await?;
-    tracing::info!(port = %id, node = %req.node, by = %principal.user.name, "port bound");
-    Ok(axum::Json(port_view(row)))
+    app::network::ports::bind_port(&state, &principal, (p, id), req)
+        .await
+        .map(axum::Json)
 }
 
 /// Unplug a port from its node.
@@ -682,13 +361,9 @@ pub async fn unbind_port(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = operator_write(&state, &principal, p).await?;
-    port_in(&mut w.tx, p, id).await?;
-    not_in_an_instance(&mut w.tx, id).await?;
-    db::bind_port(&mut w.tx, id, None, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(port = %id, by = %principal.user.name, "port unbound");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::ports::unbind_port(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- segmentation policies ----
@@ -702,12 +377,9 @@ pub async fn list_policies(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<SegmentationPolicy>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_policies(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |x| x.name.clone());
-    Ok(axum::Json(List { items, next }))
+    app::network::policies::list_policies(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Create a micro-segmentation policy between tag selectors (10.9-1). Policies are evaluated
@@ -722,12 +394,9 @@ pub async fn create_policy(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<SegmentationPolicyCreate>,
 ) -> Result<(StatusCode, axum::Json<SegmentationPolicy>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let pol = req.into_policy(Uuid::new_v4())?;
-    db::insert_policy(&mut w.tx, p, &pol, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(policy = %pol.id, name = %pol.name, by = %principal.user.name, "segmentation policy created");
-    Ok((StatusCode::CREATED, axum::Json(pol)))
+    app::network::policies::create_policy(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One segmentation policy.
@@ -738,12 +407,9 @@ pub async fn get_policy(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<SegmentationPolicy>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    db::get_policy(&mut conn, p, id)
-        .await?
+    app::network::policies::get_policy(&state, &principal, (p, id))
+        .await
         .map(axum::Json)
-        .ok_or_else(|| Error::not_found("no such segmentation policy"))
 }
 
 /// Delete a segmentation policy.
@@ -754,14 +420,9 @@ pub async fn delete_policy(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    db::get_policy(&mut w.tx, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such segmentation policy"))?;
-    db::delete_policy(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(policy = %id, by = %principal.user.name, "segmentation policy deleted");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::policies::delete_policy(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- floating IPs ----
@@ -775,33 +436,9 @@ pub async fn list_floating_ips(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<axum::Json<List<FloatingIp>>, Error> {
-    read(&state, &principal, p).await?;
-    let page = page(&q)?;
-    let mut conn = state.db.conn().await?;
-    let rows = db::list_floating_ips(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |f| f.id.to_string());
-    Ok(axum::Json(List {
-        items: items.into_iter().map(fip_view).collect(),
-        next,
-    }))
-}
-
-/// Checks that `port` may receive a floating IP: a port of the project in an external VPC.
-async fn fip_target(conn: &mut rampart_db::Conn, p: Uuid, port: Uuid) -> Result<(), Error> {
-    let row = db::get_port(conn, p, port)
-        .await?
-        .ok_or_else(|| invalid("port", "unknown_port", "no such port in this project"))?;
-    let vpc = db::vpc_by_id(conn, row.port.vpc)
-        .await?
-        .ok_or_else(|| Error::internal("reading a VPC", "port without VPC"))?;
-    if vpc.router_external_ip.is_none() {
-        return Err(invalid(
-            "port",
-            "vpc_not_external",
-            "the port's VPC is not connected to the external network (PATCH it with external=true)",
-        ));
-    }
-    Ok(())
+    app::network::floating_ips::list_floating_ips(&state, &principal, p, q)
+        .await
+        .map(axum::Json)
 }
 
 /// Allocate a floating IP from the external network, optionally forwarding to a port: from
@@ -814,26 +451,9 @@ pub async fn create_floating_ip(
     ApiPath(p): ApiPath<Uuid>,
     ApiJson(req): ApiJson<FloatingIpCreate>,
 ) -> Result<(StatusCode, axum::Json<FloatingIp>), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    if let Some(port) = req.port {
-        fip_target(&mut w.tx, p, port).await?;
-    }
-    let address = network::allocate_external(&mut w.tx, &state.config).await?;
-    let fip = model::FloatingIp {
-        id: Uuid::new_v4(),
-        address,
-        port: req.port,
-    };
-    db::insert_floating_ip(&mut w.tx, p, &fip, state.now()).await?;
-    w.finish(&state).await?;
-    tracing::info!(fip = %fip.id, address = %fip.address, port = ?fip.port, by = %principal.user.name, "floating IP allocated");
-    Ok((StatusCode::CREATED, axum::Json(fip_view(fip))))
-}
-
-async fn fip_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Result<model::FloatingIp, Error> {
-    db::get_floating_ip(conn, p, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such floating IP"))
+    app::network::floating_ips::create_floating_ip(&state, &principal, p, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One floating IP.
@@ -844,9 +464,9 @@ pub async fn get_floating_ip(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<axum::Json<FloatingIp>, Error> {
-    read(&state, &principal, p).await?;
-    let mut conn = state.db.conn().await?;
-    Ok(axum::Json(fip_view(fip_in(&mut conn, p, id).await?)))
+    app::network::floating_ips::get_floating_ip(&state, &principal, (p, id))
+        .await
+        .map(axum::Json)
 }
 
 /// Point a floating IP at another port, or at none (`"port": null`).
@@ -858,18 +478,9 @@ pub async fn update_floating_ip(
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(req): ApiJson<FloatingIpUpdate>,
 ) -> Result<axum::Json<FloatingIp>, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    let mut fip = fip_in(&mut w.tx, p, id).await?;
-    if let Some(port) = req.port {
-        if let Some(port) = port {
-            fip_target(&mut w.tx, p, port).await?;
-        }
-        db::associate_floating_ip(&mut w.tx, id, port).await?;
-        fip.port = port;
-    }
-    w.finish(&state).await?;
-    tracing::info!(fip = %id, port = ?fip.port, by = %principal.user.name, "floating IP updated");
-    Ok(axum::Json(fip_view(fip)))
+    app::network::floating_ips::update_floating_ip(&state, &principal, (p, id), req)
+        .await
+        .map(axum::Json)
 }
 
 /// Release a floating IP.
@@ -880,12 +491,9 @@ pub async fn delete_floating_ip(
     principal: Principal,
     ApiPath((p, id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<StatusCode, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
-    fip_in(&mut w.tx, p, id).await?;
-    db::delete_floating_ip(&mut w.tx, id).await?;
-    w.finish(&state).await?;
-    tracing::info!(fip = %id, by = %principal.user.name, "floating IP released");
-    Ok(StatusCode::NO_CONTENT)
+    app::network::floating_ips::delete_floating_ip(&state, &principal, (p, id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 // ---- analysis ----
@@ -900,44 +508,9 @@ pub async fn reachability(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<ReachabilityQuery>,
 ) -> Result<axum::Json<Reachability>, Error> {
-    read(&state, &principal, p).await?;
-    match (q.protocol, q.port) {
-        (Protocol::Any, _) => {
-            return Err(invalid(
-                "protocol",
-                "protocol_any",
-                "ask about one protocol: tcp, udp or icmp",
-            ));
-        }
-        (Protocol::Tcp | Protocol::Udp, None) => {
-            return Err(invalid("port", "port_required", "tcp and udp need a destination port"));
-        }
-        (Protocol::Icmp, Some(_)) => {
-            return Err(invalid("port", "ports_require_tcp_or_udp", "icmp has no ports"));
-        }
-        (_, Some(0)) => return Err(invalid("port", "port_out_of_range", "ports are 1-65535")),
-        _ => {}
-    }
-    let mut conn = state.db.conn().await?;
-    let from = db::get_port(&mut conn, p, q.from)
-        .await?
-        .ok_or_else(|| Error::not_found("no such port (from)"))?;
-    let to = db::get_port(&mut conn, p, q.to)
-        .await?
-        .ok_or_else(|| Error::not_found("no such port (to)"))?;
-    if from.port.vpc != to.port.vpc {
-        return Err(invalid(
-            "to",
-            "different_vpc",
-            "the ports are in different VPCs, which are never connected to each other",
-        ));
-    }
-    let net = network::vpc_network(&mut conn, from.port.vpc, None)
-        .await?
-        .ok_or_else(|| Error::internal("reading a VPC", "port without VPC"))?;
-    rampart_net::reach::reachable(&net, &q.from, &q.to, q.protocol, q.port)
+    app::network::analysis::reachability(&state, &principal, p, q)
+        .await
         .map(axum::Json)
-        .ok_or_else(|| Error::internal("analysing reachability", "port missing from its VPC"))
 }
 
 /// The flow graph of the project (10.9-2): which ports opened which flows to which, and which
@@ -951,56 +524,12 @@ pub async fn flows(
     ApiPath(p): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<FlowsQuery>,
 ) -> Result<Response, Error> {
-    read(&state, &principal, p).await?;
-    let dot = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("dot") => true,
-        Some(_) => return Err(invalid("format", "invalid_format", "format is json or dot")),
-    };
-    let since = match &q.since {
-        Some(s) => Some(
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| invalid("since", "invalid_time", "since is an RFC 3339 time"))?,
-        ),
-        None => None,
-    };
-    let mut conn = state.db.conn().await?;
-    let mut vpcs: BTreeMap<Uuid, Vec<PortRow>> = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let rows = db::list_vpcs(&mut conn, p, after.as_deref(), 1000).await?;
-        let done = rows.len() < 1000;
-        after = rows.last().map(|r| r.vpc.name.clone());
-        for r in rows {
-            if q.vpc.is_none_or(|v| v == r.vpc.id) {
-                vpcs.insert(r.vpc.id, db::ports_of_vpc(&mut conn, r.vpc.id).await?);
-            }
+    Ok(match app::network::analysis::flows(&state, &principal, p, q).await? {
+        app::network::analysis::Flows::Json(graph) => axum::Json(graph).into_response(),
+        app::network::analysis::Flows::Dot(dot) => {
+            ([(http::header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")], dot).into_response()
         }
-        if done {
-            break;
-        }
-    }
-    let nodes: Vec<Uuid> = network::nodes_of_project(&mut conn, p)
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let reports: Vec<(Uuid, NetworkStatus)> = db::node_statuses(&mut conn, &nodes)
-        .await?
-        .into_iter()
-        .filter(|(_, _, at)| since.is_none_or(|s| *at >= s))
-        .filter_map(|(n, json, _)| serde_json::from_str(&json).ok().map(|s| (n, s)))
-        .collect();
-    let graph = network::flow_graph(&reports, &vpcs);
-    if dot {
-        Ok((
-            [(http::header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
-            network::flow_dot(&graph),
-        )
-            .into_response())
-    } else {
-        Ok(axum::Json(graph).into_response())
-    }
+    })
 }
 
 /// The latest data-plane report of a node: per VPC, the drop counters (spoofing, DHCP
@@ -1012,17 +541,7 @@ pub async fn node_network(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<axum::Json<NodeNetworkReport>, Error> {
-    principal.require_system(&state, "system.read")?;
-    let mut conn = state.db.conn().await?;
-    let (_, json, updated_at) = db::node_statuses(&mut conn, &[id])
-        .await?
-        .pop()
-        .ok_or_else(|| Error::not_found("no network report from this node yet"))?;
-    let status: NetworkStatus =
-        serde_json::from_str(&json).map_err(|e| Error::internal("reading a node's network report", e))?;
-    Ok(axum::Json(NodeNetworkReport {
-        node: id,
-        status,
-        updated_at,
-    }))
+    app::network::analysis::node_network(&state, &principal, id)
+        .await
+        .map(axum::Json)
 }
