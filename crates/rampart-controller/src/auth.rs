@@ -14,12 +14,13 @@ use rampart_api::{ProjectRef, TokenScope, UserRef};
 use rampart_common::Error;
 use rampart_db::credentials;
 use rampart_db::identity;
-use rampart_iam::authz::{Ctx, Subject, Target};
+use rampart_iam::authz::{Ctx, Subject, Target, action};
+use rampart_iam::rules::{role_names, source_allowed, subject, within_validity};
 use rampart_iam::secrets;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::identity::{expanded_assignments, role_names, source_allowed, subject, within_validity};
+use crate::identity::expanded_assignments;
 use crate::server::ConnInfo;
 use crate::state::AppState;
 
@@ -121,10 +122,8 @@ impl Principal {
         };
         let allowed = self.can(state, action, target);
         let sees = allowed
-            || ["project.read", "keys.use", "keys.manage"]
-                .iter()
-                .any(|a| self.can(state, a, target))
-            || self.can(state, "identity.read", Target::Domain(project.domain_id));
+            || action::PROJECT_VISIBLE.iter().any(|a| self.can(state, a, target))
+            || self.can(state, action::IDENTITY_READ, Target::Domain(project.domain_id));
         if !sees {
             return Err(Error::not_found("no such project"));
         }
@@ -168,7 +167,7 @@ impl Principal {
     pub fn require_in_domain(&self, state: &AppState, action: &str, domain: Uuid, what: &str) -> Result<(), Error> {
         if self.can_in_domain(state, action, domain) {
             Ok(())
-        } else if self.can_in_domain(state, "identity.read", domain) {
+        } else if self.can_in_domain(state, action::IDENTITY_READ, domain) {
             Err(Error::forbidden(format!(
                 "your roles do not allow {action} in this domain"
             )))
@@ -239,10 +238,15 @@ pub async fn authenticate(state: &AppState, token: &str, client_ip: IpAddr) -> R
     let Some(domain) = domain.filter(|d| d.enabled && user.enabled) else {
         return Err(dead());
     };
-    if !within_validity(&user, now) {
+    if !within_validity(user.valid_from, user.valid_until, now) {
         return Err(dead());
     }
-    if !source_allowed(&policy, &domain.allowed_source_cidrs, &user, client_ip) {
+    if !source_allowed(
+        &policy,
+        &domain.allowed_source_cidrs,
+        &user.allowed_source_cidrs,
+        client_ip,
+    ) {
         tracing::warn!(user = %user.name, ip = %client_ip, "token used from a source outside the allowed ranges");
         return Err(dead());
     }

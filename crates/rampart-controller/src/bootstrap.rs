@@ -15,8 +15,10 @@ use rampart_db::{Db, DbError, meta};
 use rampart_iam::{password, secrets};
 use time::OffsetDateTime;
 
-use crate::routes::auth::{BOOTSTRAP_ADMIN_KEY, BOOTSTRAP_SECURITY_KEY};
-
+/// Where the bootstrap users' ids are kept: their one-time password files go once they change
+/// their passwords.
+pub const BOOTSTRAP_ADMIN_KEY: &str = "bootstrap_admin_user_id";
+pub const BOOTSTRAP_SECURITY_KEY: &str = "bootstrap_security_user_id";
 pub const PASSWORD_FILE: &str = "bootstrap-admin-password";
 pub const SECURITY_PASSWORD_FILE: &str = "bootstrap-security-password";
 /// The bootstrap security admin's name.

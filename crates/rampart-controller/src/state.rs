@@ -70,7 +70,7 @@ impl AppState {
             return Ok(p.clone());
         }
         let mut conn = self.db.conn().await?;
-        let p = crate::identity::load_compliance(&mut conn).await?;
+        let p = rampart_db::identity::load_compliance(&mut conn).await?;
         *self.compliance.write().expect("compliance lock") = Some((std::time::Instant::now(), p.clone()));
         Ok(p)
     }

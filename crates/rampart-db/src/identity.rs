@@ -15,6 +15,24 @@ fn to_json(v: &[String]) -> String {
     serde_json::to_string(v).expect("a list of strings serialises")
 }
 
+const COMPLIANCE_KEY: &str = "security_compliance";
+
+/// The stored security-compliance policy, or the defaults when none was ever set.
+pub async fn load_compliance(conn: &mut AnyConnection) -> Result<rampart_api::SecurityCompliance> {
+    Ok(match crate::meta::get(conn, COMPLIANCE_KEY).await? {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| DbError::Corrupt(format!("the stored security-compliance policy does not parse: {e}")))?,
+        None => rampart_api::SecurityCompliance::default(),
+    })
+}
+
+/// Replaces the stored security-compliance policy.
+pub async fn store_compliance(conn: &mut AnyConnection, p: &rampart_api::SecurityCompliance) -> Result<()> {
+    let json = serde_json::to_string(p)
+        .map_err(|e| DbError::Corrupt(format!("the security-compliance policy does not encode: {e}")))?;
+    crate::meta::set(conn, COMPLIANCE_KEY, &json).await
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
     pub id: Uuid,

@@ -46,6 +46,67 @@ pub const ACTIONS: &[&str] = &[
     "self.manage",
 ];
 
+/// The actions of the schema as named constants, so a call site cannot misspell one (a typo in
+/// a string would simply be denied by Cedar, silently).
+pub mod action {
+    pub const SYSTEM_READ: &str = "system.read";
+    pub const SYSTEM_MANAGE: &str = "system.manage";
+    pub const SECURITY_READ: &str = "security.read";
+    pub const SECURITY_MANAGE: &str = "security.manage";
+    pub const AUDIT_READ: &str = "audit.read";
+    pub const AUDIT_VERIFY: &str = "audit.verify";
+    pub const AUDIT_MANAGE: &str = "audit.manage";
+    pub const DOMAIN_MANAGE: &str = "domain.manage";
+    pub const IDENTITY_READ: &str = "identity.read";
+    pub const IDENTITY_MANAGE: &str = "identity.manage";
+    pub const USER_UNLOCK: &str = "user.unlock";
+    pub const USER_RESET_PASSWORD: &str = "user.reset_password";
+    pub const ASSIGNMENT_SYSTEM: &str = "assignment.system";
+    pub const ASSIGNMENT_SECURITY: &str = "assignment.security";
+    pub const ASSIGNMENT_DOMAIN: &str = "assignment.domain";
+    pub const PROJECT_READ: &str = "project.read";
+    pub const PROJECT_WRITE: &str = "project.write";
+    pub const PROJECT_ADMIN: &str = "project.admin";
+    pub const KEYS_MANAGE: &str = "keys.manage";
+    pub const KEYS_USE: &str = "keys.use";
+    pub const ASSIGNMENT_PROJECT: &str = "assignment.project";
+    pub const ASSIGNMENT_KEY: &str = "assignment.key";
+    pub const ASSIGNMENT_KEY_FIRST: &str = "assignment.key_first";
+    pub const SELF_MANAGE: &str = "self.manage";
+
+    /// Every constant above, in the order of [`super::ACTIONS`].
+    pub const ALL: &[&str] = &[
+        SYSTEM_READ,
+        SYSTEM_MANAGE,
+        SECURITY_READ,
+        SECURITY_MANAGE,
+        AUDIT_READ,
+        AUDIT_VERIFY,
+        AUDIT_MANAGE,
+        DOMAIN_MANAGE,
+        IDENTITY_READ,
+        IDENTITY_MANAGE,
+        USER_UNLOCK,
+        USER_RESET_PASSWORD,
+        ASSIGNMENT_SYSTEM,
+        ASSIGNMENT_SECURITY,
+        ASSIGNMENT_DOMAIN,
+        PROJECT_READ,
+        PROJECT_WRITE,
+        PROJECT_ADMIN,
+        KEYS_MANAGE,
+        KEYS_USE,
+        ASSIGNMENT_PROJECT,
+        ASSIGNMENT_KEY,
+        ASSIGNMENT_KEY_FIRST,
+        SELF_MANAGE,
+    ];
+
+    /// Actions that let a caller see a project (and so get 403 rather than 404 from it): key
+    /// admins and key users see the project whose keys they hold.
+    pub const PROJECT_VISIBLE: &[&str] = &[PROJECT_READ, KEYS_USE, KEYS_MANAGE];
+}
+
 /// Roles held at system scope.
 pub const SYSTEM_ROLES: &[&str] = &["system-admin", "security-admin", "auditor"];
 /// Roles held on a project.
@@ -828,5 +889,10 @@ mod doc_tests {
                 "docs/authz.md ({name}) is stale: UPDATE_GOLDEN=1 cargo test -p rampart-iam"
             );
         }
+    }
+
+    #[test]
+    fn action_constants_are_the_schema_actions() {
+        assert_eq!(super::action::ALL, ACTIONS);
     }
 }

@@ -5,9 +5,11 @@
 pub mod authz;
 pub mod credkey;
 pub mod denylist;
+pub mod lockout;
 pub mod net;
 pub mod password;
 pub mod policy;
+pub mod rules;
 pub mod secrets;
 pub mod throttle;
 pub mod totp;

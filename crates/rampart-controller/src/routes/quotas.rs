@@ -1,55 +1,16 @@
-//! Per-project quotas: read by anyone who sees the project, set by system admins.
+//! Per-project quotas (`app::identity::quotas`): read by anyone who sees the project, set by
+//! system admins.
 
 use axum::extract::State;
-use rampart_api::{ProjectQuotas, QuotaSet, QuotaValues};
+use rampart_api::{ProjectQuotas, QuotaSet};
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
-use rampart_common::quota::{MAX_LIMIT, QuotaConfig, Resource};
-use rampart_db::quotas::{self as db, Overrides};
 use uuid::Uuid;
 
+use crate::app::identity::quotas;
 use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
-
-fn values(f: impl Fn(Resource) -> u64) -> QuotaValues {
-    QuotaValues {
-        images: f(Resource::Images),
-        instances: f(Resource::Instances),
-        vpcs: f(Resource::Vpcs),
-        ports: f(Resource::Ports),
-        keys: f(Resource::Keys),
-        certificates: f(Resource::Certificates),
-    }
-}
-
-fn own(o: &Overrides) -> QuotaSet {
-    QuotaSet {
-        images: o.get(Resource::Images),
-        instances: o.get(Resource::Instances),
-        vpcs: o.get(Resource::Vpcs),
-        ports: o.get(Resource::Ports),
-        keys: o.get(Resource::Keys),
-        certificates: o.get(Resource::Certificates),
-    }
-}
-
-async fn view(state: &AppState, project: Uuid) -> Result<ProjectQuotas, Error> {
-    let mut conn = state.db.conn().await?;
-    let o = db::overrides(&mut conn, project).await?;
-    let limits: QuotaConfig = o.effective(&state.config.quotas);
-    let mut used = [0u64; 6];
-    for (i, r) in Resource::ALL.into_iter().enumerate() {
-        used[i] = db::usage(&mut conn, project, r).await?;
-    }
-    let at = |r: Resource| used[Resource::ALL.iter().position(|x| *x == r).unwrap_or(0)];
-    Ok(ProjectQuotas {
-        project_id: project,
-        limits: values(|r| u64::from(limits.limit(r))),
-        used: values(at),
-        own: own(&o),
-    })
-}
 
 /// The project's quotas: limits in force, usage, and its own limits.
 #[utoipa::path(get, path = "/v1/projects/{project}/quotas", tag = "identity", params(("project" = Uuid, Path)), security(("bearer" = [])),
@@ -59,8 +20,7 @@ pub async fn get_quotas(
     principal: Principal,
     ApiPath(project): ApiPath<Uuid>,
 ) -> Result<axum::Json<ProjectQuotas>, Error> {
-    principal.project(&state, project, "project.read").await?;
-    Ok(axum::Json(view(&state, project).await?))
+    Ok(axum::Json(quotas::get_quotas(&state, &principal, project).await?))
 }
 
 /// Set the project's own limits (system admins); a field left out or `null` takes the
@@ -74,34 +34,5 @@ pub async fn put_quotas(
     ApiPath(project): ApiPath<Uuid>,
     ApiJson(req): ApiJson<QuotaSet>,
 ) -> Result<axum::Json<ProjectQuotas>, Error> {
-    principal.require_system(&state, "system.manage")?;
-    {
-        let mut conn = state.db.conn().await?;
-        if rampart_db::identity::project_by_id(&mut conn, project).await?.is_none() {
-            return Err(Error::not_found("no such project"));
-        }
-    }
-    let mut o = Overrides::default();
-    for (r, v) in [
-        (Resource::Images, req.images),
-        (Resource::Instances, req.instances),
-        (Resource::Vpcs, req.vpcs),
-        (Resource::Ports, req.ports),
-        (Resource::Keys, req.keys),
-        (Resource::Certificates, req.certificates),
-    ] {
-        if v.is_some_and(|v| v > MAX_LIMIT) {
-            return Err(Error::field(
-                r.as_str(),
-                format!("{} must be at most {MAX_LIMIT}", r.as_str()),
-            ));
-        }
-        o.set(r, v);
-    }
-    {
-        let mut conn = state.db.conn().await?;
-        db::set_overrides(&mut conn, project, &o, state.now()).await?;
-    }
-    tracing::info!(%project, quotas = ?req, by = %principal.user.name, "project quotas set");
-    Ok(axum::Json(view(&state, project).await?))
+    Ok(axum::Json(quotas::put_quotas(&state, &principal, project, req).await?))
 }

@@ -1,68 +1,21 @@
-//! The role catalogue: built-in roles and custom roles (named bundles of project roles).
+//! The role catalogue: built-in roles and custom roles (`app::roles`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use rampart_api::{List, Role, RoleCreate, RoleUpdate};
+use rampart_common::Error;
 use rampart_common::error::ErrorBody;
-use rampart_common::{Error, names};
-use rampart_db::groups;
-use rampart_iam::authz::PROJECT_ROLES;
 
-use super::identity::check_text;
+use crate::app::roles;
 use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath};
 use crate::state::AppState;
-
-fn builtin_role(name: &str, description: &str) -> Role {
-    Role {
-        id: name.to_string(),
-        name: name.to_string(),
-        description: description.to_string(),
-        builtin: true,
-        implies: vec![],
-    }
-}
-
-fn custom_role_view(r: groups::CustomRole) -> Role {
-    Role {
-        id: r.id.to_string(),
-        name: r.name,
-        description: r.description,
-        builtin: false,
-        implies: r.implies,
-    }
-}
 
 /// Built-in and custom roles.
 #[utoipa::path(get, path = "/v1/roles", tag = "identity", security(("bearer" = [])),
     responses((status = 200, body = List<Role>), (status = 401, body = ErrorBody)))]
 pub async fn list_roles(State(state): State<AppState>, _principal: Principal) -> Result<axum::Json<List<Role>>, Error> {
-    let mut items: Vec<Role> = rampart_api::BUILTIN_ROLES
-        .iter()
-        .map(|(n, d)| builtin_role(n, d))
-        .collect();
-    let mut conn = state.db.conn().await?;
-    items.extend(groups::roles(&mut conn).await?.into_iter().map(custom_role_view));
-    Ok(axum::Json(List { items, next: None }))
-}
-
-fn check_implies(implies: &[String]) -> Result<(), Error> {
-    if implies.is_empty() {
-        return Err(Error::field(
-            "implies",
-            "a custom role must grant at least one built-in role",
-        ));
-    }
-    for r in implies {
-        if !PROJECT_ROLES.contains(&r.as_str()) {
-            // Bundles are for tenants: system and domain roles are granted one by one.
-            return Err(Error::field(
-                "implies",
-                format!("{r:?} is not a project role ({})", PROJECT_ROLES.join(", ")),
-            ));
-        }
-    }
-    Ok(())
+    Ok(axum::Json(roles::list_roles(&state).await?))
 }
 
 /// Create a custom role: a named bundle of built-in project roles (system-admin).
@@ -73,35 +26,8 @@ pub async fn create_role(
     principal: Principal,
     ApiJson(req): ApiJson<RoleCreate>,
 ) -> Result<(StatusCode, axum::Json<Role>), Error> {
-    principal.require_system(&state, "identity.manage")?;
-    names::validate_name("name", &req.name)?;
-    if rampart_api::is_builtin_role(&req.name) {
-        return Err(Error::conflict(format!("{:?} is a built-in role", req.name)));
-    }
-    check_text("description", &req.description, 1024)?;
-    check_implies(&req.implies)?;
-    let mut conn = state.db.conn().await?;
-    let r = groups::create_role(
-        &mut conn,
-        &req.name,
-        req.description.as_deref().unwrap_or(""),
-        &req.implies,
-        state.now(),
-    )
-    .await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role created");
-    Ok((StatusCode::CREATED, axum::Json(custom_role_view(r))))
-}
-
-async fn find_role(state: &AppState, id: &str) -> Result<Role, Error> {
-    if let Some((n, d)) = rampart_api::BUILTIN_ROLES.iter().find(|(n, _)| *n == id) {
-        return Ok(builtin_role(n, d));
-    }
-    let mut conn = state.db.conn().await?;
-    groups::role(&mut conn, id)
-        .await?
-        .map(custom_role_view)
-        .ok_or_else(|| Error::not_found("no such role"))
+    let v = roles::create_role(&state, &principal, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(v)))
 }
 
 /// One role (a built-in role's id is its name).
@@ -112,18 +38,7 @@ pub async fn get_role(
     _principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Role>, Error> {
-    Ok(axum::Json(find_role(&state, &id).await?))
-}
-
-async fn custom_role(state: &AppState, principal: &Principal, id: &str) -> Result<groups::CustomRole, Error> {
-    principal.require_system(state, "identity.manage")?;
-    if rampart_api::is_builtin_role(id) {
-        return Err(Error::conflict("built-in roles cannot be changed"));
-    }
-    let mut conn = state.db.conn().await?;
-    groups::role(&mut conn, id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such role"))
+    Ok(axum::Json(roles::get_role(&state, &id).await?))
 }
 
 /// Change a custom role; holders get the new bundle at their next request.
@@ -135,26 +50,7 @@ pub async fn update_role(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RoleUpdate>,
 ) -> Result<axum::Json<Role>, Error> {
-    let mut r = custom_role(&state, &principal, &id).await?;
-    check_text("description", &req.description, 1024)?;
-    if let Some(v) = req.description {
-        r.description = v;
-    }
-    let mut conn = state.db.conn().await?;
-    if let Some(v) = req.implies {
-        check_implies(&v)?;
-        // A bundle that gains a role would hand it to every holder without the grant rules:
-        // an assigned custom role may only shrink.
-        if v.iter().any(|x| !r.implies.contains(x)) && groups::role_assignment_count(&mut conn, &r.name).await? > 0 {
-            return Err(Error::conflict(
-                "an assigned custom role cannot gain roles; create a new role and grant it instead",
-            ));
-        }
-        r.implies = v;
-    }
-    groups::update_role(&mut conn, &r).await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role updated");
-    Ok(axum::Json(custom_role_view(r)))
+    Ok(axum::Json(roles::update_role(&state, &principal, &id, req).await?))
 }
 
 /// Delete an unassigned custom role.
@@ -165,9 +61,6 @@ pub async fn delete_role(
     principal: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, Error> {
-    let r = custom_role(&state, &principal, &id).await?;
-    let mut conn = state.db.conn().await?;
-    groups::delete_role(&mut conn, &r).await?;
-    tracing::info!(role = %r.name, by = %principal.user.name, "role deleted");
+    roles::delete_role(&state, &principal, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
