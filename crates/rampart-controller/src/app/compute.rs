@@ -1,1 +1,0 @@
-//! (being moved here from `routes/`; see issue 14)
