@@ -73,6 +73,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// How this session appears in the audit trail.
+    pub fn audit_actor(&self) -> rampart_audit::record::Actor {
+        rampart_audit::record::Actor::user(
+            self.user.id.to_string(),
+            self.user.name.clone(),
+            self.user.domain.clone(),
+            if self.application_credential.is_some() {
+                rampart_audit::record::AuthMethod::ApplicationCredential
+            } else {
+                rampart_audit::record::AuthMethod::Token
+            },
+        )
+    }
+
     pub fn ctx(&self, now: OffsetDateTime) -> Ctx {
         Ctx {
             now,
@@ -331,7 +345,7 @@ pub async fn require_token(
     }
     let mut principal = authenticate(&state, &token, ip).await?;
     principal.via_cookie = via_cookie;
-    crate::audit::note_principal(&principal);
+    crate::audit::note_actor(principal.audit_actor());
     if principal.scope != TokenScope::Full && !mfa_enrollment_path(req.uri().path(), req.method()) {
         return Err(Error::Forbidden {
             code: "mfa_required",

@@ -47,7 +47,7 @@ use rampart_db::audit::SqlAuditStore;
 use time::OffsetDateTime;
 
 pub use settings::{FORWARDING_KEY, ForwardingSettings, ForwardingState, load_forwarding};
-pub use slot::{AuditSlot, SlotData, actor_of, note, note_detail, note_login_actor, note_principal};
+pub use slot::{AuditSlot, SlotData, note, note_actor, note_detail, note_login_actor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditSetupError {

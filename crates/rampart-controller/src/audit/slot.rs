@@ -12,7 +12,6 @@ use rampart_audit::record::NewRecord;
 use time::OffsetDateTime;
 
 use super::operations::Classified;
-use crate::auth::Principal;
 
 /// What the middleware knows of a call before it runs.
 #[derive(Debug, Clone)]
@@ -73,23 +72,9 @@ pub fn note(f: impl FnOnce(&mut SlotData)) {
     let _ = SLOT.try_with(|s| f(&mut s.0.lock().expect("audit slot lock")));
 }
 
-/// The actor of an authenticated session.
-pub fn actor_of(p: &Principal) -> Actor {
-    Actor::user(
-        p.user.id.to_string(),
-        p.user.name.clone(),
-        p.user.domain.clone(),
-        if p.application_credential.is_some() {
-            AuthMethod::ApplicationCredential
-        } else {
-            AuthMethod::Token
-        },
-    )
-}
-
-/// Records the authenticated principal of this request (called by the token middleware).
-pub fn note_principal(p: &Principal) {
-    let actor = actor_of(p);
+/// Records the authenticated actor of this request (called by the token middleware; the first
+/// one noted wins).
+pub fn note_actor(actor: Actor) {
     note(|s| {
         if s.actor.is_none() {
             s.actor = Some(actor);
