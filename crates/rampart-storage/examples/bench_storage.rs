@@ -43,7 +43,12 @@ fn qemu_img_bench(target: &[String], secret: Option<&Sensitive>, write: bool, bs
     let secs: f64 = out
         .stdout
         .lines()
-        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("Run completed in ")?
+                .strip_suffix(" seconds.")?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no timing in {:?}", out.stdout));
     secs
 }
@@ -59,8 +64,13 @@ fn load_avg() -> Vec<f64> {
 
 fn main() {
     let out = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench/storage.json".into()));
-    let gib: u64 = std::env::var("BENCH_GIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let base = std::env::var("BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
+    let gib: u64 = std::env::var("BENCH_GIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let base = std::env::var("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target"));
     std::fs::create_dir_all(&base).expect("bench dir");
     let dir = tempfile::Builder::new()
         .prefix("bench-storage-")
@@ -126,7 +136,11 @@ fn main() {
         let r = qemu_img_bench(&raw_target, None, write, bs, step, count);
         let l = qemu_img_bench(&luks_target, Some(&pw), write, bs, step, count);
         let (unit, rv, lv) = if bs >= 1 << 20 {
-            ("MiB/s", (count * bs) as f64 / (1 << 20) as f64 / r, (count * bs) as f64 / (1 << 20) as f64 / l)
+            (
+                "MiB/s",
+                (count * bs) as f64 / (1 << 20) as f64 / r,
+                (count * bs) as f64 / (1 << 20) as f64 / l,
+            )
         } else {
             ("IOPS", count as f64 / r, count as f64 / l)
         };
@@ -137,7 +151,9 @@ fn main() {
             "limit": round(rv), "ratio": round(lv / rv), "goal": format!(">= {goal} of plain raw"),
         }));
     }
-    rows.push(json!({"metric": "create_from_image_luks_local", "value": round(create_s), "unit": "s/GiB", "goal": "report"}));
+    rows.push(
+        json!({"metric": "create_from_image_luks_local", "value": round(create_s), "unit": "s/GiB", "goal": "report"}),
+    );
 
     let t = Instant::now();
     let report = b.wipe(v.id, "bench").expect("wipe");

@@ -170,7 +170,12 @@ pub trait StorageBackend: Send + Sync {
 
     /// A point-in-time copy of a volume that is not attached, under the volume's passphrase
     /// (snapshots inherit the volume's key, as in EBS and Cinder). Its id names a new file.
-    fn snapshot(&self, volume: Uuid, snapshot: Uuid, passphrase: Option<&Sensitive>) -> Result<VolumeInfo, StorageError>;
+    fn snapshot(
+        &self,
+        volume: Uuid,
+        snapshot: Uuid,
+        passphrase: Option<&Sensitive>,
+    ) -> Result<VolumeInfo, StorageError>;
 
     /// A new volume from a snapshot, under the snapshot's passphrase.
     fn create_from_snapshot(
@@ -181,7 +186,12 @@ pub trait StorageBackend: Send + Sync {
     ) -> Result<VolumeInfo, StorageError>;
 
     /// Grows a volume to `new_size_bytes` (never shrinks).
-    fn extend(&self, volume: Uuid, new_size_bytes: u64, passphrase: Option<&Sensitive>) -> Result<VolumeInfo, StorageError>;
+    fn extend(
+        &self,
+        volume: Uuid,
+        new_size_bytes: u64,
+        passphrase: Option<&Sensitive>,
+    ) -> Result<VolumeInfo, StorageError>;
 
     /// Gives the volume file to the VM's uid (11.4), mode 0600.
     fn set_owner(&self, volume: Uuid, uid: u32, gid: u32) -> Result<(), StorageError>;

@@ -99,7 +99,9 @@ pub fn assess(df: &str, stats: &str, show: &str) -> BtrfsHealth {
         problems.push("a device of the pool is missing: it runs degraded, without redundancy".to_string());
     }
     if let Redundancy::BtrfsMixed { .. } = redundancy {
-        problems.push(format!("data is {data} and metadata {metadata}: not all of the pool is mirrored"));
+        problems.push(format!(
+            "data is {data} and metadata {metadata}: not all of the pool is mirrored"
+        ));
     }
     let device_errors = parse_device_stats(stats);
     for (dev, counters) in &device_errors {
@@ -131,8 +133,27 @@ pub fn pool_health(bin: &Path, path: &Path) -> Result<BtrfsHealth, ProcError> {
     let t = Duration::from_secs(30);
     let df = btrfs(bin, &["filesystem", "df"], path, t)?;
     let stats = btrfs(bin, &["device", "stats"], path, t)?;
-    let show = btrfs(bin, &["filesystem", "show"], path, t)?;
+    // `filesystem show` takes a mount point (or device), not any path inside the filesystem.
+    let show = btrfs(bin, &["filesystem", "show"], &mount_point(path)?, t)?;
     Ok(assess(&df, &stats, &show))
+}
+
+/// The mount point of the filesystem holding `path`: its highest ancestor on the same device.
+pub fn mount_point(path: &Path) -> Result<std::path::PathBuf, ProcError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| ProcError::Spawn {
+        program: "btrfs (finding the mount point)".into(),
+        source,
+    };
+    let mut at = path.canonicalize().map_err(io)?;
+    let dev = std::fs::metadata(&at).map_err(io)?.dev();
+    while let Some(parent) = at.parent() {
+        if std::fs::metadata(parent).map_err(io)?.dev() != dev {
+            break;
+        }
+        at = parent.to_path_buf();
+    }
+    Ok(at)
 }
 
 /// What one scrub found and did: the figures of `btrfs scrub start -B -R`.
@@ -240,11 +261,25 @@ mod tests {
         assert_eq!(h.redundancy, Redundancy::BtrfsRaid1 { devices: 2 });
         assert!(h.problems.is_empty(), "{:?}", h.problems);
         let h = assess(DF, &stats(16), SHOW);
-        assert_eq!(h.problems, vec!["device /dev/loop0 counted errors: corruption_errs=16".to_string()]);
+        assert_eq!(
+            h.problems,
+            vec!["device /dev/loop0 counted errors: corruption_errs=16".to_string()]
+        );
         assert_eq!(h.device_errors["/dev/loop0"]["corruption_errs"], 16);
-        let degraded = SHOW.replace("\tdevid    2 size 300.00MiB used 104.00MiB path /dev/loop1\n", "\t*** Some devices missing\n");
+        let degraded = SHOW.replace(
+            "\tdevid    2 size 300.00MiB used 104.00MiB path /dev/loop1\n",
+            "\t*** Some devices missing\n",
+        );
         let h = assess(DF, &stats(0), &degraded);
         assert!(h.problems[0].contains("missing"), "{:?}", h.problems);
+        // What btrfs-progs 6.2 prints for a degraded mount.
+        let degraded = SHOW.replace("path /dev/loop1", "path  MISSING").replace(
+            "size 300.00MiB used 104.00MiB path  MISSING",
+            "size 0 used 0 path  MISSING",
+        );
+        let h = assess(DF, &stats(0), &degraded);
+        assert!(h.problems[0].contains("missing"), "{:?}", h.problems);
+        assert!(mount_point(Path::new("/proc/self")).unwrap() == Path::new("/proc"));
         let single = "Data, single: total=8.00MiB, used=0.00B\nMetadata, DUP: total=51.19MiB, used=112.00KiB\n";
         assert_eq!(
             assess(single, "", SHOW).redundancy,
@@ -260,9 +295,14 @@ mod tests {
         let raw = "scrub done for 51e8\nScrub started:    Mon Dec  7 17:17:09 2026\nStatus:           finished\nDuration:         0:00:00\n\tdata_extents_scrubbed: 256\n\tdata_bytes_scrubbed: 16777216\n\tread_errors: 0\n\tcsum_errors: 16\n\tverify_errors: 0\n\tsuper_errors: 0\n\tuncorrectable_errors: 0\n\tunverified_errors: 0\n\tcorrected_errors: 16\n\tlast_physical: 110100480\n";
         let r = parse_scrub_raw(raw);
         assert!(r.finished);
-        assert_eq!((r.csum_errors, r.corrected_errors, r.data_bytes_scrubbed), (16, 16, 16_777_216));
+        assert_eq!(
+            (r.csum_errors, r.corrected_errors, r.data_bytes_scrubbed),
+            (16, 16, 16_777_216)
+        );
         assert_eq!(r.verdict(), ScrubVerdict::Repaired);
-        let clean = raw.replace("csum_errors: 16", "csum_errors: 0").replace("corrected_errors: 16", "corrected_errors: 0");
+        let clean = raw
+            .replace("csum_errors: 16", "csum_errors: 0")
+            .replace("corrected_errors: 16", "corrected_errors: 0");
         assert_eq!(parse_scrub_raw(&clean).verdict(), ScrubVerdict::Clean);
         let lost = raw.replace("uncorrectable_errors: 0", "uncorrectable_errors: 2");
         assert_eq!(parse_scrub_raw(&lost).verdict(), ScrubVerdict::Uncorrectable);

@@ -66,7 +66,12 @@ impl FakeBackend {
     }
 
     pub fn owner(&self, id: Uuid) -> Option<(u32, u32)> {
-        self.state.lock().expect("fake lock").vols.get(&id).and_then(|v| v.owner)
+        self.state
+            .lock()
+            .expect("fake lock")
+            .vols
+            .get(&id)
+            .and_then(|v| v.owner)
     }
 
     fn used(s: &State) -> u64 {
@@ -88,7 +93,9 @@ impl FakeBackend {
             (None, None) => Ok(()),
             (Some(k), Some(p)) if k == p.expose() => Ok(()),
             (Some(_), Some(_)) => Err(StorageError::Invalid(format!("wrong passphrase for {id}"))),
-            _ => Err(StorageError::Invalid("passphrase given for the wrong kind of volume".into())),
+            _ => Err(StorageError::Invalid(
+                "passphrase given for the wrong kind of volume".into(),
+            )),
         }
     }
 
@@ -155,7 +162,12 @@ impl StorageBackend for FakeBackend {
         self.add(spec, passphrase)
     }
 
-    fn snapshot(&self, volume: Uuid, snapshot: Uuid, passphrase: Option<&Sensitive>) -> Result<VolumeInfo, StorageError> {
+    fn snapshot(
+        &self,
+        volume: Uuid,
+        snapshot: Uuid,
+        passphrase: Option<&Sensitive>,
+    ) -> Result<VolumeInfo, StorageError> {
         let spec = {
             let s = self.state.lock().expect("fake lock");
             let v = Self::live(&s, volume)?;
@@ -187,7 +199,12 @@ impl StorageBackend for FakeBackend {
         self.add(spec, passphrase)
     }
 
-    fn extend(&self, volume: Uuid, new_size_bytes: u64, passphrase: Option<&Sensitive>) -> Result<VolumeInfo, StorageError> {
+    fn extend(
+        &self,
+        volume: Uuid,
+        new_size_bytes: u64,
+        passphrase: Option<&Sensitive>,
+    ) -> Result<VolumeInfo, StorageError> {
         let mut s = self.state.lock().expect("fake lock");
         Self::take_failure(&mut s)?;
         let used = Self::used(&s);
@@ -294,7 +311,11 @@ impl StorageBackend for FakeBackend {
 
     fn recover(&self) -> Result<Vec<Recovery>, StorageError> {
         let s = self.state.lock().expect("fake lock");
-        let mut out: Vec<Recovery> = s.creating.iter().map(|id| Recovery::RollBackCreate { id: *id }).collect();
+        let mut out: Vec<Recovery> = s
+            .creating
+            .iter()
+            .map(|id| Recovery::RollBackCreate { id: *id })
+            .collect();
         for (id, v) in &s.vols {
             if v.wiping {
                 match s.reports.get(id) {
@@ -334,7 +355,10 @@ mod tests {
         b.extend(a.id, 7, Some(&pw)).unwrap();
         assert!(b.release(a.id).is_err(), "no release before a verified wipe");
         b.make_wipes_unverifiable(true);
-        assert!(matches!(b.wipe(a.id, "alice"), Err(StorageError::WipeUnverified { .. })));
+        assert!(matches!(
+            b.wipe(a.id, "alice"),
+            Err(StorageError::WipeUnverified { .. })
+        ));
         assert!(b.open(a.id, false).is_err(), "a volume being wiped is out of service");
         assert_eq!(b.recover().unwrap(), vec![Recovery::ResumeWipe { id: a.id }]);
         assert!(b.release(a.id).is_err());

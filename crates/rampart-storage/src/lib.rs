@@ -22,6 +22,6 @@ pub use backend::{
 };
 pub use fake::FakeBackend;
 pub use local::{LocalBackend, LocalConfig};
-pub use render::{NodeNames, OpenSpec, Qos, QmpCommand, VolumeType};
+pub use render::{NodeNames, OpenSpec, QmpCommand, Qos, VolumeType};
 pub use state::{Event, VolumeErrorCode, VolumeStatus, transition};
 pub use wipe::{WipeMethod, WipeReport};

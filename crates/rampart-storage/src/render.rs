@@ -58,7 +58,10 @@ impl Qos {
         ]
         .contains(&Some(0));
         if zero {
-            return Err(rampart_common::Error::field("qos", "a limit is at least 1 (leave it out for none)"));
+            return Err(rampart_common::Error::field(
+                "qos",
+                "a limit is at least 1 (leave it out for none)",
+            ));
         }
         let burst_ok = |base: Option<u64>, max: Option<u64>| match (base, max) {
             (_, None) => true,
@@ -126,7 +129,11 @@ impl NodeNames {
         NodeNames {
             secret: format!("sec-{short}"),
             throttle_group: format!("tg-{short}"),
-            top: if throttled { format!("thr-{short}") } else { format.clone() },
+            top: if throttled {
+                format!("thr-{short}")
+            } else {
+                format.clone()
+            },
             format,
             device: format!("dev-{short}"),
             serial: format!("vol-{}", &s[..16]),
@@ -380,19 +387,22 @@ mod tests {
     }
 
     fn golden(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, text).unwrap();
         }
         let want = std::fs::read_to_string(&path).expect("golden file; regenerate with UPDATE_GOLDEN=1");
-        assert_eq!(text, want, "{name} changed; regenerate with UPDATE_GOLDEN=1 if intended");
+        assert_eq!(
+            text, want,
+            "{name} changed; regenerate with UPDATE_GOLDEN=1 if intended"
+        );
     }
 
     fn lines(cmds: &[QmpCommand]) -> String {
-        cmds.iter()
-            .map(|c| serde_json::to_string(c).unwrap() + "\n")
-            .collect()
+        cmds.iter().map(|c| serde_json::to_string(c).unwrap() + "\n").collect()
     }
 
     #[test]

@@ -178,7 +178,10 @@ mod tests {
             std::fs::write(&golden, &out).unwrap();
         }
         let want = std::fs::read_to_string(&golden).expect("golden file; regenerate with UPDATE_GOLDEN=1");
-        assert_eq!(out, want, "the transition table changed; regenerate with UPDATE_GOLDEN=1 if intended");
+        assert_eq!(
+            out, want,
+            "the transition table changed; regenerate with UPDATE_GOLDEN=1 if intended"
+        );
     }
 
     #[test]

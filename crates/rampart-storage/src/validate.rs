@@ -178,7 +178,10 @@ mod tests {
             assert_eq!((e.status(), e.code()), (StatusCode::BAD_REQUEST, "validation_failed"));
             assert_eq!(e.details().unwrap()["field"], "size_gib");
         }
-        assert!(validate_size(MAX_SIZE_GIB + 1, u64::MAX).is_err(), "the hard bound holds");
+        assert!(
+            validate_size(MAX_SIZE_GIB + 1, u64::MAX).is_err(),
+            "the hard bound holds"
+        );
         assert!(validate_extend(10, 10, 100).is_err(), "no same size");
         assert!(validate_extend(10, 9, 100).is_err(), "no shrink");
         assert_eq!(validate_extend(10, 11, 100).unwrap(), 11 * GIB);
@@ -196,7 +199,10 @@ mod tests {
         let none = VolumeUsage::default();
         assert!(check_create_quota(&q, &none, 100).is_ok());
         let e = check_create_quota(&q, &none, 101).unwrap_err();
-        assert_eq!((e.status(), e.code()), (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded")
+        );
         let half = VolumeUsage {
             volumes: 1,
             gib: 60,
@@ -217,7 +223,10 @@ mod tests {
     #[test]
     fn spec_12_3_2_2_unencrypted_types_need_the_projects_leave() {
         let e = check_encryption_policy(false, false).unwrap_err();
-        assert_eq!((e.status(), e.code()), (StatusCode::UNPROCESSABLE_ENTITY, "policy_violation"));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "policy_violation")
+        );
         assert!(check_encryption_policy(false, true).is_ok());
         assert!(check_encryption_policy(true, false).is_ok());
     }

@@ -68,6 +68,8 @@ pub enum CryptMethod {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qcow2Info {
     pub version: u32,
+    /// Virtual size in bytes (header offset 24).
+    pub size: u64,
     pub crypt: CryptMethod,
     pub crypto_header: Option<CryptoHeader>,
 }
@@ -96,6 +98,7 @@ pub fn parse_qcow2_header(b: &[u8]) -> Result<Qcow2Info, Qcow2Error> {
         return Err(Qcow2Error::NotQcow2);
     }
     let version = be32(b, 4)?;
+    let size = be64(b, 24)?;
     let crypt = match be32(b, 32)? {
         0 => CryptMethod::None,
         1 => CryptMethod::LegacyAes,
@@ -133,6 +136,7 @@ pub fn parse_qcow2_header(b: &[u8]) -> Result<Qcow2Info, Qcow2Error> {
     }
     Ok(Qcow2Info {
         version,
+        size,
         crypt,
         crypto_header,
     })
@@ -255,6 +259,7 @@ mod tests {
         let mut b = vec![0u8; 4096];
         b[..4].copy_from_slice(QCOW2_MAGIC);
         b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[24..32].copy_from_slice(&(64u64 << 20).to_be_bytes());
         b[32..36].copy_from_slice(&crypt.to_be_bytes());
         b[100..104].copy_from_slice(&112u32.to_be_bytes());
         let mut at = 112;
@@ -274,7 +279,7 @@ mod tests {
     #[test]
     fn finds_the_luks_header_in_a_qcow2_header() {
         let info = parse_qcow2_header(&header(2, Some((0x30000, 0x1f0000)))).unwrap();
-        assert_eq!(info.crypt, CryptMethod::Luks);
+        assert_eq!((info.crypt, info.size), (CryptMethod::Luks, 64 << 20));
         assert_eq!(
             info.crypto_header,
             Some(CryptoHeader {
@@ -284,7 +289,10 @@ mod tests {
         );
         let plain = parse_qcow2_header(&header(0, None)).unwrap();
         assert_eq!((plain.crypt, plain.crypto_header), (CryptMethod::None, None));
-        assert_eq!(parse_qcow2_header(&header(2, None)).unwrap_err(), Qcow2Error::Malformed("LUKS without its header pointer"));
+        assert_eq!(
+            parse_qcow2_header(&header(2, None)).unwrap_err(),
+            Qcow2Error::Malformed("LUKS without its header pointer")
+        );
         assert_eq!(parse_qcow2_header(b"LUKS\xba\xbe").unwrap_err(), Qcow2Error::NotQcow2);
         let mut trunc = header(2, Some((1, 2)));
         trunc.truncate(130);
@@ -294,21 +302,45 @@ mod tests {
     #[test]
     fn spec_12_3_4_1_encrypted_wipes_erase_the_header_and_sample_unencrypted_read_all() {
         let data = vec![
-            Extent { offset: 0, length: 1 << 20 },
-            Extent { offset: 8 << 20, length: 3 << 20 },
+            Extent {
+                offset: 0,
+                length: 1 << 20,
+            },
+            Extent {
+                offset: 8 << 20,
+                length: 3 << 20,
+            },
         ];
         let luks = parse_qcow2_header(&header(2, Some((0x30000, 0x1f0000)))).unwrap();
         let p = plan_wipe(&luks, data.clone(), 16, 7);
         assert_eq!(p.method, WipeMethod::CryptoEraseAndZero);
-        assert_eq!(p.header, Some(Extent { offset: 0x30000, length: 0x1f0000 }));
+        assert_eq!(
+            p.header,
+            Some(Extent {
+                offset: 0x30000,
+                length: 0x1f0000
+            })
+        );
         assert_eq!(p.bytes(), 4 << 20);
         assert!(p.verify.len() <= 16 && p.verify.len() >= 8, "{:?}", p.verify);
         assert_eq!(p.verify[0].offset, 0, "first block always read");
-        assert_eq!(p.verify.last().unwrap().offset, (11 << 20) - SAMPLE_BLOCK, "last block always read");
+        assert_eq!(
+            p.verify.last().unwrap().offset,
+            (11 << 20) - SAMPLE_BLOCK,
+            "last block always read"
+        );
         for v in &p.verify {
-            assert!(data.iter().any(|e| v.offset >= e.offset && v.offset + v.length <= e.offset + e.length), "{v:?}");
+            assert!(
+                data.iter()
+                    .any(|e| v.offset >= e.offset && v.offset + v.length <= e.offset + e.length),
+                "{v:?}"
+            );
         }
-        assert_ne!(sample_blocks(&data, 16, 7), sample_blocks(&data, 16, 8), "the seed changes the sample");
+        assert_ne!(
+            sample_blocks(&data, 16, 7),
+            sample_blocks(&data, 16, 8),
+            "the seed changes the sample"
+        );
         let plain = parse_qcow2_header(&header(0, None)).unwrap();
         let p = plan_wipe(&plain, data.clone(), 16, 7);
         assert_eq!((p.method, p.header), (WipeMethod::ZeroFullVerify, None));
