@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-apt_install qemu-utils "${BUILD_PACKAGES[@]}"
+apt_install qemu-utils qemu-system-common "${BUILD_PACKAGES[@]}"
 need_cargo
 mkdir -p target/bench
 # The dev profile builds the dependencies optimised (Cargo.toml) and shares the test build's

@@ -1,6 +1,6 @@
 //! Storage benchmark (scripts/bench-storage.sh): plain raw file vs a LUKS local volume through
-//! QEMU's block layer (`qemu-img bench`, O_DIRECT, queue depth 16), in the same run and on the
-//! same filesystem; create-from-image and verified wipe time per GiB through the local backend.
+//! QEMU's block layer (one `qemu-storage-daemon`, O_DIRECT, exporting both over NBD on a unix
+//! socket; `qemu-img bench` at queue depth 16), in the same run and on the same filesystem; create-from-image and verified wipe time per GiB through the local backend.
 //! Writes `{"date","load_avg","rows":[…]}` to `BENCH_OUT`.
 //!
 //! `qemu-img bench` has no random mode; "random 4 KiB" here strides through the volume by a
@@ -22,13 +22,9 @@ use uuid::Uuid;
 const GIB: u64 = 1 << 30;
 const T: Duration = Duration::from_secs(3600);
 
-fn qemu_img_bench(target: &[String], secret: Option<&Sensitive>, write: bool, bs: u64, step: u64, count: u64) -> f64 {
+fn qemu_img_bench(url: &str, write: bool, bs: u64, step: u64, count: u64) -> f64 {
     let mut cmd = Command::new("qemu-img");
-    cmd.arg("bench");
-    if secret.is_some() {
-        cmd.arg("--object").arg(proc::secret_object_arg("s0"));
-    }
-    cmd.args(["-t", "none", "-i", "threads", "-d", "16", "-c"])
+    cmd.args(["bench", "-f", "raw", "-d", "16", "-c"])
         .arg(count.to_string())
         .arg("-s")
         .arg(bs.to_string())
@@ -37,11 +33,10 @@ fn qemu_img_bench(target: &[String], secret: Option<&Sensitive>, write: bool, bs
     if write {
         cmd.args(["-w", "--pattern=165"]);
     }
-    cmd.args(target);
-    let out = proc::run(cmd, secret, T).expect("qemu-img bench");
+    cmd.arg(url);
+    let out = proc::run(cmd, None, T).expect("qemu-img bench");
     // "Run completed in 3.141 seconds."
-    let secs: f64 = out
-        .stdout
+    out.stdout
         .lines()
         .find_map(|l| {
             l.strip_prefix("Run completed in ")?
@@ -49,8 +44,60 @@ fn qemu_img_bench(target: &[String], secret: Option<&Sensitive>, write: bool, bs
                 .parse()
                 .ok()
         })
-        .unwrap_or_else(|| panic!("no timing in {:?}", out.stdout));
-    secs
+        .unwrap_or_else(|| panic!("no timing in {:?}", out.stdout))
+}
+
+/// One `qemu-storage-daemon` serving both files over NBD on a unix socket, the LUKS passphrase
+/// on its standard input. `qemu-img bench` takes no `--object`, so it cannot open a LUKS volume
+/// itself; both sides go through the same daemon so the comparison stays fair.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(sock: &std::path::Path, raw: &std::path::Path, volume: &std::path::Path, pw: &Sensitive) -> Daemon {
+        let node = |name: &str, driver: &str, file: &std::path::Path, luks: bool| {
+            let mut n = json!({
+                "driver": driver, "node-name": name, "cache": {"direct": true},
+                "file": {"driver": "file", "filename": file, "aio": "threads", "cache": {"direct": true}},
+            });
+            if luks {
+                n["encrypt"] = json!({"format": "luks", "key-secret": "s0"});
+            }
+            n.to_string()
+        };
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        std::io::Write::write_all(&mut writer, pw.expose().as_bytes()).expect("secret");
+        drop(writer);
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--object")
+            .arg(proc::secret_object_arg("s0"))
+            .arg("--blockdev")
+            .arg(node("plain", "raw", raw, false))
+            .arg("--blockdev")
+            .arg(node("luks", "qcow2", volume, true))
+            .arg("--nbd-server")
+            .arg(format!("addr.type=unix,addr.path={}", sock.display()))
+            .args(["--export", "type=nbd,id=e1,node-name=plain,name=plain,writable=on"])
+            .args(["--export", "type=nbd,id=e2,node-name=luks,name=luks,writable=on"])
+            .stdin(std::process::Stdio::from(reader))
+            .spawn()
+            .expect("qemu-storage-daemon");
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "qemu-storage-daemon did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn load_avg() -> Vec<f64> {
@@ -93,7 +140,6 @@ fn main() {
         .arg(&raw)
         .arg(size.to_string());
     proc::run(c, None, T).expect("raw file");
-    let raw_target = vec!["-f".to_string(), "raw".to_string(), raw.display().to_string()];
 
     // Create-from-image: a raw image of random bytes into an encrypted volume.
     let image = dir.path().join("image.raw");
@@ -114,17 +160,13 @@ fn main() {
         .expect("create from image");
     let create_s = t.elapsed().as_secs_f64() / gib as f64;
     std::fs::remove_file(&image).ok();
-    let luks_target = vec![
-        "--image-opts".to_string(),
-        format!(
-            "driver=qcow2,file.driver=file,file.filename={},encrypt.key-secret=s0",
-            v.path.display()
-        ),
-    ];
+    let sock = dir.path().join("nbd.sock");
+    let daemon = Daemon::start(&sock, &raw, &v.path, &pw);
+    let url = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
 
     let mut rows: Vec<Value> = Vec::new();
     // Fill the raw file as the image filled the volume.
-    qemu_img_bench(&raw_target, None, true, 1 << 20, 1 << 20, size >> 20);
+    qemu_img_bench(&url("plain"), true, 1 << 20, 1 << 20, size >> 20);
     let cases: [(&str, bool, u64, u64, u64); 4] = [
         ("seq_read_1m", false, 1 << 20, 1 << 20, size >> 20),
         ("seq_write_1m", true, 1 << 20, 1 << 20, size >> 20),
@@ -133,8 +175,8 @@ fn main() {
         ("rand_write_4k", true, 4096, 7919 * 4096, 50_000),
     ];
     for (name, write, bs, step, count) in cases {
-        let r = qemu_img_bench(&raw_target, None, write, bs, step, count);
-        let l = qemu_img_bench(&luks_target, Some(&pw), write, bs, step, count);
+        let r = qemu_img_bench(&url("plain"), write, bs, step, count);
+        let l = qemu_img_bench(&url("luks"), write, bs, step, count);
         let (unit, rv, lv) = if bs >= 1 << 20 {
             (
                 "MiB/s",
@@ -151,6 +193,7 @@ fn main() {
             "limit": round(rv), "ratio": round(lv / rv), "goal": format!(">= {goal} of plain raw"),
         }));
     }
+    drop(daemon);
     rows.push(
         json!({"metric": "create_from_image_luks_local", "value": round(create_s), "unit": "s/GiB", "goal": "report"}),
     );
