@@ -562,6 +562,12 @@ impl StorageBackend for LocalBackend {
         if info.get("backing-filename").is_some() || info.get("full-backing-filename").is_some() {
             return Err(StorageError::Invalid("an image with a backing file is refused".into()));
         }
+        // A qcow2 external data file is another way for a header to name a host file.
+        if info.pointer("/format-specific/data/data-file").is_some() {
+            return Err(StorageError::Invalid(
+                "an image with an external data file is refused".into(),
+            ));
+        }
         if info.get("encrypted").and_then(|v| v.as_bool()) == Some(true) {
             return Err(StorageError::Invalid("the source image is encrypted".into()));
         }

@@ -226,6 +226,42 @@ fn spec_12_3_2_2_encrypted_volume_keeps_no_plaintext_and_reads_back_after_extend
     assert_eq!(iv.size_bytes, 16 * MIB);
     qemu_io(&iv.path, Some(&pw), "read -P 0x7e 0 3M").unwrap();
     assert!(!has_run(&std::fs::read(&iv.path).unwrap(), 0x7e, 512));
+    // Images whose header names another host file are refused before anything is created.
+    let other = dir.path().join("host-secret.raw");
+    std::fs::write(&other, vec![0x42u8; MIB as usize]).unwrap();
+    let overlay = dir.path().join("overlay.qcow2");
+    sh(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        other.to_str().unwrap(),
+        overlay.to_str().unwrap(),
+    ]);
+    let e = b
+        .create_from_image(&spec(16 * MIB, true), &overlay, ImageFormat::Qcow2, Some(&pw))
+        .unwrap_err();
+    assert!(e.to_string().contains("backing file"), "{e}");
+    let ext = dir.path().join("ext.qcow2");
+    sh(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", other.display()),
+        ext.to_str().unwrap(),
+        "1M",
+    ]);
+    let e = b
+        .create_from_image(&spec(16 * MIB, true), &ext, ImageFormat::Qcow2, Some(&pw))
+        .unwrap_err();
+    assert!(e.to_string().contains("data file"), "{e}");
     let open = b.open(v.id, false).unwrap();
     assert_eq!(open.path, v.path.to_str().unwrap());
     let st = b.pool_status().unwrap();
