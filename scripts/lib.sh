@@ -61,3 +61,6 @@ install_compute_packages() {
 }
 # Network data-plane tests: "VMs" in namespaces ping, lease (udhcpc), arping (busybox).
 TEST_PACKAGES+=(busybox-static iputils-ping python3)
+# Volumes (rampart-storage): the btrfs RAID1 pool test (btrfs is in this kernel; the tools are
+# not installed by default). QEMU's LUKS driver and qemu-img come with the compute packages.
+TEST_PACKAGES+=(btrfs-progs)
