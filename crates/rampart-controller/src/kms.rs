@@ -16,8 +16,9 @@ use rampart_db::{Conn, identity, kms as db, meta};
 use rampart_kms::ca::{CaRole, RevocationReason, RevokedEntry, cert_info};
 use rampart_kms::{
     BackendKind, CertificateAuthority, EmbeddedSoftHsm, HsmError, Key, KeyAuditFacts, KeyBackend, KeyOperation,
-    KeyService, KmsError, Pkcs11Backend, Pkcs11Config, UnavailableBackend, storage,
+    KeyService, KmsError, Pkcs11Backend, Pkcs11Config, UnavailableBackend,
 };
+use rampart_kms::storage::{KeyStore, StoredKey};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -294,68 +295,7 @@ pub async fn after_project_delete(state: &AppState, project: Uuid) {
     }
 }
 
-// ---- keys: storage and the audit trail ----
-
-pub fn to_db(key: &Key) -> (db::KeyRow, Vec<db::KeyVersionRow>) {
-    let (r, vs) = storage::to_rows(key);
-    (
-        db::KeyRow {
-            id: r.id,
-            project_id: r.project_id,
-            name: r.name,
-            algorithm: r.algorithm,
-            state: r.state,
-            primary_version: r.primary_version,
-            min_decryption_version: r.min_decryption_version,
-            rotation_period_days: r.rotation_period_days,
-            last_rotated_at: r.last_rotated_at,
-            deletion_at: r.deletion_at,
-            destroyed_at: r.destroyed_at,
-            next_action_at: r.next_action_at,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        },
-        vs.into_iter()
-            .map(|v| db::KeyVersionRow {
-                key_id: v.key_id,
-                version: v.version,
-                wrapped_material: v.wrapped_material,
-                created_at: v.created_at,
-            })
-            .collect(),
-    )
-}
-
-pub fn from_db(stored: &db::StoredKey) -> Result<Key, Error> {
-    let r = &stored.row;
-    let row = storage::KeyRow {
-        id: r.id.clone(),
-        project_id: r.project_id.clone(),
-        name: r.name.clone(),
-        algorithm: r.algorithm.clone(),
-        state: r.state.clone(),
-        primary_version: r.primary_version,
-        min_decryption_version: r.min_decryption_version,
-        rotation_period_days: r.rotation_period_days,
-        last_rotated_at: r.last_rotated_at,
-        deletion_at: r.deletion_at,
-        destroyed_at: r.destroyed_at,
-        next_action_at: r.next_action_at,
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    };
-    let versions: Vec<storage::KeyVersionRow> = stored
-        .versions
-        .iter()
-        .map(|v| storage::KeyVersionRow {
-            key_id: v.key_id.clone(),
-            version: v.version,
-            wrapped_material: v.wrapped_material.clone(),
-            created_at: v.created_at,
-        })
-        .collect();
-    storage::from_rows(&row, &versions).map_err(|e| Error::internal("reading a stored key", e))
-}
+// ---- keys: the audit trail and changes ----
 
 /// Who did a key operation, for its audit record.
 #[derive(Debug, Clone)]
@@ -427,12 +367,11 @@ pub async fn mutate_key<T: Send + 'static>(
     change: impl Fn(&KeyService, &mut Key, OffsetDateTime) -> Result<T, KmsError> + Send + Sync + Clone + 'static,
 ) -> Result<(Key, T), Error> {
     for _ in 0..5 {
-        let stored = {
+        let StoredKey { key, revision } = {
             let mut conn = state.db.conn().await?;
-            db::get_key(&mut conn, project, id).await?
+            db::keys(&mut conn).get(project, id).await?
         }
         .ok_or_else(|| Error::not_found("no such key"))?;
-        let key = from_db(&stored)?;
         let service = state.kms.service.clone();
         let now = state.now();
         let change = change.clone();
@@ -441,9 +380,8 @@ pub async fn mutate_key<T: Send + 'static>(
             change(&service, &mut key, now).map(|out| (key, out))
         })
         .await??;
-        let (row, versions) = to_db(&key);
         let mut tx = state.db.begin().await?;
-        if db::save_key(&mut tx, &row, &versions, stored.revision).await? {
+        if db::keys(&mut tx).save(&key, revision).await? {
             rampart_db::Db::commit(tx).await?;
             return Ok((key, out));
         }
@@ -462,7 +400,7 @@ pub async fn mutate_key<T: Send + 'static>(
 pub async fn maintain(state: &AppState) -> Result<(), Error> {
     let due = {
         let mut conn = state.db.conn().await?;
-        db::due_keys(&mut conn, state.now(), 100).await?
+        db::keys(&mut conn).due(state.now(), 100).await?
     };
     for (project, id) in due {
         let result = mutate_key(state, project, id, |svc, key, now| svc.run_maintenance(key, now)).await;

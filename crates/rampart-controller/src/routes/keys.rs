@@ -22,13 +22,14 @@ use rampart_common::quota::Resource;
 use rampart_common::{Error, Sensitive};
 use rampart_db::kms as db;
 use rampart_iam::authz::Target;
+use rampart_kms::storage::KeyStore;
 use rampart_kms::{EncryptionContext, Key, KeyAuditFacts, KeyOperation, KeyStateName, lifecycle};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath, ApiQuery};
-use crate::kms::{Actor, audit, blocking, facts, from_db, mutate_key, to_db};
+use crate::kms::{Actor, audit, blocking, facts, mutate_key};
 use crate::state::AppState;
 
 /// What an operation needs on the project.
@@ -175,9 +176,9 @@ pub fn view(key: &Key) -> KeyView {
 async fn load(state: &AppState, project: Uuid, id: Uuid) -> Result<Key, Error> {
     let stored = {
         let mut conn = state.db.conn().await?;
-        db::get_key(&mut conn, project, id).await?
+        db::keys(&mut conn).get(project, id).await?
     };
-    from_db(&stored.ok_or_else(|| Error::not_found("no such key"))?)
+    Ok(stored.ok_or_else(|| Error::not_found("no such key"))?.key)
 }
 
 fn context(c: Option<rampart_api::Context>) -> EncryptionContext {
@@ -226,9 +227,9 @@ pub async fn list_keys(
     let page = page.validate()?;
     let rows = {
         let mut conn = state.db.conn().await?;
-        db::list_keys(&mut conn, project, page.after.as_deref(), page.limit + 1).await?
+        db::keys(&mut conn).list(project, page.after.as_deref(), page.limit + 1).await?
     };
-    let keys = rows.iter().map(from_db).collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<Key> = rows.into_iter().map(|s| s.key).collect();
     let (keys, next) = finish_page(keys, page.limit, |k| k.name.clone());
     Ok(axum::Json(List {
         items: keys.iter().map(view).collect(),
@@ -262,9 +263,8 @@ pub async fn create_key(
         let key = blocking(move || service.create_key(project, &name, period, now)).await??;
         f.key_id = key.id;
         f.key_version = Some(1);
-        let (row, versions) = to_db(&key);
         let mut conn = state.db.conn().await?;
-        db::insert_key(&mut conn, &row, &versions).await?;
+        db::keys(&mut conn).insert(&key).await?;
         tracing::info!(key = %key.id, name = %key.name, %project, by = %principal.user.name, "key created");
         Ok((StatusCode::CREATED, axum::Json(view(&key))))
     }
