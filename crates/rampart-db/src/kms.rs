@@ -677,7 +677,13 @@ mod tests {
         let (row, vs) = key_to_rows(&k, 3);
         assert_eq!((row.state.as_str(), row.revision), ("enabled", 3));
         assert_eq!(row.next_action_at, Some(to_ms(t) + 30 * 86_400_000));
-        assert_eq!(key_from_rows(&row, &vs).unwrap(), StoredKey { key: k.clone(), revision: 3 });
+        assert_eq!(
+            key_from_rows(&row, &vs).unwrap(),
+            StoredKey {
+                key: k.clone(),
+                revision: 3
+            }
+        );
         k.schedule_deletion(Some(7), t).unwrap();
         let (row, vs) = key_to_rows(&k, 4);
         assert_eq!(row.deletion_at, row.next_action_at);

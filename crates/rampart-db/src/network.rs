@@ -11,12 +11,12 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
-use rampart_common::time::{from_ms, to_ms};
 use rampart_api::agent::network::PortDevice;
 use rampart_api::network::model::{
     Action, AddressPair, Direction, FloatingIp, MacAddr, Port, PortRange, Protocol, SecurityGroup, SecurityGroupRule,
     SegmentationPolicy, Subnet, TagSelector, Vpc,
 };
+use rampart_common::time::{from_ms, to_ms};
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;

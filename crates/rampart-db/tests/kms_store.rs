@@ -44,7 +44,10 @@ async fn key_store_checks_revisions_and_round_trips_keys_on_every_backend() {
 
         let loaded = store.get(p, a.id).await.unwrap().unwrap();
         assert_eq!((&loaded.key, loaded.revision), (&a, 0));
-        assert!(store.get(Uuid::new_v4(), a.id).await.unwrap().is_none(), "in another project");
+        assert!(
+            store.get(Uuid::new_v4(), a.id).await.unwrap().is_none(),
+            "in another project"
+        );
 
         svc.rotate(&mut a, t0 + Duration::days(1)).unwrap();
         assert!(store.save(&a, 0).await.unwrap());
@@ -53,7 +56,13 @@ async fn key_store_checks_revisions_and_round_trips_keys_on_every_backend() {
         assert_eq!((&loaded.key, loaded.revision), (&a, 1));
         assert_eq!(loaded.key.versions.len(), 2);
 
-        let names: Vec<String> = store.list(p, None, 10).await.unwrap().into_iter().map(|s| s.key.name).collect();
+        let names: Vec<String> = store
+            .list(p, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(store.list(p, Some("a"), 10).await.unwrap().len(), 1);
 
@@ -64,7 +73,10 @@ async fn key_store_checks_revisions_and_round_trips_keys_on_every_backend() {
         a.destroy(t0 + Duration::days(8)).unwrap();
         assert!(store.save(&a, 1).await.unwrap());
         let destroyed = store.get(p, a.id).await.unwrap().unwrap().key;
-        assert!(destroyed.versions.iter().all(|v| v.wrapped.is_none()), "material dropped");
+        assert!(
+            destroyed.versions.iter().all(|v| v.wrapped.is_none()),
+            "material dropped"
+        );
         drop(c);
         db.close().await;
     }

@@ -28,11 +28,7 @@ pub trait KeyStore: Send {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// The key `id` of `project`, if it exists there.
-    fn get(
-        &mut self,
-        project: Uuid,
-        id: Uuid,
-    ) -> impl Future<Output = Result<Option<StoredKey>, Self::Error>> + Send;
+    fn get(&mut self, project: Uuid, id: Uuid) -> impl Future<Output = Result<Option<StoredKey>, Self::Error>> + Send;
 
     /// Keys of `project` ordered by name, after the name `after`, at most `limit`.
     fn list(
@@ -94,7 +90,12 @@ impl KeyStore for MemoryKeyStore {
             .cloned())
     }
 
-    async fn list(&mut self, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>, MemoryStoreError> {
+    async fn list(
+        &mut self,
+        project: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredKey>, MemoryStoreError> {
         let mut out: Vec<StoredKey> = self
             .keys
             .iter()
@@ -188,9 +189,15 @@ mod tests {
         let mut changed = loaded.key.clone();
         changed.disable(t).unwrap();
         assert!(ready(store.save(&changed, 0)).unwrap());
-        assert!(!ready(store.save(&changed, 0)).unwrap(), "the second writer with revision 0 loses");
+        assert!(
+            !ready(store.save(&changed, 0)).unwrap(),
+            "the second writer with revision 0 loses"
+        );
         assert_eq!(ready(store.get(k.project, k.id)).unwrap().unwrap().revision, 1);
-        assert!(ready(store.get(Uuid::nil(), k.id)).unwrap().is_none(), "another project's key");
+        assert!(
+            ready(store.get(Uuid::nil(), k.id)).unwrap().is_none(),
+            "another project's key"
+        );
     }
 
     #[test]
