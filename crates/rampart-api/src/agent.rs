@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use crate::HostFacts;
 
+pub mod network;
+
 /// Prefix of join tokens, which read `rjt1.<id>.<secret>.<ca-sha256>`.
 pub const JOIN_TOKEN_PREFIX: &str = "rjt1";
 
@@ -79,9 +81,9 @@ pub struct NodeConfig {
     pub compute: crate::compute::NodeCompute,
     /// The tenant networks this node must build: every VPC with a port bound here, whole
     /// (see `rampart_net::desired`). Left out when there is none.
-    #[serde(default, skip_serializing_if = "rampart_net::desired::NodeNetwork::is_empty")]
+    #[serde(default, skip_serializing_if = "network::NodeNetwork::is_empty")]
     #[schema(value_type = Object)]
-    pub network: rampart_net::desired::NodeNetwork,
+    pub network: network::NodeNetwork,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

@@ -1,5 +1,5 @@
 //! The Network API (API.md "Network"): request bodies are the validated constructors of
-//! `rampart_net::model` (re-exported here), responses are the views below.
+//! [`model`] (re-exported here), responses are the views below.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,14 +10,39 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-pub use rampart_net::desired::PortDevice;
-pub use rampart_net::exec::FlowRecord;
-pub use rampart_net::model::{
+pub mod model;
+
+pub use crate::agent::network::PortDevice;
+pub use model::{
     AddressPair, FloatingIpCreate, PortCreate, PortUpdate, Protocol, SecurityGroup, SecurityGroupCreate,
     SecurityGroupRule, SecurityGroupRuleCreate, SegmentationPolicy, SegmentationPolicyCreate, Subnet, SubnetCreate,
     VpcCreate,
 };
-pub use rampart_net::reach::Reachability;
+
+// The answer of the static reachability analysis (`rampart_net::reach`). No doc comment: it
+// would become the schema's description and change the OpenAPI document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reachability {
+    pub allowed: bool,
+    /// What decided, in evaluation order: `policy:<id>`, `security_group_rule:<id>`,
+    /// `egress_default_deny:<port>`, `ingress_default_deny:<port>`,
+    /// `port_security_disabled:<port>`, `same_port`.
+    pub because: Vec<String>,
+}
+
+/// One element of a flow log: `packets` packets from `src` to `dst` (`port` 0 for protocols
+/// without ports) were accepted as new flows (`allowed`) or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct FlowRecord {
+    #[schema(value_type = String)]
+    pub src: Ipv4Addr,
+    #[schema(value_type = String)]
+    pub dst: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+    pub packets: u64,
+    pub allowed: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct Vpc {
@@ -68,7 +93,7 @@ pub struct Port {
     pub vpc: Uuid,
     pub subnet: Uuid,
     #[schema(value_type = String)]
-    pub mac: rampart_net::model::MacAddr,
+    pub mac: model::MacAddr,
     #[schema(value_type = String)]
     pub ip: Ipv4Addr,
     pub security_groups: Vec<Uuid>,

@@ -4,15 +4,18 @@
 //! Key rows carry a `revision` that every update checks and bumps, so two controllers (or two
 //! requests) changing the same key cannot overwrite each other: the loser reloads and retries.
 
-use rampart_common::time::to_ms;
+use rampart_common::time::{from_ms, to_ms};
+use rampart_kms::envelope::WrappedKey;
+use rampart_kms::lifecycle::{Algorithm, Key, KeyState, KeyStateName, KeyVersion};
+use rampart_kms::storage::{KeyStore, StoredKey};
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::identity::conflict_on_unique;
-use crate::{Result, uuid_col};
+use crate::{DbError, Result, uuid_col};
 
-/// A customer key row (see `rampart_kms::storage::KeyRow`, which has the same fields).
+/// A row of `kms_keys`. Ids are TEXT (UUID), times BIGINT milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyRow {
     pub id: String,
@@ -26,40 +29,132 @@ pub struct KeyRow {
     pub last_rotated_at: i64,
     pub deletion_at: Option<i64>,
     pub destroyed_at: Option<i64>,
+    /// When the reconciler must look at the key (rotation or destruction), indexed.
     pub next_action_at: Option<i64>,
+    /// Optimistic concurrency: every update checks and bumps it.
+    pub revision: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
+/// A row of `kms_key_versions` (deleted with its key).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyVersionRow {
     pub key_id: String,
     pub version: i64,
-    /// Base64 of the wrapped material; NULL once destroyed.
+    /// Base64 of the wrapped material; NULL once destroyed. Never plaintext (13.3-5).
     pub wrapped_material: Option<String>,
     pub created_at: i64,
 }
 
-/// A key as stored: its row, its versions (ascending) and its revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredKey {
-    pub row: KeyRow,
-    pub versions: Vec<KeyVersionRow>,
-    pub revision: i64,
+// ---- the one mapping between the kms domain and the rows ----
+
+/// The rows of `key` at `revision`.
+pub fn key_to_rows(key: &Key, revision: i64) -> (KeyRow, Vec<KeyVersionRow>) {
+    let (deletion_at, destroyed_at) = match key.state {
+        KeyState::PendingDeletion { delete_at } => (Some(to_ms(delete_at)), None),
+        KeyState::Destroyed { destroyed_at } => (None, Some(to_ms(destroyed_at))),
+        _ => (None, None),
+    };
+    let row = KeyRow {
+        id: key.id.to_string(),
+        project_id: key.project.to_string(),
+        name: key.name.clone(),
+        algorithm: key.algorithm.as_str().to_string(),
+        state: key.state.name().as_str().to_string(),
+        primary_version: key.primary_version as i64,
+        min_decryption_version: key.min_decryption_version as i64,
+        rotation_period_days: key.rotation_period_days.map(i64::from),
+        last_rotated_at: to_ms(key.last_rotated_at),
+        deletion_at,
+        destroyed_at,
+        next_action_at: key.next_action_at().map(to_ms),
+        revision,
+        created_at: to_ms(key.created_at),
+        updated_at: to_ms(key.updated_at),
+    };
+    let versions = key
+        .versions
+        .iter()
+        .map(|v| KeyVersionRow {
+            key_id: row.id.clone(),
+            version: v.version as i64,
+            wrapped_material: v.wrapped.as_ref().map(WrappedKey::to_base64),
+            created_at: to_ms(v.created_at),
+        })
+        .collect();
+    (row, versions)
 }
+
+fn corrupt(field: &str) -> DbError {
+    DbError::Corrupt(format!("stored key row has an invalid {field}"))
+}
+
+fn version_u32(v: i64, field: &str) -> Result<u32> {
+    u32::try_from(v).ok().filter(|v| *v >= 1).ok_or_else(|| corrupt(field))
+}
+
+/// The key the rows hold; rows that contradict themselves are refused, never half read.
+pub fn key_from_rows(row: &KeyRow, versions: &[KeyVersionRow]) -> Result<StoredKey> {
+    let state = match KeyStateName::parse(&row.state).ok_or_else(|| corrupt("state"))? {
+        KeyStateName::Enabled => KeyState::Enabled,
+        KeyStateName::Disabled => KeyState::Disabled,
+        KeyStateName::PendingDeletion => KeyState::PendingDeletion {
+            delete_at: from_ms(row.deletion_at.ok_or_else(|| corrupt("deletion_at"))?),
+        },
+        KeyStateName::Destroyed => KeyState::Destroyed {
+            destroyed_at: from_ms(row.destroyed_at.ok_or_else(|| corrupt("destroyed_at"))?),
+        },
+    };
+    let mut vs = versions
+        .iter()
+        .map(|v| {
+            if v.key_id != row.id {
+                return Err(corrupt("key_id"));
+            }
+            Ok(KeyVersion {
+                version: version_u32(v.version, "version")?,
+                wrapped: v
+                    .wrapped_material
+                    .as_deref()
+                    .map(WrappedKey::from_base64)
+                    .transpose()
+                    .map_err(|_| corrupt("wrapped_material"))?,
+                created_at: from_ms(v.created_at),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    vs.sort_by_key(|v| v.version);
+    let key = Key {
+        id: Uuid::parse_str(&row.id).map_err(|_| corrupt("id"))?,
+        project: Uuid::parse_str(&row.project_id).map_err(|_| corrupt("project_id"))?,
+        name: row.name.clone(),
+        algorithm: Algorithm::parse(&row.algorithm).map_err(|_| corrupt("algorithm"))?,
+        state,
+        primary_version: version_u32(row.primary_version, "primary_version")?,
+        min_decryption_version: version_u32(row.min_decryption_version, "min_decryption_version")?,
+        rotation_period_days: row
+            .rotation_period_days
+            .map(|d| u32::try_from(d).map_err(|_| corrupt("rotation_period_days")))
+            .transpose()?,
+        last_rotated_at: from_ms(row.last_rotated_at),
+        created_at: from_ms(row.created_at),
+        updated_at: from_ms(row.updated_at),
+        versions: vs,
+    };
+    Ok(StoredKey {
+        key,
+        revision: row.revision,
+    })
+}
+
+// ---- SQL ----
 
 macro_rules! key_columns {
     () => {
         "id, project_id, name, algorithm, state, primary_version, min_decryption_version, rotation_period_days, \
          last_rotated_at, deletion_at, destroyed_at, next_action_at, created_at, updated_at, revision"
     };
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRowWithRevision {
-    #[sqlx(flatten)]
-    row: KeyRow,
-    revision: i64,
 }
 
 async fn upsert_versions(conn: &mut AnyConnection, versions: &[KeyVersionRow]) -> Result<()> {
@@ -78,12 +173,11 @@ async fn upsert_versions(conn: &mut AnyConnection, versions: &[KeyVersionRow]) -
     Ok(())
 }
 
-/// Inserts a new key and its versions; a second key of the same name in the project is a conflict.
-pub async fn insert_key(conn: &mut AnyConnection, row: &KeyRow, versions: &[KeyVersionRow]) -> Result<()> {
+async fn insert_key(conn: &mut AnyConnection, row: &KeyRow, versions: &[KeyVersionRow]) -> Result<()> {
     sqlx::query(
         "INSERT INTO kms_keys (id, project_id, name, algorithm, state, primary_version, min_decryption_version, \
          rotation_period_days, last_rotated_at, deletion_at, destroyed_at, next_action_at, revision, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&row.id)
     .bind(&row.project_id)
@@ -97,6 +191,7 @@ pub async fn insert_key(conn: &mut AnyConnection, row: &KeyRow, versions: &[KeyV
     .bind(row.deletion_at)
     .bind(row.destroyed_at)
     .bind(row.next_action_at)
+    .bind(row.revision)
     .bind(row.created_at)
     .bind(row.updated_at)
     .execute(&mut *conn)
@@ -105,14 +200,7 @@ pub async fn insert_key(conn: &mut AnyConnection, row: &KeyRow, versions: &[KeyV
     upsert_versions(conn, versions).await
 }
 
-/// Stores a changed key if nobody changed it since `revision` was read; false otherwise (the
-/// caller reloads and retries). Versions are inserted or their material updated (destroyed).
-pub async fn save_key(
-    conn: &mut AnyConnection,
-    row: &KeyRow,
-    versions: &[KeyVersionRow],
-    revision: i64,
-) -> Result<bool> {
+async fn save_key(conn: &mut AnyConnection, row: &KeyRow, versions: &[KeyVersionRow]) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE kms_keys SET state = $1, primary_version = $2, min_decryption_version = $3, rotation_period_days = $4, \
          last_rotated_at = $5, deletion_at = $6, destroyed_at = $7, next_action_at = $8, updated_at = $9, \
@@ -128,7 +216,7 @@ pub async fn save_key(
     .bind(row.next_action_at)
     .bind(row.updated_at)
     .bind(&row.id)
-    .bind(revision)
+    .bind(row.revision)
     .execute(&mut *conn)
     .await?;
     if r.rows_affected() != 1 {
@@ -147,9 +235,8 @@ async fn versions_of(conn: &mut AnyConnection, key_id: &str) -> Result<Vec<KeyVe
     .await?)
 }
 
-/// The key `id` of `project`.
-pub async fn get_key(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<StoredKey>> {
-    let found: Option<KeyRowWithRevision> = sqlx::query_as(concat!(
+async fn get_key(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Result<Option<StoredKey>> {
+    let found: Option<KeyRow> = sqlx::query_as(concat!(
         "SELECT ",
         key_columns!(),
         " FROM kms_keys WHERE id = $1 AND project_id = $2"
@@ -158,25 +245,15 @@ pub async fn get_key(conn: &mut AnyConnection, project: Uuid, id: Uuid) -> Resul
     .bind(project.to_string())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(KeyRowWithRevision { row, revision }) = found else {
+    let Some(row) = found else {
         return Ok(None);
     };
     let versions = versions_of(conn, &row.id).await?;
-    Ok(Some(StoredKey {
-        row,
-        versions,
-        revision,
-    }))
+    key_from_rows(&row, &versions).map(Some)
 }
 
-/// Keys of `project` ordered by name, after the name `after`.
-pub async fn list_keys(
-    conn: &mut AnyConnection,
-    project: Uuid,
-    after: Option<&str>,
-    limit: u32,
-) -> Result<Vec<StoredKey>> {
-    let rows: Vec<KeyRowWithRevision> = sqlx::query_as(concat!(
+async fn list_keys(conn: &mut AnyConnection, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>> {
+    let rows: Vec<KeyRow> = sqlx::query_as(concat!(
         "SELECT ",
         key_columns!(),
         " FROM kms_keys WHERE project_id = $1 AND name > $2 ORDER BY name LIMIT $3"
@@ -187,19 +264,14 @@ pub async fn list_keys(
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for KeyRowWithRevision { row, revision } in rows {
+    for row in rows {
         let versions = versions_of(conn, &row.id).await?;
-        out.push(StoredKey {
-            row,
-            versions,
-            revision,
-        });
+        out.push(key_from_rows(&row, &versions)?);
     }
     Ok(out)
 }
 
-/// Keys whose next action (rotation, destruction) is due at `now`: `(project, key)`.
-pub async fn due_keys(conn: &mut AnyConnection, now: OffsetDateTime, limit: u32) -> Result<Vec<(Uuid, Uuid)>> {
+async fn due_keys(conn: &mut AnyConnection, now: OffsetDateTime, limit: u32) -> Result<Vec<(Uuid, Uuid)>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT project_id, id FROM kms_keys WHERE next_action_at IS NOT NULL AND next_action_at <= $1 \
          ORDER BY next_action_at LIMIT $2",
@@ -211,6 +283,40 @@ pub async fn due_keys(conn: &mut AnyConnection, now: OffsetDateTime, limit: u32)
     rows.into_iter()
         .map(|(p, k)| Ok((uuid_col(&p)?, uuid_col(&k)?)))
         .collect()
+}
+
+/// The customer keys of the database, inside the connection or transaction it was made from.
+pub struct Keys<'c>(pub &'c mut AnyConnection);
+
+/// The key store over `conn` (a connection, or a transaction to change keys with other rows).
+pub fn keys(conn: &mut AnyConnection) -> Keys<'_> {
+    Keys(conn)
+}
+
+impl KeyStore for Keys<'_> {
+    type Error = DbError;
+
+    async fn get(&mut self, project: Uuid, id: Uuid) -> Result<Option<StoredKey>> {
+        get_key(self.0, project, id).await
+    }
+
+    async fn list(&mut self, project: Uuid, after: Option<&str>, limit: u32) -> Result<Vec<StoredKey>> {
+        list_keys(self.0, project, after, limit).await
+    }
+
+    async fn insert(&mut self, key: &Key) -> Result<()> {
+        let (row, versions) = key_to_rows(key, 0);
+        insert_key(self.0, &row, &versions).await
+    }
+
+    async fn save(&mut self, key: &Key, revision: i64) -> Result<bool> {
+        let (row, versions) = key_to_rows(key, revision);
+        save_key(self.0, &row, &versions).await
+    }
+
+    async fn due(&mut self, now: OffsetDateTime, limit: u32) -> Result<Vec<(Uuid, Uuid)>> {
+        due_keys(self.0, now, limit).await
+    }
 }
 
 /// Keys of `project` that are not destroyed.
@@ -548,4 +654,73 @@ pub async fn promote_next_certificate(conn: &mut AnyConnection, node: Uuid, sha2
     .execute(conn)
     .await?;
     Ok(if r.rows_affected() == 1 { old } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn rows_round_trip_in_every_state() {
+        let t = datetime!(2026-03-01 12:00:00.123 UTC);
+        let mut k = Key::new(
+            Uuid::from_u128(7),
+            Uuid::from_u128(8),
+            "k".into(),
+            Some(30),
+            WrappedKey::new(1, &[1; 12], &[2; 56]),
+            t,
+        )
+        .unwrap();
+        k.rotate(2, WrappedKey::new(1, &[3; 12], &[4; 56]), t).unwrap();
+        let (row, vs) = key_to_rows(&k, 3);
+        assert_eq!((row.state.as_str(), row.revision), ("enabled", 3));
+        assert_eq!(row.next_action_at, Some(to_ms(t) + 30 * 86_400_000));
+        assert_eq!(
+            key_from_rows(&row, &vs).unwrap(),
+            StoredKey {
+                key: k.clone(),
+                revision: 3
+            }
+        );
+        k.schedule_deletion(Some(7), t).unwrap();
+        let (row, vs) = key_to_rows(&k, 4);
+        assert_eq!(row.deletion_at, row.next_action_at);
+        assert_eq!(key_from_rows(&row, &vs).unwrap().key, k);
+        k.destroy(t + time::Duration::days(7)).unwrap();
+        let (row, vs) = key_to_rows(&k, 5);
+        assert!(vs.iter().all(|v| v.wrapped_material.is_none()));
+        assert_eq!(key_from_rows(&row, &vs).unwrap().key, k);
+    }
+
+    #[test]
+    fn corrupt_rows_are_refused() {
+        let t = datetime!(2026-03-01 0:00 UTC);
+        let k = Key::new(
+            Uuid::from_u128(7),
+            Uuid::from_u128(8),
+            "k".into(),
+            None,
+            WrappedKey::new(1, &[1; 12], &[2; 56]),
+            t,
+        )
+        .unwrap();
+        let (row, vs) = key_to_rows(&k, 0);
+        let bad_state = KeyRow {
+            state: "pending_deletion".into(),
+            ..row.clone()
+        };
+        assert!(key_from_rows(&bad_state, &vs).is_err(), "pending without a date");
+        let bad_version = KeyVersionRow {
+            version: 0,
+            ..vs[0].clone()
+        };
+        assert!(key_from_rows(&row, &[bad_version]).is_err());
+        let other_key = KeyVersionRow {
+            key_id: Uuid::nil().to_string(),
+            ..vs[0].clone()
+        };
+        assert!(key_from_rows(&row, &[other_key]).is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! Tenant networks: VPCs, subnets, security groups and their rules, ports (with their groups
 //! and node binding), segmentation policies, floating IPs, and the data-plane status agents
-//! report. Rows come back as the model types of `rampart_net::model`, which the controller
+//! report. Rows come back as the model types of `rampart_api::network::model`, which the controller
 //! validates and the agents compile; this module only stores them.
 //!
 //! Every query that reads a project's objects filters on `project_id`, so an id from another
@@ -11,12 +11,12 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
-use rampart_common::time::{from_ms, to_ms};
-use rampart_net::desired::PortDevice;
-use rampart_net::model::{
+use rampart_api::agent::network::PortDevice;
+use rampart_api::network::model::{
     Action, AddressPair, Direction, FloatingIp, MacAddr, Port, PortRange, Protocol, SecurityGroup, SecurityGroupRule,
     SegmentationPolicy, Subnet, TagSelector, Vpc,
 };
+use rampart_common::time::{from_ms, to_ms};
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;

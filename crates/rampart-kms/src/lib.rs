@@ -8,7 +8,7 @@
 //! * [`envelope`]: ciphertext envelope, encryption context and wrapped-key formats (pure).
 //! * [`lifecycle`]: customer key states, versions, rotation and deletion (pure).
 //! * [`service`]: encrypt, decrypt, generate-data-key, re-encrypt, rotate, destroy.
-//! * [`storage`]: the database rows of customer keys.
+//! * [`storage`]: the [`storage::KeyStore`] boundary where customer keys are kept (no SQL here).
 
 pub mod backend;
 pub mod ca;

@@ -82,9 +82,10 @@ impl InsecureSoftwareBackend {
         open(self.root(id.project)?.as_ref(), &nonce, &material_aad(id), sealed).ok_or(HsmError::WrappedKeyInvalid)
     }
 
-    /// The plaintext material of a version: only tests may look, to prove it is stored nowhere.
-    #[cfg(test)]
-    pub(crate) fn reveal_for_test(&self, id: &MaterialId, wrapped: &WrappedKey) -> Zeroizing<Vec<u8>> {
+    /// The plaintext material of a version: only tests may look (here and, with feature
+    /// `testing`, rampart-db's dump test), to prove it is stored nowhere.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn reveal_for_test(&self, id: &MaterialId, wrapped: &WrappedKey) -> Zeroizing<Vec<u8>> {
         self.unwrap(id, wrapped).expect("unwrap")
     }
 }

@@ -1,238 +1,221 @@
-//! The storage boundary: the rows the controller keeps for customer keys, their DDL for both
-//! database backends, and the conversions to and from [`Key`]. Conventions of rampart-db:
-//! ids TEXT (UUID), times BIGINT milliseconds, no BOOLEAN columns. Wrapped key material is
-//! TEXT base64 and becomes NULL when a key is destroyed; no column ever holds plaintext key
-//! material (13.3-5), which the dump tests check.
+//! The storage boundary of customer keys: what the controller needs to load and store a
+//! [`Key`] with its versions. This crate holds no SQL: `rampart-db` implements [`KeyStore`]
+//! over its tables (`rampart_db::kms`, one row type per table, matching the migrations), and
+//! [`MemoryKeyStore`] stands in for it in tests.
+//!
+//! Every stored key carries a revision that [`KeyStore::save`] checks and bumps: two writers
+//! (two controllers, two requests) changing the same key cannot overwrite each other; the
+//! loser gets `false`, reloads and tries again. No implementation may ever store plaintext
+//! key material (13.3-5): a [`Key`] holds its versions only wrapped.
 
-use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use rampart_common::time::{from_ms, to_ms};
+use crate::lifecycle::Key;
 
-use crate::envelope::WrappedKey;
-use crate::lifecycle::{Algorithm, Key, KeyState, KeyStateName, KeyVersion};
-
-/// DDL of the key tables; the same text serves SQLite and PostgreSQL (portable types only).
-/// To go into `migrations/{sqlite,postgres}/NNNN_kms.sql`.
-pub const SQLITE_DDL: &str = DDL;
-pub const POSTGRES_DDL: &str = DDL;
-
-const DDL: &str = "\
-CREATE TABLE kms_keys (
-    id TEXT PRIMARY KEY,
-    project_id TEXT NOT NULL REFERENCES projects (id),
-    name TEXT NOT NULL,
-    algorithm TEXT NOT NULL CHECK (algorithm IN ('aes-256-gcm')),
-    state TEXT NOT NULL CHECK (state IN ('enabled', 'disabled', 'pending_deletion', 'destroyed')),
-    primary_version BIGINT NOT NULL CHECK (primary_version >= 1),
-    min_decryption_version BIGINT NOT NULL CHECK (min_decryption_version >= 1),
-    rotation_period_days BIGINT,
-    last_rotated_at BIGINT NOT NULL,
-    deletion_at BIGINT,
-    destroyed_at BIGINT,
-    next_action_at BIGINT,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    UNIQUE (project_id, name)
-);
-
-CREATE INDEX kms_keys_next_action ON kms_keys (next_action_at);
-
-CREATE TABLE kms_key_versions (
-    key_id TEXT NOT NULL REFERENCES kms_keys (id),
-    version BIGINT NOT NULL CHECK (version >= 1),
-    wrapped_material TEXT,
-    created_at BIGINT NOT NULL,
-    PRIMARY KEY (key_id, version)
-);
-";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRow {
-    pub id: String,
-    pub project_id: String,
-    pub name: String,
-    pub algorithm: String,
-    pub state: String,
-    pub primary_version: i64,
-    pub min_decryption_version: i64,
-    pub rotation_period_days: Option<i64>,
-    pub last_rotated_at: i64,
-    pub deletion_at: Option<i64>,
-    pub destroyed_at: Option<i64>,
-    /// When the reconciler must look at the key (rotation or destruction), indexed.
-    pub next_action_at: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
+/// A key as loaded, with the revision to hand back to [`KeyStore::save`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: Key,
+    pub revision: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyVersionRow {
-    pub key_id: String,
-    pub version: i64,
-    /// Base64 of [`WrappedKey`]; NULL once destroyed.
-    pub wrapped_material: Option<String>,
-    pub created_at: i64,
+/// Where customer keys live. Implementations work inside whatever unit of work they were
+/// made from (a connection, a transaction), so key changes commit with the rest of a request.
+pub trait KeyStore: Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The key `id` of `project`, if it exists there.
+    fn get(&mut self, project: Uuid, id: Uuid) -> impl Future<Output = Result<Option<StoredKey>, Self::Error>> + Send;
+
+    /// Keys of `project` ordered by name, after the name `after`, at most `limit`.
+    fn list(
+        &mut self,
+        project: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredKey>, Self::Error>> + Send;
+
+    /// Stores a new key and its versions; a second key of the same name in the project is a
+    /// conflict.
+    fn insert(&mut self, key: &Key) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Stores a changed key if nobody changed it since `revision` was read; `false`
+    /// otherwise. Versions are added, and their material dropped once destroyed.
+    fn save(&mut self, key: &Key, revision: i64) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Keys whose next action (rotation, destruction) is due at `now`, soonest first:
+    /// `(project, key)`.
+    fn due(
+        &mut self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(Uuid, Uuid)>, Self::Error>> + Send;
 }
 
+/// Failures of [`MemoryKeyStore`].
 #[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("stored key row has an invalid {field}")]
-    Invalid { field: &'static str },
+pub enum MemoryStoreError {
+    #[error("a key named {0:?} already exists in this project")]
+    Conflict(String),
 }
 
-fn invalid(field: &'static str) -> StorageError {
-    StorageError::Invalid { field }
+/// [`KeyStore`] in memory, for tests of the layers above storage.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryKeyStore {
+    keys: Vec<StoredKey>,
 }
 
-pub fn to_rows(key: &Key) -> (KeyRow, Vec<KeyVersionRow>) {
-    let (deletion_at, destroyed_at) = match key.state {
-        KeyState::PendingDeletion { delete_at } => (Some(to_ms(delete_at)), None),
-        KeyState::Destroyed { destroyed_at } => (None, Some(to_ms(destroyed_at))),
-        _ => (None, None),
-    };
-    let row = KeyRow {
-        id: key.id.to_string(),
-        project_id: key.project.to_string(),
-        name: key.name.clone(),
-        algorithm: key.algorithm.as_str().to_string(),
-        state: key.state.name().as_str().to_string(),
-        primary_version: key.primary_version as i64,
-        min_decryption_version: key.min_decryption_version as i64,
-        rotation_period_days: key.rotation_period_days.map(i64::from),
-        last_rotated_at: to_ms(key.last_rotated_at),
-        deletion_at,
-        destroyed_at,
-        next_action_at: key.next_action_at().map(to_ms),
-        created_at: to_ms(key.created_at),
-        updated_at: to_ms(key.updated_at),
-    };
-    let versions = key
-        .versions
-        .iter()
-        .map(|v| KeyVersionRow {
-            key_id: row.id.clone(),
-            version: v.version as i64,
-            wrapped_material: v.wrapped.as_ref().map(WrappedKey::to_base64),
-            created_at: to_ms(v.created_at),
-        })
-        .collect();
-    (row, versions)
+impl MemoryKeyStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything stored, as a database dump would hold it.
+    pub fn contents(&self) -> &[StoredKey] {
+        &self.keys
+    }
 }
 
-fn version_u32(v: i64, field: &'static str) -> Result<u32, StorageError> {
-    u32::try_from(v).ok().filter(|v| *v >= 1).ok_or(invalid(field))
-}
+impl KeyStore for MemoryKeyStore {
+    type Error = MemoryStoreError;
 
-pub fn from_rows(row: &KeyRow, versions: &[KeyVersionRow]) -> Result<Key, StorageError> {
-    let state = match KeyStateName::parse(&row.state).ok_or(invalid("state"))? {
-        KeyStateName::Enabled => KeyState::Enabled,
-        KeyStateName::Disabled => KeyState::Disabled,
-        KeyStateName::PendingDeletion => KeyState::PendingDeletion {
-            delete_at: from_ms(row.deletion_at.ok_or(invalid("deletion_at"))?),
-        },
-        KeyStateName::Destroyed => KeyState::Destroyed {
-            destroyed_at: from_ms(row.destroyed_at.ok_or(invalid("destroyed_at"))?),
-        },
-    };
-    let id = Uuid::parse_str(&row.id).map_err(|_| invalid("id"))?;
-    let mut vs = versions
-        .iter()
-        .map(|v| {
-            if v.key_id != row.id {
-                return Err(invalid("key_id"));
+    async fn get(&mut self, project: Uuid, id: Uuid) -> Result<Option<StoredKey>, MemoryStoreError> {
+        Ok(self
+            .keys
+            .iter()
+            .find(|s| s.key.id == id && s.key.project == project)
+            .cloned())
+    }
+
+    async fn list(
+        &mut self,
+        project: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredKey>, MemoryStoreError> {
+        let mut out: Vec<StoredKey> = self
+            .keys
+            .iter()
+            .filter(|s| s.key.project == project && s.key.name.as_str() > after.unwrap_or(""))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn insert(&mut self, key: &Key) -> Result<(), MemoryStoreError> {
+        if self
+            .keys
+            .iter()
+            .any(|s| s.key.project == key.project && s.key.name == key.name)
+        {
+            return Err(MemoryStoreError::Conflict(key.name.clone()));
+        }
+        self.keys.push(StoredKey {
+            key: key.clone(),
+            revision: 0,
+        });
+        Ok(())
+    }
+
+    async fn save(&mut self, key: &Key, revision: i64) -> Result<bool, MemoryStoreError> {
+        match self.keys.iter_mut().find(|s| s.key.id == key.id) {
+            Some(s) if s.revision == revision => {
+                s.key = key.clone();
+                s.revision += 1;
+                Ok(true)
             }
-            Ok(KeyVersion {
-                version: version_u32(v.version, "version")?,
-                wrapped: v
-                    .wrapped_material
-                    .as_deref()
-                    .map(WrappedKey::from_base64)
-                    .transpose()
-                    .map_err(|_| invalid("wrapped_material"))?,
-                created_at: from_ms(v.created_at),
+            _ => Ok(false),
+        }
+    }
+
+    async fn due(&mut self, now: OffsetDateTime, limit: u32) -> Result<Vec<(Uuid, Uuid)>, MemoryStoreError> {
+        let mut due: Vec<(OffsetDateTime, Uuid, Uuid)> = self
+            .keys
+            .iter()
+            .filter_map(|s| {
+                let at = s.key.next_action_at()?;
+                (at <= now).then_some((at, s.key.project, s.key.id))
             })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    vs.sort_by_key(|v| v.version);
-    Ok(Key {
-        id,
-        project: Uuid::parse_str(&row.project_id).map_err(|_| invalid("project_id"))?,
-        name: row.name.clone(),
-        algorithm: Algorithm::parse(&row.algorithm).map_err(|_| invalid("algorithm"))?,
-        state,
-        primary_version: version_u32(row.primary_version, "primary_version")?,
-        min_decryption_version: version_u32(row.min_decryption_version, "min_decryption_version")?,
-        rotation_period_days: row
-            .rotation_period_days
-            .map(|d| u32::try_from(d).map_err(|_| invalid("rotation_period_days")))
-            .transpose()?,
-        last_rotated_at: from_ms(row.last_rotated_at),
-        created_at: from_ms(row.created_at),
-        updated_at: from_ms(row.updated_at),
-        versions: vs,
-    })
+            .collect();
+        due.sort();
+        due.truncate(limit as usize);
+        Ok(due.into_iter().map(|(_, p, k)| (p, k)).collect())
+    }
+}
+
+/// Drives a future of a [`MemoryKeyStore`] to completion (it never waits on anything).
+#[cfg(test)]
+pub(crate) fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("the memory store never waits"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::WrappedKey;
     use time::macros::datetime;
 
-    #[test]
-    fn rows_round_trip_in_every_state() {
-        let t = datetime!(2026-03-01 12:00:00.123 UTC);
-        let mut k = Key::new(
-            Uuid::from_u128(7),
+    fn key(name: &str, t: OffsetDateTime) -> Key {
+        Key::new(
+            Uuid::new_v4(),
             Uuid::from_u128(8),
-            "k".into(),
+            name.into(),
             Some(30),
             WrappedKey::new(1, &[1; 12], &[2; 56]),
             t,
         )
-        .unwrap();
-        k.rotate(2, WrappedKey::new(1, &[3; 12], &[4; 56]), t).unwrap();
-        let (row, vs) = to_rows(&k);
-        assert_eq!(row.state, "enabled");
-        assert_eq!(row.next_action_at, Some(to_ms(t) + 30 * 86_400_000));
-        assert_eq!(from_rows(&row, &vs).unwrap(), k);
-        k.schedule_deletion(Some(7), t).unwrap();
-        let (row, vs) = to_rows(&k);
-        assert_eq!(row.deletion_at, row.next_action_at);
-        assert_eq!(from_rows(&row, &vs).unwrap(), k);
-        k.destroy(t + time::Duration::days(7)).unwrap();
-        let (row, vs) = to_rows(&k);
-        assert!(vs.iter().all(|v| v.wrapped_material.is_none()));
-        assert_eq!(from_rows(&row, &vs).unwrap(), k);
+        .unwrap()
     }
 
     #[test]
-    fn corrupt_rows_are_refused() {
-        let t = datetime!(2026-03-01 0:00 UTC);
-        let k = Key::new(
-            Uuid::from_u128(7),
-            Uuid::from_u128(8),
-            "k".into(),
-            None,
-            WrappedKey::new(1, &[1; 12], &[2; 56]),
-            t,
-        )
-        .unwrap();
-        let (row, vs) = to_rows(&k);
-        let bad_state = KeyRow {
-            state: "pending_deletion".into(),
-            ..row.clone()
-        };
-        assert!(from_rows(&bad_state, &vs).is_err(), "pending without a date");
-        let bad_version = KeyVersionRow {
-            version: 0,
-            ..vs[0].clone()
-        };
-        assert!(from_rows(&row, &[bad_version]).is_err());
-        let other_key = KeyVersionRow {
-            key_id: Uuid::nil().to_string(),
-            ..vs[0].clone()
-        };
-        assert!(from_rows(&row, &[other_key]).is_err());
+    fn a_stale_revision_is_refused_and_a_fresh_one_bumped() {
+        let t = datetime!(2026-03-01 12:00 UTC);
+        let mut store = MemoryKeyStore::new();
+        let k = key("k", t);
+        ready(store.insert(&k)).unwrap();
+        assert!(ready(store.insert(&key("k", t))).is_err(), "same name twice");
+        let loaded = ready(store.get(k.project, k.id)).unwrap().unwrap();
+        assert_eq!((&loaded.key, loaded.revision), (&k, 0));
+        let mut changed = loaded.key.clone();
+        changed.disable(t).unwrap();
+        assert!(ready(store.save(&changed, 0)).unwrap());
+        assert!(
+            !ready(store.save(&changed, 0)).unwrap(),
+            "the second writer with revision 0 loses"
+        );
+        assert_eq!(ready(store.get(k.project, k.id)).unwrap().unwrap().revision, 1);
+        assert!(
+            ready(store.get(Uuid::nil(), k.id)).unwrap().is_none(),
+            "another project's key"
+        );
+    }
+
+    #[test]
+    fn due_keys_come_soonest_first_and_lists_by_name() {
+        let t = datetime!(2026-03-01 12:00 UTC);
+        let mut store = MemoryKeyStore::new();
+        let (b, a) = (key("b", t), key("a", t + time::Duration::days(1)));
+        ready(store.insert(&b)).unwrap();
+        ready(store.insert(&a)).unwrap();
+        assert!(ready(store.due(t, 10)).unwrap().is_empty());
+        let due = ready(store.due(t + time::Duration::days(40), 10)).unwrap();
+        assert_eq!(due, vec![(b.project, b.id), (a.project, a.id)]);
+        let names: Vec<String> = ready(store.list(b.project, None, 10))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(ready(store.list(b.project, Some("a"), 10)).unwrap().len(), 1);
     }
 }

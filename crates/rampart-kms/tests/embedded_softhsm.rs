@@ -9,17 +9,19 @@ use std::sync::Arc;
 
 use rampart_kms::envelope::EncryptionContext;
 use rampart_kms::softhsm::{self, EmbeddedSoftHsm, SOFTHSM_CONF_ENV, SOFTHSM_MODULE};
-use rampart_kms::storage::{self, KeyRow, KeyVersionRow};
-use rampart_kms::{BackendKind, KeyService};
+use rampart_kms::{BackendKind, Key, KeyService, WrappedKey};
 use uuid::Uuid;
 
 const NAME: &str = "spec_13_3_9_embedded_softhsm_initialises_once_and_survives_restart";
 const CANARY: &[u8] = b"embedded-canary-4c1d";
 
+/// What the first start keeps of its key (as the database would) for the second.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Saved {
-    key: KeyRow,
-    versions: Vec<KeyVersionRow>,
+    id: Uuid,
+    project: Uuid,
+    wrapped: String,
+    created_at_ms: i64,
     ciphertext: String,
 }
 
@@ -39,17 +41,26 @@ fn child(step: &str, data_dir: &Path) {
         "first" => {
             let key = svc.create_key(Uuid::new_v4(), "boot", None, now).unwrap();
             let enc = svc.encrypt(&key, CANARY, &EncryptionContext::new()).unwrap();
-            let (key, versions) = storage::to_rows(&key);
             let saved = Saved {
-                key,
-                versions,
+                id: key.id,
+                project: key.project,
+                wrapped: key.versions[0].wrapped.as_ref().unwrap().to_base64(),
+                created_at_ms: rampart_common::time::to_ms(key.created_at),
                 ciphertext: enc.ciphertext,
             };
             std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
         }
         "restart" => {
             let saved: Saved = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-            let key = storage::from_rows(&saved.key, &saved.versions).unwrap();
+            let key = Key::new(
+                saved.id,
+                saved.project,
+                "boot".into(),
+                None,
+                WrappedKey::from_base64(&saved.wrapped).unwrap(),
+                rampart_common::time::from_ms(saved.created_at_ms),
+            )
+            .unwrap();
             let dec = svc.decrypt(&key, &saved.ciphertext, &EncryptionContext::new()).unwrap();
             assert_eq!(&dec.plaintext[..], CANARY);
             std::fs::write(data_dir.join("restart-ok"), b"").unwrap();

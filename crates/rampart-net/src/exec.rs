@@ -80,19 +80,7 @@ pub fn ruleset_counters(nft: &ObservedRuleset) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One element of a flow log: `packets` packets from `src` to `dst` (`port` 0 for protocols
-/// without ports) were accepted as new flows (`allowed`) or dropped.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct FlowRecord {
-    #[schema(value_type = String)]
-    pub src: Ipv4Addr,
-    #[schema(value_type = String)]
-    pub dst: Ipv4Addr,
-    pub protocol: String,
-    pub port: u16,
-    pub packets: u64,
-    pub allowed: bool,
-}
+pub use rampart_api::network::FlowRecord;
 
 /// The flow logs of a VPC namespace's ruleset (10.9-2), at most `limit` records, the busiest
 /// first.

@@ -13,7 +13,8 @@
 pub mod compile;
 pub mod desired;
 pub mod exec;
-pub mod model;
+/// The model is part of the API (`rampart_api::network::model`); the data plane compiles it.
+pub use rampart_api::network::model;
 pub mod nft;
 pub mod plan;
 pub mod reach;

@@ -8,20 +8,12 @@
 
 use std::net::Ipv4Addr;
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::desired::VpcNetwork;
 use crate::model::{Action, Direction, Port, Protocol, SecurityGroupRule};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Reachability {
-    pub allowed: bool,
-    /// What decided, in evaluation order: `policy:<id>`, `security_group_rule:<id>`,
-    /// `egress_default_deny:<port>`, `ingress_default_deny:<port>`,
-    /// `port_security_disabled:<port>`, `same_port`.
-    pub because: Vec<String>,
-}
+pub use rampart_api::network::Reachability;
 
 fn members(net: &VpcNetwork, group: &Uuid) -> impl Iterator<Item = Ipv4Addr> {
     net.ports

@@ -287,7 +287,7 @@ fn validate_tags(field: &str, tags: &BTreeMap<String, String>) -> Result<(), Err
 }
 
 /// The last 12 hex digits of an id: the random part of a v4 UUID, short enough to fit device
-/// names (15 bytes) and readable in nft listings. [`crate::compile`] rejects a state where two
+/// names (15 bytes) and readable in nft listings. `rampart_net::compile` rejects a state where two
 /// objects of a VPC share one.
 pub fn short_id(id: &Uuid) -> String {
     let s = id.simple().to_string();
