@@ -6,13 +6,13 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
-pub mod compute;
+
 pub mod grants;
 pub mod http;
 pub mod idempotency;
 pub mod identity;
 pub mod kms;
-pub mod network;
+
 pub mod planes;
 pub mod publish;
 pub mod quota;
@@ -182,7 +182,9 @@ impl Controller {
         if publish::all(&state.db, &state.config).await? {
             state.notify_node_changes();
         }
-        kms::after_start(&state).await.map_err(StartError::KmsRecords)?;
+        app::certificates::after_start(&state)
+            .await
+            .map_err(StartError::KmsRecords)?;
 
         let router = routes::router(state.clone());
         let mut tasks = Vec::new();
@@ -195,7 +197,7 @@ impl Controller {
             )));
         }
         tasks.push(audit::intents::spawn_intent_reconcile(state.clone(), now));
-        tasks.push(kms::spawn_root_check(state.clone()));
+        tasks.push(app::keys::spawn_root_check(state.clone()));
         tasks.extend(tasks::spawn_all(&state));
         tasks.push(audit::forwarding::spawn_forwarding(state.clone()));
         tracing::info!(addrs = ?addrs, version = rampart_common::VERSION, "controller started");
@@ -224,7 +226,7 @@ impl Controller {
 
     /// A join token created in-process (the local agent of `rampart up`).
     pub async fn issue_join_token(&self, node_name: Option<String>) -> Result<JoinToken, rampart_common::Error> {
-        routes::nodes::issue_join_token(&self.state, node_name, None, None).await
+        app::nodes::issue_join_token(&self.state, node_name, None, None).await
     }
 
     /// Stops listening, ends long polls, lets open requests finish, closes the database.

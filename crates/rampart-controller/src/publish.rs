@@ -2,7 +2,7 @@
 //! node's whole document in the same transaction (the generation moves only when the
 //! document changed); the caller commits, then wakes the long polls with
 //! [`crate::state::AppState::notify_node_changes`]. The sections come from the capabilities
-//! ([`crate::compute::node_compute`], [`crate::network::node_network`]); the frame from the
+//! ([`crate::app::compute::desired::node_compute`], [`crate::app::network::desired::node_network`]); the frame from the
 //! pure [`crate::render`].
 
 use std::collections::BTreeSet;
@@ -20,8 +20,8 @@ pub async fn node_document_json(
     node_name: &str,
 ) -> rampart_db::Result<String> {
     let mut doc = crate::render::node_config(node_id, node_name, &config.nodes);
-    doc.compute = crate::compute::node_compute(conn, node_id).await?;
-    doc.network = crate::network::node_network(conn, config, node_id).await?;
+    doc.compute = crate::app::compute::desired::node_compute(conn, node_id).await?;
+    doc.network = crate::app::network::desired::node_network(conn, config, node_id).await?;
     Ok(serde_json::to_string(&doc).expect("node config serialises"))
 }
 

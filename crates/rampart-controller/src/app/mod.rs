@@ -19,6 +19,7 @@
 //! It returns the API view; route handlers (`crate::routes`) only parse, call and render, and
 //! never touch the database.
 
+pub mod agent;
 pub mod assignments;
 pub mod audit;
 pub mod certificates;

@@ -197,10 +197,3 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .await
         .map_err(|e| Error::internal("running a key operation", e))
 }
-
-// The old paths of the use cases that moved to the application layer, for the modules that
-// still call them here (lib, reconcile, routes/identity, routes/agent). These re-exports are
-// this module's only edge to the controller's state: once those callers name
-// `crate::app::…`, they go and `kms` leaves the import cycle.
-pub use crate::app::certificates::{after_start, node_for_certificate, record_server_certificate};
-pub use crate::app::keys::{after_project_delete, maintain, project_created, spawn_root_check};

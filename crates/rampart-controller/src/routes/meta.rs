@@ -2,11 +2,11 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use rampart_api::{Health, NodeCounts};
+use rampart_api::Health;
 use rampart_common::Error;
 use rampart_common::error::ErrorBody;
-use rampart_db::nodes;
 
+use crate::app;
 use crate::state::AppState;
 
 /// Liveness of the control plane and its nodes.
@@ -23,22 +23,7 @@ pub async fn health(
         q.split('&')
             .any(|kv| kv == "verbose" || kv == "verbose=true" || kv == "verbose=1")
     });
-    let (ready, total) = {
-        let mut conn = state.db.conn().await?;
-        nodes::counts(&mut conn).await?
-    };
-    let reason = state
-        .db
-        .write_failure()
-        .await
-        .map(|r| format!("database writes fail: {r}"));
-    Ok(axum::Json(Health {
-        status: if reason.is_some() { "degraded" } else { "ok" }.into(),
-        version: rampart_common::VERSION.into(),
-        nodes: NodeCounts { ready, total },
-        reason,
-        tasks: if verbose { state.tasks.snapshot() } else { Vec::new() },
-    }))
+    app::nodes::health(&state, verbose).await.map(axum::Json)
 }
 
 /// Readiness for traffic (load balancers, orchestrators): 200 while the database answers and

@@ -1,19 +1,16 @@
 //! Nodes as the operator sees them, and join tokens.
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use rampart_api::agent::JoinTokenParts;
-use rampart_api::{JoinToken, JoinTokenCreate, List, Node};
-use rampart_common::error::ErrorBody;
-use rampart_common::page::{PageParams, finish_page};
-use rampart_common::{Error, names};
-use rampart_db::nodes;
-use rampart_iam::secrets;
-use uuid::Uuid;
-
+use crate::app;
 use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rampart_api::{JoinToken, JoinTokenCreate, List, Node};
+use rampart_common::Error;
+use rampart_common::error::ErrorBody;
+use rampart_common::page::PageParams;
+use uuid::Uuid;
 
 /// List nodes, ordered by name.
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(PageParams), security(("bearer" = [])),
@@ -23,12 +20,7 @@ pub async fn list_nodes(
     principal: Principal,
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<axum::Json<List<Node>>, Error> {
-    principal.require_system(&state, "system.read")?;
-    let page = page.validate()?;
-    let mut conn = state.db.conn().await?;
-    let rows = nodes::list(&mut conn, page.after.as_deref(), page.limit + 1).await?;
-    let (items, next) = finish_page(rows, page.limit, |n| n.name.clone());
-    Ok(axum::Json(List { items, next }))
+    app::nodes::list_nodes(&state, &principal, page).await.map(axum::Json)
 }
 
 /// One node.
@@ -39,12 +31,7 @@ pub async fn get_node(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<axum::Json<Node>, Error> {
-    principal.require_system(&state, "system.read")?;
-    let mut conn = state.db.conn().await?;
-    nodes::get(&mut conn, id)
-        .await?
-        .map(axum::Json)
-        .ok_or_else(|| Error::not_found("no such node"))
+    app::nodes::get_node(&state, &principal, id).await.map(axum::Json)
 }
 
 /// Remove a node. Its certificate is refused from the next request on; the agent must join
@@ -56,16 +43,9 @@ pub async fn delete_node(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, Error> {
-    principal.require_system(&state, "system.manage")?;
-    let mut tx = state.db.begin().await?;
-    if !nodes::delete(&mut tx, id).await? {
-        return Err(Error::not_found("no such node"));
-    }
-    crate::kms::node_removed(&mut tx, id, state.now()).await?;
-    rampart_db::Db::commit(tx).await?;
-    tracing::warn!(node = %id, by = %principal.user.name, "node removed");
-    state.notify_node_changes();
-    Ok(StatusCode::NO_CONTENT)
+    app::nodes::delete_node(&state, &principal, id)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
 }
 
 /// Issue a one-time join token for `rampart agent --join`.
@@ -76,48 +56,7 @@ pub async fn create_join_token(
     principal: Principal,
     ApiJson(req): ApiJson<JoinTokenCreate>,
 ) -> Result<(StatusCode, axum::Json<JoinToken>), Error> {
-    principal.require_system(&state, "system.manage")?;
-    let token = issue_join_token(&state, req.node_name, req.ttl_s, Some(principal.user.id)).await?;
-    tracing::info!(token_id = %token.id, by = %principal.user.name, node_name = ?token.node_name, "join token issued");
-    Ok((StatusCode::CREATED, axum::Json(token)))
-}
-
-/// Creates a join token (also used by `rampart up` for its local agent).
-pub async fn issue_join_token(
-    state: &AppState,
-    node_name: Option<String>,
-    ttl_s: Option<u64>,
-    created_by: Option<Uuid>,
-) -> Result<JoinToken, Error> {
-    if let Some(name) = &node_name {
-        names::validate_node_name(name)
-            .map_err(|_| Error::field("node_name", "node_name must be a lowercase host name"))?;
-    }
-    let ttl = ttl_s.unwrap_or(state.config.nodes.join_token_ttl_s);
-    if !(60..=604_800).contains(&ttl) {
-        return Err(Error::field("ttl_s", "ttl_s must be between 60 and 604800 seconds"));
-    }
-    let id = Uuid::new_v4();
-    let secret = secrets::random_secret();
-    let now = state.now();
-    let expires_at = now + time::Duration::seconds(ttl as i64);
-    let mut conn = state.db.conn().await?;
-    nodes::insert_join_token(
-        &mut conn,
-        id,
-        &secrets::hash_secret(secret.expose()),
-        node_name.as_deref(),
-        created_by,
-        expires_at,
-        now,
-    )
-    .await?;
-    let ca_sha256 = state.ca.sha256();
-    Ok(JoinToken {
-        id,
-        token: JoinTokenParts::format(id, secret.expose(), &ca_sha256).into(),
-        expires_at,
-        ca_sha256,
-        node_name,
-    })
+    app::nodes::create_join_token(&state, &principal, req)
+        .await
+        .map(|v| (StatusCode::CREATED, axum::Json(v)))
 }

@@ -26,7 +26,7 @@ pub async fn renew(state: AppState) -> Result<(), String> {
         })?;
     if renewed
         && let Ok(mut conn) = state.db.conn().await
-        && let Err(e) = crate::kms::record_server_certificate(&state, &mut conn).await
+        && let Err(e) = crate::app::certificates::record_server_certificate(&state, &mut conn).await
     {
         tracing::warn!(error = %ErrorChain(&e), "cannot put the renewed server certificate in the inventory");
     }

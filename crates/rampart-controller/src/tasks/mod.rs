@@ -72,16 +72,24 @@ fn tasks(state: &AppState) -> Vec<Task> {
             })
         }),
         t("alarms", true, seconds(1), |s| {
-            Box::pin(async move { crate::compute::evaluate_alarms(&s).await.map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                crate::app::compute::evaluation::evaluate_alarms(&s)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         }),
         t("metrics_prune", true, seconds(300), |s| {
-            Box::pin(async move { crate::compute::prune_metrics(&s).await.map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                crate::app::compute::monitoring::prune_metrics(&s)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         }),
         t("token_purge", true, seconds(600), |s| {
             Box::pin(housekeeping::purge_tokens(s))
         }),
         t("key_maintenance", true, seconds(c.kms.maintenance_interval_s), |s| {
-            Box::pin(async move { crate::kms::maintain(&s).await.map_err(|e| e.to_string()) })
+            Box::pin(async move { crate::app::keys::maintain(&s).await.map_err(|e| e.to_string()) })
         }),
         Task {
             backoff: Some((seconds(30), seconds(3600))),

@@ -217,7 +217,7 @@ pub async fn create(
         launched_at: None,
         created_at: state.now(),
     };
-    let before = crate::network::nodes_of_project(&mut tx, project).await?;
+    let before = crate::app::network::desired::nodes_of_project(&mut tx, project).await?;
     db::insert_instance(&mut tx, &row).await?;
     let ports = nics::plug_nics(&mut tx, project, row.id, node, nics, state.now()).await?;
     db::set_instance_ports(&mut tx, row.id, &list_column(&ports)).await?;
@@ -226,7 +226,7 @@ pub async fn create(
         .ok_or_else(|| Error::internal("creating an instance", "row vanished"))?;
     // The node's document (its VMs and their taps) and those of every node holding the VPCs
     // (whose sets now name the new addresses), in the same transaction.
-    let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
+    let mut all = crate::app::network::desired::nodes_of_project(&mut tx, project).await?;
     all.extend(before);
     crate::publish::nodes(&mut tx, &state.config, &all).await?;
     crate::publish::node(&state.config, &mut tx, node).await?;
@@ -266,7 +266,7 @@ pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uui
 pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<Instance, Error> {
     let row = super::instance(state, principal, project, id, "project.write").await?;
     let mut tx = state.db.begin().await?;
-    let before = crate::network::nodes_of_project(&mut tx, project).await?;
+    let before = crate::app::network::desired::nodes_of_project(&mut tx, project).await?;
     // Unplugged at once: the node removes the taps with the VM, in the same document.
     nics::unplug_nics(&mut tx, id, state.now()).await?;
     match row.node_id {
@@ -276,7 +276,7 @@ pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: 
         }
         None => db::delete_instance(&mut tx, id).await?,
     }
-    let mut all = crate::network::nodes_of_project(&mut tx, project).await?;
+    let mut all = crate::app::network::desired::nodes_of_project(&mut tx, project).await?;
     all.extend(before);
     crate::publish::nodes(&mut tx, &state.config, &all).await?;
     let after = db::instance(&mut tx, id).await?;

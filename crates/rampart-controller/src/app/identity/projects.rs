@@ -63,7 +63,7 @@ pub async fn create_project(state: &AppState, principal: &Principal, req: Projec
         state.now(),
     )
     .await?;
-    crate::kms::project_created(state, p.id).await?;
+    crate::app::keys::project_created(state, p.id).await?;
     tracing::info!(project = %p.name, domain = %d.name, by = %principal.user.name, "project created");
     Ok(project_view(p))
 }
@@ -111,7 +111,7 @@ pub async fn delete_project(state: &AppState, principal: &Principal, id: Uuid) -
     crate::kms::before_project_delete(&mut tx, id, state.now()).await?;
     identity::delete_project(&mut tx, id).await?;
     rampart_db::Db::commit(tx).await?;
-    crate::kms::after_project_delete(state, id).await;
+    crate::app::keys::after_project_delete(state, id).await;
     tracing::info!(project = %p.name, by = %principal.user.name, "project deleted");
     Ok(())
 }

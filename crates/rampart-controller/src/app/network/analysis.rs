@@ -1,7 +1,7 @@
 //! analysis
 
+use super::desired as network;
 use crate::auth::Principal;
-use crate::network;
 use crate::state::AppState;
 use rampart_api::network::*;
 use rampart_common::Error;

@@ -8,6 +8,7 @@
 //! of the project, so agents see the change at the next generation.
 
 pub mod analysis;
+pub mod desired;
 pub mod floating_ips;
 pub mod policies;
 pub mod ports;
@@ -15,8 +16,8 @@ pub mod security_groups;
 pub mod subnets;
 pub mod vpcs;
 
+use self::desired as network;
 use crate::auth::Principal;
-use crate::network;
 use crate::state::AppState;
 use rampart_api::network::*;
 use rampart_common::Error;

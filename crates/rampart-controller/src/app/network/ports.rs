@@ -107,7 +107,7 @@ pub async fn delete_port(state: &AppState, principal: &Principal, (p, id): (Uuid
 /// `port_in_use`.
 pub(crate) async fn not_in_an_instance(conn: &mut rampart_db::Conn, port: Uuid) -> Result<(), Error> {
     match rampart_db::compute::port_instance(conn, port).await? {
-        Some(i) => Err(crate::compute::port_in_use(format!(
+        Some(i) => Err(crate::app::compute::nics::port_in_use(format!(
             "port {port} is plugged into instance {i}; delete the instance first"
         ))),
         None => Ok(()),

@@ -1,7 +1,7 @@
 //! vpcs
 
+use super::desired as network;
 use crate::auth::Principal;
-use crate::network;
 use crate::state::AppState;
 use rampart_api::List;
 use rampart_api::network::*;
