@@ -10,6 +10,9 @@ use crate::catalogue::{Catalogue, Rule};
 use crate::paths::{host_path, is_live_root, under};
 use crate::{settings, sshd, sysctl};
 
+/// `(line index, key, value)` of each assignment of a settings file.
+pub type Assignments = Vec<(usize, String, String)>;
+
 #[derive(Debug, Clone, Default)]
 pub struct HostFacts {
     /// The running host itself (live sources were read), not a fixture tree.
@@ -18,7 +21,7 @@ pub struct HostFacts {
     pub sshd: Option<SshdFacts>,
     pub sysctl: BTreeMap<String, SysctlFact>,
     /// File (host path) → its assignments; `None` when the file is absent.
-    pub settings: BTreeMap<String, Option<Vec<(usize, String, String)>>>,
+    pub settings: BTreeMap<String, Option<Assignments>>,
     /// `None` when /etc/shadow cannot be read.
     pub empty_password_accounts: Option<Vec<String>>,
     pub extra_uid0: Option<Vec<String>>,
