@@ -246,6 +246,13 @@ fn from_osv(records: Vec<Osv>) -> Vec<Advisory> {
 /// Parses a document of either format.
 pub fn parse(text: &str) -> Result<(Kind, Vec<Advisory>), Error> {
     let bad = |e: serde_json::Error| Error::VulnData(e.to_string());
+    // The tracker export is tens of megabytes: read it straight into its types, without an
+    // intermediate `Value` (an OSV record or `{"vulns": […]}` does not fit them).
+    if text.trim_start().starts_with('{')
+        && let Ok(doc) = serde_json::from_str::<HashMap<String, HashMap<String, TrackerCve>>>(text)
+    {
+        return Ok((Kind::DebianTracker, from_tracker(doc)));
+    }
     let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
     let is_osv = |v: &serde_json::Value| v.get("id").is_some_and(|i| i.is_string()) && v.get("affected").is_some();
     if value.is_array() || is_osv(&value) || value.get("vulns").is_some_and(|v| v.is_array()) {
