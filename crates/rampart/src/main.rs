@@ -105,6 +105,12 @@ enum Command {
     /// VM images: signing keys and signatures (local), upload, list, show, delete.
     #[command(subcommand)]
     Image(cli::images::ImageCmd),
+    /// Host hardening on this machine: check (spec 9.1) and apply the file-based fixes.
+    #[command(subcommand)]
+    Harden(cli::posture::HardenCmd),
+    /// Package vulnerabilities (spec 15-4): import OSV / Debian tracker data, scan a root.
+    #[command(subcommand)]
+    Vulndb(cli::posture::VulndbCmd),
 }
 
 #[derive(Args)]
@@ -329,6 +335,8 @@ fn main() -> ExitCode {
             Command::Key(cmd) => cli::keys::key(cmd).await.map_err(Failure::Runtime),
             Command::Cert(cmd) => cli::keys::cert(cmd).await.map_err(Failure::Runtime),
             Command::Image(cmd) => cli::images::image(cmd).await.map_err(Failure::Runtime),
+            Command::Harden(cmd) => cli::posture::harden(cmd),
+            Command::Vulndb(cmd) => cli::posture::vulndb(cmd),
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

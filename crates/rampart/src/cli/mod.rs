@@ -3,6 +3,7 @@
 pub mod identity;
 pub mod images;
 pub mod keys;
+pub mod posture;
 pub mod session;
 
 /// Prints an API answer as pretty JSON on standard output.
