@@ -48,7 +48,7 @@ pub struct EventQuery {
 
 /// Audit records, filtered, oldest first unless `order=desc`.
 pub async fn list_events(state: &AppState, principal: &Principal, q: EventQuery) -> Result<List<AuditRecord>, Error> {
-    principal.require_system(&state, "audit.read")?;
+    principal.require_system(state, "audit.read")?;
     let page = PageParams {
         limit: q.limit,
         cursor: q.cursor.clone(),
@@ -94,7 +94,7 @@ pub async fn list_events(state: &AppState, principal: &Principal, q: EventQuery)
     let mut items = Vec::with_capacity(rows.len());
     // Every reader here holds a system role: tenants' encryption contexts become digests, and a
     // reader who is not an auditor (the system admin) sees no tenant key ids either.
-    let hide_key_ids = !principal.can(&state, "audit.verify", rampart_iam::authz::Target::System);
+    let hide_key_ids = !principal.can(state, "audit.verify", rampart_iam::authz::Target::System);
     for row in rows {
         match row {
             Ok(mut r) => {
@@ -125,7 +125,7 @@ pub async fn list_events(state: &AppState, principal: &Principal, q: EventQuery)
 /// signatures of the checkpoints. Each problem names the record's seq and its kind
 /// (`modified`, `missing`, `truncated`, `bad_signature`).
 pub async fn verify(state: &AppState, principal: &Principal) -> Result<VerifyReport, Error> {
-    principal.require_system(&state, "audit.verify")?;
+    principal.require_system(state, "audit.verify")?;
     let keys = {
         let mut conn = state.db.conn().await?;
         rampart_db::audit::keys(&mut conn).await?
@@ -144,7 +144,7 @@ pub async fn verify(state: &AppState, principal: &Principal) -> Result<VerifyRep
 
 /// The retention of each log type, in days.
 pub async fn get_retention(state: &AppState, principal: &Principal) -> Result<RetentionPolicy, Error> {
-    principal.require_system(&state, "audit.read")?;
+    principal.require_system(state, "audit.read")?;
     let mut conn = state.db.conn().await?;
     Ok(rampart_db::audit::retention(&mut conn).await?)
 }
@@ -156,7 +156,7 @@ pub async fn put_retention(
     principal: &Principal,
     policy: RetentionPolicy,
 ) -> Result<RetentionPolicy, Error> {
-    principal.require_system(&state, "audit.manage")?;
+    principal.require_system(state, "audit.manage")?;
     let violations = policy.validate();
     if !violations.is_empty() {
         return Err(Error::Validation {
@@ -184,7 +184,7 @@ pub struct Forwarding {
 /// Where records and checkpoints are forwarded (RFC 5425 syslog over TLS) and how that goes:
 /// `status.degraded` is the "forwarding degraded" alarm.
 pub async fn get_forwarding(state: &AppState, principal: &Principal) -> Result<Forwarding, Error> {
-    principal.require_system(&state, "audit.read")?;
+    principal.require_system(state, "audit.read")?;
     let settings = crate::audit::load_forwarding(&state.db).await?;
     Ok(Forwarding {
         settings,
@@ -200,7 +200,7 @@ pub async fn put_forwarding(
     principal: &Principal,
     settings: ForwardingSettings,
 ) -> Result<Forwarding, Error> {
-    principal.require_system(&state, "audit.manage")?;
+    principal.require_system(state, "audit.manage")?;
     if settings.enabled {
         settings.forwarder_config()?;
     }

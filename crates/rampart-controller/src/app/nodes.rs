@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 /// List nodes, ordered by name.
 pub async fn list_nodes(state: &AppState, principal: &Principal, page: PageParams) -> Result<List<Node>, Error> {
-    principal.require_system(&state, "system.read")?;
+    principal.require_system(state, "system.read")?;
     let page = page.validate()?;
     let mut conn = state.db.conn().await?;
     let rows = nodes::list(&mut conn, page.after.as_deref(), page.limit + 1).await?;
@@ -22,7 +22,7 @@ pub async fn list_nodes(state: &AppState, principal: &Principal, page: PageParam
 
 /// One node.
 pub async fn get_node(state: &AppState, principal: &Principal, id: Uuid) -> Result<Node, Error> {
-    principal.require_system(&state, "system.read")?;
+    principal.require_system(state, "system.read")?;
     let mut conn = state.db.conn().await?;
     nodes::get(&mut conn, id)
         .await?
@@ -32,7 +32,7 @@ pub async fn get_node(state: &AppState, principal: &Principal, id: Uuid) -> Resu
 /// Remove a node. Its certificate is refused from the next request on; the agent must join
 /// again with a new token.
 pub async fn delete_node(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {
-    principal.require_system(&state, "system.manage")?;
+    principal.require_system(state, "system.manage")?;
     let mut tx = state.db.begin().await?;
     if !nodes::delete(&mut tx, id).await? {
         return Err(Error::not_found("no such node"));
@@ -50,8 +50,8 @@ pub async fn create_join_token(
     principal: &Principal,
     req: JoinTokenCreate,
 ) -> Result<JoinToken, Error> {
-    principal.require_system(&state, "system.manage")?;
-    let token = issue_join_token(&state, req.node_name, req.ttl_s, Some(principal.user.id)).await?;
+    principal.require_system(state, "system.manage")?;
+    let token = issue_join_token(state, req.node_name, req.ttl_s, Some(principal.user.id)).await?;
     tracing::info!(token_id = %token.id, by = %principal.user.name, node_name = ?token.node_name, "join token issued");
     Ok(token)
 }

@@ -20,7 +20,7 @@ pub async fn reachability(
     p: Uuid,
     q: ReachabilityQuery,
 ) -> Result<Reachability, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     match (q.protocol, q.port) {
         (Protocol::Any, _) => {
             return Err(invalid(
@@ -62,7 +62,7 @@ pub async fn reachability(
 /// The latest data-plane report of a node: per VPC, the drop counters (spoofing, DHCP
 /// quarantine, connection allowance exceeded per port, per-policy hits) and flow logs.
 pub async fn node_network(state: &AppState, principal: &Principal, id: Uuid) -> Result<NodeNetworkReport, Error> {
-    principal.require_system(&state, "system.read")?;
+    principal.require_system(state, "system.read")?;
     let mut conn = state.db.conn().await?;
     let (_, json, updated_at) = db::node_statuses(&mut conn, &[id])
         .await?
@@ -87,7 +87,7 @@ pub enum Flows {
 /// The flow graph of the project's VPCs from the nodes' latest reports (`?since=` to ignore
 /// older ones, `?vpc=` for one VPC).
 pub async fn flows(state: &AppState, principal: &Principal, p: Uuid, q: FlowsQuery) -> Result<Flows, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let dot = match q.format.as_deref() {
         None | Some("json") => false,
         Some("dot") => true,

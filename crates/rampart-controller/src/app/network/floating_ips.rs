@@ -20,7 +20,7 @@ pub async fn list_floating_ips(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<FloatingIp>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_floating_ips(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
@@ -57,7 +57,7 @@ pub async fn create_floating_ip(
     p: Uuid,
     req: FloatingIpCreate,
 ) -> Result<FloatingIp, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     if let Some(port) = req.port {
         fip_target(&mut w.tx, p, port).await?;
     }
@@ -68,7 +68,7 @@ pub async fn create_floating_ip(
         port: req.port,
     };
     db::insert_floating_ip(&mut w.tx, p, &fip, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(fip = %fip.id, address = %fip.address, port = ?fip.port, by = %principal.user.name, "floating IP allocated");
     Ok(fip_view(fip))
 }
@@ -85,7 +85,7 @@ pub async fn get_floating_ip(
     principal: &Principal,
     (p, id): (Uuid, Uuid),
 ) -> Result<FloatingIp, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(fip_view(fip_in(&mut conn, p, id).await?))
 }
@@ -97,7 +97,7 @@ pub async fn update_floating_ip(
     (p, id): (Uuid, Uuid),
     req: FloatingIpUpdate,
 ) -> Result<FloatingIp, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let mut fip = fip_in(&mut w.tx, p, id).await?;
     if let Some(port) = req.port {
         if let Some(port) = port {
@@ -106,17 +106,17 @@ pub async fn update_floating_ip(
         db::associate_floating_ip(&mut w.tx, id, port).await?;
         fip.port = port;
     }
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(fip = %id, port = ?fip.port, by = %principal.user.name, "floating IP updated");
     Ok(fip_view(fip))
 }
 
 /// Release a floating IP.
 pub async fn delete_floating_ip(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     fip_in(&mut w.tx, p, id).await?;
     db::delete_floating_ip(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(fip = %id, by = %principal.user.name, "floating IP released");
     Ok(())
 }

@@ -18,7 +18,7 @@ pub async fn list_policies(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<SegmentationPolicy>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_policies(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
@@ -36,10 +36,10 @@ pub async fn create_policy(
     p: Uuid,
     req: SegmentationPolicyCreate,
 ) -> Result<SegmentationPolicy, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let pol = req.into_policy(Uuid::new_v4())?;
     db::insert_policy(&mut w.tx, p, &pol, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(policy = %pol.id, name = %pol.name, by = %principal.user.name, "segmentation policy created");
     Ok(pol)
 }
@@ -50,7 +50,7 @@ pub async fn get_policy(
     principal: &Principal,
     (p, id): (Uuid, Uuid),
 ) -> Result<SegmentationPolicy, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     db::get_policy(&mut conn, p, id)
         .await?
@@ -59,12 +59,12 @@ pub async fn get_policy(
 
 /// Delete a segmentation policy.
 pub async fn delete_policy(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     db::get_policy(&mut w.tx, p, id)
         .await?
         .ok_or_else(|| Error::not_found("no such segmentation policy"))?;
     db::delete_policy(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(policy = %id, by = %principal.user.name, "segmentation policy deleted");
     Ok(())
 }

@@ -20,7 +20,7 @@ pub async fn list_ports(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<Port>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_ports(&mut conn, p, q.vpc, q.subnet, page.after.as_deref(), page.limit + 1).await?;
@@ -35,7 +35,7 @@ pub async fn list_ports(
 /// locally administered MAC are allocated; port security (IP/MAC/ARP binding, DHCP and RA
 /// quarantine) is on unless `port_security` is false.
 pub async fn create_port(state: &AppState, principal: &Principal, p: Uuid, req: PortCreate) -> Result<Port, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let subnet = db::get_subnet(&mut w.tx, p, req.subnet)
         .await?
         .ok_or_else(|| invalid("subnet", "unknown_subnet", "no such subnet in this project"))?;
@@ -47,14 +47,14 @@ pub async fn create_port(state: &AppState, principal: &Principal, p: Uuid, req: 
     if existing.len() >= 65_000 {
         return Err(invalid("subnet", "too_many_ports", "a VPC holds at most 65000 ports"));
     }
-    crate::quota::enforce(&state, &mut w.tx, p, Resource::Ports, 1).await?;
+    crate::quota::enforce(state, &mut w.tx, p, Resource::Ports, 1).await?;
     let groups = db::group_ids(&mut w.tx, p).await?;
     let port = req.into_port(Uuid::new_v4(), &subnet, &existing, |g| groups.contains(g))?;
     db::insert_port(&mut w.tx, p, &port, state.now()).await?;
     let row = db::get_port(&mut w.tx, p, port.id)
         .await?
         .ok_or_else(|| Error::internal("creating a port", "row vanished"))?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(port = %port.id, ip = %port.ip, mac = %port.mac, by = %principal.user.name, "port created");
     Ok(port_view(row))
 }
@@ -67,7 +67,7 @@ pub(crate) async fn port_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> R
 
 /// One port.
 pub async fn get_port(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Port, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(port_view(port_in(&mut conn, p, id).await?))
 }
@@ -80,13 +80,13 @@ pub async fn update_port(
     (p, id): (Uuid, Uuid),
     req: PortUpdate,
 ) -> Result<Port, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let row = port_in(&mut w.tx, p, id).await?;
     let groups = db::group_ids(&mut w.tx, p).await?;
     let port = req.apply(&row.port, |g| groups.contains(g))?;
     db::update_port(&mut w.tx, &port, state.now()).await?;
     let row = port_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(port = %id, by = %principal.user.name, "port updated");
     Ok(port_view(row))
 }
@@ -94,11 +94,11 @@ pub async fn update_port(
 /// Delete a port. Its node removes the device, its addresses from every set and their
 /// tracked connections; its floating IP is released from it.
 pub async fn delete_port(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     port_in(&mut w.tx, p, id).await?;
     not_in_an_instance(&mut w.tx, id).await?;
     db::delete_port(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(port = %id, by = %principal.user.name, "port deleted");
     Ok(())
 }
@@ -149,7 +149,7 @@ pub async fn bind_port(
     (p, id): (Uuid, Uuid),
     req: PortBinding,
 ) -> Result<Port, Error> {
-    let mut w = operator_write(&state, &principal, p).await?;
+    let mut w = operator_write(state, principal, p).await?;
     let row = port_in(&mut w.tx, p, id).await?;
     not_in_an_instance(&mut w.tx, id).await?;
     if let PortDevice::Veth { peer_netns, peer_name } = &req.device {
@@ -185,18 +185,18 @@ pub async fn bind_port(
         device: Some(req.device.clone()),
         ..row
     };
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(port = %id, node = %req.node, by = %principal.user.name, "port bound");
     Ok(port_view(row))
 }
 
 /// Unplug a port from its node.
 pub async fn unbind_port(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = operator_write(&state, &principal, p).await?;
+    let mut w = operator_write(state, principal, p).await?;
     port_in(&mut w.tx, p, id).await?;
     not_in_an_instance(&mut w.tx, id).await?;
     db::bind_port(&mut w.tx, id, None, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(port = %id, by = %principal.user.name, "port unbound");
     Ok(())
 }

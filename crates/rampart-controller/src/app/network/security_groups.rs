@@ -19,7 +19,7 @@ pub async fn list_groups(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<SecurityGroup>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_groups(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
@@ -36,10 +36,10 @@ pub async fn create_group(
     p: Uuid,
     req: SecurityGroupCreate,
 ) -> Result<SecurityGroup, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let g = req.into_group(Uuid::new_v4(), [Uuid::new_v4(), Uuid::new_v4()])?;
     db::insert_group(&mut w.tx, p, &g, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(group = %g.id, name = %g.name, project = %p, by = %principal.user.name, "security group created");
     Ok(g)
 }
@@ -52,9 +52,9 @@ pub(crate) async fn group_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> 
 
 /// One security group with its rules in evaluation order.
 pub async fn get_group(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<SecurityGroup, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
-    Ok(group_in(&mut conn, p, id).await?)
+    group_in(&mut conn, p, id).await
 }
 
 /// Rename a security group or change its description.
@@ -64,7 +64,7 @@ pub async fn update_group(
     (p, id): (Uuid, Uuid),
     req: SecurityGroupUpdate,
 ) -> Result<SecurityGroup, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let g = group_in(&mut w.tx, p, id).await?;
     // The same checks as at creation.
     let checked = SecurityGroupCreate {
@@ -74,17 +74,17 @@ pub async fn update_group(
     .into_group(id, [Uuid::nil(), Uuid::nil()])?;
     db::update_group(&mut w.tx, id, &checked.name, &checked.description, state.now()).await?;
     let g = group_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(group = %id, by = %principal.user.name, "security group updated");
     Ok(g)
 }
 
 /// Delete a security group (409 while ports are in it or other groups' rules name it).
 pub async fn delete_group(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     group_in(&mut w.tx, p, id).await?;
     db::delete_group(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(group = %id, by = %principal.user.name, "security group deleted");
     Ok(())
 }
@@ -95,7 +95,7 @@ pub async fn list_rules(
     principal: &Principal,
     (p, id): (Uuid, Uuid),
 ) -> Result<List<SecurityGroupRule>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(List {
         items: group_in(&mut conn, p, id).await?.rules,
@@ -111,7 +111,7 @@ pub async fn create_rule(
     (p, id): (Uuid, Uuid),
     req: SecurityGroupRuleCreate,
 ) -> Result<SecurityGroupRule, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let g = group_in(&mut w.tx, p, id).await?;
     if g.rules.len() >= 1000 {
         return Err(invalid(
@@ -123,7 +123,7 @@ pub async fn create_rule(
     let groups = db::group_ids(&mut w.tx, p).await?;
     let rule = req.into_rule(Uuid::new_v4(), |g| groups.contains(g))?;
     db::insert_rule(&mut w.tx, id, &rule, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(group = %id, rule = %rule.id, by = %principal.user.name, "security group rule added");
     Ok(rule)
 }
@@ -135,12 +135,12 @@ pub async fn delete_rule(
     principal: &Principal,
     (p, id, rule): (Uuid, Uuid, Uuid),
 ) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     group_in(&mut w.tx, p, id).await?;
     if !db::delete_rule(&mut w.tx, id, rule, state.now()).await? {
         return Err(Error::not_found("no such rule in this security group"));
     }
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(group = %id, rule = %rule, by = %principal.user.name, "security group rule removed");
     Ok(())
 }

@@ -19,7 +19,7 @@ pub async fn list_subnets(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<Subnet>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_subnets(&mut conn, p, q.vpc, page.after.as_deref(), page.limit + 1).await?;
@@ -35,7 +35,7 @@ pub async fn create_subnet(
     p: Uuid,
     req: SubnetCreate,
 ) -> Result<Subnet, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let vpc = db::get_vpc(&mut w.tx, p, req.vpc)
         .await?
         .ok_or_else(|| invalid("vpc", "unknown_vpc", "no such VPC in this project"))?;
@@ -43,14 +43,14 @@ pub async fn create_subnet(
     let segment = model::allocate_segment_id(&db::segment_ids(&mut w.tx).await?)?;
     let subnet = req.into_subnet(Uuid::new_v4(), &vpc.vpc, &existing, segment)?;
     db::insert_subnet(&mut w.tx, p, &subnet, state.now()).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(subnet = %subnet.id, vpc = %subnet.vpc, cidr = %subnet.cidr, by = %principal.user.name, "subnet created");
     Ok(subnet)
 }
 
 /// One subnet.
 pub async fn get_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Subnet, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     db::get_subnet(&mut conn, p, id)
         .await?
@@ -59,12 +59,12 @@ pub async fn get_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid,
 
 /// Delete a subnet (409 while it has ports).
 pub async fn delete_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     db::get_subnet(&mut w.tx, p, id)
         .await?
         .ok_or_else(|| Error::not_found("no such subnet"))?;
     db::delete_subnet(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(subnet = %id, by = %principal.user.name, "subnet deleted");
     Ok(())
 }

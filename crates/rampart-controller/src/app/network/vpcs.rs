@@ -20,7 +20,7 @@ pub async fn list_vpcs(
     p: Uuid,
     q: NetworkListParams,
 ) -> Result<List<Vpc>, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let page = page(&q)?;
     let mut conn = state.db.conn().await?;
     let rows = db::list_vpcs(&mut conn, p, page.after.as_deref(), page.limit + 1).await?;
@@ -34,10 +34,10 @@ pub async fn list_vpcs(
 /// Create a VPC: an isolated network with its own router (10.4). With `"external": true` it
 /// gets an address on the external network for SNAT egress and floating IPs.
 pub async fn create_vpc(state: &AppState, principal: &Principal, p: Uuid, req: VpcCreate) -> Result<Vpc, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let external = req.external;
     let vpc = req.into_vpc(Uuid::new_v4(), p)?;
-    crate::quota::enforce(&state, &mut w.tx, p, Resource::Vpcs, 1).await?;
+    crate::quota::enforce(state, &mut w.tx, p, Resource::Vpcs, 1).await?;
     let router_ip = if external {
         Some(network::allocate_external(&mut w.tx, &state.config).await?)
     } else {
@@ -48,7 +48,7 @@ pub async fn create_vpc(state: &AppState, principal: &Principal, p: Uuid, req: V
     let row = db::vpc_by_id(&mut w.tx, vpc.id)
         .await?
         .ok_or_else(|| Error::internal("creating a VPC", "row vanished"))?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(vpc = %vpc.id, name = %vpc.name, project = %p, by = %principal.user.name, "VPC created");
     Ok(vpc_view(row))
 }
@@ -61,7 +61,7 @@ pub(crate) async fn vpc_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Re
 
 /// One VPC.
 pub async fn get_vpc(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Vpc, Error> {
-    read(&state, &principal, p).await?;
+    read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(vpc_view(vpc_in(&mut conn, p, id).await?))
 }
@@ -73,7 +73,7 @@ pub async fn update_vpc(
     (p, id): (Uuid, Uuid),
     req: VpcUpdate,
 ) -> Result<Vpc, Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     let row = vpc_in(&mut w.tx, p, id).await?;
     let now = state.now();
     match (req.external, row.router_external_ip) {
@@ -92,17 +92,17 @@ pub async fn update_vpc(
         _ => {}
     }
     let row = vpc_in(&mut w.tx, p, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(vpc = %id, external = row.router_external_ip.is_some(), by = %principal.user.name, "VPC updated");
     Ok(vpc_view(row))
 }
 
 /// Delete a VPC and its subnets (409 while it has ports).
 pub async fn delete_vpc(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
-    let mut w = Write::begin(&state, &principal, p).await?;
+    let mut w = Write::begin(state, principal, p).await?;
     vpc_in(&mut w.tx, p, id).await?;
     db::delete_vpc(&mut w.tx, id).await?;
-    w.finish(&state).await?;
+    w.finish(state).await?;
     tracing::info!(vpc = %id, by = %principal.user.name, "VPC deleted");
     Ok(())
 }
