@@ -9,10 +9,12 @@
 //! * [`exec`]: the [`exec::NetDriver`] trait with the real driver (`ip`, `nft`, `conntrack`,
 //!   `dnsmasq` in network namespaces) and a fake for fast agent tests.
 //! * [`reach`]: static reachability analysis over the model.
+//! * [`host`]: the host's own input filter in front of the controller's API listeners.
 
 pub mod compile;
 pub mod desired;
 pub mod exec;
+pub mod host;
 /// The model is part of the API (`rampart_api::network::model`); the data plane compiles it.
 pub use rampart_api::network::model;
 pub mod nft;
