@@ -20,7 +20,7 @@ use rampart_iam::secrets;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::identity::expanded_assignments;
+use crate::role_expansion::expanded_assignments;
 use crate::server::ConnInfo;
 use crate::state::AppState;
 

@@ -6,17 +6,15 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
-
 pub mod grants;
 pub mod http;
 pub mod idempotency;
-pub mod identity;
 pub mod kms;
-
 pub mod planes;
 pub mod publish;
 pub mod quota;
 pub mod render;
+pub mod role_expansion;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::verify::{hash_password, own_user, reauthenticate};
 use crate::auth::Principal;
-use crate::identity::expanded_assignments;
+use crate::role_expansion::expanded_assignments;
 use crate::state::AppState;
 
 /// The API view; the secret only when it was just made.

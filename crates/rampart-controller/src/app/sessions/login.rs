@@ -16,7 +16,7 @@ use super::verify::{
     Attempt, check_source, check_user_password, require_second_factor, source_failed, verify_password,
 };
 use crate::auth::Principal;
-use crate::identity::expanded_assignments;
+use crate::role_expansion::expanded_assignments;
 use crate::state::AppState;
 
 /// Lifetime of a token that may only enrol a second factor.
