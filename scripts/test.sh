@@ -2,6 +2,7 @@
 # Runs the whole test suite the way CI does: installs what is missing, starts a throwaway
 # PostgreSQL (TLS on) so the DB tier runs on both backends, then format check, clippy and
 # every test: unit, golden, DB, simulated cluster, privileged (as root) and end to end.
+# Golden files are compared byte for byte; REGENERATE=1 in the environment rewrites them instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

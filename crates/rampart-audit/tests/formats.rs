@@ -63,17 +63,16 @@ fn golden(s: &str, r: &AuditRecord) -> String {
     s.replace(&r.hash.to_hex(), HASH)
 }
 
-/// Compares with `tests/golden/<name>`; `RAMPART_BLESS=1` rewrites the file instead (then
-/// review the diff: the golden files are the format contract).
+/// Compares with `tests/golden/<name>`, which holds `actual` and a newline; `REGENERATE=1`
+/// rewrites the file (then review the diff: the golden files are the format contract).
+#[track_caller]
 fn check_golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var("RAMPART_BLESS").is_ok_and(|v| v == "1") {
-        std::fs::write(&path, format!("{actual}\n")).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(actual, expected.trim_end(), "golden file {name} differs");
+    rampart_common::testing::golden(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name),
+        &format!("{actual}\n"),
+    );
 }
 
 #[test]

@@ -960,15 +960,8 @@ mod tests {
     /// uids (they allocate through the host's registry), and a deleted VM's uid is free again.
     #[tokio::test]
     async fn spec_9_1_1f_two_agents_on_one_host_give_their_vms_different_uids() {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-        if !root {
-            assert!(
-                std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-                "this test needs root (chown to VM uids)"
-            );
+        // Root: it chowns to VM uids.
+        if !rampart_common::testing::require_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -175,15 +175,9 @@ mod tests {
     /// `qemu-img`, or `None` (skip) when it is missing and the run does not demand it.
     fn qemu_img() -> Option<std::path::PathBuf> {
         let found = std::process::Command::new("qemu-img").arg("--version").output().is_ok();
-        if !found {
-            assert!(
-                std::env::var("RAMPART_TEST_REQUIRE_ROOT").as_deref() != Ok("1"),
-                "RAMPART_TEST_REQUIRE_ROOT=1 but qemu-img is missing (apt-get install qemu-utils)"
-            );
-            eprintln!("skipping: qemu-img not installed");
-            return None;
-        }
-        Some("qemu-img".into())
+        // The host commands of privileged tests are counted under root (apt-get install qemu-utils).
+        rampart_common::testing::require(rampart_common::testing::Need::Root, found, "qemu-img missing")
+            .then(|| "qemu-img".into())
     }
 
     fn create(dir: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {

@@ -566,14 +566,12 @@ mod tests {
         }
     }
 
+    #[track_caller]
     fn golden(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-        if std::env::var_os("RAMPART_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("missing golden {}; run with RAMPART_UPDATE_GOLDEN=1", path.display()));
-        assert_eq!(actual, expected, "golden {name} differs");
+        rampart_common::testing::golden(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name),
+            actual,
+        );
     }
 
     fn one_per_line(argv: &[String]) -> String {

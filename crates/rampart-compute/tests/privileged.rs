@@ -25,17 +25,6 @@ use uuid::Uuid;
 const MARKER: &str = "RAMPART-BOOT-OK";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn have(cmd: &str) -> bool {
     std::process::Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -46,12 +35,13 @@ fn have(cmd: &str) -> bool {
 /// True when the test may run; otherwise prints why it skips (or panics when root is required).
 fn privileged(_test: &str, needs: &[&str]) -> bool {
     let missing: Vec<&&str> = needs.iter().filter(|c| !have(c)).collect();
-    let why = if !is_root() {
+    let root = rampart_common::testing::is_root();
+    let why = if !root {
         "not root".to_string()
     } else {
         format!("missing commands {missing:?}")
     };
-    rampart_common::testing::require(Need::Root, is_root() && missing.is_empty(), &why)
+    rampart_common::testing::require(Need::Root, root && missing.is_empty(), &why)
 }
 
 /// Boots share two cores with the rest of the machine: one at a time (an async lock: each

@@ -1,7 +1,7 @@
 //! Every route's audit operation, written out: `docs/audit-operations.md` is the list an
 //! auditor reads to know which name a call gets in the trail (spec 13.4-1), and a rename of
 //! an operation (by a refactor of the routes or of the naming rule) fails here.
-//! Regenerate with: `UPDATE_GOLDEN=1 cargo test -p rampart-controller --test audit_operations`.
+//! Regenerate with: `REGENERATE=1 cargo nextest run --workspace -E 'binary(audit_operations)'`.
 
 use std::path::PathBuf;
 
@@ -51,14 +51,5 @@ fn spec_13_4_1_every_route_has_a_stable_audit_operation_name() {
         lines.join("\n")
     );
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit-operations.md");
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "an audit operation name changed; if intended, run `UPDATE_GOLDEN=1 cargo test -p \
-         rampart-controller --test audit_operations` and commit docs/audit-operations.md"
-    );
+    rampart_common::testing::golden(&path, &generated);
 }

@@ -1,6 +1,6 @@
 //! The OpenAPI documents are generated from the routes; the checked-in copies under
 //! `openapi/` are what clients build against, so any drift fails here.
-//! Regenerate with: `UPDATE_OPENAPI=1 cargo test -p rampart-controller --test openapi`.
+//! Regenerate with: `REGENERATE=1 cargo nextest run --workspace -E 'binary(openapi)'`.
 
 use std::path::PathBuf;
 
@@ -9,16 +9,7 @@ use rampart_controller::routes::{agent_openapi, public_openapi};
 fn check(doc: utoipa::openapi::OpenApi, file: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(file);
     let generated = serde_json::to_string_pretty(&doc).unwrap() + "\n";
-    if std::env::var("UPDATE_OPENAPI").as_deref() == Ok("1") {
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        checked_in == generated,
-        "{file} differs from the API the code serves; if the change is intended, run \
-         `UPDATE_OPENAPI=1 cargo test -p rampart-controller --test openapi` and commit the file"
-    );
+    rampart_common::testing::golden(&path, &generated);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rampart_common::testing::{Need, require};
+use rampart_common::testing::require_root;
 use rampart_posture::apply;
 use rampart_posture::{Catalogue, Status};
 
@@ -59,15 +59,12 @@ fn materialize(name: &str) -> tempfile::TempDir {
     d
 }
 
+#[track_caller]
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(actual, want, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+    rampart_common::testing::golden(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name),
+        actual,
+    );
 }
 
 fn status_of(report: &rampart_posture::Report, id: &str) -> Status {
@@ -235,11 +232,7 @@ fn spec_9_1_1_dry_run_plans_change_nothing() {
 /// On the real host: real facts, a result for every check, each with its clause.
 #[test]
 fn spec_9_1_1_harden_check_runs_on_the_real_host() {
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !require(Need::Root, is_root, "not root") {
+    if !require_root() {
         return;
     }
     let (facts, report) = rampart_posture::check(Path::new("/"));

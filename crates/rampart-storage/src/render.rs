@@ -386,18 +386,13 @@ mod tests {
         Uuid::parse_str("5d1c6f0e-8c2b-4a7e-9f3d-0123456789ab").unwrap()
     }
 
+    #[track_caller]
     fn golden(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file; regenerate with UPDATE_GOLDEN=1");
-        assert_eq!(
-            text, want,
-            "{name} changed; regenerate with UPDATE_GOLDEN=1 if intended"
+        rampart_common::testing::golden(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden")
+                .join(name),
+            text,
         );
     }
 

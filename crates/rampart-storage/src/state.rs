@@ -173,15 +173,7 @@ mod tests {
             }
         }
         let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transitions.txt");
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
-            std::fs::write(&golden, &out).unwrap();
-        }
-        let want = std::fs::read_to_string(&golden).expect("golden file; regenerate with UPDATE_GOLDEN=1");
-        assert_eq!(
-            out, want,
-            "the transition table changed; regenerate with UPDATE_GOLDEN=1 if intended"
-        );
+        rampart_common::testing::golden(golden, &out);
     }
 
     #[test]

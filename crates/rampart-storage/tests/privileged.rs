@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rampart_common::Sensitive;
-use rampart_common::testing::{Need, require};
+use rampart_common::testing::{Need, require, require_root};
 use rampart_storage::backend::{PoolHealth, Recovery, Redundancy, StorageBackend, StorageError, VolumeSpec};
 use rampart_storage::btrfs::{self, ScrubVerdict};
 use rampart_storage::proc;
@@ -28,13 +28,7 @@ fn have(cmd: &str) -> bool {
 }
 
 fn ready(extra: &[&str]) -> bool {
-    // Effective uid from /proc (nix's `user` feature is not in the workspace's feature set).
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        .unwrap_or(false);
-    if !require(Need::Root, root, "not root") {
+    if !require_root() {
         return false;
     }
     for c in ["qemu-img", "qemu-io"].iter().chain(extra) {

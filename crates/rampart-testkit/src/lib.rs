@@ -530,11 +530,7 @@ impl TestCluster {
 /// Root, for tests that need it: in CI (which sets RAMPART_TEST_REQUIRE_ROOT=1) a missing
 /// privilege fails the test; elsewhere the test says so and passes.
 pub fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    rampart_common::testing::require(rampart_common::testing::Need::Root, root, "not root")
+    rampart_common::testing::require_root()
 }
 
 /// A free TCP port on 127.0.0.1 (for a process that binds it itself).

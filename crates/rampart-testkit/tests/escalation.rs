@@ -812,7 +812,7 @@ async fn matrix_actor(c: &TestCluster, role: &str, d: Uuid, p: Uuid) -> Client {
 
 /// The principal matrix (spec 13.1.1-2, 13.2-2): every operation on another account, by a holder
 /// of each role, on an account holding each role. Recorded in `golden/principal-matrix.txt`
-/// (`UPDATE_GOLDEN=1` regenerates it); a change of the rules shows as a diff to review.
+/// (`REGENERATE=1` regenerates it); a change of the rules shows as a diff to review.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_13_1_1_2_principal_matrix_actor_role_by_target_role() {
     let c = TestCluster::start(ClusterOptions::default()).await;
@@ -907,15 +907,7 @@ async fn spec_13_1_1_2_principal_matrix_actor_role_by_target_role() {
     }
     let text = lines.join("\n") + "\n";
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/principal-matrix.txt");
-    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::write(&path, &text).unwrap();
-    } else {
-        let golden = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            golden, text,
-            "the principal matrix changed: UPDATE_GOLDEN=1 and review the diff"
-        );
-    }
+    rampart_common::testing::golden(&path, &text);
     // The rules the matrix must show whatever the golden file says.
     for line in &lines {
         let outranked = |actor: &str, target: &str| line.starts_with(&format!("{actor:15} → {target:15}"));

@@ -36,10 +36,7 @@ fn have(cmd: &str) -> bool {
 }
 
 fn privileged(_test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = rampart_common::testing::is_root();
     let tools = [
         "qemu-system-x86_64",
         "genisoimage",

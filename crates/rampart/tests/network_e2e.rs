@@ -26,10 +26,7 @@ use uuid::Uuid;
 const BIN: &str = env!("CARGO_BIN_EXE_rampart");
 
 fn privileged(_test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = rampart_common::testing::is_root();
     let tools = ["nft", "conntrack", "dnsmasq", "busybox"].iter().all(|t| {
         Command::new("sh")
             .args(["-c", &format!("command -v {t}")])

@@ -84,19 +84,14 @@ fn node(net: &VpcNetwork) -> NodeNetwork {
     }
 }
 
-/// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites the file.
+/// Compares with `tests/golden/<name>`; `REGENERATE=1` rewrites the file.
+#[track_caller]
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(
-        want == actual,
-        "{} differs from the compiled output (UPDATE_GOLDEN=1 to accept):\n{actual}",
-        path.display()
+    rampart_common::testing::golden(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name),
+        actual,
     );
 }
 

@@ -17,15 +17,7 @@ use rampart_net::plan::{Observed, Step, plan};
 /// True when the test may run. Without root it prints why it skips, unless
 /// `RAMPART_TEST_REQUIRE_ROOT=1`, where it fails instead.
 pub fn root_or_skip(_test: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("1").to_string())
-        })
-        .unwrap_or_default();
-    let ok = uid == "0"
+    let ok = rampart_common::testing::is_root()
         && Command::new("nft")
             .arg("--version")
             .output()
