@@ -320,3 +320,42 @@ async fn agents_ride_out_a_controller_restart_and_pick_up_changed_settings() {
         c.shutdown().await;
     }
 }
+
+/// Background work runs as separate supervised tasks, each with its own health (issue 14):
+/// the lease holder shows its leader-only tasks running, the short health stays short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_health_lists_every_background_task_with_its_state() {
+    for backend in backends().await {
+        let c = cluster(backend, 1).await;
+        c.wait_for_ready_nodes(1).await;
+        assert!(
+            c.anon.health().await.unwrap().tasks.is_empty(),
+            "the short answer has no tasks"
+        );
+        let tasks = TestCluster::wait_for("every task ran once", Duration::from_secs(15), || async {
+            let h: rampart_api::Health = c.anon.get("/v1/health?verbose").await.ok()?;
+            h.tasks.iter().all(|t| t.state == "ok").then_some(h.tasks)
+        })
+        .await;
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        for wanted in [
+            "reconciler_lease",
+            "node_liveness",
+            "audit_checkpoint",
+            "audit_intents",
+            "audit_retention",
+            "alarms",
+            "metrics_prune",
+            "token_purge",
+            "key_maintenance",
+            "server_certificate",
+        ] {
+            assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+        }
+        let lease = tasks.iter().find(|t| t.name == "reconciler_lease").unwrap();
+        assert!(!lease.leader_only && lease.period_s == 1 && lease.last_success_at.is_some());
+        let liveness = tasks.iter().find(|t| t.name == "node_liveness").unwrap();
+        assert!(liveness.leader_only && liveness.consecutive_failures == 0 && liveness.restarts == 0);
+        c.shutdown().await;
+    }
+}
