@@ -90,6 +90,31 @@ pub fn append_skip(log: &Path, test: &str, reason: &str) -> std::io::Result<()> 
         .write_all(line.as_bytes())
 }
 
+/// Every text form a secret could take where it would leak (a database dump, a log): hex in
+/// both cases, standard and URL-safe base64.
+pub fn secret_forms(secret: &[u8]) -> Vec<String> {
+    use base64::Engine;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        hex.to_uppercase(),
+        hex,
+        base64::engine::general_purpose::STANDARD.encode(secret),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+    ]
+}
+
+/// Fails when `haystack` holds one of `secrets`, raw or in one of its [`secret_forms`] (the
+/// first 24 characters of a form are enough to count: a prefix of an encoding already leaks).
+pub fn assert_no_secret(haystack: &[u8], secrets: &[Vec<u8>]) {
+    let text = String::from_utf8_lossy(haystack);
+    for s in secrets {
+        assert!(!haystack.windows(s.len()).any(|w| w == &s[..]), "raw secret found");
+        for f in secret_forms(s) {
+            assert!(!text.contains(&f[..f.len().min(24)]), "encoded secret found");
+        }
+    }
+}
+
 /// Whether this process runs with effective uid 0. Read from `/proc/self/status` (the `Uid:`
 /// line is real, effective, saved, fs), so that no crate needs an `unsafe` `geteuid`.
 pub fn is_root() -> bool {

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use rampart_db::identity;
 use rampart_db::kms::keys;
 use rampart_db::testing::TestDb;
@@ -82,26 +80,6 @@ async fn key_store_checks_revisions_and_round_trips_keys_on_every_backend() {
     }
 }
 
-/// Every form a secret could take in a dump.
-fn secret_forms(secret: &[u8]) -> Vec<String> {
-    vec![
-        hex::encode(secret),
-        hex::encode_upper(secret),
-        STANDARD.encode(secret),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-    ]
-}
-
-fn assert_dump_holds_no_secret(dump: &[u8], secrets: &[Vec<u8>]) {
-    let text = String::from_utf8_lossy(dump);
-    for s in secrets {
-        assert!(!dump.windows(s.len()).any(|w| w == &s[..]), "raw secret in the dump");
-        for f in secret_forms(s) {
-            assert!(!text.contains(&f[..f.len().min(24)]), "encoded secret in the dump");
-        }
-    }
-}
-
 #[tokio::test]
 async fn spec_13_3_5_database_dump_holds_no_plaintext_key() {
     let soft_backend = Arc::new(InsecureSoftwareBackend::new());
@@ -151,10 +129,10 @@ async fn spec_13_3_5_database_dump_holds_no_plaintext_key() {
             file.windows(wrapped[0].len()).any(|w| w == wrapped[0].as_bytes()),
             "the wrapped material is in the file"
         );
-        assert_dump_holds_no_secret(&file, &secrets);
+        rampart_common::testing::assert_no_secret(&file, &secrets);
         for side in ["-wal", "-journal"] {
             if let Ok(b) = std::fs::read(format!("{}{side}", path.display())) {
-                assert_dump_holds_no_secret(&b, &secrets);
+                rampart_common::testing::assert_no_secret(&b, &secrets);
             }
         }
         // And the SQL text of `.dump`, when the sqlite3 shell is there.
@@ -162,7 +140,7 @@ async fn spec_13_3_5_database_dump_holds_no_plaintext_key() {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("kms_key_versions") && wrapped.iter().all(|w| text.contains(w.as_str())));
-            assert_dump_holds_no_secret(&out.stdout, &secrets);
+            rampart_common::testing::assert_no_secret(&out.stdout, &secrets);
         } else {
             eprintln!("note: sqlite3 not installed: checked the database file only");
         }
