@@ -452,6 +452,8 @@ async fn status_loop(s: StatusLoop) {
             errors: network.as_ref().map(|n| n.errors.clone()).unwrap_or_default(),
             network,
             compute: compute_report,
+            // Filled by the node's storage service once it runs volumes.
+            storage: None,
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
         let (sent_with, result) = match client.get() {

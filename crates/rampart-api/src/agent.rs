@@ -84,6 +84,9 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "network::NodeNetwork::is_empty")]
     #[schema(value_type = Object)]
     pub network: network::NodeNetwork,
+    /// The volumes and snapshots this node must hold (left out when there is none).
+    #[serde(default, skip_serializing_if = "crate::storage::NodeStorage::is_empty")]
+    pub storage: crate::storage::NodeStorage,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -102,6 +105,9 @@ pub struct AgentStatus {
     /// The node's data plane: counters and flow logs per VPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::NetworkStatus>,
+    /// The node's pools and volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::storage::StorageStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

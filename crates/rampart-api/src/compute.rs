@@ -546,6 +546,9 @@ pub struct DesiredInstance {
     #[serde(default)]
     pub ports: Vec<DesiredPort>,
     pub guest: GuestDoc,
+    /// Volumes attached to this VM, in attachment order.
+    #[serde(default)]
+    pub volumes: Vec<crate::storage::DesiredAttachment>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

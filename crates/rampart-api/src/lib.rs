@@ -8,6 +8,7 @@ pub mod identity;
 pub mod keys;
 pub mod network;
 pub mod quotas;
+pub mod storage;
 pub mod tls;
 pub mod types;
 

@@ -14,6 +14,7 @@ pub fn node_config(node_id: Uuid, node_name: &str, nodes: &NodesConfig) -> NodeC
         heartbeat_interval_s: nodes.heartbeat_interval_s,
         compute: Default::default(),
         network: Default::default(),
+        storage: Default::default(),
     }
 }
 

@@ -10,36 +10,8 @@
 //! `deleted` and its space be released.
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use uuid::Uuid;
 
-/// `method` of a wipe report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WipeMethod {
-    /// LUKS header and keyslots overwritten and read back, then the data area zeroed and
-    /// verified by sampled reads.
-    CryptoEraseAndZero,
-    /// Every byte zeroed and read back (unencrypted volumes).
-    ZeroFullVerify,
-}
-
-/// The wipe report of API.md: `{"volume","method","verified","bytes","started_at","finished_at",
-/// "requested_by"}`. `bytes` counts the bytes overwritten (the allocated extents of the volume
-/// file); holes were never written and read as zeros by construction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WipeReport {
-    pub volume: Uuid,
-    pub method: WipeMethod,
-    pub verified: bool,
-    pub bytes: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub finished_at: OffsetDateTime,
-    pub requested_by: String,
-}
+pub use rampart_api::storage::{WipeMethod, WipeReport};
 
 /// Where the LUKS header and its keyslots sit inside a qcow2 file: qcow2 header extension
 /// `0x0537be77` ("full disk encryption header pointer"), offset and length in bytes.
@@ -252,6 +224,7 @@ pub fn first_nonzero(buf: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+    use uuid::Uuid;
 
     /// A qcow2 v3 header as `qemu-img create -o encrypt.format=luks` writes it (fields that
     /// matter here only), with the FDE pointer after a feature-table extension.

@@ -214,6 +214,7 @@ async fn spec_12_3_1_agent_certificate_from_another_ca_is_refused() {
         errors: vec![],
         compute: None,
         network: None,
+        storage: None,
     };
     let err = client.agent_status(&status).await.unwrap_err();
     assert!(
@@ -404,6 +405,7 @@ async fn spec_13_3_2_agent_certificate_renewed_at_two_thirds_lifetime() {
         errors: vec![],
         compute: None,
         network: None,
+        storage: None,
     };
     let err = client_with(&old_cert, &old_key)
         .agent_status(&status)
