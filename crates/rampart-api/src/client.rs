@@ -333,4 +333,13 @@ impl Client {
     pub async fn agent_status(&self, status: &AgentStatus) -> Result<StatusAck, ClientError> {
         self.request(Method::PUT, "/agent/v1/status", Some(status)).await
     }
+
+    /// The passphrase of a volume placed on this node (mTLS; any other node gets 404).
+    pub async fn agent_volume_passphrase(
+        &self,
+        volume: uuid::Uuid,
+    ) -> Result<crate::storage::VolumePassphrase, ClientError> {
+        self.request::<(), _>(Method::POST, &format!("/agent/v1/volumes/{volume}/passphrase"), None)
+            .await
+    }
 }
