@@ -27,6 +27,13 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Creates the root key(s) of `project` unless present. Idempotent.
     fn ensure_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError>;
 
+    /// Creates the root key(s) of a project whose id was just made, so none can exist yet:
+    /// a backend may skip looking for them (a token-wide search costs time linear in the
+    /// token's objects). Not idempotent: retries go through [`KeyBackend::ensure_project_root`].
+    fn create_new_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError> {
+        self.ensure_project_root(project)
+    }
+
     /// Destroys the root key(s) of `project`: every key of the project becomes unusable
     /// (crypto-shredding of a whole project).
     fn destroy_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError>;

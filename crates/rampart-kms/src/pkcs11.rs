@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -209,6 +209,11 @@ pub struct Pkcs11Backend {
     roots: Mutex<HashMap<Uuid, RootKeys>>,
     /// Serialises root key creation so two requests cannot create two keys with one label.
     create: Mutex<()>,
+    /// Token-wide searches (C_FindObjects) since opening. SoftHSM2 visits every object of the
+    /// token on each, opening and locking its file, so a search per project creation made
+    /// creation slower with every project (issue 13, item 6): tests assert the hot paths make
+    /// none.
+    searches: AtomicU64,
     /// Unwrapped customer key versions, keyed by SHA-256(associated data || wrapped blob): a
     /// row altered in the database misses the cache and goes through authentication again.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
@@ -264,6 +269,7 @@ impl Pkcs11Backend {
             next: AtomicUsize::new(0),
             roots: Mutex::new(HashMap::new()),
             create: Mutex::new(()),
+            searches: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
             max_cached: config.max_cached_keys,
         })
@@ -280,7 +286,13 @@ impl Pkcs11Backend {
         self.sessions[start].lock().expect("HSM session lock")
     }
 
+    /// Token-wide searches made since opening (see the field).
+    pub fn searches(&self) -> u64 {
+        self.searches.load(Ordering::Relaxed)
+    }
+
     fn find_one(&self, s: &Session, label: &str) -> Result<Option<ObjectHandle>, HsmError> {
+        self.searches.fetch_add(1, Ordering::Relaxed);
         let found = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -533,6 +545,31 @@ impl KeyBackend for Pkcs11Backend {
         Ok(())
     }
 
+    fn create_new_project_root(&self, project: Uuid) -> Result<(), HsmError> {
+        let s = self.session();
+        // Held so that a concurrent ensure_project_root of the same project (a key created
+        // before this returns) sees both keys or neither, never makes a second one.
+        let _guard = self.create.lock().expect("create lock");
+        let kek = self.generate_root(&s, project, "kek")?;
+        let bind = match self.generate_root(&s, project, "bind") {
+            Ok(h) => h,
+            Err(e) => {
+                // The retry goes through ensure_project_root, which would complete a lone KEK;
+                // removing it keeps a failed creation from leaving anything behind.
+                if let Err(d) = s.destroy_object(kek) {
+                    tracing::warn!(%project, error = %d, "cannot remove the KEK of a failed root creation; the next attempt reuses it");
+                }
+                return Err(e);
+            }
+        };
+        self.roots
+            .lock()
+            .expect("roots lock")
+            .insert(project, RootKeys { kek, bind });
+        tracing::info!(%project, "created the project root keys in the HSM");
+        Ok(())
+    }
+
     fn destroy_project_root(&self, project: Uuid) -> Result<(), HsmError> {
         self.roots.lock().expect("roots lock").remove(&project);
         let stale: Vec<MaterialId> = self
@@ -711,6 +748,42 @@ mod tests {
             "format, nonce, KWP(32 bytes), tag"
         );
         assert!(!b.unwrapped_key_value_returned(&id, wrapped).unwrap());
+    }
+
+    /// Issue 13 item 6: each token-wide search visits every object of the token (SoftHSM2
+    /// opens and locks each object file), so project creation slowed down with every project
+    /// made. Creating a project's roots and using them must not search; a controller that
+    /// did not make them (restart, another controller) still finds them by label, once.
+    #[test]
+    fn spec_14_2_3_project_creation_and_key_use_make_no_token_search() {
+        let Some((config, b)) = crate::testutil::token_config() else {
+            return;
+        };
+        let svc = KeyService::new(b.clone());
+        let projects: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+        for p in &projects {
+            svc.create_new_project_root(*p).unwrap();
+        }
+        let key = svc.create_key(projects[7], "k", None, t0()).unwrap();
+        let c = EncryptionContext::new();
+        let enc = svc.encrypt(&key, b"fast", &c).unwrap();
+        assert_eq!(&svc.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..], b"fast");
+        assert_eq!(b.searches(), 0, "no token-wide search on creation and use");
+
+        let reopened = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        let again = KeyService::new(reopened.clone());
+        assert_eq!(
+            &again.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..],
+            b"fast"
+        );
+        // Exactly one key per label (no duplicate from the search-free path), found once and
+        // remembered.
+        let report = reopened.root_key_report(projects[3]).unwrap();
+        assert_eq!(report.len(), 2);
+        let after_first = reopened.searches();
+        assert!(after_first > 0);
+        reopened.root_key_report(projects[3]).unwrap();
+        assert_eq!(reopened.searches(), after_first);
     }
 
     #[test]

@@ -659,7 +659,7 @@ pub async fn project_created(state: &AppState, project: Uuid) -> Result<(), Erro
         return Ok(());
     }
     let service = state.kms.service.clone();
-    let made = blocking(move || service.create_project_root(project)).await?;
+    let made = blocking(move || service.create_new_project_root(project)).await?;
     let Err(e) = made else {
         return Ok(());
     };
