@@ -214,6 +214,12 @@ pub struct Pkcs11Backend {
     /// creation slower with every project (issue 13, item 6): tests assert the hot paths make
     /// none.
     searches: AtomicU64,
+    /// Held around every search and every creation or destruction of a token object. SoftHSM2
+    /// re-reads its token directory inside a search after an object was made, comparing the
+    /// listing with its index outside its own lock: an object made by another thread in that
+    /// window drops out of its index or fails to be made (seen as `RootKeyMissing` right
+    /// after generating a root, or C_GenerateKey failing, under concurrent project creation).
+    token_objects: Mutex<()>,
     /// Unwrapped customer key versions, keyed by SHA-256(associated data || wrapped blob): a
     /// row altered in the database misses the cache and goes through authentication again.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
@@ -270,6 +276,7 @@ impl Pkcs11Backend {
             roots: Mutex::new(HashMap::new()),
             create: Mutex::new(()),
             searches: AtomicU64::new(0),
+            token_objects: Mutex::new(()),
             cache: Mutex::new(HashMap::new()),
             max_cached: config.max_cached_keys,
         })
@@ -293,6 +300,7 @@ impl Pkcs11Backend {
 
     fn find_one(&self, s: &Session, label: &str) -> Result<Option<ObjectHandle>, HsmError> {
         self.searches.fetch_add(1, Ordering::Relaxed);
+        let _objects = self.token_objects.lock().expect("token objects lock");
         let found = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -330,6 +338,7 @@ impl Pkcs11Backend {
             "kek" => (true, false),
             _ => (false, true),
         };
+        let _objects = self.token_objects.lock().expect("token objects lock");
         s.generate_key(
             &Mechanism::AesKeyGen,
             &[
@@ -556,7 +565,11 @@ impl KeyBackend for Pkcs11Backend {
             Err(e) => {
                 // The retry goes through ensure_project_root, which would complete a lone KEK;
                 // removing it keeps a failed creation from leaving anything behind.
-                if let Err(d) = s.destroy_object(kek) {
+                let destroyed = {
+                    let _objects = self.token_objects.lock().expect("token objects lock");
+                    s.destroy_object(kek)
+                };
+                if let Err(d) = destroyed {
                     tracing::warn!(%project, error = %d, "cannot remove the KEK of a failed root creation; the next attempt reuses it");
                 }
                 return Err(e);
@@ -584,6 +597,7 @@ impl KeyBackend for Pkcs11Backend {
         let s = self.session();
         for role in ["kek", "bind"] {
             if let Some(h) = self.find_one(&s, &root_label(project, role))? {
+                let _objects = self.token_objects.lock().expect("token objects lock");
                 s.destroy_object(h).map_err(classify("C_DestroyObject"))?;
             }
         }
@@ -784,6 +798,53 @@ mod tests {
         assert!(after_first > 0);
         reopened.root_key_report(projects[3]).unwrap();
         assert_eq!(reopened.searches(), after_first);
+    }
+
+    /// SoftHSM2 re-reads its token directory inside a search after any object was made, without
+    /// holding its lock while it compares the listing with what it knows: an object made by
+    /// another thread in that window is dropped from its index, and the search right after
+    /// generating a root did not find it (`RootKeyMissing`, 503 `hsm_unavailable`, seen after
+    /// the full-disk test's bursts of eight concurrent creations). Searches and token object
+    /// changes are serialised in this process; under concurrent creation every root is found.
+    #[test]
+    fn spec_14_2_3_concurrent_root_creation_and_searches_find_every_root() {
+        let Some((mut config, _)) = crate::testutil::token_config() else {
+            return;
+        };
+        config.sessions = 8;
+        let b = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|t| {
+                    let b = b.clone();
+                    scope.spawn(move || {
+                        let mut failed = Vec::new();
+                        for _ in 0..25 {
+                            let p = Uuid::new_v4();
+                            // Half the threads take the idempotent path, which searches.
+                            let made = if t % 2 == 0 {
+                                b.ensure_project_root(p)
+                            } else {
+                                b.create_new_project_root(p)
+                            };
+                            if let Err(e) = made.and_then(|()| {
+                                b.roots.lock().unwrap().remove(&p);
+                                b.root_key_report(p).map(|_| ())
+                            }) {
+                                failed.push(format!("{p}: {e}"));
+                            }
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        });
+        assert!(
+            failures.is_empty(),
+            "{} of 200 roots not found: {failures:?}",
+            failures.len()
+        );
     }
 
     #[test]
