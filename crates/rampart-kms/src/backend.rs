@@ -34,6 +34,13 @@ pub trait KeyBackend: Send + Sync + 'static {
         self.ensure_project_root(project)
     }
 
+    /// Learns the root keys already in the backend in one pass, so that checking many
+    /// projects afterwards costs no search each (the start-up check). Returns how many
+    /// projects' roots it found.
+    fn preload_project_roots(&self) -> Result<usize, HsmError> {
+        Ok(0)
+    }
+
     /// Destroys the root key(s) of `project`: every key of the project becomes unusable
     /// (crypto-shredding of a whole project).
     fn destroy_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError>;

@@ -177,6 +177,18 @@ pub fn root_label(project: Uuid, role: &str) -> String {
     format!("rampart:root:{project}:{role}")
 }
 
+/// The project and role (0 KEK, 1 binding key) a [`root_label`] names.
+fn parse_root_label(label: &[u8]) -> Option<(Uuid, usize)> {
+    let rest = std::str::from_utf8(label).ok()?.strip_prefix("rampart:root:")?;
+    let (project, role) = rest.rsplit_once(':')?;
+    let role = match role {
+        "kek" => 0,
+        "bind" => 1,
+        _ => return None,
+    };
+    Some((project.parse().ok()?, role))
+}
+
 /// Attributes of a project's root keys as the token reports them (tests, conformance probe).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootKeyReport {
@@ -583,6 +595,41 @@ impl KeyBackend for Pkcs11Backend {
         Ok(())
     }
 
+    /// One search for every token secret key, then each label read by handle (no search):
+    /// linear in the token's objects instead of one token-wide search per project.
+    fn preload_project_roots(&self) -> Result<usize, HsmError> {
+        let s = self.session();
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        let handles = {
+            let _objects = self.token_objects.lock().expect("token objects lock");
+            s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true)])
+                .map_err(classify("C_FindObjects"))?
+        };
+        let mut found: HashMap<Uuid, [Vec<ObjectHandle>; 2]> = HashMap::new();
+        for h in handles {
+            let attrs = s
+                .get_attributes(h, &[AttributeType::Label])
+                .map_err(classify("C_GetAttributeValue"))?;
+            let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
+                continue;
+            };
+            let Some((project, role)) = parse_root_label(&label) else {
+                continue;
+            };
+            found.entry(project).or_default()[role].push(h);
+        }
+        let mut roots = self.roots.lock().expect("roots lock");
+        let mut n = 0;
+        for (project, [kek, bind]) in found {
+            // A duplicate label stays out of the cache: the search on use reports it.
+            if let ([kek], [bind]) = (&kek[..], &bind[..]) {
+                roots.insert(project, RootKeys { kek: *kek, bind: *bind });
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn destroy_project_root(&self, project: Uuid) -> Result<(), HsmError> {
         self.roots.lock().expect("roots lock").remove(&project);
         let stale: Vec<MaterialId> = self
@@ -845,6 +892,39 @@ mod tests {
             "{} of 200 roots not found: {failures:?}",
             failures.len()
         );
+    }
+
+    /// The start-up check of every project's roots: one search in all, not two per project.
+    #[test]
+    fn spec_14_2_3_startup_root_check_searches_the_token_once() {
+        let Some((config, b)) = crate::testutil::token_config() else {
+            return;
+        };
+        let projects: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+        for p in &projects {
+            b.create_new_project_root(*p).unwrap();
+        }
+        let svc = KeyService::new(b.clone());
+        let key = svc.create_key(projects[2], "k", None, t0()).unwrap();
+        let c = EncryptionContext::new();
+        let enc = svc.encrypt(&key, b"kept", &c).unwrap();
+
+        let reopened = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        assert_eq!(reopened.preload_project_roots().unwrap(), projects.len());
+        for p in &projects {
+            reopened.ensure_project_root(*p).unwrap();
+        }
+        let again = KeyService::new(reopened.clone());
+        assert_eq!(
+            &again.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..],
+            b"kept"
+        );
+        assert_eq!(reopened.searches(), 1);
+        assert_eq!(
+            parse_root_label(root_label(projects[0], "bind").as_bytes()),
+            Some((projects[0], 1))
+        );
+        assert_eq!(parse_root_label(b"rampart:root:nope:kek"), None);
     }
 
     #[test]
