@@ -80,7 +80,8 @@ call(c, "POST", "/v1/auth/mfa/totp/confirm", {"code": totp(secret, 0)}, enrol)
 token = json.loads(call(c, "POST", "/v1/auth/tokens", {"username": "admin", "password": new, "totp": totp(secret, 1)})[1])["token"]
 
 lock = threading.Lock()
-window = {"n": 0, "errors": 0, "lat": []}
+KINDS = ["health", "list_projects", "create_project", "list_nodes"]
+window = {"n": 0, "errors": 0, "lat": [], "by_kind": {k: [] for k in KINDS}}
 stop = time.time() + minutes * 60
 
 def worker(w):
@@ -105,6 +106,7 @@ def worker(w):
             window["n"] += 1
             window["errors"] += 0 if ok else 1
             window["lat"].append(dt)
+            window["by_kind"][KINDS[kind]].append(dt)
         i += 1
 
 threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(workers)]
@@ -125,11 +127,14 @@ for minute in range(1, minutes + 1):
     time.sleep(max(0, stop - (minutes - minute) * 60 - time.time()))
     with lock:
         n, errors, lat = window["n"], window["errors"], sorted(window["lat"])
-        window.update(n=0, errors=0, lat=[])
+        by_kind = window["by_kind"]
+        window.update(n=0, errors=0, lat=[], by_kind={k: [] for k in KINDS})
     row = {"minute": minute, "requests_per_s": round(n / 60, 1), "errors": errors,
            "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 1) if lat else None,
            "rss_mib": round(rss_mib(), 1), "db_mib": round(db_mib(), 1),
-           "load_1m": os.getloadavg()[0]}
+           "load_1m": os.getloadavg()[0],
+           # Mean latency per request kind: which call slows down as the tables grow.
+           "mean_ms": {k: round(sum(v) / len(v) * 1000, 1) if v else None for k, v in by_kind.items()}}
     rows.append(row)
     print(json.dumps(row), flush=True)
 

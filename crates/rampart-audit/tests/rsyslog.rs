@@ -101,11 +101,7 @@ if $app-name == "rampart" then {{
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("rsyslogd exited with {status}: {}", self.stderr());
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "rsyslogd did not listen: {}",
-                self.stderr()
-            );
+            assert!(start.elapsed() < PATIENCE, "rsyslogd did not listen: {}", self.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -163,6 +159,28 @@ fn forwarder_config(port: u16, pki: &Pki) -> ForwarderConfig {
     c
 }
 
+/// Generous bound for anything that waits on another process or thread: the test must not
+/// depend on how fast a loaded machine schedules rsyslogd or the forwarder, only on the
+/// condition eventually holding.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Waits until the forwarder is between batches with nothing left to send: every queued
+/// message confirmed by the receiver and the forwarder back to healthy. A receiver stopped
+/// then holds no connection carrying records, the case where delivery is exactly once
+/// (a stop in the middle of a batch may repeat that batch, see the backlog test below).
+async fn wait_idle(q: &PersistentQueue, fwd: &Forwarder) {
+    let start = Instant::now();
+    while q.pending() > 0 || fwd.status().degraded {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "forwarder not idle: {} pending, {:?}",
+            q.pending(),
+            fwd.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_drained(q: &PersistentQueue, timeout: Duration) {
     let start = Instant::now();
     while q.pending() > 0 {
@@ -207,14 +225,18 @@ async fn spec_13_4_5_rsyslog_tls_receiver_gets_every_record_exactly_once_across_
         }
         match i {
             // Stopped while records keep coming: the forwarder goes degraded and queues.
+            // The stop lands between batches: under load a stop at a fixed point of the loop
+            // could cut a batch in flight, which is the documented repeat window, not what
+            // this test is about.
             150 | 400 => {
+                wait_idle(&q, &fwd).await;
                 rsyslog.stop();
                 manual.advance(time::Duration::seconds(1));
             }
             // Nothing is pending right after a restart is a lie; check the alarm before it.
             230 | 480 => {
                 let start = Instant::now();
-                while !fwd.status().degraded && start.elapsed() < Duration::from_secs(10) {
+                while !fwd.status().degraded && start.elapsed() < PATIENCE {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let st = fwd.status();
@@ -227,6 +249,7 @@ async fn spec_13_4_5_rsyslog_tls_receiver_gets_every_record_exactly_once_across_
             }
             // Stopped while idle-ish and restarted at once.
             300 => {
+                wait_idle(&q, &fwd).await;
                 rsyslog.stop();
                 rsyslog.start();
                 restarts += 1;
@@ -236,8 +259,9 @@ async fn spec_13_4_5_rsyslog_tls_receiver_gets_every_record_exactly_once_across_
     }
     log.checkpoint_now().await.unwrap();
     pump(&store, &q, &syslog, 1000).await.unwrap();
-    wait_drained(&q, Duration::from_secs(60)).await;
-    assert!(!fwd.status().degraded);
+    // The cursor is committed just before the status turns healthy: wait for both rather
+    // than read the status the instant the queue is empty.
+    wait_idle(&q, &fwd).await;
     fwd.stop();
     rsyslog.stop();
     assert!(saw_degraded && restarts == 3);

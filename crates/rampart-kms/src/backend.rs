@@ -27,6 +27,20 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Creates the root key(s) of `project` unless present. Idempotent.
     fn ensure_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError>;
 
+    /// Creates the root key(s) of a project whose id was just made, so none can exist yet:
+    /// a backend may skip looking for them (a token-wide search costs time linear in the
+    /// token's objects). Not idempotent: retries go through [`KeyBackend::ensure_project_root`].
+    fn create_new_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError> {
+        self.ensure_project_root(project)
+    }
+
+    /// Learns the root keys already in the backend in one pass, so that checking many
+    /// projects afterwards costs no search each (the start-up check). Returns how many
+    /// projects' roots it found.
+    fn preload_project_roots(&self) -> Result<usize, HsmError> {
+        Ok(0)
+    }
+
     /// Destroys the root key(s) of `project`: every key of the project becomes unusable
     /// (crypto-shredding of a whole project).
     fn destroy_project_root(&self, project: uuid::Uuid) -> Result<(), HsmError>;

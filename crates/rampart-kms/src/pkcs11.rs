@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -177,6 +177,18 @@ pub fn root_label(project: Uuid, role: &str) -> String {
     format!("rampart:root:{project}:{role}")
 }
 
+/// The project and role (0 KEK, 1 binding key) a [`root_label`] names.
+fn parse_root_label(label: &[u8]) -> Option<(Uuid, usize)> {
+    let rest = std::str::from_utf8(label).ok()?.strip_prefix("rampart:root:")?;
+    let (project, role) = rest.rsplit_once(':')?;
+    let role = match role {
+        "kek" => 0,
+        "bind" => 1,
+        _ => return None,
+    };
+    Some((project.parse().ok()?, role))
+}
+
 /// Attributes of a project's root keys as the token reports them (tests, conformance probe).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootKeyReport {
@@ -209,6 +221,17 @@ pub struct Pkcs11Backend {
     roots: Mutex<HashMap<Uuid, RootKeys>>,
     /// Serialises root key creation so two requests cannot create two keys with one label.
     create: Mutex<()>,
+    /// Token-wide searches (C_FindObjects) since opening. SoftHSM2 visits every object of the
+    /// token on each, opening and locking its file, so a search per project creation made
+    /// creation slower with every project (issue 13, item 6): tests assert the hot paths make
+    /// none.
+    searches: AtomicU64,
+    /// Held around every search and every creation or destruction of a token object. SoftHSM2
+    /// re-reads its token directory inside a search after an object was made, comparing the
+    /// listing with its index outside its own lock: an object made by another thread in that
+    /// window drops out of its index or fails to be made (seen as `RootKeyMissing` right
+    /// after generating a root, or C_GenerateKey failing, under concurrent project creation).
+    token_objects: Mutex<()>,
     /// Unwrapped customer key versions, keyed by SHA-256(associated data || wrapped blob): a
     /// row altered in the database misses the cache and goes through authentication again.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
@@ -264,6 +287,8 @@ impl Pkcs11Backend {
             next: AtomicUsize::new(0),
             roots: Mutex::new(HashMap::new()),
             create: Mutex::new(()),
+            searches: AtomicU64::new(0),
+            token_objects: Mutex::new(()),
             cache: Mutex::new(HashMap::new()),
             max_cached: config.max_cached_keys,
         })
@@ -280,7 +305,14 @@ impl Pkcs11Backend {
         self.sessions[start].lock().expect("HSM session lock")
     }
 
+    /// Token-wide searches made since opening (see the field).
+    pub fn searches(&self) -> u64 {
+        self.searches.load(Ordering::Relaxed)
+    }
+
     fn find_one(&self, s: &Session, label: &str) -> Result<Option<ObjectHandle>, HsmError> {
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        let _objects = self.token_objects.lock().expect("token objects lock");
         let found = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -318,6 +350,7 @@ impl Pkcs11Backend {
             "kek" => (true, false),
             _ => (false, true),
         };
+        let _objects = self.token_objects.lock().expect("token objects lock");
         s.generate_key(
             &Mechanism::AesKeyGen,
             &[
@@ -533,6 +566,70 @@ impl KeyBackend for Pkcs11Backend {
         Ok(())
     }
 
+    fn create_new_project_root(&self, project: Uuid) -> Result<(), HsmError> {
+        let s = self.session();
+        // Held so that a concurrent ensure_project_root of the same project (a key created
+        // before this returns) sees both keys or neither, never makes a second one.
+        let _guard = self.create.lock().expect("create lock");
+        let kek = self.generate_root(&s, project, "kek")?;
+        let bind = match self.generate_root(&s, project, "bind") {
+            Ok(h) => h,
+            Err(e) => {
+                // The retry goes through ensure_project_root, which would complete a lone KEK;
+                // removing it keeps a failed creation from leaving anything behind.
+                let destroyed = {
+                    let _objects = self.token_objects.lock().expect("token objects lock");
+                    s.destroy_object(kek)
+                };
+                if let Err(d) = destroyed {
+                    tracing::warn!(%project, error = %d, "cannot remove the KEK of a failed root creation; the next attempt reuses it");
+                }
+                return Err(e);
+            }
+        };
+        self.roots
+            .lock()
+            .expect("roots lock")
+            .insert(project, RootKeys { kek, bind });
+        tracing::info!(%project, "created the project root keys in the HSM");
+        Ok(())
+    }
+
+    /// One search for every token secret key, then each label read by handle (no search):
+    /// linear in the token's objects instead of one token-wide search per project.
+    fn preload_project_roots(&self) -> Result<usize, HsmError> {
+        let s = self.session();
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        let handles = {
+            let _objects = self.token_objects.lock().expect("token objects lock");
+            s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Token(true)])
+                .map_err(classify("C_FindObjects"))?
+        };
+        let mut found: HashMap<Uuid, [Vec<ObjectHandle>; 2]> = HashMap::new();
+        for h in handles {
+            let attrs = s
+                .get_attributes(h, &[AttributeType::Label])
+                .map_err(classify("C_GetAttributeValue"))?;
+            let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
+                continue;
+            };
+            let Some((project, role)) = parse_root_label(&label) else {
+                continue;
+            };
+            found.entry(project).or_default()[role].push(h);
+        }
+        let mut roots = self.roots.lock().expect("roots lock");
+        let mut n = 0;
+        for (project, [kek, bind]) in found {
+            // A duplicate label stays out of the cache: the search on use reports it.
+            if let ([kek], [bind]) = (&kek[..], &bind[..]) {
+                roots.insert(project, RootKeys { kek: *kek, bind: *bind });
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn destroy_project_root(&self, project: Uuid) -> Result<(), HsmError> {
         self.roots.lock().expect("roots lock").remove(&project);
         let stale: Vec<MaterialId> = self
@@ -547,6 +644,7 @@ impl KeyBackend for Pkcs11Backend {
         let s = self.session();
         for role in ["kek", "bind"] {
             if let Some(h) = self.find_one(&s, &root_label(project, role))? {
+                let _objects = self.token_objects.lock().expect("token objects lock");
                 s.destroy_object(h).map_err(classify("C_DestroyObject"))?;
             }
         }
@@ -711,6 +809,122 @@ mod tests {
             "format, nonce, KWP(32 bytes), tag"
         );
         assert!(!b.unwrapped_key_value_returned(&id, wrapped).unwrap());
+    }
+
+    /// Issue 13 item 6: each token-wide search visits every object of the token (SoftHSM2
+    /// opens and locks each object file), so project creation slowed down with every project
+    /// made. Creating a project's roots and using them must not search; a controller that
+    /// did not make them (restart, another controller) still finds them by label, once.
+    #[test]
+    fn spec_14_2_3_project_creation_and_key_use_make_no_token_search() {
+        let Some((config, b)) = crate::testutil::token_config() else {
+            return;
+        };
+        let svc = KeyService::new(b.clone());
+        let projects: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+        for p in &projects {
+            svc.create_new_project_root(*p).unwrap();
+        }
+        let key = svc.create_key(projects[7], "k", None, t0()).unwrap();
+        let c = EncryptionContext::new();
+        let enc = svc.encrypt(&key, b"fast", &c).unwrap();
+        assert_eq!(&svc.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..], b"fast");
+        assert_eq!(b.searches(), 0, "no token-wide search on creation and use");
+
+        let reopened = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        let again = KeyService::new(reopened.clone());
+        assert_eq!(
+            &again.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..],
+            b"fast"
+        );
+        // Exactly one key per label (no duplicate from the search-free path), found once and
+        // remembered.
+        let report = reopened.root_key_report(projects[3]).unwrap();
+        assert_eq!(report.len(), 2);
+        let after_first = reopened.searches();
+        assert!(after_first > 0);
+        reopened.root_key_report(projects[3]).unwrap();
+        assert_eq!(reopened.searches(), after_first);
+    }
+
+    /// SoftHSM2 re-reads its token directory inside a search after any object was made, without
+    /// holding its lock while it compares the listing with what it knows: an object made by
+    /// another thread in that window is dropped from its index, and the search right after
+    /// generating a root did not find it (`RootKeyMissing`, 503 `hsm_unavailable`, seen after
+    /// the full-disk test's bursts of eight concurrent creations). Searches and token object
+    /// changes are serialised in this process; under concurrent creation every root is found.
+    #[test]
+    fn spec_14_2_3_concurrent_root_creation_and_searches_find_every_root() {
+        let Some((mut config, _)) = crate::testutil::token_config() else {
+            return;
+        };
+        config.sessions = 8;
+        let b = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|t| {
+                    let b = b.clone();
+                    scope.spawn(move || {
+                        let mut failed = Vec::new();
+                        for _ in 0..25 {
+                            let p = Uuid::new_v4();
+                            // Half the threads take the idempotent path, which searches.
+                            let made = if t % 2 == 0 {
+                                b.ensure_project_root(p)
+                            } else {
+                                b.create_new_project_root(p)
+                            };
+                            if let Err(e) = made.and_then(|()| {
+                                b.roots.lock().unwrap().remove(&p);
+                                b.root_key_report(p).map(|_| ())
+                            }) {
+                                failed.push(format!("{p}: {e}"));
+                            }
+                        }
+                        failed
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        });
+        assert!(
+            failures.is_empty(),
+            "{} of 200 roots not found: {failures:?}",
+            failures.len()
+        );
+    }
+
+    /// The start-up check of every project's roots: one search in all, not two per project.
+    #[test]
+    fn spec_14_2_3_startup_root_check_searches_the_token_once() {
+        let Some((config, b)) = crate::testutil::token_config() else {
+            return;
+        };
+        let projects: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+        for p in &projects {
+            b.create_new_project_root(*p).unwrap();
+        }
+        let svc = KeyService::new(b.clone());
+        let key = svc.create_key(projects[2], "k", None, t0()).unwrap();
+        let c = EncryptionContext::new();
+        let enc = svc.encrypt(&key, b"kept", &c).unwrap();
+
+        let reopened = Arc::new(Pkcs11Backend::open(&config).unwrap());
+        assert_eq!(reopened.preload_project_roots().unwrap(), projects.len());
+        for p in &projects {
+            reopened.ensure_project_root(*p).unwrap();
+        }
+        let again = KeyService::new(reopened.clone());
+        assert_eq!(
+            &again.decrypt(&key, &enc.ciphertext, &c).unwrap().plaintext[..],
+            b"kept"
+        );
+        assert_eq!(reopened.searches(), 1);
+        assert_eq!(
+            parse_root_label(root_label(projects[0], "bind").as_bytes()),
+            Some((projects[0], 1))
+        );
+        assert_eq!(parse_root_label(b"rampart:root:nope:kek"), None);
     }
 
     #[test]

@@ -244,6 +244,29 @@ impl KeyService {
         .map_err(KmsError::from_backend("creating the project root key"))
     }
 
+    /// The root keys of a project just created (its id is new): made without first searching
+    /// the token, which costs time linear in the token's objects on SoftHSM2. Retries after a
+    /// transient failure go through the idempotent path, which completes whatever the first
+    /// attempt left.
+    pub fn create_new_project_root(&self, project: Uuid) -> Result<(), KmsError> {
+        let mut first = true;
+        with_retries(
+            || {
+                if std::mem::take(&mut first) {
+                    self.backend.create_new_project_root(project)
+                } else {
+                    self.backend.ensure_project_root(project)
+                }
+            },
+            |e, attempt| {
+                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%project, attempt, error = %rampart_common::error::ErrorChain(e), "creating the project root keys failed");
+            },
+            std::thread::sleep,
+        )
+        .map_err(KmsError::from_backend("creating the project root key"))
+    }
+
     /// A new enabled key, version 1 generated in the HSM.
     pub fn create_key(
         &self,
@@ -512,6 +535,8 @@ mod flaky_tests {
     /// project creation; everything else is the unavailable backend's.
     struct Flaky {
         failures: AtomicU32,
+        /// Calls of the search-free first attempt.
+        new_roots: AtomicU32,
         inner: UnavailableBackend,
     }
 
@@ -528,6 +553,10 @@ mod flaky_tests {
                 operation: "C_GenerateKey",
                 source: CkError::Pkcs11(RvError::GeneralError, Function::GenerateKey),
             })
+        }
+        fn create_new_project_root(&self, p: Uuid) -> Result<(), HsmError> {
+            self.new_roots.fetch_add(1, Ordering::SeqCst);
+            self.ensure_project_root(p)
         }
         fn destroy_project_root(&self, p: Uuid) -> Result<(), HsmError> {
             self.inner.destroy_project_root(p)
@@ -563,11 +592,28 @@ mod flaky_tests {
         }
     }
 
-    fn service(failures: u32) -> KeyService {
-        KeyService::new(Arc::new(Flaky {
+    fn flaky(failures: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
             failures: AtomicU32::new(failures),
+            new_roots: AtomicU32::new(0),
             inner: UnavailableBackend::new("test"),
-        }))
+        })
+    }
+
+    fn service(failures: u32) -> KeyService {
+        KeyService::new(flaky(failures))
+    }
+
+    /// Only the first attempt skips the search: it is not idempotent, so a retry after it
+    /// failed half-way must look at what is there (the idempotent path).
+    #[test]
+    fn spec_14_2_3_new_project_roots_retry_through_the_idempotent_path() {
+        let b = flaky(2);
+        let s = KeyService::new(b.clone());
+        s.create_new_project_root(Uuid::new_v4())
+            .expect("made after two retries");
+        assert_eq!(b.new_roots.load(Ordering::SeqCst), 1);
+        assert_eq!(s.error_count(), 2);
     }
 
     #[test]

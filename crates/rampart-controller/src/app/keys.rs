@@ -619,6 +619,18 @@ pub fn spawn_root_check(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         };
         let (n, started) = (projects.len(), std::time::Instant::now());
+        // One pass over the token instead of a token-wide search per project (SoftHSM2 visits
+        // every object on each); a failure only means the per-project searches below.
+        let service = state.kms.service.clone();
+        match blocking(move || service.backend().preload_project_roots()).await {
+            Ok(Ok(found)) => tracing::debug!(found, "project root keys listed in the HSM"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot list the root keys in the HSM; checking project by project")
+            }
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot list the root keys in the HSM; checking project by project")
+            }
+        }
         let mut failed = 0;
         for batch in projects.chunks(ROOT_CHECK_BATCH) {
             if state.shutdown.is_cancelled() {
@@ -659,7 +671,7 @@ pub async fn project_created(state: &AppState, project: Uuid) -> Result<(), Erro
         return Ok(());
     }
     let service = state.kms.service.clone();
-    let made = blocking(move || service.create_project_root(project)).await?;
+    let made = blocking(move || service.create_new_project_root(project)).await?;
     let Err(e) = made else {
         return Ok(());
     };
