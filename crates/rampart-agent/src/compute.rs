@@ -431,7 +431,7 @@ impl ComputeRuntime {
             match img.role {
                 ImageRole::Kernel => kernel = Some(staged),
                 ImageRole::Initrd => initrd = Some(staged),
-                ImageRole::Disk => disk = Some(staged),
+                ImageRole::Disk => disk = Some((staged, disk_format(img)?)),
             }
         }
         if let Some(p) = d.ports.iter().find(|p| p.netns.is_none()) {
@@ -487,13 +487,13 @@ impl ComputeRuntime {
                 },
                 vec![],
             ),
-            (None, Some(root)) => (
+            (None, Some((root, format))) => (
                 Machine::Q35,
                 Boot::Disk,
                 vec![Disk {
                     id: "root".into(),
                     path: root,
-                    format: DiskFormat::Raw,
+                    format,
                     read_only: false,
                 }],
             ),
@@ -686,6 +686,20 @@ impl ComputeRuntime {
                 q.extend(later);
             }
         }
+    }
+}
+
+/// What QEMU opens a disk image as: its format in the document (raw from a controller that
+/// sent none). Only the formats with a QEMU driver boot.
+fn disk_format(img: &DesiredImage) -> Result<DiskFormat, Failure> {
+    use rampart_api::compute::DiskFormat as Doc;
+    match img.format {
+        None | Some(Doc::Raw) => Ok(DiskFormat::Raw),
+        Some(Doc::Qcow2) => Ok(DiskFormat::Qcow2),
+        Some(other) => Err(failure(
+            "invalid_image",
+            format!("a disk image cannot be of format {}", other.as_str()),
+        )),
     }
 }
 

@@ -568,6 +568,10 @@ pub struct DesiredImage {
     pub sha256: String,
     pub size: u64,
     pub signature: Option<ImageSignatureDoc>,
+    /// The container format of a disk image (`raw` or `qcow2`), what QEMU opens it as;
+    /// absent from older controllers, which meant raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
 }
 
 /// A detached image signature (`IMAGE.sig`, format `rampart-image-signature-v1`).

@@ -843,3 +843,78 @@ async fn spec_12_1_2_guest_gets_its_address_and_accepts_the_injected_ssh_key() {
     assert!(cg.pids().is_empty());
     assert!(!cg.exists());
 }
+
+/// A qcow2 disk rendered by `render_argv` is opened by a real QEMU as qcow2: QMP shows the
+/// node's driver `qcow2` and the image's virtual size (64 MiB), not the container file's few
+/// hundred KiB a raw driver would show the guest, and no backing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_a_qcow2_disk_is_opened_by_qemu_as_qcow2() {
+    if !privileged(
+        "spec_12_1_1_a_qcow2_disk_is_opened_by_qemu_as_qcow2",
+        &["qemu-system-x86_64", "qemu-img"],
+    ) {
+        return;
+    }
+    // Not tmpfs: the drive asks for O_DIRECT.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let disk = dir.path().join("root.qcow2");
+    run(&["qemu-img", "create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"]);
+    let file_size = std::fs::metadata(&disk).unwrap().len();
+    assert!(file_size < 1 << 20, "{file_size}");
+    let id = Uuid::new_v4();
+    let spec = VmSpec {
+        id,
+        name: format!("q{}", &id.simple().to_string()[..8]),
+        vcpus: 1,
+        memory_mib: 64,
+        machine: Machine::Q35,
+        accel: Accel::Tcg,
+        boot: Boot::Disk,
+        disks: vec![Disk {
+            id: "root".into(),
+            path: disk.clone(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }],
+        nics: vec![],
+        config_drive: None,
+        serial_log: dir.path().join("console.log"),
+        qmp_socket: dir.path().join("qmp.sock"),
+    };
+    let argv = qemu::render_argv(&spec).unwrap();
+    // Paused before the firmware runs: the block graph is what is under test.
+    let mut child = tokio::process::Command::new("qemu-system-x86_64")
+        .args(&argv)
+        .arg("-S")
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = match QmpClient::connect_retry(&spec.qmp_socket, Duration::from_secs(20)).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = child.start_kill();
+            let out = child.wait_with_output().await.unwrap();
+            panic!("QEMU did not start ({e}): {}", String::from_utf8_lossy(&out.stderr));
+        }
+    };
+    let nodes = c.execute("query-named-block-nodes", None).await.unwrap();
+    let root = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == "root")
+        .unwrap_or_else(|| panic!("no node root: {nodes:#}"))
+        .clone();
+    assert_eq!(root["drv"], "qcow2", "{root:#}");
+    assert_eq!(root["image"]["format"], "qcow2", "{root:#}");
+    assert_eq!(root["image"]["virtual-size"], 64 << 20, "{root:#}");
+    assert_eq!(root["backing_file_depth"], 0, "{root:#}");
+    assert!(root["image"].get("backing-filename").is_none(), "{root:#}");
+    c.quit().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -85,7 +85,8 @@ pub async fn set_overrides(conn: &mut AnyConnection, project: Uuid, o: &Override
 }
 
 /// How much of `resource` the project holds: what it cannot get back by itself counts
-/// (rejected images and destroyed keys do not; revoked certificates do not).
+/// (rejected images and destroyed keys do not; revoked certificates do not, nor does the
+/// project's issuing CA, which the platform makes).
 pub async fn usage(conn: &mut AnyConnection, project: Uuid, resource: Resource) -> Result<u64> {
     let sql = match resource {
         Resource::Images => "SELECT COUNT(*) FROM images WHERE project_id = $1 AND status <> 'rejected'",
@@ -93,7 +94,9 @@ pub async fn usage(conn: &mut AnyConnection, project: Uuid, resource: Resource) 
         Resource::Vpcs => "SELECT COUNT(*) FROM vpcs WHERE project_id = $1",
         Resource::Ports => "SELECT COUNT(*) FROM ports WHERE project_id = $1",
         Resource::Keys => "SELECT COUNT(*) FROM kms_keys WHERE project_id = $1 AND state <> 'destroyed'",
-        Resource::Certificates => "SELECT COUNT(*) FROM certificates WHERE project_id = $1 AND revoked_at IS NULL",
+        Resource::Certificates => {
+            "SELECT COUNT(*) FROM certificates WHERE project_id = $1 AND revoked_at IS NULL AND kind <> 'ca'"
+        }
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(project.to_string())

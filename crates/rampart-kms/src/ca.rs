@@ -3,9 +3,11 @@
 //!
 //! * the **infrastructure CA** (`<data-dir>/ca.pem`) signs the API server certificate and the
 //!   agents' client certificates; it is what clients and agents trust;
-//! * the **tenant CA** (`<data-dir>/tenant-ca.pem`) signs certificates that tenants ask for
-//!   with a CSR. It is a separate root on purpose: a tenant certificate naming `localhost` or
-//!   the controller's address must never be accepted by a client that trusts `ca.pem`.
+//! * the **tenant CA** (`<data-dir>/tenant-ca.pem`) signs one issuing CA per project
+//!   ([`crate::project_ca`], name-constrained to the project's zones), which signs the
+//!   certificates that the project's tenants ask for with a CSR. It is a separate root on
+//!   purpose: a tenant certificate naming `localhost` or the controller's address must never
+//!   be accepted by a client that trusts `ca.pem`.
 //!
 //! Each CA key lives in the HSM when one is configured and able to hold EC keys (the key
 //! never exists outside the token; `tls/<name>-key.hsm` records the token label), otherwise
@@ -173,11 +175,11 @@ pub struct RevokedEntry {
 }
 
 pub struct CertificateAuthority {
-    role: CaRole,
-    cert_pem: String,
-    cert_der: Vec<u8>,
-    issuer: Issuer<'static, CaKey>,
-    mode: CaKeyMode,
+    pub(crate) role: CaRole,
+    pub(crate) cert_pem: String,
+    pub(crate) cert_der: Vec<u8>,
+    pub(crate) issuer: Issuer<'static, CaKey>,
+    pub(crate) mode: CaKeyMode,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -190,7 +192,7 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CaError + 'a {
+pub(crate) fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CaError + 'a {
     move |source| CaError::Io {
         action,
         path: path.to_path_buf(),
@@ -198,14 +200,14 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("operating system random source");
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
 }
 
-fn validity(params: &mut CertificateParams, now: OffsetDateTime, days: u32) {
+pub(crate) fn validity(params: &mut CertificateParams, now: OffsetDateTime, days: u32) {
     // Back-dated a little so a peer whose clock lags still accepts a fresh certificate.
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(days as i64);
@@ -220,7 +222,12 @@ fn ca_params(role: CaRole, days: u32, now: OffsetDateTime) -> CertificateParams 
         format!("{} {}", role.common_name(), &Uuid::new_v4().simple().to_string()[..8]),
     );
     params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // The tenant root signs one level of per-project issuing CAs (see `project_ca`); the
+    // infrastructure CA signs leaves only.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(match role {
+        CaRole::Infrastructure => 0,
+        CaRole::Tenant => 1,
+    }));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -370,7 +377,9 @@ impl CertificateAuthority {
                     label: label.to_string(),
                     cert: cert_path.clone(),
                 })?;
-                let ca = Self::from_cert_and_key(role, &cert_pem, CaKey::Hsm(key), CaKeyMode::Hsm)?;
+                let key = CaKey::Hsm(key);
+                let cert_pem = Self::allowing_project_cas(role, cert_pem, &key, &cert_path)?;
+                let ca = Self::from_cert_and_key(role, &cert_pem, key, CaKeyMode::Hsm)?;
                 if ca.public_key_of_cert()? != ca.issuer.key().der_bytes() {
                     return Err(CaError::KeyMismatch {
                         label: label.to_string(),
@@ -389,11 +398,9 @@ impl CertificateAuthority {
             (true, true) => {
                 let cert_pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
                 let key_pem = std::fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
-                let key = KeyPair::from_pem(&key_pem)?;
-                Ok((
-                    Self::from_cert_and_key(role, &cert_pem, CaKey::File(Box::new(key)), CaKeyMode::File)?,
-                    false,
-                ))
+                let key = CaKey::File(Box::new(KeyPair::from_pem(&key_pem)?));
+                let cert_pem = Self::allowing_project_cas(role, cert_pem, &key, &cert_path)?;
+                Ok((Self::from_cert_and_key(role, &cert_pem, key, CaKeyMode::File)?, false))
             }
             (false, false) => {
                 fsutil::ensure_private_dir(tls_dir).map_err(io("create", tls_dir))?;
@@ -472,7 +479,7 @@ impl CertificateAuthority {
         )
     }
 
-    fn from_cert_and_key(
+    pub(crate) fn from_cert_and_key(
         role: CaRole,
         cert_pem: &str,
         key: CaKey,
@@ -489,7 +496,66 @@ impl CertificateAuthority {
         })
     }
 
-    fn public_key_of_cert(&self) -> Result<Vec<u8>, CaError> {
+    /// A tenant root made before project CAs existed has pathLenConstraint 0, which forbids
+    /// the intermediate under it: its certificate is signed again, same subject, key and
+    /// validity, with pathLenConstraint 1, and written over `cert_path`. Certificates it
+    /// signed still chain to it (same name, same key); what trusts `tenant-ca.pem` must
+    /// take the new file to accept leaves of project CAs.
+    /// (A certificate whose key is not `key` is left as it is, for the caller's key check.)
+    fn allowing_project_cas(role: CaRole, cert_pem: String, key: &CaKey, cert_path: &Path) -> Result<String, CaError> {
+        use x509_parser::prelude::{AttributeTypeAndValue, FromDer, X509Certificate};
+        if role != CaRole::Tenant {
+            return Ok(cert_pem);
+        }
+        let bad = |e: &dyn std::fmt::Display| CaError::BadCertificate(e.to_string());
+        let der = pem_to_der(&cert_pem)?;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(&e))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Ok(cert_pem);
+        }
+        let path_len = cert
+            .basic_constraints()
+            .map_err(|e| bad(&e))?
+            .and_then(|b| b.value.path_len_constraint);
+        if path_len != Some(0) {
+            return Ok(cert_pem);
+        }
+        let text = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue<'_>>| -> Result<String, CaError> {
+            it.next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_string)
+                .ok_or_else(|| CaError::BadCertificate("the tenant CA has no O or CN".into()))
+        };
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, text(&mut cert.subject().iter_organization())?);
+        dn.push(DnType::CommonName, text(&mut cert.subject().iter_common_name())?);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        params.not_before =
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp()).map_err(|e| bad(&e))?;
+        params.not_after =
+            OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).map_err(|e| bad(&e))?;
+        let old_subject = cert.subject().as_raw().to_vec();
+        let new = params.self_signed(key)?;
+        let (_, parsed) = X509Certificate::from_der(new.der()).map_err(|e| bad(&e))?;
+        if parsed.subject().as_raw() != old_subject.as_slice() {
+            return Err(CaError::BadCertificate(
+                "the tenant CA cannot be signed again with the same subject; move it aside to make a new one".into(),
+            ));
+        }
+        fsutil::write_atomic(cert_path, new.pem().as_bytes(), 0o644).map_err(io("write", cert_path))?;
+        tracing::warn!(path = %cert_path.display(), "the tenant CA certificate was signed again with pathLenConstraint 1 so it can sign project CAs: clients that trust the old file must take the new one");
+        Ok(new.pem())
+    }
+
+    pub(crate) fn public_key_of_cert(&self) -> Result<Vec<u8>, CaError> {
         use x509_parser::prelude::*;
         let (_, cert) =
             X509Certificate::from_der(&self.cert_der).map_err(|e| CaError::BadCertificate(e.to_string()))?;

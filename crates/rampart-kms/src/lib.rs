@@ -2,7 +2,8 @@
 //!
 //! * [`ca`]: the internal certificate authorities (infrastructure and tenant), certificate
 //!   issuance, CRLs; [`chain`]: chain checks of imported third-party certificates;
-//!   [`hsm_signer`]: a CA key held in the HSM for rcgen.
+//!   [`hsm_signer`]: a CA key held in the HSM for rcgen; [`project_ca`]: each project's
+//!   issuing CA under the tenant root, name-constrained to the project's zones.
 //! * [`pkcs11`]: the PKCS#11 backend (any module by path) holding per-project root keys;
 //!   [`softhsm`]: the embedded SoftHSM2 default under `DATA_DIR/hsm/`.
 //! * [`envelope`]: ciphertext envelope, encryption context and wrapped-key formats (pure).
@@ -18,6 +19,7 @@ pub mod error;
 pub mod hsm_signer;
 pub mod lifecycle;
 pub mod pkcs11;
+pub mod project_ca;
 pub mod service;
 #[cfg(any(test, feature = "insecure-software-backend"))]
 pub mod soft;

@@ -446,6 +446,62 @@ async fn spec_12_1_1_images_naming_host_files_or_another_format_are_refused_with
     c.shutdown().await;
 }
 
+/// A disk image boots as what it was uploaded as: the node renders a qcow2 disk with the
+/// qcow2 driver and `"backing": null`, a raw one with the raw driver (golden argv).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_1_1_a_qcow2_disk_image_is_opened_as_qcow2_golden_argv() {
+    let c = cluster(1).await;
+    let project = c.admin_project().await;
+    let key = SigningKey::generate().unwrap();
+    trust(&c, &key, "release").await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = flavor(&c).await;
+    let disk = qcow2(dir.path(), "disk.qcow2", &[]);
+    let raw = vec![0u8; 65536];
+    let mut argv = String::new();
+    for (name, format, bytes) in [("disk-q", "qcow2", &disk), ("disk-r", "raw", &raw)] {
+        let (img, s, body) = image(&c, &c.admin, project, name, format, json!({}), &key, bytes, bytes).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let created: Value = c
+            .admin
+            .post(
+                &format!("/v1/projects/{project}/instances"),
+                &json!({"name": format!("vm-{format}"), "image": img["id"], "flavor": f["name"]}),
+            )
+            .await
+            .unwrap();
+        let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+        wait_status(&c, project, id, "running").await;
+        let vm = c.agents[0].vms.vm(id).expect("the node started the VM");
+        assert_eq!(vm.spec.boot, rampart_compute::qemu::Boot::Disk);
+        assert_eq!(
+            vm.spec.disks[0].format.to_string(),
+            format,
+            "the document's format reaches the drive"
+        );
+        assert_eq!(&std::fs::read(&vm.spec.disks[0].path).unwrap(), bytes);
+        let mut spec = vm.spec.clone();
+        // The host paths and ids of this run, made stable for the golden file.
+        spec.id = Uuid::nil();
+        let vm_dir = std::path::PathBuf::from("/run/rampart/vms/00000000-0000-0000-0000-000000000000");
+        spec.disks[0].path = vm_dir.join("root.img");
+        spec.config_drive = spec.config_drive.as_ref().map(|_| vm_dir.join("cidata.iso"));
+        spec.serial_log = vm_dir.join("console.log");
+        spec.qmp_socket = vm_dir.join("qmp.sock");
+        spec.memory_mib = 256;
+        for a in rampart_compute::qemu::render_argv(&spec).unwrap() {
+            argv.push_str(&a);
+            argv.push('\n');
+        }
+        argv.push('\n');
+    }
+    rampart_common::testing::golden(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/qcow2-and-raw-disk-instances.argv"),
+        &argv,
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_12_1_1_a_kernel_cannot_name_a_rejected_ramdisk_and_a_rejected_name_is_free_again() {
     let (c, project, key) = trusting_project().await;

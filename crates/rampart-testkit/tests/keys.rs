@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rampart_api::{
-    Certificate, CertificateImport, CertificateIssue, CertificateStatus, Client, ClientError, Context, DataKeyRequest,
-    DecryptRequest, EncryptRequest, Key, KeyCreate, KeyStateView, KeyUpdate, List, NodeState, Project,
+    Certificate, CertificateImport, CertificateIssue, CertificateKind, CertificateStatus, Client, ClientError, Context,
+    DataKeyRequest, DecryptRequest, EncryptRequest, Key, KeyCreate, KeyStateView, KeyUpdate, List, NodeState, Project,
     ReEncryptRequest, ScopeRef,
 };
 use rampart_common::Sensitive;
@@ -725,8 +725,13 @@ async fn spec_13_3_2_tenant_csr_is_issued_listed_with_expiry_revoked_and_in_the_
             .await,
     );
     assert_eq!(s, 403);
+    // The project's certificates: the one issued, and the project's issuing CA.
     let mine = user_a.certificates(Some(a)).await.unwrap();
-    assert_eq!(mine.items.iter().map(|x| x.id).collect::<Vec<_>>(), vec![issued.id]);
+    let of_kind =
+        |kind: CertificateKind| -> Vec<Uuid> { mine.items.iter().filter(|x| x.kind == kind).map(|x| x.id).collect() };
+    assert_eq!(of_kind(CertificateKind::Tenant), vec![issued.id]);
+    assert_eq!(of_kind(CertificateKind::Ca).len(), 1, "{mine:?}");
+    assert_eq!(mine.items.len(), 2);
     let (s, _) = refused(admin_b.certificates(Some(a)).await);
     assert_eq!(s, 404);
     let (s, _) = refused(admin_b.certificate(issued.id).await);
@@ -814,6 +819,142 @@ async fn spec_13_3_2_a_project_gets_certificates_only_for_its_own_names() {
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
     let eku = parsed.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
+    c.shutdown().await;
+}
+
+fn pem_blocks(pem: &str) -> Vec<String> {
+    pem.split_inclusive("-----END CERTIFICATE-----")
+        .filter(|b| b.contains("BEGIN CERTIFICATE"))
+        .map(|b| format!("{}\n", b.trim_start()))
+        .collect()
+}
+
+/// `openssl verify` of `leaf` under `intermediate` with `root` as the only trust anchor.
+fn openssl_verify(dir: &std::path::Path, root: &str, intermediate: &str, leaf: &str) -> (bool, String) {
+    let name = Uuid::new_v4().simple().to_string();
+    let file = |what: &str, pem: &str| {
+        let p = dir.join(format!("{name}-{what}.pem"));
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let (r, i, l) = (file("root", root), file("ca", intermediate), file("leaf", leaf));
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&r)
+        .arg("-untrusted")
+        .arg(&i)
+        .arg(&l)
+        .output()
+        .expect("openssl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_13_3_2_issued_chain_has_the_projects_name_constrained_ca_and_validates_with_openssl() {
+    let Some((c, _clock)) = cluster().await else { return };
+    let a = project(&c, "chain-a").await;
+    let b = project(&c, "chain-b").await;
+    let admin = user(&c, "chain-admin", &[("key-admin", a), ("key-admin", b)]).await;
+    let issue = |project: Uuid, name: String| CertificateIssue {
+        project,
+        csr: csr(&name),
+        names: Some(vec![name]),
+        days: Some(30),
+        usages: Some(vec![rampart_api::CertificateUsage::ServerAuth]),
+    };
+    let a1 = admin
+        .issue_certificate(&issue(a, "www.chain-a.default.rampart.internal".into()))
+        .await
+        .unwrap();
+    let a2 = admin
+        .issue_certificate(&issue(a, format!("db.{a}.rampart.internal")))
+        .await
+        .unwrap();
+    let b1 = admin
+        .issue_certificate(&issue(b, "www.chain-b.default.rampart.internal".into()))
+        .await
+        .unwrap();
+    let chain = |x: &Certificate| pem_blocks(x.chain.as_deref().expect("a chain"));
+    let (ca, cb) = (chain(&a1), chain(&b1));
+    assert_eq!((ca.len(), cb.len()), (2, 2), "project CA, then tenant CA: {ca:?}");
+    assert_eq!(chain(&a2), ca, "one issuing CA per project, made once");
+    assert_ne!(ca[0], cb[0], "each project has its own issuing CA");
+    assert_eq!(ca[1], cb[1], "both under the tenant CA");
+    let der = |pem: &str| rampart_kms::ca::pem_to_der(pem).unwrap();
+    let (ia, ib) = (der(&ca[0]), der(&cb[0]));
+    let (_, pa) = x509_parser::parse_x509_certificate(&ia).unwrap();
+    let (_, pb) = x509_parser::parse_x509_certificate(&ib).unwrap();
+    let nc = pa.name_constraints().unwrap().expect("name constraints");
+    assert!(nc.critical);
+    let dns: Vec<String> = nc
+        .value
+        .permitted_subtrees
+        .iter()
+        .flatten()
+        .map(|s| match s.base {
+            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+            ref other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        dns,
+        vec![
+            format!("{a}.rampart.internal"),
+            "chain-a.default.rampart.internal".to_string()
+        ]
+    );
+    let ips: Vec<Vec<u8>> = nc
+        .value
+        .excluded_subtrees
+        .iter()
+        .flatten()
+        .map(|s| match s.base {
+            x509_parser::extensions::GeneralName::IPAddress(ip) => ip.to_vec(),
+            ref other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ips,
+        vec![vec![0u8; 8], vec![0u8; 32]],
+        "every IPv4 and IPv6 address excluded"
+    );
+    let bc = pa.basic_constraints().unwrap().unwrap().value;
+    assert!(bc.ca && bc.path_len_constraint == Some(0), "{bc:?}");
+    assert_ne!(pa.subject().to_string(), pb.subject().to_string());
+    let leaf_issuer = |x: &Certificate| {
+        let d = der(x.certificate.as_deref().unwrap());
+        let (_, p) = x509_parser::parse_x509_certificate(&d).unwrap();
+        p.issuer().to_string()
+    };
+    assert_eq!(leaf_issuer(&a1), pa.subject().to_string());
+    assert_eq!(leaf_issuer(&b1), pb.subject().to_string());
+    // The project CA is in the project's inventory, as a CA.
+    let listed = admin.certificates(Some(a)).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|x| x.kind == CertificateKind::Ca && x.sha256 == rampart_api::tls::sha256_hex(&ia)),
+        "{listed:?}"
+    );
+
+    // A real validator: A's leaf under A's CA verifies; B's leaf does not verify under A's CA.
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = |x: &Certificate| x.certificate.clone().unwrap();
+    let (ok, out) = openssl_verify(dir.path(), &ca[1], &ca[0], &leaf(&a1));
+    assert!(ok, "{out}");
+    let (ok, out) = openssl_verify(dir.path(), &ca[1], &cb[0], &leaf(&b1));
+    assert!(ok, "{out}");
+    let (ok, out) = openssl_verify(dir.path(), &ca[1], &ca[0], &leaf(&b1));
+    assert!(!ok, "B's leaf under A's CA: {out}");
     c.shutdown().await;
 }
 

@@ -1,5 +1,6 @@
 //! The README's first steps with the CLI, through the real binary: change the bootstrap
-//! password, log in (enrolment-only token), enrol TOTP, log in with the code, administer.
+//! password, log in (enrolment-only token), enrol TOTP, log in with the code, administer, and
+//! walk the README's lines up to the demo guest booting to its console marker.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -15,6 +16,24 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The demo guest, built once (from Debian packages) into target/demo-image or
+/// `RAMPART_DEMO_IMAGE`, as the compute tests do.
+fn demo_image() -> std::path::PathBuf {
+    let out = std::env::var_os("RAMPART_DEMO_IMAGE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/demo-image"));
+    let st = Command::new(workspace().join("crates/rampart-compute/scripts/build-demo-image.sh"))
+        .arg(&out)
+        .status()
+        .expect("running build-demo-image.sh");
+    assert!(st.success(), "build-demo-image.sh failed");
+    out
 }
 
 struct VmDir(std::path::PathBuf);
@@ -441,12 +460,16 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
     assert!(ok);
     login("alice", "Teal-harbour-58");
-    // The README's walk as alice: keys, a network, a signed image and a VM on it. (The demo
-    // guest's build and boot are spec_12_1_1_instance_created_through_the_api_boots_the_signed_demo_guest_under_tcg;
-    // here the "kernel" is a signed stand-in, and the instance is removed again.)
+    // The README's walk as alice: keys, a network, the demo guest signed and uploaded, a VM
+    // booted from it to its console marker and deleted. The demo guest comes from the cache the
+    // compute tests build (`RAMPART_DEMO_IMAGE` or target/demo-image, made from Debian packages
+    // by the README's script); the README's own build line then finds it built.
+    let demo = demo_image();
     std::fs::create_dir_all(tmp.path().join("demo")).unwrap();
-    std::fs::write(tmp.path().join("demo/vmlinux"), b"stand-in kernel").unwrap();
-    std::fs::write(tmp.path().join("demo/initrd.img"), b"stand-in initrd").unwrap();
+    for f in ["vmlinux", "initrd.img", "manifest.txt"] {
+        std::fs::copy(demo.join(f), tmp.path().join("demo").join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(workspace().join("crates"), tmp.path().join("crates")).unwrap();
     let walk = readme.run(
         &[("P", &project), ("FLAVOR", &flavor), ("K", &key)],
         &[
@@ -459,6 +482,7 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
             r#"VPC=$(curl -s "${A[@]}" $API/vpcs -d '{"name":"web","cidr":"10.10.0.0/16"}' | jq -r .id)"#,
             r#"SUBNET=$(curl -s "${A[@]}" $API/subnets -d '{"vpc":"'$VPC'","name":"front","cidr":"10.10.1.0/24"}' | jq -r .id)"#,
             r#"SG=$(curl -s "${A[@]}" $API/security-groups -d '{"name":"web"}' | jq -r .id)"#,
+            "crates/rampart-compute/scripts/build-demo-image.sh demo      # needs cpio and lz4, which scripts/up.sh installs",
             "rampart image keygen image.key image.pub && rampart image trust image.pub --name release --project $P",
             "rampart image sign demo/initrd.img --key image.key && rampart image sign demo/vmlinux --key image.key",
             "RD=$(rampart image upload demo/initrd.img --project $P --name demo-initrd --format initrd | jq -r .id)",
@@ -475,16 +499,74 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
     assert!(walk["out"].contains("\"ciphertext\""), "{walk:?}");
     assert!(walk["out"].contains("BEGIN X509 CRL"), "{walk:?}");
     assert!(walk["out"].contains("secret"), "the CLI round trip: {walk:?}");
-    // The instance: accepted where the node runs VMs (and then removed again), refused with a
-    // clear 503 where it cannot (no QEMU here).
+    // The instance boots where the node runs VMs (root with QEMU): the README's lines wait for
+    // it, read the guest's boot marker from its console and delete it. Elsewhere it is refused
+    // with a clear 503, and the boot is a counted skip.
     let token = readme.run(&[], &["TOKEN=$(rampart token)"], &["TOKEN"])["TOKEN"].clone();
     let api = rampart_api::Client::with_ca(&url, &std::fs::read(&ca).unwrap())
         .unwrap()
         .with_token(rampart_common::Sensitive::new(token));
     match uuid::Uuid::parse_str(&walk["VM"]) {
         Ok(vm) => {
+            let started = Instant::now();
+            let session = [
+                "TOKEN=$(rampart token)",
+                r#"A=(--cacert $D/ca.pem -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json')"#,
+                "API=https://127.0.0.1:8443/v1/projects/$P",
+            ];
+            let env = [("P", project.as_str()), ("VM", walk["VM"].as_str())];
+            let boot = readme.run(
+                &env,
+                &[
+                    &session[..],
+                    &[
+                        r#"for i in $(seq 120); do [ "$(curl -s "${A[@]}" $API/instances/$VM | jq -r .status)" = running ] && break; sleep 1; done"#,
+                        r#"for i in $(seq 120); do curl -s "${A[@]}" $API/instances/$VM/console | jq -r .output | grep RAMPART-BOOT-OK && break; sleep 1; done"#,
+                    ],
+                ]
+                .concat(),
+                &[],
+            );
+            if !boot["out"].contains("RAMPART-BOOT-OK") {
+                let path = format!("/v1/projects/{project}/instances/{vm}");
+                let instance = api.get::<serde_json::Value>(&path).await;
+                let events = api.get::<serde_json::Value>(&format!("{path}/events")).await;
+                let console = api.get::<serde_json::Value>(&format!("{path}/console")).await;
+                let log: String = std::fs::read_dir(data.join("logs"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .flat_map(|t| {
+                        t.lines()
+                            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                            .map(String::from)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let vm_dir = vms.0.join(vm.to_string());
+                let file = |f: &str| std::fs::read_to_string(vm_dir.join(f)).unwrap_or_default();
+                panic!(
+                    "the demo guest did not boot to its marker: {boot:?}\ninstance: {instance:?}\nevents: {events:?}\nconsole: {console:?}\nwarnings: {log}\nqemu.log: {}\nconsole.log: {}",
+                    file("qemu.log"),
+                    file("console.log")
+                );
+            }
+            readme.run(
+                &env,
+                &[
+                    &session[..],
+                    &[r#"curl -s "${A[@]}" -X DELETE $API/instances/$VM         # the VM stops; its ports and files go with it"#],
+                ]
+                .concat(),
+                &[],
+            );
+            eprintln!(
+                "README walk: the demo guest's marker on its console {:.1} s after the instance request was accepted",
+                started.elapsed().as_secs_f64()
+            );
             let path = format!("/v1/projects/{project}/instances/{vm}");
-            api.send::<()>(http::Method::DELETE, &path, None).await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(60);
             while api.get::<serde_json::Value>(&path).await.is_ok() {
                 assert!(Instant::now() < deadline, "instance {vm} not removed");
@@ -501,6 +583,11 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), Some("unavailable"), "{e}");
+            rampart_common::testing::require(
+                rampart_common::testing::Need::Root,
+                false,
+                "not root: the README's instance does not boot here",
+            );
         }
     }
     // Alice is no key admin: she uses bob's key, and cannot make one.

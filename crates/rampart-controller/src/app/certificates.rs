@@ -210,9 +210,10 @@ async fn name_policy(state: &AppState, project: Uuid) -> Result<TenantNamePolicy
 }
 
 /// Issues a certificate from a tenant's CSR (`key-admin` of the project), signed by the
-/// tenant CA for the usages asked (default server and client authentication). Only the CSR's
-/// public key is used; the names must lie in the project's zones (422
-/// `certificate_name_not_allowed` otherwise).
+/// project's issuing CA (made at the first issue, under the tenant CA, name-constrained to
+/// the project's zones) for the usages asked (default server and client authentication).
+/// Only the CSR's public key is used; the names must lie in the project's zones (422
+/// `certificate_name_not_allowed` otherwise: the policy refuses what validators would).
 pub async fn issue(state: &AppState, principal: &Principal, req: CertificateIssue) -> Result<Certificate, Error> {
     require_manage(state, principal, req.project, "issuing").await?;
     let days = req.days.unwrap_or(state.config.kms.certificate_days);
@@ -240,19 +241,22 @@ pub async fn issue(state: &AppState, principal: &Principal, req: CertificateIssu
         let mut conn = state.db.conn().await?;
         crate::quota::enforce(state, &mut conn, req.project, Resource::Certificates, 1).await?;
     }
-    let ca = state.kms.tenant_ca.clone();
+    // Refused names must not make the project an issuing CA it never uses.
+    policy.check(&names, &usages).map_err(signing_error)?;
     let now = state.now();
+    let (project, zones, cas) = (req.project, policy.zones().to_vec(), state.kms.project_cas.clone());
+    let ca = blocking(move || cas.get(project, &zones, now))
+        .await?
+        .map_err(|e| Error::internal("preparing the project's issuing CA", e))?;
+    {
+        let mut conn = state.db.conn().await?;
+        record_ca(&mut conn, &ca, Some(req.project), now).await?;
+    }
+    let issuing = ca.clone();
     let csr = req.csr;
     let signed = blocking(move || ca.sign_tenant_csr(&csr, &names, &policy, &usages, days, now))
         .await?
-        .map_err(|e| match e {
-            rampart_kms::CaError::NameNotAllowed(m) => {
-                Error::coded(StatusCode::UNPROCESSABLE_ENTITY, "certificate_name_not_allowed", m)
-            }
-            rampart_kms::CaError::BadName(m) => Error::field("names", m),
-            rampart_kms::CaError::BadCsr(m) => Error::field("csr", m),
-            other => Error::internal("signing a tenant certificate", other),
-        })?;
+        .map_err(signing_error)?;
     let mut row = cert_row(
         NewCert {
             kind: "tenant",
@@ -265,11 +269,23 @@ pub async fn issue(state: &AppState, principal: &Principal, req: CertificateIssu
         },
         now,
     )?;
-    row.chain_pem = state.kms.tenant_ca.cert_pem().to_string();
+    // The chain up to the root: the project's issuing CA, then the tenant CA.
+    row.chain_pem = format!("{}{}", issuing.cert_pem(), state.kms.tenant_ca.cert_pem());
     let mut conn = state.db.conn().await?;
     db::insert_certificate(&mut conn, &row).await?;
     tracing::info!(certificate = %row.id, project = %req.project, subject = %row.subject, by = %principal.user.name, "certificate issued");
     Ok(view(state, &row, true))
+}
+
+fn signing_error(e: rampart_kms::CaError) -> Error {
+    match e {
+        rampart_kms::CaError::NameNotAllowed(m) => {
+            Error::coded(StatusCode::UNPROCESSABLE_ENTITY, "certificate_name_not_allowed", m)
+        }
+        rampart_kms::CaError::BadName(m) => Error::field("names", m),
+        rampart_kms::CaError::BadCsr(m) => Error::field("csr", m),
+        other => Error::internal("signing a tenant certificate", other),
+    }
 }
 
 /// The chain check of an import, with its refusals as API errors.
@@ -415,8 +431,8 @@ pub async fn crl(state: &AppState, role: CaRole) -> Result<Arc<Vec<u8>>, Error> 
 /// At start: the CAs and the server certificate go into the certificate inventory.
 pub async fn after_start(state: &AppState) -> Result<(), Error> {
     let mut conn = state.db.conn().await?;
-    record_ca(&mut conn, &state.ca, state.now()).await?;
-    record_ca(&mut conn, &state.kms.tenant_ca, state.now()).await?;
+    record_ca(&mut conn, &state.ca, None, state.now()).await?;
+    record_ca(&mut conn, &state.kms.tenant_ca, None, state.now()).await?;
     record_server_certificate(state, &mut conn).await?;
     Ok(())
 }

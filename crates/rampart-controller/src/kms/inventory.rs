@@ -67,12 +67,19 @@ pub fn cert_row(c: NewCert<'_>, now: OffsetDateTime) -> Result<db::CertRow, Erro
     })
 }
 
-pub async fn record_ca(conn: &mut Conn, ca: &CertificateAuthority, now: OffsetDateTime) -> Result<(), Error> {
+/// Records a CA certificate if it is new: an internal root (`project` none) or a project's
+/// issuing CA (issued by the tenant root, revoked with the project).
+pub async fn record_ca(
+    conn: &mut Conn,
+    ca: &CertificateAuthority,
+    project: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
     let row = cert_row(
         NewCert {
             kind: "ca",
             issuer_ca: Some(ca.role()),
-            project: None,
+            project,
             node: None,
             pem: ca.cert_pem(),
             der: ca.cert_der(),

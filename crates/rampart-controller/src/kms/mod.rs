@@ -20,6 +20,7 @@ use rampart_kms::{
     UnavailableBackend,
 };
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 pub mod facts;
 pub mod inventory;
@@ -52,6 +53,8 @@ pub struct Kms {
     /// What serves keys, for logs and the conformance matrix.
     pub description: String,
     pub tenant_ca: Arc<CertificateAuthority>,
+    /// The projects' issuing CAs under the tenant CA.
+    pub project_cas: Arc<ProjectCas>,
     /// Roots the operating system trusts, for chain checks of imported certificates.
     pub system_roots: Vec<Vec<u8>>,
     crls: Mutex<HashMap<&'static str, CachedCrl>>,
@@ -145,6 +148,14 @@ pub fn start(
         CertificateAuthority::load_or_create_in(data_dir, CaRole::Infrastructure, config.tls.ca_days, now, ca_hsm)?;
     let (tenant_ca, _) =
         CertificateAuthority::load_or_create_in(data_dir, CaRole::Tenant, config.tls.ca_days, now, ca_hsm)?;
+    let tenant_ca = Arc::new(tenant_ca);
+    let project_cas = Arc::new(ProjectCas {
+        data_dir: data_dir.to_path_buf(),
+        hsm: ca_hsm.cloned(),
+        days: config.tls.ca_days,
+        root: tenant_ca.clone(),
+        cache: Mutex::new(HashMap::new()),
+    });
     tracing::info!(
         hsm = %description,
         ca_key = ca.key_mode().as_str(),
@@ -157,7 +168,8 @@ pub fn start(
             service: Arc::new(KeyService::new(backend)),
             pkcs11,
             description,
-            tenant_ca: Arc::new(tenant_ca),
+            tenant_ca,
+            project_cas,
             system_roots: rampart_kms::chain::system_roots(),
             crls: Mutex::new(HashMap::new()),
         },
@@ -188,6 +200,50 @@ impl Kms {
             .lock()
             .expect("crl lock")
             .insert(role.as_str(), (revision, made, der));
+    }
+}
+
+/// The projects' issuing CAs (13.3-2), loaded or made on first use and kept in memory.
+pub struct ProjectCas {
+    data_dir: PathBuf,
+    hsm: Option<Arc<Pkcs11Backend>>,
+    days: u32,
+    root: Arc<CertificateAuthority>,
+    /// Per project: the zones it was checked for, until when it needs no new check, the CA.
+    cache: Mutex<HashMap<Uuid, CachedProjectCa>>,
+}
+
+type CachedProjectCa = (Vec<String>, OffsetDateTime, Arc<CertificateAuthority>);
+
+impl std::fmt::Debug for ProjectCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectCas").finish_non_exhaustive()
+    }
+}
+
+impl ProjectCas {
+    /// The issuing CA of `project` for `zones` (blocking: it may read files and use the HSM).
+    /// Calls are serialised so two first issues of a project make one CA.
+    pub fn get(
+        &self,
+        project: Uuid,
+        zones: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Arc<CertificateAuthority>, rampart_kms::CaError> {
+        let mut cache = self.cache.lock().expect("project CA lock");
+        if let Some((z, fresh_until, ca)) = cache.get(&project)
+            && z.as_slice() == zones
+            && now < *fresh_until
+        {
+            return Ok(ca.clone());
+        }
+        let (ca, _) =
+            self.root
+                .load_or_create_project_ca(&self.data_dir, project, zones, self.days, now, self.hsm.as_ref())?;
+        let ca = Arc::new(ca);
+        // Checked again (expiry, a changed root) a day later.
+        cache.insert(project, (zones.to_vec(), now + time::Duration::days(1), ca.clone()));
+        Ok(ca)
     }
 }
 

@@ -34,6 +34,11 @@ fn desired_image(role: ImageRole, i: &db::ImageRow) -> Option<DesiredImage> {
         sha256: sha.into(),
         size: i.size_bytes.unwrap_or(0).max(0) as u64,
         signature: signature_doc(sha, i.signing_key_id.as_deref(), i.signature.as_deref()),
+        // A disk is opened as what it was uploaded and checked as (12.1-1): a qcow2 read as
+        // raw would show the guest its container, not its disk.
+        format: (role == ImageRole::Disk)
+            .then(|| rampart_api::compute::DiskFormat::parse(&i.disk_format))
+            .flatten(),
     })
 }
 
