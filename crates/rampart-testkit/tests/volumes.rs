@@ -441,7 +441,7 @@ async fn life_cycle(backend: Backend) {
             .any(|r| r["target"]["id"] == id && r["actor"]["id"] == node.id.to_string())
     );
     let everything: Value = c.admin.get("/v1/audit/events?limit=1000").await.unwrap();
-    rampart_common::testing::assert_no_secret(everything.to_string().as_bytes(), &[secret.clone()]);
+    rampart_common::testing::assert_no_secret(everything.to_string().as_bytes(), std::slice::from_ref(&secret));
     let doc = serde_json::to_string(&node.document().await).unwrap();
     rampart_common::testing::assert_no_secret(doc.as_bytes(), &[secret]);
     drop((node, other));
