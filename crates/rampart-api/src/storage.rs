@@ -87,6 +87,9 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Uuid>,
     pub attachments: Vec<VolumeAttachment>,
+    /// Percent done of a long create (from an image) or wipe, as the node last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_image: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -95,9 +95,10 @@ impl FakeNode {
         let (c2, s2, l2) = (client.clone(), status.clone(), sending.clone());
         let beat = tokio::spawn(async move {
             loop {
-                let s = s2.lock().unwrap().clone();
                 {
+                    // Read under the send lock, so that a report never overtakes a newer one.
                     let _one = l2.lock().await;
+                    let s = s2.lock().unwrap().clone();
                     let _ = c2.agent_status(&s).await;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -132,6 +133,11 @@ impl FakeNode {
 
     /// Sets what the node observes of volume `id`, then reports it.
     async fn observe(&self, id: Uuid, state: ObservedVolume, wipe: Option<WipeReport>) {
+        self.observe_at(id, state, wipe, None).await
+    }
+
+    /// [`FakeNode::observe`] with the percent done of a long create or wipe.
+    async fn observe_at(&self, id: Uuid, state: ObservedVolume, wipe: Option<WipeReport>, progress: Option<u8>) {
         {
             let mut s = self.status.lock().unwrap();
             let storage = s.storage.as_mut().unwrap();
@@ -141,7 +147,7 @@ impl FakeNode {
                 state,
                 size_bytes: 0,
                 allocated_bytes: 0,
-                progress: None,
+                progress,
                 error: None,
                 wipe_report: wipe,
             });
@@ -475,6 +481,9 @@ async fn spec_12_3_4_1_an_unverified_wipe_never_deletes_the_volume() {
     let _: Value = del(&c.admin, &format!("{}/{id}", vol_path(project))).await.unwrap();
     node.observe(vid, ObservedVolume::Wiping, None).await;
     wait_volume(&c, project, &id, "wiping").await;
+    // The node's progress shows (the CLI's bar).
+    node.observe_at(vid, ObservedVolume::Wiping, None, Some(40)).await;
+    assert_eq!(volume(&c.admin, project, &id).await.unwrap()["progress"], 40);
 
     // "Wiped" with a report that did not verify: error wipe_unverified, still to be wiped.
     node.observe(vid, ObservedVolume::Wiped, Some(wipe_report(vid, false)))

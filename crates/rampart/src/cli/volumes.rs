@@ -1,5 +1,6 @@
 //! `rampart volume ...`: thin wrappers over the volumes API, printing JSON. `--wait` polls the
-//! volume's status (shown on standard error) until creation or the verified wipe is done.
+//! volume's status and its node's progress (a bar on standard error) until creation or the
+//! verified wipe is done.
 
 use std::time::{Duration, Instant};
 
@@ -138,7 +139,14 @@ async fn wait_for(c: &Client, path: &str, done: &[VolumeState]) -> anyhow::Resul
     let start = Instant::now();
     loop {
         let v: Volume = c.get(path).await?;
-        eprint!("\r{:?} {:>5}s", v.status, start.elapsed().as_secs());
+        let bar = match v.progress {
+            Some(p) => {
+                let done = usize::from(p.min(100)) / 5;
+                format!("[{}{}] {p:>3}%", "#".repeat(done), ".".repeat(20 - done))
+            }
+            None => String::new(),
+        };
+        eprint!("\r{:?} {bar} {:>5}s", v.status, start.elapsed().as_secs());
         if done.contains(&v.status) || v.status == VolumeState::Error {
             eprintln!();
             return Ok(v);
