@@ -765,7 +765,7 @@ async fn spec_12_3_3_grants_narrow_a_volume_to_named_members_and_other_projects_
     assert_eq!(code(&volume(&carol, project, &id).await.unwrap_err()).0, 404);
     assert_eq!(code(&volume(&carol, other_id, &id).await.unwrap_err()).0, 404);
     let e = carol
-        .post::<_, Value>(&format!("{path}/{id}/snapshots"), &json!({"name": "s"}))
+        .post::<_, Value>(&format!("{path}/{id}/extend"), &json!({"size_gib": 2}))
         .await
         .unwrap_err();
     assert_eq!(code(&e).0, 404);
