@@ -34,6 +34,18 @@ pub struct VolumeCreate {
     /// Default: `default` (encrypted, no limits).
     #[serde(default)]
     pub volume_type: Option<String>,
+    /// A key of the project (name or id) to wrap the volume's passphrase, for which the caller
+    /// needs `key-user`. Default: the project's service-managed key `volumes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+}
+
+/// `GET/PUT /v1/projects/{p}/volume-settings`: the project's leave for unencrypted volume
+/// types (12.3.2-2; refused by default).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSettings {
+    pub allow_unencrypted: bool,
 }
 
 /// `status` of a volume, spelled as in API.md.
@@ -75,6 +87,9 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Uuid>,
     pub attachments: Vec<VolumeAttachment>,
+    /// Percent done of a long create (from an image) or wipe, as the node last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_image: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

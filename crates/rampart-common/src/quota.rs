@@ -54,6 +54,10 @@ pub struct QuotaConfig {
     pub ports: u32,
     pub keys: u32,
     pub certificates: u32,
+    /// Volumes not `deleted` (a volume being wiped still counts).
+    pub volumes: u32,
+    /// GiB of those volumes together.
+    pub volume_gib: u32,
 }
 
 impl Default for QuotaConfig {
@@ -65,6 +69,8 @@ impl Default for QuotaConfig {
             ports: 250,
             keys: 100,
             certificates: 200,
+            volumes: 20,
+            volume_gib: 1000,
         }
     }
 }

@@ -22,6 +22,7 @@ pub async fn node_document_json(
     let mut doc = crate::render::node_config(node_id, node_name, &config.nodes);
     doc.compute = crate::app::compute::desired::node_compute(conn, node_id).await?;
     doc.network = crate::app::network::desired::node_network(conn, config, node_id).await?;
+    doc.storage = crate::app::volumes::desired::node_storage(conn, node_id).await?;
     Ok(serde_json::to_string(&doc).expect("node config serialises"))
 }
 

@@ -348,9 +348,11 @@ pub async fn storage_key_used(conn: &mut AnyConnection, storage_key: &str, excep
 /// Whether `node` runs (or must run) an instance booting `image` (directly or as its initrd):
 /// only then may its agent download the bytes.
 pub async fn image_needed_on_node(conn: &mut AnyConnection, image: Uuid, node: Uuid) -> Result<bool> {
+    // Booted by an instance there, or copied into a volume being created there.
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM instances i JOIN images k ON k.id = i.image_id \
-         WHERE i.node_id = $2 AND (i.image_id = $1 OR k.ramdisk_image_id = $1)",
+        "SELECT (SELECT COUNT(*) FROM instances i JOIN images k ON k.id = i.image_id \
+         WHERE i.node_id = $2 AND (i.image_id = $1 OR k.ramdisk_image_id = $1)) + \
+         (SELECT COUNT(*) FROM volumes v WHERE v.node_id = $2 AND v.source_image = $1 AND v.status = 'creating')",
     )
     .bind(image.to_string())
     .bind(node.to_string())

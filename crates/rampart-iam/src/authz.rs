@@ -43,6 +43,13 @@ pub const ACTIONS: &[&str] = &[
     "assignment.project",
     "assignment.key",
     "assignment.key_first",
+    "volume.read",
+    "volume.attach",
+    "volume.detach",
+    "volume.snapshot",
+    "volume.extend",
+    "volume.delete",
+    "volume.access",
     "self.manage",
 ];
 
@@ -72,6 +79,13 @@ pub mod action {
     pub const ASSIGNMENT_PROJECT: &str = "assignment.project";
     pub const ASSIGNMENT_KEY: &str = "assignment.key";
     pub const ASSIGNMENT_KEY_FIRST: &str = "assignment.key_first";
+    pub const VOLUME_READ: &str = "volume.read";
+    pub const VOLUME_ATTACH: &str = "volume.attach";
+    pub const VOLUME_DETACH: &str = "volume.detach";
+    pub const VOLUME_SNAPSHOT: &str = "volume.snapshot";
+    pub const VOLUME_EXTEND: &str = "volume.extend";
+    pub const VOLUME_DELETE: &str = "volume.delete";
+    pub const VOLUME_ACCESS: &str = "volume.access";
     pub const SELF_MANAGE: &str = "self.manage";
 
     /// Every constant above, in the order of [`super::ACTIONS`].
@@ -99,6 +113,13 @@ pub mod action {
         ASSIGNMENT_PROJECT,
         ASSIGNMENT_KEY,
         ASSIGNMENT_KEY_FIRST,
+        VOLUME_READ,
+        VOLUME_ATTACH,
+        VOLUME_DETACH,
+        VOLUME_SNAPSHOT,
+        VOLUME_EXTEND,
+        VOLUME_DELETE,
+        VOLUME_ACCESS,
         SELF_MANAGE,
     ];
 
@@ -156,8 +177,28 @@ pub struct Subject {
 pub enum Target {
     System,
     Domain(Uuid),
-    Project { id: Uuid, domain: Uuid },
+    Project {
+        id: Uuid,
+        domain: Uuid,
+    },
+    /// A volume of a project. `restricted`: it has grants; `granted`: the volume actions the
+    /// grants give the caller (directly or through a group), as [`volume_grant_bit`] bits.
+    Volume {
+        id: Uuid,
+        project: Uuid,
+        domain: Uuid,
+        restricted: bool,
+        granted: u8,
+    },
     User(Uuid),
+}
+
+/// The actions a per-volume grant can give, in the order of their bits.
+pub const VOLUME_GRANT_ACTIONS: [&str; 6] = ["read", "attach", "detach", "snapshot", "extend", "delete"];
+
+/// The bit of a grant action (`read`, `attach`, ...) in [`Target::Volume`]'s `granted`.
+pub fn volume_grant_bit(action: &str) -> Option<u8> {
+    VOLUME_GRANT_ACTIONS.iter().position(|a| *a == action).map(|i| 1u8 << i)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +236,60 @@ fn uid(ty: &str, id: &str) -> EntityUid {
 
 fn grant(scope: &str, id: Uuid, role: &str) -> EntityUid {
     uid("Grant", &format!("{scope}/{id}/{role}"))
+}
+
+type Attrs = HashMap<String, RestrictedExpression>;
+
+/// The entities of project `id` (its role grants, chained, and its domain), added through
+/// `add`; returns the project's uid.
+fn project_entity(add: &mut impl FnMut(EntityUid, Attrs, HashSet<EntityUid>), id: Uuid, domain: Uuid) -> EntityUid {
+    let g = |role: &str| grant("project", id, role);
+    // The role chain: project-admin ⊂ member ⊂ reader; the domain's admins are
+    // project admins of every project in the domain.
+    add(g("project-admin"), HashMap::new(), HashSet::from([g("member")]));
+    add(g("member"), HashMap::new(), HashSet::from([g("reader")]));
+    add(g("reader"), HashMap::new(), HashSet::new());
+    add(g("own-admin"), HashMap::new(), HashSet::new());
+    add(g("key-admin"), HashMap::new(), HashSet::new());
+    add(g("key-user"), HashMap::new(), HashSet::new());
+    let domain_admins = grant("domain", domain, "domain-admin");
+    add(
+        domain_admins.clone(),
+        HashMap::new(),
+        HashSet::from([g("project-admin")]),
+    );
+    let dom = uid("Domain", &domain.to_string());
+    add(
+        dom.clone(),
+        HashMap::from([(
+            "admins".to_string(),
+            RestrictedExpression::new_entity_uid(domain_admins),
+        )]),
+        HashSet::new(),
+    );
+    let proj = uid("Project", &id.to_string());
+    let attrs = HashMap::from([
+        ("readers".to_string(), RestrictedExpression::new_entity_uid(g("reader"))),
+        ("members".to_string(), RestrictedExpression::new_entity_uid(g("member"))),
+        (
+            "admins".to_string(),
+            RestrictedExpression::new_entity_uid(g("project-admin")),
+        ),
+        (
+            "own_admins".to_string(),
+            RestrictedExpression::new_entity_uid(g("own-admin")),
+        ),
+        (
+            "key_admins".to_string(),
+            RestrictedExpression::new_entity_uid(g("key-admin")),
+        ),
+        (
+            "key_users".to_string(),
+            RestrictedExpression::new_entity_uid(g("key-user")),
+        ),
+    ]);
+    add(proj.clone(), attrs, HashSet::from([dom]));
+    proj
 }
 
 impl Authorizer {
@@ -301,54 +396,40 @@ impl Authorizer {
                 );
                 dom
             }
-            Target::Project { id, domain } => {
-                let g = |role: &str| grant("project", id, role);
-                // The role chain: project-admin ⊂ member ⊂ reader; the domain's admins are
-                // project admins of every project in the domain.
-                add(g("project-admin"), HashMap::new(), HashSet::from([g("member")]));
-                add(g("member"), HashMap::new(), HashSet::from([g("reader")]));
-                add(g("reader"), HashMap::new(), HashSet::new());
-                add(g("own-admin"), HashMap::new(), HashSet::new());
-                add(g("key-admin"), HashMap::new(), HashSet::new());
-                add(g("key-user"), HashMap::new(), HashSet::new());
-                let domain_admins = grant("domain", domain, "domain-admin");
-                add(
-                    domain_admins.clone(),
-                    HashMap::new(),
-                    HashSet::from([g("project-admin")]),
-                );
-                let dom = uid("Domain", &domain.to_string());
-                add(
-                    dom.clone(),
-                    HashMap::from([(
-                        "admins".to_string(),
-                        RestrictedExpression::new_entity_uid(domain_admins),
-                    )]),
-                    HashSet::new(),
-                );
-                let proj = uid("Project", &id.to_string());
+            Target::Project { id, domain } => project_entity(&mut add, id, domain),
+            Target::Volume {
+                id,
+                project,
+                domain,
+                restricted,
+                granted,
+            } => {
+                let proj = project_entity(&mut add, project, domain);
+                let mut grants = HashMap::new();
+                let mut held = HashSet::new();
+                for (i, a) in VOLUME_GRANT_ACTIONS.iter().enumerate() {
+                    let g = uid("Grant", &format!("volume/{id}/{a}"));
+                    add(g.clone(), HashMap::new(), HashSet::new());
+                    if granted & (1 << i) != 0 {
+                        held.insert(g.clone());
+                    }
+                    grants.insert(a.to_string(), RestrictedExpression::new_entity_uid(g));
+                }
+                add(user.clone(), HashMap::new(), held);
+                let vol = uid("Volume", &id.to_string());
                 let attrs = HashMap::from([
-                    ("readers".to_string(), RestrictedExpression::new_entity_uid(g("reader"))),
-                    ("members".to_string(), RestrictedExpression::new_entity_uid(g("member"))),
                     (
-                        "admins".to_string(),
-                        RestrictedExpression::new_entity_uid(g("project-admin")),
+                        "project".to_string(),
+                        RestrictedExpression::new_entity_uid(proj.clone()),
                     ),
+                    ("restricted".to_string(), RestrictedExpression::new_bool(restricted)),
                     (
-                        "own_admins".to_string(),
-                        RestrictedExpression::new_entity_uid(g("own-admin")),
-                    ),
-                    (
-                        "key_admins".to_string(),
-                        RestrictedExpression::new_entity_uid(g("key-admin")),
-                    ),
-                    (
-                        "key_users".to_string(),
-                        RestrictedExpression::new_entity_uid(g("key-user")),
+                        "grants".to_string(),
+                        RestrictedExpression::new_record(grants).map_err(|e| e.to_string())?,
                     ),
                 ]);
-                add(proj.clone(), attrs, HashSet::from([dom]));
-                proj
+                add(vol.clone(), attrs, HashSet::from([proj]));
+                vol
             }
             Target::User(u) => {
                 let other = uid("User", &u.to_string());
@@ -465,6 +546,7 @@ pub fn is_project_action(action: &str) -> bool {
 pub fn applies(action: &str, target: Target) -> bool {
     match target {
         Target::Project { .. } => is_project_action(action),
+        Target::Volume { .. } => is_volume_action(action),
         Target::User(_) => action == "self.manage",
         Target::Domain(_) => matches!(
             action,
@@ -477,13 +559,19 @@ pub fn applies(action: &str, target: Target) -> bool {
                 | "assignment.security"
                 | "assignment.domain"
         ),
-        Target::System => !is_project_action(action) && action != "self.manage",
+        Target::System => !is_project_action(action) && !is_volume_action(action) && action != "self.manage",
     }
+}
+
+/// Whether an action's resource is a volume.
+pub fn is_volume_action(action: &str) -> bool {
+    action.starts_with("volume.")
 }
 
 const SAMPLE_USER: Uuid = Uuid::from_u128(1);
 const SAMPLE_DOMAIN: Uuid = Uuid::from_u128(2);
 const SAMPLE_PROJECT: Uuid = Uuid::from_u128(3);
+const SAMPLE_VOLUME: Uuid = Uuid::from_u128(4);
 
 fn sample_ctx() -> Ctx {
     Ctx {
@@ -543,6 +631,23 @@ pub fn role_action_table(authz: &Authorizer) -> String {
         let targets: Vec<(&str, Target)> = match *action {
             a if is_project_action(a) => {
                 vec![("its project", Target::Project { id: project, domain })]
+            }
+            a if is_volume_action(a) => {
+                let volume = |restricted, granted| Target::Volume {
+                    id: SAMPLE_VOLUME,
+                    project,
+                    domain,
+                    restricted,
+                    granted,
+                };
+                vec![
+                    ("its project's volume, no grants", volume(false, 0)),
+                    ("a volume with grants, none to the caller", volume(true, 0)),
+                    (
+                        "a volume with grants giving the caller every action",
+                        volume(true, 0x3f),
+                    ),
+                ]
             }
             "self.manage" => vec![("own account", Target::User(user))],
             a if a.starts_with("system.") || a.starts_with("security.") || a.starts_with("audit.") => {
@@ -782,6 +887,13 @@ mod tests {
                     id: Uuid::new_v4(),
                     domain: Uuid::new_v4(),
                 },
+                Target::Volume {
+                    id: Uuid::new_v4(),
+                    project: Uuid::new_v4(),
+                    domain: Uuid::new_v4(),
+                    restricted: true,
+                    granted: 1,
+                },
                 Target::User(Uuid::new_v4()),
             ] {
                 if applies(action, t) {
@@ -859,6 +971,47 @@ mod tests {
             a.authorize(&admin, "system.read", Target::System, &at(3, [10, 1, 2, 3]))
                 .allowed
         );
+    }
+
+    #[test]
+    fn spec_12_3_3_volume_grants_narrow_members_and_readers_but_not_project_admins() {
+        let a = Authorizer::new(None).unwrap();
+        let (p, d, v) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let vol = |restricted, granted| Target::Volume {
+            id: v,
+            project: p,
+            domain: d,
+            restricted,
+            granted,
+        };
+        let member = subject(&[], &[(p, "member")]);
+        let reader = subject(&[], &[(p, "reader")]);
+        let padmin = subject(&[], &[(p, "project-admin")]);
+        let outsider = subject(&[], &[(Uuid::new_v4(), "project-admin")]);
+        let attach = volume_grant_bit("attach").unwrap();
+        let read = volume_grant_bit("read").unwrap();
+        let ok = |s: &Subject, action: &str, t| a.authorize(s, action, t, &ctx()).allowed;
+        // No grants: the project roles decide.
+        assert!(ok(&member, "volume.attach", vol(false, 0)));
+        assert!(ok(&reader, "volume.read", vol(false, 0)));
+        assert!(!ok(&reader, "volume.attach", vol(false, 0)), "readers never attach");
+        assert!(
+            !ok(&member, "volume.access", vol(false, 0)),
+            "only admins change grants"
+        );
+        // Grants exist: a member needs one for the action.
+        assert!(!ok(&member, "volume.attach", vol(true, 0)));
+        assert!(!ok(&member, "volume.attach", vol(true, read)));
+        assert!(ok(&member, "volume.attach", vol(true, attach)));
+        assert!(!ok(&member, "volume.delete", vol(true, attach)));
+        // A grant does not lift a reader above its role.
+        assert!(!ok(&reader, "volume.attach", vol(true, attach)));
+        assert!(ok(&reader, "volume.read", vol(true, read)));
+        // Project admins keep every right; another project's admin has none.
+        for action in ACTIONS.iter().filter(|x| x.starts_with("volume.")) {
+            assert!(ok(&padmin, action, vol(true, 0)), "{action}");
+            assert!(!ok(&outsider, action, vol(false, 0x3f)), "{action}");
+        }
     }
 }
 

@@ -64,6 +64,8 @@ fn fill(path: &str, ids: &Ids) -> String {
         .replace("{p}", &ids.other_project.to_string())
         .replace("{project}", &ids.other_project.to_string())
         .replace("{action}", "stop")
+        .replace("{volume}", &uuid::Uuid::new_v4().to_string())
+        .replace("{name}", "intruder")
         .replace("{user}", &ids.admin_user.to_string());
     if path.ends_with("/reachability") {
         // A well-formed question, so only authorization can refuse it.
@@ -128,6 +130,12 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/projects/{p}/keys/{id}/schedule-deletion" => serde_json::json!({"pending_days": 7}),
         "/v1/certificates" => serde_json::json!({"project": ids.other_project, "csr": "intruder"}),
         "/v1/certificates/import" => serde_json::json!({"project": ids.other_project, "certificate": "intruder"}),
+        "/v1/projects/{project}/volumes" => serde_json::json!({"name": "intruder", "size_gib": 1}),
+        "/v1/projects/{project}/volumes/{id}/extend" => serde_json::json!({"size_gib": 2}),
+        "/v1/projects/{project}/volumes/{id}/access" => serde_json::json!({"grants": []}),
+        "/v1/projects/{project}/instances/{id}/volumes" => serde_json::json!({"volume": uuid::Uuid::new_v4()}),
+        "/v1/projects/{project}/volume-settings" => serde_json::json!({"allow_unencrypted": true}),
+        "/v1/volume-types" => serde_json::json!({"name": "intruder"}),
         _ => serde_json::json!({}),
     })
 }

@@ -105,6 +105,9 @@ enum Command {
     /// VM images: signing keys and signatures (local), upload, list, show, delete.
     #[command(subcommand)]
     Image(cli::images::ImageCmd),
+    /// Encrypted volumes: create, list, show, extend, attach, detach, access, delete, wipe-report.
+    #[command(subcommand)]
+    Volume(cli::volumes::VolumeCmd),
     /// Host hardening on this machine: check (spec 9.1) and apply the file-based fixes.
     #[command(subcommand)]
     Harden(cli::posture::HardenCmd),
@@ -335,6 +338,7 @@ fn main() -> ExitCode {
             Command::Key(cmd) => cli::keys::key(cmd).await.map_err(Failure::Runtime),
             Command::Cert(cmd) => cli::keys::cert(cmd).await.map_err(Failure::Runtime),
             Command::Image(cmd) => cli::images::image(cmd).await.map_err(Failure::Runtime),
+            Command::Volume(cmd) => cli::volumes::volume(cmd).await.map_err(Failure::Runtime),
             Command::Harden(cmd) => cli::posture::harden(cmd),
             Command::Vulndb(cmd) => cli::posture::vulndb(cmd),
             Command::Openapi { agent } => {

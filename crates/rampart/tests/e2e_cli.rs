@@ -401,6 +401,50 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
         "{err}"
     );
 
+    // Volumes with the CLI (12.3.2-2, 12.3.3): the types (the built-in one encrypted), the
+    // refusals the API gives, and a create that is either placed (a node reports a pool) or
+    // refused with storage_unavailable, never anything else.
+    let volume = |args: &[&str]| {
+        let mut all = vec!["volume"];
+        all.extend_from_slice(args);
+        cli(&home, &ca, &all, &[], None)
+    };
+    let (ok, out, err) = volume(&["types"]);
+    assert!(ok, "{err}");
+    let types: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        types["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "default" && t["encrypted"] == true),
+        "{out}"
+    );
+    let (ok, _, err) = volume(&["create", "cli-data", "--project", &own, "--size-gib", "0"]);
+    assert!(
+        !ok && err.contains("validation_failed") && err.contains("size_gib"),
+        "{err}"
+    );
+    let (ok, _, err) = volume(&["show", "nosuch", "--project", &own]);
+    assert!(!ok && err.contains("not_found"), "{err}");
+    let (ok, _, err) = volume(&["access", "x", "--project", &own, "--grant", "alice=read"]);
+    assert!(!ok && err.contains("--grant takes"), "{err}");
+    let (ok, out, err) = volume(&["create", "cli-data", "--project", &own, "--size-gib", "1"]);
+    if ok {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["encrypted"].as_bool(), v["name"].as_str()),
+            (Some(true), Some("cli-data")),
+            "{out}"
+        );
+        let (ok, out, err) = volume(&["list", "--project", &own]);
+        assert!(ok && out.contains("cli-data"), "{err}");
+    } else {
+        assert!(err.contains("storage_unavailable"), "{err}");
+        let (ok, out, err) = volume(&["list", "--project", &own]);
+        assert!(ok && !out.contains("cli-data"), "nothing half-created: {out} {err}");
+    }
+
     let (ok, _, _) = cli(&home, &ca, &["logout"], &[], None);
     assert!(ok && !session.exists());
 

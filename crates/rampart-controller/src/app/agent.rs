@@ -193,6 +193,7 @@ pub async fn status(state: &AppState, node: Uuid, s: AgentStatus) -> Result<Stat
         }
     }
     crate::app::compute::status::record_status(state, node, &s, generation).await?;
+    crate::app::volumes::report::record(state, node, s.storage.as_ref()).await?;
     Ok(StatusAck { generation })
 }
 

@@ -31,3 +31,4 @@ pub mod network;
 pub mod nodes;
 pub mod roles;
 pub mod sessions;
+pub mod volumes;

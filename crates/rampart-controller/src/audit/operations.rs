@@ -89,6 +89,28 @@ pub fn classify(method: &Method, matched: &str, path: &str) -> Classified {
                 ..named(op, "group", false)
             };
         }
+        // Attaching and detaching are volume operations on the instance's path.
+        ("POST", "/v1/projects/{project}/instances/{id}/volumes") => {
+            return Classified {
+                target_id: value(3),
+                project,
+                ..named("volume.attach", "instance", false)
+            };
+        }
+        ("DELETE", "/v1/projects/{project}/instances/{id}/volumes/{volume}") => {
+            return Classified {
+                target_id: value(5),
+                project,
+                ..named("volume.detach", "volume", false)
+            };
+        }
+        // A node fetching a volume's passphrase (12.3.2-2): always in the trail, the node as actor.
+        ("POST", "/agent/v1/volumes/{id}/passphrase") => {
+            return Classified {
+                target_id: value(1),
+                ..named("volume.passphrase.release", "volume", false)
+            };
+        }
         // `instance.start`, `instance.stop`, `instance.reboot`: the action is a path value.
         ("POST", "/v1/projects/{project}/instances/{id}/{action}") => {
             let action = value(4)

@@ -14,6 +14,7 @@ pub mod network;
 pub mod nodes;
 pub mod quotas;
 pub mod roles;
+pub mod volumes;
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use crate::state::AppState;
         (name = "network", description = "VPCs, subnets, security groups, ports, segmentation policies, floating IPs, reachability, flows"),
         (name = "keys", description = "Customer keys in the HSM: lifecycle (key-admin) and cryptographic operations (key-user)"),
         (name = "certificates", description = "Certificate inventory, issuance from tenant CSRs, import, revocation"),
+        (name = "volumes", description = "Encrypted volumes, their grants and wipe reports, attachments, volume types, storage pools"),
     )
 )]
 struct PublicApi;
@@ -203,6 +205,18 @@ fn authenticated_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(network::reachability))
         .routes(routes!(network::flows))
         .routes(routes!(network::node_network))
+        // Volumes (issue 15).
+        .routes(routes!(volumes::list_volumes, volumes::create_volume))
+        .routes(routes!(volumes::get_volume, volumes::delete_volume))
+        .routes(routes!(volumes::extend_volume))
+        .routes(routes!(volumes::get_access, volumes::put_access))
+        .routes(routes!(volumes::wipe_report))
+        .routes(routes!(volumes::attach_volume))
+        .routes(routes!(volumes::detach_volume))
+        .routes(routes!(volumes::list_volume_types, volumes::create_volume_type))
+        .routes(routes!(volumes::delete_volume_type))
+        .routes(routes!(volumes::list_pools))
+        .routes(routes!(volumes::get_volume_settings, volumes::put_volume_settings))
         .merge(certificates::authenticated_routes())
 }
 
@@ -212,6 +226,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::config))
         .routes(routes!(agent::status))
         .routes(routes!(agent::image_data))
+        .routes(routes!(volumes::volume_passphrase))
         .merge(certificates::agent_routes())
 }
 

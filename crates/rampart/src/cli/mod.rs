@@ -5,6 +5,7 @@ pub mod images;
 pub mod keys;
 pub mod posture;
 pub mod session;
+pub mod volumes;
 
 /// Prints an API answer as pretty JSON on standard output.
 pub(crate) fn print<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -97,8 +97,7 @@ pub async fn node_compute(conn: &mut rampart_db::Conn, node: Uuid) -> rampart_db
                 ssh_authorized_keys: InstanceLists::of(&inst).ssh_keys,
                 password_hash: inst.password_hash.clone(),
             },
-            // Filled in by the volumes service.
-            volumes: Vec::new(),
+            volumes: crate::app::volumes::desired::instance_attachments(conn, inst.id).await?,
         });
     }
     Ok(out)

@@ -59,11 +59,10 @@ fn check_instance(req: &InstanceCreate) -> Result<(), Error> {
     if req.ports.iter().collect::<std::collections::BTreeSet<_>>().len() != req.ports.len() {
         return Err(Error::field("ports", "a port is named twice"));
     }
-    if !req.volumes.is_empty() {
-        return Err(Error::field(
-            "volumes",
-            "volumes are not available on this controller yet",
-        ));
+    if req.volumes.len() > 16
+        || req.volumes.iter().collect::<std::collections::BTreeSet<_>>().len() != req.volumes.len()
+    {
+        return Err(Error::field("volumes", "at most 16 volumes, each named once"));
     }
     if req.ssh_keys.len() > 32 {
         return Err(Error::field("ssh_keys", "at most 32 keys"));
@@ -182,6 +181,8 @@ pub async fn create(
     check_instance(&req)?;
     let user = check_guest(&req)?;
     let password_hash = password_hash(&req).await?;
+    // The volumes pin the instance to their node.
+    let pinned = crate::app::volumes::attach::check_for_new_instance(state, principal, project, &req.volumes).await?;
     let mut tx = state.db.begin().await?;
     let image = boot_image(&mut tx, project, &req.image).await?;
     let flavor = db::find_flavor(&mut tx, &req.flavor)
@@ -191,7 +192,15 @@ pub async fn create(
     // `networks` make a port each.
     crate::quota::enforce(state, &mut tx, project, Resource::Ports, req.networks.len() as u64).await?;
     let nics = nics::plan_nics(&mut tx, project, &req, state.now()).await?;
-    let node = scheduling::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64).await?;
+    let node = match pinned {
+        Some(n) if db::schedulable_nodes(&mut tx).await?.iter().any(|(id, _)| *id == n) => n,
+        Some(_) => {
+            return Err(Error::Unavailable(
+                "the node holding the volumes cannot run VMs now (see GET /v1/nodes)".into(),
+            ));
+        }
+        None => scheduling::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64).await?,
+    };
     let start = req.start.unwrap_or(true);
     let row = InstanceRow {
         id: Uuid::new_v4(),
@@ -221,6 +230,7 @@ pub async fn create(
     db::insert_instance(&mut tx, &row).await?;
     let ports = nics::plug_nics(&mut tx, project, row.id, node, nics, state.now()).await?;
     db::set_instance_ports(&mut tx, row.id, &list_column(&ports)).await?;
+    crate::app::volumes::attach::attach_to_new_instance(&mut tx, &row, &req.volumes, state.now()).await?;
     let row = db::instance(&mut tx, row.id)
         .await?
         .ok_or_else(|| Error::internal("creating an instance", "row vanished"))?;
@@ -269,6 +279,8 @@ pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: 
     let before = crate::app::network::desired::nodes_of_project(&mut tx, project).await?;
     // Unplugged at once: the node removes the taps with the VM, in the same document.
     nics::unplug_nics(&mut tx, id, state.now()).await?;
+    // Its volumes are free again (the node destroys the VM with the same document).
+    crate::app::volumes::attach::release_instance(&mut tx, id, state.now()).await?;
     match row.node_id {
         Some(node) => {
             db::mark_deleting(&mut tx, id, state.now()).await?;
