@@ -88,7 +88,7 @@ fn has_run(hay: &[u8], byte: u8, n: usize) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_12_3_2_2_and_11_4_an_encrypted_volume_is_hot_plugged_into_a_running_vm_by_descriptor() {
+async fn spec_12_3_2_2_and_11_4_an_encrypted_volume_is_plugged_by_descriptor_into_a_running_vm_and_at_boot() {
     let needs = ["qemu-system-x86_64", "qemu-img", "setpriv", "unshare", "mknod"];
     let missing: Vec<_> = needs.iter().filter(|c| !have(c)).collect();
     let root = rampart_common::testing::is_root();
@@ -289,5 +289,58 @@ async fn spec_12_3_2_2_and_11_4_an_encrypted_volume_is_hot_plugged_into_a_runnin
     assert!(pool.info(mine).unwrap().encrypted);
 
     driver.destroy(id).await.unwrap();
+
+    // At boot: a VM with volumes starts paused (`-S`), gets them, then runs: the guest finds
+    // the disk before its init prints the marker.
+    let id2 = Uuid::new_v4();
+    cleanup.vms.push(id2);
+    let (dir2, uid2) = driver.prepare_dir(id2).unwrap();
+    let k2 = driver.stage_image(id2, &img.join("vmlinux"), "vmlinux").unwrap();
+    let i2 = driver.stage_image(id2, &img.join("initrd.img"), "initrd.img").unwrap();
+    let checks: Vec<ImageCheck> = [&k2, &i2]
+        .iter()
+        .map(|p| ImageCheck {
+            path: (*p).clone(),
+            digest: image::sha256_file(p).unwrap().0,
+            signature: None,
+        })
+        .collect();
+    let spec2 = VmSpec {
+        id: id2,
+        boot: Boot::Kernel {
+            kernel: k2,
+            initrd: Some(i2),
+            cmdline: qemu::microvm_cmdline(tsc, "rampart.sshd=0 loglevel=7"),
+        },
+        serial_log: dir2.join("console.log"),
+        qmp_socket: dir2.join("qmp.sock"),
+        ..spec.clone()
+    };
+    let req = StartRequest {
+        limits: Limits::for_flavor(1, 256, true, vec![]),
+        spec: spec2.clone(),
+        netns: None,
+        paused: true,
+    };
+    verify_and_start(&*driver, req, &checks, &[], SignaturePolicy::Off)
+        .await
+        .expect("paused start");
+    let mut qmp = QmpClient::connect(&spec2.qmp_socket, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(qmp.query_status().await.unwrap().status, "prelaunch");
+    attach::attach(&mut qmp, &pool, &want, uid2, Some(&pw), &ports)
+        .await
+        .expect("attach before the guest runs");
+    qmp.cont().await.unwrap();
+    let console = driver
+        .wait_console(&spec2.serial_log, MARKER, BOOT_TIMEOUT)
+        .await
+        .and_then(|_| std::fs::read_to_string(&spec2.serial_log).ok())
+        .expect("boot marker");
+    let disk = console.find("196608 512-byte").expect("the disk at boot");
+    assert!(disk < console.find(MARKER).unwrap(), "seen before init finished");
+    assert_eq!(std::fs::metadata(pool.volume_path(mine)).unwrap().uid(), uid2);
+    driver.destroy(id2).await.unwrap();
     drop(cleanup);
 }
