@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 pub use rampart_compute::qemu::HOTPLUG_PORTS;
 /// How long a guest may take to let go of an unplugged disk.
-const UNPLUG_WAIT: Duration = Duration::from_secs(30);
+const UNPLUG_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
