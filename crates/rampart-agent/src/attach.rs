@@ -74,18 +74,26 @@ pub fn names_of_short(short: &str, throttled: bool) -> NodeNames {
     }
 }
 
-/// What a VM has: the short ids of its volume nodes, and which are throttled.
+/// What a VM has: the short ids of its plugged volumes (node and device), of volumes whose
+/// plug stopped half-way (nodes without a device: an agent killed mid-attach), and which are
+/// throttled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attached {
     pub volumes: BTreeSet<String>,
+    pub half: BTreeSet<String>,
     pub throttled: BTreeSet<String>,
 }
 
-pub fn attached_from_nodes(nodes: &[String]) -> Attached {
+/// From QEMU's block node names and its user-created device ids (`/machine/peripheral`).
+pub fn attached_from(nodes: &[String], devices: &[String]) -> Attached {
     let mut a = Attached::default();
     for n in nodes {
         if let Some(s) = n.strip_prefix("vol-").filter(|s| s.len() == 16) {
-            a.volumes.insert(s.to_string());
+            if devices.iter().any(|d| d.strip_prefix("dev-") == Some(s)) {
+                a.volumes.insert(s.to_string());
+            } else {
+                a.half.insert(s.to_string());
+            }
         } else if let Some(s) = n.strip_prefix("thr-").filter(|s| s.len() == 16) {
             a.throttled.insert(s.to_string());
         }
@@ -93,19 +101,39 @@ pub fn attached_from_nodes(nodes: &[String]) -> Attached {
     a
 }
 
-/// Pure: the desired attachments missing from the VM, and the VM's volumes no longer desired.
+/// Pure: the desired attachments missing from the VM, and what to unplug: the VM's volumes no
+/// longer desired and every half-made plug (it is made again on a later pass).
 pub fn diff<'a>(desired: &'a [DesiredAttachment], have: &Attached) -> (Vec<&'a DesiredAttachment>, Vec<String>) {
     let want: BTreeSet<String> = desired.iter().map(|d| short_of(d.volume_id)).collect();
     let plug = desired
         .iter()
-        .filter(|d| !have.volumes.contains(&short_of(d.volume_id)))
+        .filter(|d| {
+            let s = short_of(d.volume_id);
+            !have.volumes.contains(&s) && !have.half.contains(&s)
+        })
         .collect();
-    let unplug = have.volumes.iter().filter(|s| !want.contains(*s)).cloned().collect();
+    let unplug = have
+        .volumes
+        .iter()
+        .filter(|s| !want.contains(*s))
+        .chain(&have.half)
+        .cloned()
+        .collect();
     (plug, unplug)
 }
 
 pub async fn attached(qmp: &mut QmpClient) -> Result<Attached, QmpError> {
-    Ok(attached_from_nodes(&qmp.block_node_names().await?))
+    let nodes = qmp.block_node_names().await?;
+    let devices = qmp
+        .execute("qom-list", Some(json!({"path": "/machine/peripheral"})))
+        .await?;
+    let devices: Vec<String> = devices
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["name"].as_str().map(str::to_string))
+        .collect();
+    Ok(attached_from(&nodes, &devices))
 }
 
 async fn run(qmp: &mut QmpClient, c: &render::QmpCommand) -> Result<Value, QmpError> {
@@ -258,19 +286,36 @@ mod tests {
             encrypted: true,
             qos: Default::default(),
         };
+        let c = Uuid::new_v4();
         let nodes = vec![
             "root".to_string(),
             "cidata".into(),
             format!("vol-{}", short_of(b)),
             format!("thr-{}", short_of(b)),
             "vol-0123456789abcdef".into(),
+            // A plug cut before its device_add.
+            format!("vol-{}", short_of(c)),
         ];
-        let have = attached_from_nodes(&nodes);
+        let devices = vec![
+            "hp0".to_string(),
+            format!("dev-{}", short_of(b)),
+            "dev-0123456789abcdef".into(),
+        ];
+        let have = attached_from(&nodes, &devices);
         assert!(have.throttled.contains(&short_of(b)));
-        let desired = [want(a), want(b)];
+        assert_eq!(have.half, BTreeSet::from([short_of(c)]));
+        let desired = [want(a), want(b), want(c)];
         let (plug, unplug) = diff(&desired, &have);
-        assert_eq!(plug, vec![&desired[0]]);
-        assert_eq!(unplug, vec!["0123456789abcdef".to_string()]);
+        assert_eq!(
+            plug,
+            vec![&desired[0]],
+            "c is cleaned up first, plugged on a later pass"
+        );
+        let mut unplug = unplug;
+        unplug.sort();
+        let mut expect = vec!["0123456789abcdef".to_string(), short_of(c)];
+        expect.sort();
+        assert_eq!(unplug, expect);
         // The names found again are the ones the attach used.
         assert_eq!(names_of_short(&short_of(b), true), NodeNames::for_volume(b, true));
         assert_eq!(names_of_short(&short_of(a), false), NodeNames::for_volume(a, false));
