@@ -86,6 +86,21 @@ pub enum Have {
         /// When to look again; `None`: stay until the controller changes its mind (delete).
         retry_at: Option<Instant>,
     },
+    /// In service at its old size: the last extend failed. Reported `ready` with the error
+    /// (the volume stays usable; the controller sees the size it has); tried again later.
+    NotExtended {
+        size_bytes: u64,
+        allocated_bytes: u64,
+        failure: Failure,
+        retry_at: Instant,
+    },
+}
+
+impl Have {
+    /// Usable: may be opened, snapshotted, attached.
+    pub fn in_service(&self) -> bool {
+        matches!(self, Have::Ready { .. } | Have::NotExtended { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +155,10 @@ pub fn plan(
     now: Instant,
 ) -> Vec<Action> {
     let mut out = Vec::new();
-    let due = |s: &Slot| matches!(&s.have, Have::Error { retry_at: Some(t), .. } if *t <= now);
+    let due = |s: &Slot| match &s.have {
+        Have::Error { retry_at: Some(t), .. } | Have::NotExtended { retry_at: t, .. } => *t <= now,
+        _ => false,
+    };
     for v in &desired.volumes {
         let Some(slot) = vols.get(&v.id) else {
             out.push(Action::Probe {
@@ -162,7 +180,8 @@ pub fn plan(
                     Some(VolumeSource::Snapshot { snapshot_id }) => {
                         // A snapshot this node is still to make: wait for it (or its failure).
                         let settled = snaps.get(snapshot_id).is_some_and(|s| {
-                            !s.busy && matches!(s.have, Have::Ready { .. } | Have::Error { .. } | Have::Wiped { .. })
+                            !s.busy
+                                && (s.have.in_service() || matches!(s.have, Have::Error { .. } | Have::Wiped { .. }))
                         });
                         !settled && desired.snapshots.iter().any(|d| d.id == *snapshot_id)
                     }
@@ -208,7 +227,7 @@ pub fn plan(
             }),
             (DesiredPresence::Present, Have::Absent) => {
                 let parent = vols.get(&s.volume_id);
-                if parent.is_some_and(|p| !p.busy && matches!(p.have, Have::Ready { .. })) {
+                if parent.is_some_and(|p| !p.busy && p.have.in_service()) {
                     let encrypted = desired
                         .volumes
                         .iter()
@@ -352,6 +371,17 @@ fn report_of(id: Uuid, slot: &Slot) -> VolumeReport {
             r.state = ObservedVolume::Error;
             r.error = Some(failure.clone());
         }
+        Have::NotExtended {
+            size_bytes,
+            allocated_bytes,
+            failure,
+            ..
+        } => {
+            r.state = ObservedVolume::Ready;
+            r.size_bytes = *size_bytes;
+            r.allocated_bytes = *allocated_bytes;
+            r.error = Some(failure.clone());
+        }
     }
     r
 }
@@ -456,8 +486,7 @@ impl StorageService {
 
     /// A volume that may be opened for a VM now.
     pub fn is_ready(&self, id: Uuid) -> bool {
-        self.volume(id)
-            .is_some_and(|s| !s.busy && matches!(s.have, Have::Ready { .. }))
+        self.volume(id).is_some_and(|s| !s.busy && s.have.in_service())
     }
 
     /// A volume's passphrase from the controller, for an attach.
@@ -666,6 +695,38 @@ impl StorageService {
         self.fail(kind, id, failure(code_of(&e, op), public_message(&e, op)));
     }
 
+    /// A failed extend leaves the volume in service at its old size.
+    fn not_extended(&self, id: Uuid, f: Failure) {
+        let mut g = lock(&self.inner);
+        let (size_bytes, allocated_bytes) = match g.vols.get(&id).map(|s| &s.have) {
+            Some(Have::Ready {
+                size_bytes,
+                allocated_bytes,
+            })
+            | Some(Have::NotExtended {
+                size_bytes,
+                allocated_bytes,
+                ..
+            }) => (*size_bytes, *allocated_bytes),
+            _ => {
+                drop(g);
+                return self.fail(Kind::Volume, id, f);
+            }
+        };
+        g.vols.insert(
+            id,
+            Slot {
+                have: Have::NotExtended {
+                    size_bytes,
+                    allocated_bytes,
+                    failure: f,
+                    retry_at: Instant::now() + RETRY_AFTER,
+                },
+                busy: false,
+            },
+        );
+    }
+
     fn ready(&self, kind: Kind, info: &VolumeInfo) {
         self.set(
             kind,
@@ -691,16 +752,22 @@ impl StorageService {
                 size_bytes,
                 encrypted,
             } => {
-                let key = match self.key(id, encrypted).await {
-                    Ok(k) => k,
-                    Err(f) => return self.fail(Kind::Volume, id, f),
+                let res = match self.key(id, encrypted).await {
+                    Ok(key) => self
+                        .blocking(move |b| b.extend(id, size_bytes, key.as_ref()))
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(volume = %id, error = %rampart_common::error::ErrorChain(&e), "extend failed");
+                            failure(code_of(&e, "extend"), public_message(&e, "extend"))
+                        }),
+                    Err(f) => Err(f),
                 };
-                match self.blocking(move |b| b.extend(id, size_bytes, key.as_ref())).await {
+                match res {
                     Ok(info) => {
                         tracing::info!(volume = %id, size_bytes, "volume extended");
                         self.ready(Kind::Volume, &info)
                     }
-                    Err(e) => self.failed(Kind::Volume, id, "extend", e),
+                    Err(f) => self.not_extended(id, f),
                 }
             }
             Action::Snapshot { snapshot, encrypted } => {

@@ -249,8 +249,11 @@ async fn spec_12_3_4_a_full_pool_is_insufficient_storage_and_stays_error() {
     )
     .await;
     let e = one(&r.svc, ok);
+    // Still in service at its old size, with the reason.
+    assert_eq!((e.state, e.size_bytes), (ObservedVolume::Ready, GIB));
     assert_eq!(e.error.unwrap().code, "insufficient_storage");
     assert_eq!(r.backend.info(ok).unwrap().size_bytes, GIB);
+    assert!(r.svc.is_ready(ok), "still attachable");
     // A backend that fails outright is `create_failed` with no path in the message.
     let other = Uuid::new_v4();
     r.backend.fail_next("/srv/secret-pool-path gone");
