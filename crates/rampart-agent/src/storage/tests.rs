@@ -2,6 +2,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rampart_storage::FakeBackend;
 
+use rampart_api::storage::{DesiredPresence, DesiredSnapshot, ObservedVolume, VolumeReport};
+use rampart_storage::{PoolStatus, Redundancy};
+
 use super::*;
 
 const GIB: u64 = 1 << 30;
