@@ -6,7 +6,7 @@
 //! ([`verify_and_start`]), and only then ask the hypervisor for a process. Any integrity failure
 //! leaves the instance `failed` with `image_signature_invalid` and no process exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,9 @@ use rampart_compute::driver::{
 use rampart_compute::image::{self, Digest, ImageSignature, SignaturePolicy, StreamingHasher, TrustedKey};
 use rampart_compute::monitor::{self, Sample};
 use rampart_compute::qemu::{self, Accel, Boot, Disk, DiskFormat, Machine, Nic, VmSpec};
+use rampart_compute::qmp::QmpClient;
+
+use crate::attach;
 use rampart_net::desired::{NetNodeConfig, NodeNetwork};
 use uuid::Uuid;
 
@@ -33,6 +36,8 @@ pub(crate) const IMAGE_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Two samples closer than this give no rate: a report sent right after an apply would
 /// otherwise divide a few milliseconds' worth of counters into a noisy datapoint.
 const MIN_SAMPLE_GAP_MS: i64 = 900;
+/// A volume that could not be plugged is tried again after this long.
+const ATTACH_RETRY: Duration = Duration::from_secs(30);
 
 /// The hypervisor of a node: the real confined QEMU driver, or the fake of the simulated cluster
 /// (same rules: specs must render, permits must cover the image files).
@@ -146,6 +151,12 @@ struct Vm {
     console: Option<String>,
     /// The VM's taps (in its VPC's namespace), whose counters are its network traffic.
     taps: Vec<String>,
+    /// Volumes plugged into it (their files belong to its uid until unplugged).
+    volumes: BTreeSet<Uuid>,
+    /// Plugs that failed, with when: tried again after [`ATTACH_RETRY`], reported once.
+    attach_failed: BTreeMap<Uuid, (String, std::time::Instant)>,
+    /// QEMU was asked once what it holds (after an agent restart it may hold volumes).
+    volumes_checked: bool,
 }
 
 /// The node's compute state between two heartbeats.
@@ -160,6 +171,8 @@ pub struct ComputeRuntime {
     samples: BTreeMap<Uuid, Sample>,
     /// Where the network loop builds VPC namespaces (a VM's taps live in its VPC's).
     net: NetNodeConfig,
+    /// The node's volumes, for attaching them to VMs.
+    storage: Option<Arc<crate::storage::StorageService>>,
 }
 
 fn now_ms() -> i64 {
@@ -202,7 +215,14 @@ impl ComputeRuntime {
                 run_dir: PathBuf::new(),
                 underlay: None,
             },
+            storage: None,
         })
+    }
+
+    /// The node's storage service (volumes are attached from its pool).
+    pub fn storage(mut self, storage: Option<Arc<crate::storage::StorageService>>) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// The network loop's namespace prefix (the agent's `network.netns_prefix`).
@@ -251,7 +271,9 @@ impl ComputeRuntime {
                 continue;
             }
             self.opts.driver.forget(id);
-            self.vms.remove(&id);
+            if let Some(vm) = self.vms.remove(&id) {
+                self.release_volumes(id, &vm.volumes);
+            }
             self.console_sent.remove(&id);
             self.samples.remove(&id);
             tracing::info!(instance = %id, "VM destroyed");
@@ -288,6 +310,9 @@ impl ComputeRuntime {
             uid: None,
             console: None,
             taps: Vec::new(),
+            volumes: BTreeSet::new(),
+            attach_failed: BTreeMap::new(),
+            volumes_checked: false,
         });
         vm.taps = d.ports.iter().map(|p| p.tap.clone()).collect();
         if let Some(o) = o {
@@ -317,6 +342,7 @@ impl ComputeRuntime {
                     } else if !panicked {
                         vm.power = ObservedPower::Running;
                     }
+                    self.sync_volumes(d).await;
                     return;
                 }
                 match vm.power {
@@ -365,8 +391,17 @@ impl ComputeRuntime {
                 vm.error = None;
                 vm.pid = o.pid;
                 vm.uid = o.uid;
+                // A new QEMU holds no volume yet.
+                vm.volumes.clear();
+                vm.attach_failed.clear();
+                vm.volumes_checked = true;
                 tracing::info!(instance = %d.id, uid = ?o.uid, "VM started");
                 self.event(d.id, "started", serde_json::json!({"uid": o.uid}));
+                if self.starts_paused(d) {
+                    // Plugged before the guest's first instruction, then let go.
+                    self.sync_volumes(d).await;
+                    self.resume(d.id).await;
+                }
             }
             Err(f) => {
                 vm.power = ObservedPower::Failed;
@@ -479,7 +514,13 @@ impl ComputeRuntime {
         };
         let (machine, boot, disks) = match (kernel, disk) {
             (Some(kernel), _) => (
-                Machine::Microvm,
+                // microvm has no PCI hot-plug: a VM with volumes boots on q35 with its
+                // hot-plug ports (a slower boot, but volumes can come and go).
+                if d.volumes.is_empty() {
+                    Machine::Microvm
+                } else {
+                    Machine::Q35
+                },
                 Boot::Kernel {
                     kernel,
                     initrd,
@@ -517,6 +558,7 @@ impl ComputeRuntime {
             limits: Limits::for_flavor(d.vcpus, d.memory_mib, self.opts.accel == Accel::Tcg, vec![]),
             spec,
             netns: d.ports.iter().find_map(|p| p.netns.clone()),
+            paused: self.starts_paused(d),
         };
         let (vm, permits) = verify_and_start(&self.opts.driver, req, &checks, &trusted, policy)
             .await
@@ -530,67 +572,193 @@ impl ComputeRuntime {
         Ok(vm)
     }
 
-    /// The node's cached copy of an image, downloaded when missing. The download is hashed
-    /// while it streams and dropped unless it has the digest recorded at upload.
-    async fn fetch(&self, img: &DesiredImage) -> Result<PathBuf, Failure> {
-        let digest = parse_digest(&img.sha256)?;
-        let path = self.cache.join(digest.to_string());
-        if path.exists() {
-            return Ok(path);
-        }
-        let fail = |m: String| failure("image_unavailable", m);
-        let (_, client) = self
-            .client
-            .get()
-            .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?;
-        let mut resp = client
-            .send::<()>(
-                http::Method::GET,
-                &format!("/agent/v1/images/{}/data", img.image_id),
-                None,
-            )
-            .await
-            .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?;
-        let tmp = self.cache.join(format!(".{}.part", Uuid::new_v4()));
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| fail(format!("writing the image cache: {e}")))?;
-        let mut hasher = StreamingHasher::new();
-        let result: Result<(), Failure> = async {
-            use tokio::io::AsyncWriteExt;
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| fail(format!("downloading image {}: {e}", img.image_id)))?
-            {
-                hasher.update(&chunk);
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+    /// A real VM with volumes starts paused (`-S`) so they are plugged before the guest runs.
+    fn starts_paused(&self, d: &DesiredInstance) -> bool {
+        !d.volumes.is_empty() && matches!(self.opts.driver, VmDriver::Qemu(_))
+    }
+
+    async fn resume(&self, id: Uuid) {
+        if let VmDriver::Qemu(q) = &self.opts.driver {
+            let sock = q.vm_dir(id).join("qmp.sock");
+            let r = match QmpClient::connect(&sock, QMP_TIMEOUT).await {
+                Ok(mut c) => c.cont().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::warn!(instance = %id, error = %rampart_common::error::ErrorChain(&e), "cannot resume a VM after plugging its volumes");
             }
-            file.sync_all()
-                .await
-                .map_err(|e| fail(format!("writing the image cache: {e}")))?;
-            Ok(())
         }
-        .await;
-        if let Err(f) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(f);
+    }
+
+    /// Volume files go back to root once no VM holds them (the VM's uid may be given to
+    /// another VM later).
+    fn release_volumes(&self, id: Uuid, volumes: &BTreeSet<Uuid>) {
+        let Some(storage) = &self.storage else { return };
+        for v in volumes {
+            if let Err(e) = storage.backend().set_owner(*v, 0, 0) {
+                tracing::warn!(instance = %id, volume = %v, error = %rampart_common::error::ErrorChain(&e), "cannot take a volume back from a VM");
+            }
         }
-        let (got, _) = hasher.finish();
-        if got != digest {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(failure(
-                image::CODE_IMAGE_SIGNATURE_INVALID,
-                format!(
-                    "image {} downloaded with sha256:{got}, expected sha256:{digest}",
-                    img.image_id
-                ),
-            ));
+    }
+
+    fn attach_failed(&mut self, id: Uuid, volume: Uuid, code: &str, message: String) {
+        let Some(vm) = self.vms.get_mut(&id) else { return };
+        let again = vm.attach_failed.get(&volume).is_some_and(|(c, _)| c == code);
+        vm.attach_failed
+            .insert(volume, (code.to_string(), std::time::Instant::now()));
+        if !again {
+            tracing::warn!(instance = %id, volume = %volume, code, message = %message, "cannot attach a volume");
+            self.event(
+                id,
+                "volume_attach_failed",
+                serde_json::json!({"volume": volume, "code": code, "message": message}),
+            );
         }
-        std::fs::rename(&tmp, &path).map_err(|e| fail(format!("writing the image cache: {e}")))?;
-        Ok(path)
+    }
+
+    /// Plugs the desired volumes a running VM lacks and unplugs those it no longer has, as
+    /// QEMU itself reports them (so an agent restart re-adopts what it plugged).
+    async fn sync_volumes(&mut self, d: &DesiredInstance) {
+        let Some(storage) = self.storage.clone() else { return };
+        let Some(vm) = self.vms.get(&d.id) else { return };
+        let Some(uid) = vm.uid else { return };
+        if d.volumes.is_empty() && vm.volumes.is_empty() && vm.volumes_checked {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due = |v: &Uuid| {
+            storage.is_ready(*v)
+                && vm
+                    .attach_failed
+                    .get(v)
+                    .is_none_or(|(_, at)| now.duration_since(*at) >= ATTACH_RETRY)
+        };
+        let VmDriver::Qemu(q) = &self.opts.driver else {
+            // The simulated node: the pool's rules (ready, owner) without a QEMU.
+            let plug: Vec<Uuid> = d
+                .volumes
+                .iter()
+                .map(|a| a.volume_id)
+                .filter(|v| !vm.volumes.contains(v) && due(v))
+                .collect();
+            let unplug: Vec<Uuid> = vm
+                .volumes
+                .iter()
+                .filter(|v| !d.volumes.iter().any(|a| a.volume_id == **v))
+                .copied()
+                .collect();
+            for v in plug {
+                match storage.backend().set_owner(v, uid, uid) {
+                    Ok(()) => {
+                        self.vms.get_mut(&d.id).expect("listed").volumes.insert(v);
+                        self.event(d.id, "volume_attached", serde_json::json!({"volume": v}));
+                    }
+                    Err(e) => self.attach_failed(d.id, v, "attach_failed", e.to_string()),
+                }
+            }
+            for v in unplug {
+                self.vms.get_mut(&d.id).expect("listed").volumes.remove(&v);
+                self.release_volumes(d.id, &BTreeSet::from([v]));
+                self.event(d.id, "volume_detached", serde_json::json!({"volume": v}));
+            }
+            return;
+        };
+        let sock = q.vm_dir(d.id).join("qmp.sock");
+        let mut qmp = match QmpClient::connect(&sock, QMP_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(instance = %d.id, error = %rampart_common::error::ErrorChain(&e), "no QMP to sync volumes");
+                return;
+            }
+        };
+        let have = match attach::attached(&mut qmp).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(instance = %d.id, error = %rampart_common::error::ErrorChain(&e), "cannot list a VM's volumes");
+                return;
+            }
+        };
+        // Re-adopted after a restart: QEMU's word is the truth.
+        let known: BTreeSet<Uuid> = d
+            .volumes
+            .iter()
+            .map(|a| a.volume_id)
+            .filter(|v| have.volumes.contains(&attach::short_of(*v)))
+            .collect();
+        let (plug, unplug) = attach::diff(&d.volumes, &have);
+        let plug: Vec<_> = plug.into_iter().filter(|a| due(&a.volume_id)).cloned().collect();
+        let mut held = vm.volumes.clone();
+        held.extend(known);
+        for short in unplug {
+            let throttled = have.throttled.contains(&short);
+            match attach::detach(&mut qmp, &short, throttled).await {
+                Ok(()) => {
+                    let gone: BTreeSet<Uuid> = held
+                        .iter()
+                        .filter(|v| attach::short_of(**v) == short)
+                        .copied()
+                        .collect();
+                    self.release_volumes(d.id, &gone);
+                    for v in &gone {
+                        held.remove(v);
+                        self.event(d.id, "volume_detached", serde_json::json!({"volume": v}));
+                    }
+                    tracing::info!(instance = %d.id, node = %short, "volume unplugged");
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %d.id, node = %short, error = %rampart_common::error::ErrorChain(&e), "cannot unplug a volume yet")
+                }
+            }
+        }
+        let buses = if plug.is_empty() {
+            Vec::new()
+        } else {
+            hotplug_ports(&mut qmp).await
+        };
+        for a in plug {
+            if buses.is_empty() {
+                self.attach_failed(
+                    d.id,
+                    a.volume_id,
+                    "hotplug_unsupported",
+                    "this VM booted without hot-plug ports (microvm); the volume is plugged at its next boot".into(),
+                );
+                continue;
+            }
+            let key = if a.encrypted {
+                match storage.passphrase(a.volume_id).await {
+                    Ok(k) => Some(k),
+                    Err(f) => {
+                        self.attach_failed(d.id, a.volume_id, "key_unavailable", f.message);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let backend = storage.backend();
+            match attach::attach(&mut qmp, backend.as_ref(), &a, uid, key.as_ref(), &buses).await {
+                Ok(()) => {
+                    held.insert(a.volume_id);
+                    if let Some(vm) = self.vms.get_mut(&d.id) {
+                        vm.attach_failed.remove(&a.volume_id);
+                    }
+                    tracing::info!(instance = %d.id, volume = %a.volume_id, "volume plugged");
+                    self.event(d.id, "volume_attached", serde_json::json!({"volume": a.volume_id}));
+                }
+                Err(e) => self.attach_failed(d.id, a.volume_id, e.code(), e.to_string()),
+            }
+            drop(key);
+        }
+        if let Some(vm) = self.vms.get_mut(&d.id) {
+            vm.volumes = held;
+            vm.volumes_checked = true;
+        }
+    }
+
+    /// The node's cached copy of an image, downloaded when missing (see [`fetch_image`]).
+    async fn fetch(&self, img: &DesiredImage) -> Result<PathBuf, Failure> {
+        fetch_image(&self.client, &self.cache, img.image_id, &img.sha256, &|_| {}).await
     }
 
     /// Samples a running VM's counters (spec 12.1-5) and returns the rates since the previous
@@ -701,6 +869,96 @@ fn disk_format(img: &DesiredImage) -> Result<DiskFormat, Failure> {
             format!("a disk image cannot be of format {}", other.as_str()),
         )),
     }
+}
+
+/// The node's cached copy of an image (`<data dir>/images/<sha256>`), downloaded when missing.
+/// The download is hashed while it streams and dropped unless it has the digest recorded at
+/// upload. Shared by VM boots and volumes made from an image; `progress` gets the bytes so far.
+pub(crate) async fn fetch_image(
+    node: &crate::identity::NodeClient,
+    cache: &Path,
+    image_id: Uuid,
+    sha256: &str,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<PathBuf, Failure> {
+    let digest = parse_digest(sha256)?;
+    let path = cache.join(digest.to_string());
+    if path.exists() {
+        return Ok(path);
+    }
+    let fail = |m: String| failure("image_unavailable", m);
+    let (_, client) = node
+        .get()
+        .map_err(|e| fail(format!("downloading image {}: {e}", image_id)))?;
+    let mut resp = client
+        .send::<()>(http::Method::GET, &format!("/agent/v1/images/{}/data", image_id), None)
+        .await
+        .map_err(|e| fail(format!("downloading image {}: {e}", image_id)))?;
+    let tmp = cache.join(format!(".{}.part", Uuid::new_v4()));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+    let mut hasher = StreamingHasher::new();
+    let mut got_bytes = 0u64;
+    let result: Result<(), Failure> = async {
+        use tokio::io::AsyncWriteExt;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fail(format!("downloading image {}: {e}", image_id)))?
+        {
+            hasher.update(&chunk);
+            got_bytes += chunk.len() as u64;
+            progress(got_bytes);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| fail(format!("writing the image cache: {e}")))?;
+        Ok(())
+    }
+    .await;
+    if let Err(f) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(f);
+    }
+    let (got, _) = hasher.finish();
+    if got != digest {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failure(
+            image::CODE_IMAGE_SIGNATURE_INVALID,
+            format!(
+                "image {} downloaded with sha256:{got}, expected sha256:{digest}",
+                image_id
+            ),
+        ));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| fail(format!("writing the image cache: {e}")))?;
+    Ok(path)
+}
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The VM's hot-plug ports (`hp0` …, rendered for q35); none on microvm.
+async fn hotplug_ports(qmp: &mut QmpClient) -> Vec<String> {
+    let Ok(v) = qmp
+        .execute("qom-list", Some(serde_json::json!({"path": "/machine/peripheral"})))
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut ports: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.strip_prefix("hp").is_some_and(|i| i.parse::<u8>().is_ok()))
+        .map(str::to_string)
+        .collect();
+    ports.sort_by_key(|p| p[2..].parse::<u8>().unwrap_or(u8::MAX));
+    ports
 }
 
 fn parse_digest(s: &str) -> Result<Digest, Failure> {

@@ -5,11 +5,13 @@
 //! heartbeat: the generation applied without error, the errors, and the data plane's counters
 //! and flow logs.
 
+pub mod attach;
 pub mod compute;
 pub mod host;
 pub mod identity;
 pub mod ledger;
 mod netloop;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -117,6 +119,34 @@ pub struct Agent {
     compute: Option<ComputeOptions>,
     network: NetOptions,
     clock: SharedClock,
+    storage: Option<Arc<dyn rampart_storage::StorageBackend>>,
+}
+
+/// How often the storage service looks again without a new document (retries, pool health).
+const STORAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// The simulated node's pool (the fake backend): 1 TiB.
+const FAKE_POOL_BYTES: u64 = 1 << 40;
+
+/// The node's pool: the fake of the simulated cluster beside the fake hypervisor, else the
+/// `local` pool under `<data dir>/volumes`. `None` (logged) when it cannot be opened.
+fn default_storage(
+    data_dir: &std::path::Path,
+    compute: Option<&ComputeOptions>,
+) -> Option<Arc<dyn rampart_storage::StorageBackend>> {
+    if let Some(ComputeOptions {
+        driver: compute::VmDriver::Fake { .. },
+        ..
+    }) = compute
+    {
+        return Some(Arc::new(rampart_storage::FakeBackend::new(FAKE_POOL_BYTES)));
+    }
+    match rampart_storage::LocalBackend::open(rampart_storage::LocalConfig::new(data_dir.join("volumes"))) {
+        Ok(b) => Some(Arc::new(b)),
+        Err(e) => {
+            tracing::warn!(error = %rampart_common::error::ErrorChain(&e), "this node holds no volumes");
+            None
+        }
+    }
 }
 
 impl Agent {
@@ -145,6 +175,7 @@ impl Agent {
                 .await?
             }
         };
+        let storage = default_storage(&opts.data_dir, opts.compute.as_ref());
         Ok(Agent {
             identity,
             data_dir: opts.data_dir,
@@ -152,7 +183,14 @@ impl Agent {
             compute: opts.compute,
             network: opts.network,
             clock: opts.clock,
+            storage,
         })
+    }
+
+    /// Another storage backend than the default (`None`: the node holds no volumes).
+    pub fn with_storage(mut self, backend: Option<Arc<dyn rampart_storage::StorageBackend>>) -> Self {
+        self.storage = backend;
+        self
     }
 
     pub fn node_id(&self) -> Uuid {
@@ -170,10 +208,31 @@ impl Agent {
         let status_client = creds.client(STATUS_CLIENT_TIMEOUT);
         let ledger = Ledger::new(&self.data_dir);
         let node_id = self.node_id();
+        let storage = match self.storage {
+            Some(backend) => {
+                let images = self.data_dir.join("images");
+                rampart_common::fsutil::ensure_private_dir(&images).map_err(|source| AgentError::Io {
+                    action: "create",
+                    path: images.clone(),
+                    source,
+                })?;
+                let ctl = Arc::new(storage::NodeController {
+                    client: creds.client(compute::IMAGE_CLIENT_TIMEOUT),
+                    image_cache: images,
+                });
+                Some(storage::StorageService::new(
+                    backend,
+                    ctl,
+                    &self.data_dir.join("storage"),
+                )?)
+            }
+            None => None,
+        };
         let compute = match self.compute {
             Some(c) => Some(
                 ComputeRuntime::new(c, &self.data_dir, creds.client(compute::IMAGE_CLIENT_TIMEOUT))?
-                    .netns_prefix(&self.network.netns_prefix),
+                    .netns_prefix(&self.network.netns_prefix)
+                    .storage(storage.clone()),
             ),
             None => None,
         };
@@ -201,6 +260,14 @@ impl Agent {
                 .unwrap_or_else(|| self.data_dir.join("net")),
             underlay: self.network.underlay.clone(),
         };
+        let storage_loop = storage.clone().map(|svc| {
+            tokio::spawn(storage::run(
+                svc,
+                desired_rx.clone(),
+                STORAGE_INTERVAL,
+                shutdown.clone(),
+            ))
+        });
         let network = tokio::spawn(netloop::run(netloop::NetLoop {
             host: self.host.clone(),
             cfg: net_cfg,
@@ -223,6 +290,7 @@ impl Agent {
             client: status_client,
             host: self.host,
             compute,
+            storage,
             applied,
             fetched,
             report,
@@ -248,6 +316,9 @@ impl Agent {
             let _ = heartbeat.await;
             let _ = network.await;
             let _ = renewal.await;
+            if let Some(s) = storage_loop {
+                let _ = s.await;
+            }
             if removed.is_cancelled() {
                 Err(AgentError::Removed(dir))
             } else {
@@ -407,6 +478,7 @@ struct StatusLoop {
     client: NodeClient,
     host: Arc<dyn HostDriver>,
     compute: Option<ComputeRuntime>,
+    storage: Option<Arc<storage::StorageService>>,
     applied: Arc<AtomicI64>,
     fetched: Arc<AtomicI64>,
     report: Arc<Mutex<Option<NetworkStatus>>>,
@@ -422,6 +494,7 @@ async fn status_loop(s: StatusLoop) {
         client,
         host,
         mut compute,
+        storage,
         applied,
         fetched,
         report,
@@ -452,8 +525,7 @@ async fn status_loop(s: StatusLoop) {
             errors: network.as_ref().map(|n| n.errors.clone()).unwrap_or_default(),
             network,
             compute: compute_report,
-            // Filled by the node's storage service once it runs volumes.
-            storage: None,
+            storage: storage.as_ref().map(|s| s.report()),
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
         let (sent_with, result) = match client.get() {

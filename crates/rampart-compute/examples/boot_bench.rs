@@ -145,6 +145,7 @@ async fn main() {
             limits: Limits::for_flavor(1, 256, true, vec![]),
             spec: spec.clone(),
             netns: None,
+            paused: false,
         };
         let (vm, _) = verify_and_start(&driver, req, &images, &trusted, SignaturePolicy::Require)
             .await

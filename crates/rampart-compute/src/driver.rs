@@ -103,6 +103,9 @@ pub struct StartRequest {
     pub limits: Limits,
     /// Network namespace holding the VM's taps (created by the network driver).
     pub netns: Option<String>,
+    /// Start with the guest stopped (`-S`, status `prelaunch`): the agent plugs the VM's
+    /// volumes over QMP first, then sends `cont`.
+    pub paused: bool,
 }
 
 impl StartRequest {
@@ -599,7 +602,10 @@ impl Hypervisor for QemuDriver {
     async fn start(&self, req: StartRequest, permits: &[BootPermit]) -> Result<ObservedVm, DriverError> {
         req.check_permits(permits)?;
         let id = req.spec.id;
-        let argv = qemu::render_argv(&req.spec)?;
+        let mut argv = qemu::render_argv(&req.spec)?;
+        if req.paused {
+            argv.push("-S".into());
+        }
         let cg = self.cgroup(id);
         if !cg.pids().is_empty() {
             return Err(DriverError::AlreadyRunning(id));
@@ -696,7 +702,7 @@ impl Hypervisor for QemuDriver {
             Err(e) => Err(e),
         };
         match status {
-            Ok(s) if s.running => {
+            Ok(s) if s.running || (req.paused && s.status == "prelaunch") => {
                 tracing::info!(vm = %id, pid, uid, "VM started");
                 Ok(ObservedVm {
                     id,
@@ -846,6 +852,7 @@ mod tests {
             spec: spec(dir.path(), id),
             limits: Limits::for_flavor(1, 128, true, vec![]),
             netns: None,
+            paused: false,
         };
 
         let id = Uuid::new_v4();
@@ -876,6 +883,7 @@ mod tests {
             spec: spec(dir.path(), Uuid::new_v4()),
             limits: Limits::for_flavor(1, 128, true, vec![]),
             netns: None,
+            paused: false,
         };
         let e = fake.start(req, &[]).await.unwrap_err();
         assert!(matches!(e, DriverError::Unverified(_)));
@@ -899,6 +907,7 @@ mod tests {
                 spec: spec(dir.path(), id),
                 limits: Limits::for_flavor(1, 128, true, vec![]),
                 netns: None,
+                paused: false,
             };
             let vm = fake.start(req.clone(), std::slice::from_ref(&permit)).await.unwrap();
             assert!(matches!(

@@ -25,6 +25,9 @@ pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,re
 pub const FAST_CMDLINE: &str = "console=ttyS0 panic=-1 cryptomgr.notests quiet mitigations=off init_on_alloc=0 \
 8250.nr_uarts=1 rcupdate.rcu_expedited=1 nowatchdog audit=0 kfence.sample_interval=0";
 
+/// PCIe root ports (`hp0` …) of a q35 VM, one per volume it may take while running.
+pub const HOTPLUG_PORTS: u8 = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Machine {
@@ -372,6 +375,13 @@ pub fn render_argv(spec: &VmSpec) -> Result<Vec<String>, RenderError> {
     if spec.machine == Machine::Q35 {
         // Guest panics become QMP GUEST_PANICKED events (black-box records, spec 13.4-3).
         push(&["-device", "pvpanic"]);
+        // Volumes are hot-plugged into these (the q35 root complex takes no hot-plug).
+        for i in 0..HOTPLUG_PORTS {
+            push(&[
+                "-device",
+                &format!("pcie-root-port,id=hp{i},bus=pcie.0,chassis={},slot=0", u32::from(i) + 1),
+            ]);
+        }
     }
     Ok(a)
 }

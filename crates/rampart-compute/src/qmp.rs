@@ -132,9 +132,7 @@ impl QmpClient {
         true
     }
 
-    /// Runs a command and returns its `return` value. Events that arrive meanwhile are kept
-    /// for [`QmpClient::next_event`].
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    fn command_line(&mut self, command: &str, arguments: Option<Value>) -> (u64, Vec<u8>) {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });
@@ -143,7 +141,52 @@ impl QmpClient {
         }
         let mut line = serde_json::to_vec(&msg).expect("json");
         line.push(b'\n');
+        (id, line)
+    }
+
+    /// Runs a command and returns its `return` value. Events that arrive meanwhile are kept
+    /// for [`QmpClient::next_event`].
+    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        let (id, line) = self.command_line(command, arguments);
         self.writer.write_all(&line).await?;
+        self.reply(id, command).await
+    }
+
+    /// Runs a command with an open file attached (SCM_RIGHTS), as `add-fd` takes it: QEMU
+    /// gets the file itself and needs no path to it (11.4: a confined QEMU sees no pool).
+    pub async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        let (id, line) = self.command_line(command, arguments);
+        let stream: &UnixStream = self.writer.as_ref();
+        let sent = loop {
+            stream.writable().await?;
+            let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(&line)];
+                let fds = [fd.as_raw_fd()];
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(std::io::Error::from)
+            });
+            match r {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if sent < line.len() {
+            // The descriptor went with the first byte; the rest is plain text.
+            self.writer.write_all(&line[sent..]).await?;
+        }
+        self.reply(id, command).await
+    }
+
+    async fn reply(&mut self, id: u64, command: &str) -> Result<Value, QmpError> {
         loop {
             let v = self.read_message("a command reply").await?;
             if self.stash_event(&v) {
@@ -164,6 +207,21 @@ impl QmpClient {
             }
             return Err(QmpError::Protocol(format!("unexpected message {v}")));
         }
+    }
+
+    /// The `node-name`s of every block node QEMU has (`query-named-block-nodes`, flat):
+    /// how the agent finds the volumes it attached, after a restart too.
+    pub async fn block_node_names(&mut self) -> Result<Vec<String>, QmpError> {
+        let v = self
+            .execute("query-named-block-nodes", Some(json!({"flat": true})))
+            .await?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n["node-name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     pub async fn query_status(&mut self) -> Result<VmStatus, QmpError> {

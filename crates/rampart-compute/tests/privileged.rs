@@ -285,6 +285,7 @@ async fn spec_12_1_1_tampered_image_starts_no_qemu() {
             limits: limits_for(&st.spec),
             spec: st.spec.clone(),
             netns: None,
+            paused: false,
         };
         let e = verify_and_start(&*driver, req, &st.images, &trusted, SignaturePolicy::Require)
             .await
@@ -337,6 +338,7 @@ async fn spec_9_1_1f_qemu_runs_confined_and_the_demo_guest_reads_its_metadata() 
         limits: limits.clone(),
         spec: st.spec.clone(),
         netns: None,
+        paused: false,
     };
     let t0 = Instant::now();
     let (vm, permits) = verify_and_start(&*driver, req, &st.images, &trusted, SignaturePolicy::Require)
@@ -714,6 +716,7 @@ async fn spec_12_1_2_guest_gets_its_address_and_accepts_the_injected_ssh_key() {
         limits: limits_for(&st.spec),
         spec: st.spec.clone(),
         netns: Some(ns.clone()),
+        paused: false,
     };
     let t0 = Instant::now();
     verify_and_start(&*driver, req, &st.images, &trusted, SignaturePolicy::Require)
