@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::kms::{Actor, audit, blocking, facts};
 use crate::state::AppState;
@@ -206,6 +207,8 @@ fn encode_b64(bytes: &[u8]) -> Sensitive {
     Sensitive::new(STANDARD.encode(bytes))
 }
 
+pub const LIST: Operation = Operation::new("key.list", "key").sensitive_read();
+
 /// Keys of a project (`key-admin` or `key-user`).
 pub async fn list(
     state: &AppState,
@@ -228,6 +231,8 @@ pub async fn list(
         next,
     })
 }
+
+pub const CREATE: Operation = Operation::new("key.create", "key");
 
 /// Creates a key (`key-admin`): version 1 is generated in the HSM and stored only wrapped.
 pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req: KeyCreate) -> Audited<KeyView> {
@@ -256,11 +261,15 @@ pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req:
     audited(principal, f, result)
 }
 
+pub const GET: Operation = Operation::new("key.get", "key").target("id").sensitive_read();
+
 /// One key (`key-admin` or `key-user`).
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<KeyView, Error> {
     authorize(state, principal, project, Need::Either).await?;
     Ok(view(&load(state, project, id).await?))
 }
+
+pub const UPDATE: Operation = Operation::new("key.update", "key").target("id");
 
 /// Changes a key's settings (`key-admin`): rotation period, minimum decryption version.
 pub async fn update(
@@ -299,6 +308,11 @@ pub enum Lifecycle {
     CancelDeletion,
 }
 
+pub const ROTATE: Operation = Operation::new("key.rotate", "key").target("id");
+pub const ENABLE: Operation = Operation::new("key.enable", "key").target("id");
+pub const DISABLE: Operation = Operation::new("key.disable", "key").target("id");
+pub const CANCEL_DELETION: Operation = Operation::new("key.cancel_deletion", "key").target("id");
+
 /// Rotates, enables, disables a key or cancels its deletion (`key-admin`).
 pub async fn change_state(
     state: &AppState,
@@ -333,6 +347,8 @@ pub async fn change_state(
     audited(principal, f, result.map(|k| view(&k)))
 }
 
+pub const SCHEDULE_DELETION: Operation = Operation::new("key.schedule_deletion", "key").target("id");
+
 /// Schedules destruction in 7 to 30 days (`key-admin`); the reconciler destroys the key (all
 /// its versions' material) when the window has passed.
 pub async fn schedule_deletion(
@@ -355,6 +371,8 @@ pub async fn schedule_deletion(
     .await;
     audited(principal, f, result)
 }
+
+pub const ENCRYPT: Operation = Operation::new("key.encrypt", "key").target("id");
 
 /// Encrypts up to 64 KiB under the primary version (`key-user`).
 pub async fn encrypt(
@@ -386,6 +404,8 @@ pub async fn encrypt(
     audited(principal, f, result)
 }
 
+pub const DECRYPT: Operation = Operation::new("key.decrypt", "key").target("id");
+
 /// Decrypts (`key-user`). The context must be the one used to encrypt.
 pub async fn decrypt(
     state: &AppState,
@@ -414,6 +434,8 @@ pub async fn decrypt(
     });
     audited(principal, f, result)
 }
+
+pub const GENERATE_DATA_KEY: Operation = Operation::new("key.generate_data_key", "key").target("id");
 
 /// A data key from the HSM's generator, in plaintext and encrypted under the key (`key-user`).
 pub async fn generate_data_key(
@@ -445,6 +467,8 @@ pub async fn generate_data_key(
     });
     audited(principal, f, result)
 }
+
+pub const RE_ENCRYPT: Operation = Operation::new("key.re_encrypt", "key").target("id");
 
 /// Decrypts and encrypts again, under the primary version of this key or of `target_key`
 /// (`key-user`); the plaintext never leaves the key service.
@@ -503,6 +527,8 @@ pub struct KmsStatus {
     pub ca_key: String,
     pub tenant_ca_key: String,
 }
+
+pub const STATUS: Operation = Operation::new("statu.list", "statu");
 
 /// Which HSM serves keys and where the CA keys are kept (`system.read`).
 pub fn status(state: &AppState, principal: &Principal) -> Result<KmsStatus, Error> {
