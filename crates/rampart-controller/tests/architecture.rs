@@ -278,3 +278,70 @@ fn route_handlers_parse_call_and_render() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// Registrations under `routes/` that bypass `audited!` (and so bind no operation): a bare
+/// utoipa-axum `routes!(…)`, or an axum `.route(…)` other than the OpenAPI document's, whose
+/// operation `routes::table` binds by hand.
+fn unaudited_registrations(file: &str, text: &str) -> Vec<String> {
+    let code = code(text);
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices("routes!(") {
+        // The one use allowed is inside `audited!` itself.
+        if !code[..i].ends_with("::utoipa_axum::") {
+            out.push(format!("{file}: `routes!` without an audit operation; use `audited!`"));
+        }
+    }
+    for (i, _) in code.match_indices(".route(") {
+        if !code[i + ".route(".len()..].trim_start().starts_with("OPENAPI_PATH") {
+            out.push(format!("{file}: `.route(` without an audit operation; use `audited!`"));
+        }
+    }
+    out
+}
+
+#[test]
+fn spec_13_4_1_every_route_is_registered_with_its_audit_operation() {
+    use rampart_controller::routes::{agent_openapi, operations, public_openapi, undeclared};
+    let ops = operations();
+    let missing = undeclared(&[&public_openapi(), &agent_openapi()], &ops);
+    assert!(
+        missing.is_empty(),
+        "routes without a declared audit operation (bind them with `audited!`): {missing:?}"
+    );
+    assert!(ops.get(&http::Method::GET, "/v1/openapi.json").is_some());
+    let mut problems = Vec::new();
+    for (m, text) in modules()
+        .iter()
+        .filter(|(m, _)| m.first().is_some_and(|f| f == "routes"))
+    {
+        problems.extend(unaudited_registrations(&name(m), text));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn spec_13_4_1_the_operation_checks_find_a_route_without_one() {
+    use rampart_controller::routes::{operations, public_openapi, undeclared};
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    let mut doc = public_openapi();
+    doc.paths.paths.insert(
+        "/v1/unbound".into(),
+        PathItem::new(HttpMethod::Post, OperationBuilder::new().build()),
+    );
+    assert_eq!(undeclared(&[&doc], &operations()), vec!["POST /v1/unbound".to_string()]);
+    assert_eq!(
+        undeclared(&[&doc], &Default::default()).len(),
+        doc.paths
+            .paths
+            .values()
+            .map(|i| [&i.get, &i.post, &i.put, &i.patch, &i.delete]
+                .iter()
+                .filter(|o| o.is_some())
+                .count())
+            .sum::<usize>()
+    );
+    let bare = "fn r() -> Routes {\n    Routes::new().routes(routes!(x::list))\n        .route(\"/v1/x\", get(h))\n}";
+    assert_eq!(unaudited_registrations("routes/x", bare).len(), 2);
+    let fine = "macro_rules! audited { () => { ::utoipa_axum::routes!(h) } }\nfn r() { a.route(\n  OPENAPI_PATH, get(h)); Routes::new().routes(audited!(x::list => app::x::LIST)) }";
+    assert_eq!(unaudited_registrations("routes/mod", fine), Vec::<String>::new());
+}

@@ -1,15 +1,15 @@
 //! Every route's audit operation, written out: `docs/audit-operations.md` is the list an
 //! auditor reads to know which name a call gets in the trail (spec 13.4-1), and a rename of
-//! an operation (by a refactor of the routes or of the naming rule) fails here.
+//! an operation (by a change of a use case's declaration or of a route) fails here.
 //! Regenerate with: `REGENERATE=1 cargo nextest run --workspace -E 'binary(audit_operations)'`.
 
 use std::path::PathBuf;
 
 use http::Method;
-use rampart_controller::audit::operations::{classify, is_audited};
-use rampart_controller::routes::{agent_openapi, public_openapi};
+use rampart_controller::audit::operations::{Operations, is_audited, resolve};
+use rampart_controller::routes::{agent_openapi, operations, public_openapi};
 
-fn rows(doc: &utoipa::openapi::OpenApi, out: &mut Vec<String>) {
+fn rows(doc: &utoipa::openapi::OpenApi, operations: &Operations, out: &mut Vec<String>) {
     for (path, item) in &doc.paths.paths {
         let ops = [
             (Method::GET, item.get.is_some()),
@@ -22,7 +22,10 @@ fn rows(doc: &utoipa::openapi::OpenApi, out: &mut Vec<String>) {
             if !present {
                 continue;
             }
-            let c = classify(&method, path, path);
+            let Some(op) = operations.get(&method, path) else {
+                panic!("{method} {path} has no declared operation");
+            };
+            let c = resolve(op, path, path);
             let when = if is_audited(&method, &c, 200) {
                 "always"
             } else {
@@ -38,9 +41,10 @@ fn rows(doc: &utoipa::openapi::OpenApi, out: &mut Vec<String>) {
 
 #[test]
 fn spec_13_4_1_every_route_has_a_stable_audit_operation_name() {
+    let operations = operations();
     let mut lines = Vec::new();
-    rows(&public_openapi(), &mut lines);
-    rows(&agent_openapi(), &mut lines);
+    rows(&public_openapi(), &operations, &mut lines);
+    rows(&agent_openapi(), &operations, &mut lines);
     lines.sort();
     let generated = format!(
         "# Audit operation of every route\n\n\

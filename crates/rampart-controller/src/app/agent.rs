@@ -1,6 +1,7 @@
 //! The agent protocol (`/agent/v1`): join with a one-time token, then mTLS only. The node id
 //! comes from the client certificate and nowhere else.
 
+use crate::audit::operations::Operation;
 use crate::render;
 use crate::state::AppState;
 use rampart_api::NodeState;
@@ -17,6 +18,8 @@ pub(crate) fn invalid_join_token() -> Error {
         message: "the join token is unknown, expired, already used, or from another controller; ask for a new one (POST /v1/nodes/join-tokens)".into(),
     }
 }
+
+pub const JOIN: Operation = Operation::new("node.join", "node");
 
 /// Enrol a node: trade a join token and a CSR for a client certificate.
 pub async fn join(state: &AppState, req: JoinRequest) -> Result<JoinResponse, Error> {
@@ -104,6 +107,8 @@ pub async fn authenticate_node(state: &AppState, sha256: &str, claimed: Uuid) ->
     Ok(node)
 }
 
+pub const CONFIG: Operation = Operation::new("node.config.get", "node").telemetry();
+
 /// The node's desired state as soon as its generation is above `after`; `None` when
 /// `nodes.long_poll_timeout_s` passes first (or the controller shuts down).
 pub async fn config(state: &AppState, node: Uuid, after: i64) -> Result<Option<NodeConfig>, Error> {
@@ -144,6 +149,8 @@ fn node_removed() -> Error {
         message: "this node was removed".into(),
     }
 }
+
+pub const STATUS: Operation = Operation::new("node.status.report", "node").telemetry();
 
 /// A node's report, which is also its heartbeat: its state (`joining`/`unreachable` → `ready`,
 /// each a host event in the trail), its data-plane report (a moved tunnel address republishes
@@ -196,6 +203,8 @@ pub async fn status(state: &AppState, node: Uuid, s: AgentStatus) -> Result<Stat
     crate::app::volumes::report::record(state, node, s.storage.as_ref()).await?;
     Ok(StatusAck { generation })
 }
+
+pub const IMAGE_DATA: Operation = Operation::new("image.data.get", "image").target("id");
 
 /// An image's file and length, for an instance placed on the calling node (and only then).
 pub async fn image_data(state: &AppState, node: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), Error> {

@@ -12,6 +12,7 @@ use rampart_iam::authz::{PROJECT_ROLES, RoleScope, SYSTEM_ROLES, Target, action}
 use uuid::Uuid;
 
 use crate::app::identity::{domain, project};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::grants;
 use crate::state::AppState;
@@ -170,6 +171,8 @@ async fn require_holder(
     })
 }
 
+pub const CREATE_ASSIGNMENT: Operation = Operation::new("role_assignment.create", "role_assignment");
+
 /// Grant a role to a user or group at a scope.
 pub async fn create_assignment(
     state: &AppState,
@@ -235,6 +238,8 @@ pub struct Filter {
     pub domain: Option<Uuid>,
 }
 
+pub const LIST_ASSIGNMENTS: Operation = Operation::new("role_assignment.list", "role_assignment");
+
 /// Role assignments the caller may see: all for system readers; on the domains and projects
 /// it administers; and its own.
 pub async fn list_assignments(
@@ -290,6 +295,8 @@ async fn assignment(state: &AppState, principal: &Principal, id: Uuid) -> Result
         _ => Err(Error::not_found("no such role assignment")),
     }
 }
+
+pub const DELETE_ASSIGNMENT: Operation = Operation::new("role_assignment.delete", "role_assignment").target("id");
 
 /// Revoke a role assignment; the holders' sessions end at once.
 pub async fn delete_assignment(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

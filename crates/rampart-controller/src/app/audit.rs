@@ -4,6 +4,7 @@
 //! `audit.manage` (security admin and auditor only: the system administrator whose actions
 //! are recorded cannot shorten or redirect the record). Every call here is itself audited.
 
+use crate::audit::operations::Operation;
 use crate::audit::{FORWARDING_KEY, ForwardingSettings, ForwardingState, note_detail};
 use crate::auth::Principal;
 use crate::state::AppState;
@@ -45,6 +46,8 @@ pub struct EventQuery {
     /// The `next` value of the previous page.
     pub cursor: Option<String>,
 }
+
+pub const LIST_EVENTS: Operation = Operation::new("audit.events.list", "audit_trail").sensitive_read();
 
 /// Audit records, filtered, oldest first unless `order=desc`.
 pub async fn list_events(state: &AppState, principal: &Principal, q: EventQuery) -> Result<List<AuditRecord>, Error> {
@@ -121,6 +124,8 @@ pub async fn list_events(state: &AppState, principal: &Principal, q: EventQuery)
     Ok(List { items, next })
 }
 
+pub const VERIFY: Operation = Operation::new("audit.verify", "audit_trail");
+
 /// Verifies the whole trail: every record's hash, the chain links, the Merkle roots and the
 /// signatures of the checkpoints. Each problem names the record's seq and its kind
 /// (`modified`, `missing`, `truncated`, `bad_signature`).
@@ -142,12 +147,16 @@ pub async fn verify(state: &AppState, principal: &Principal) -> Result<VerifyRep
     Ok(report)
 }
 
+pub const GET_RETENTION: Operation = Operation::new("audit.retention.get", "audit_retention").sensitive_read();
+
 /// The retention of each log type, in days.
 pub async fn get_retention(state: &AppState, principal: &Principal) -> Result<RetentionPolicy, Error> {
     principal.require_system(state, "audit.read")?;
     let mut conn = state.db.conn().await?;
     Ok(rampart_db::audit::retention(&mut conn).await?)
 }
+
+pub const PUT_RETENTION: Operation = Operation::new("audit.retention.update", "audit_retention");
 
 /// Changes the retention (auditor or security admin). Operation and security records are kept
 /// at least 180 days; the change itself is recorded with the old and new values.
@@ -181,6 +190,8 @@ pub struct Forwarding {
     pub status: ForwardingState,
 }
 
+pub const GET_FORWARDING: Operation = Operation::new("audit.forwarding.get", "audit_forwarding").sensitive_read();
+
 /// Where records and checkpoints are forwarded (RFC 5425 syslog over TLS) and how that goes:
 /// `status.degraded` is the "forwarding degraded" alarm.
 pub async fn get_forwarding(state: &AppState, principal: &Principal) -> Result<Forwarding, Error> {
@@ -191,6 +202,8 @@ pub async fn get_forwarding(state: &AppState, principal: &Principal) -> Result<F
         status: state.audit.forwarding_state(),
     })
 }
+
+pub const PUT_FORWARDING: Operation = Operation::new("audit.forwarding.update", "audit_forwarding");
 
 /// Sets the forwarding target (auditor or security admin). The receiver's certificate is
 /// verified against `ca_pem` and `server_name`; a client certificate is given as file paths

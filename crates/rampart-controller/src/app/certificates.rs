@@ -26,6 +26,7 @@ use rampart_kms::ca::{CaRole, CertificateAuthority, RevokedEntry, TenantNamePoli
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::kms::inventory::{crl_revision, record_ca};
 use crate::kms::{NewCert, blocking, bump_crl_number, cert_row, record_agent_certificate, revocation_reason};
@@ -119,6 +120,8 @@ fn bad_certificate(field: &str, e: impl std::fmt::Display) -> Error {
     Error::field(field, e.to_string())
 }
 
+pub const LIST: Operation = Operation::new("certificate.list", "certificate").sensitive_read();
+
 /// Certificates with their expiry: all of them for system readers, a project's for its key
 /// roles (`project`), only those in `status` when given.
 pub async fn list(
@@ -185,6 +188,10 @@ async fn visible_certificate(state: &AppState, principal: &Principal, id: Uuid) 
     }
 }
 
+pub const GET: Operation = Operation::new("certificate.get", "certificate")
+    .target("id")
+    .sensitive_read();
+
 /// One certificate, with its PEM and chain.
 pub async fn get(state: &AppState, principal: &Principal, id: Uuid) -> Result<Certificate, Error> {
     let (row, _) = visible_certificate(state, principal, id).await?;
@@ -208,6 +215,8 @@ async fn name_policy(state: &AppState, project: Uuid) -> Result<TenantNamePolicy
         &state.config.kms.tenant_certificate_domain,
     ))
 }
+
+pub const ISSUE: Operation = Operation::new("certificate.create", "certificate");
 
 /// Issues a certificate from a tenant's CSR (`key-admin` of the project), signed by the
 /// project's issuing CA (made at the first issue, under the tenant CA, name-constrained to
@@ -300,6 +309,8 @@ fn check_chain(state: &AppState, pem: &str) -> Result<rampart_kms::chain::Checke
     })
 }
 
+pub const IMPORT: Operation = Operation::new("import.create", "import");
+
 /// Imports a third-party certificate after a chain check (`key-admin` of its project, or
 /// `system-admin` for a platform certificate). No private key is taken.
 pub async fn import(state: &AppState, principal: &Principal, req: CertificateImport) -> Result<Certificate, Error> {
@@ -346,6 +357,8 @@ pub async fn import(state: &AppState, principal: &Principal, req: CertificateImp
     Ok(view(state, &row, true))
 }
 
+pub const REVOKE: Operation = Operation::new("certificate.revoke", "certificate").target("id");
+
 /// Revokes a certificate. Certificates of the internal CAs go into the CRL; a revoked agent
 /// certificate is refused at the agent's next request. The CA certificates and the API server
 /// certificate cannot be revoked (`certificate_not_revocable`).
@@ -390,6 +403,9 @@ pub async fn revoke(
     tracing::warn!(certificate = %id, kind = %row.kind, node = ?row.node_id, reason = %reason, revoked_at = to_ms(now), by = %principal.user.name, "certificate revoked");
     Ok(view(state, &row, false))
 }
+
+pub const CRL: Operation = Operation::new("crl.get", "crl");
+pub const CA_CERTIFICATE: Operation = Operation::new("certificate.get", "certificate");
 
 /// The current CRL of an internal CA, DER: made again when a revocation changed the CRL
 /// number or half its validity has passed, otherwise served from memory (it is public and
@@ -486,6 +502,8 @@ pub async fn expiry_alarms(state: &AppState, conn: &mut Conn) -> Result<usize, E
 }
 
 // ---- agents ----
+
+pub const RENEW_AGENT: Operation = Operation::new("node.certificate.renew", "node");
 
 /// An agent renews its certificate with its current one: a certificate for its new key,
 /// accepted beside the current one until the agent first uses it.

@@ -9,6 +9,7 @@ use rampart_iam::authz::action;
 use uuid::Uuid;
 
 use crate::app::identity::{check_text, domain_by_key, user};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::grants;
 use crate::state::AppState;
@@ -37,6 +38,8 @@ async fn managed_group(state: &AppState, principal: &Principal, id: Uuid) -> Res
     principal.require_in_domain(state, action::IDENTITY_MANAGE, g.domain_id, "group")?;
     Ok(g)
 }
+
+pub const LIST_GROUPS: Operation = Operation::new("group.list", "group");
 
 /// Groups the caller may administer; only `domain`'s when given.
 pub async fn list_groups(
@@ -71,6 +74,8 @@ pub async fn list_groups(
     })
 }
 
+pub const CREATE_GROUP: Operation = Operation::new("group.create", "group");
+
 /// Create a group.
 pub async fn create_group(state: &AppState, principal: &Principal, req: GroupCreate) -> Result<Group, Error> {
     principal.require_somewhere(state, action::IDENTITY_MANAGE)?;
@@ -91,10 +96,14 @@ pub async fn create_group(state: &AppState, principal: &Principal, req: GroupCre
     Ok(group_view(g))
 }
 
+pub const GET_GROUP: Operation = Operation::new("group.get", "group").target("id");
+
 /// One group.
 pub async fn get_group(state: &AppState, principal: &Principal, id: Uuid) -> Result<Group, Error> {
     Ok(group_view(group(state, principal, id).await?))
 }
+
+pub const UPDATE_GROUP: Operation = Operation::new("group.update", "group").target("id");
 
 /// Change a group's description.
 pub async fn update_group(state: &AppState, principal: &Principal, id: Uuid, req: GroupUpdate) -> Result<Group, Error> {
@@ -108,6 +117,8 @@ pub async fn update_group(state: &AppState, principal: &Principal, id: Uuid, req
     Ok(group_view(g))
 }
 
+pub const DELETE_GROUP: Operation = Operation::new("group.delete", "group").target("id");
+
 /// Delete a group; its members lose the roles it gave them at once.
 pub async fn delete_group(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {
     let g = managed_group(state, principal, id).await?;
@@ -120,6 +131,8 @@ pub async fn delete_group(state: &AppState, principal: &Principal, id: Uuid) -> 
     Ok(())
 }
 
+pub const GROUP_MEMBERS: Operation = Operation::new("user.list", "user").target("id");
+
 /// Members of a group (user ids).
 pub async fn group_members(state: &AppState, principal: &Principal, id: Uuid) -> Result<List<Uuid>, Error> {
     group(state, principal, id).await?;
@@ -129,6 +142,8 @@ pub async fn group_members(state: &AppState, principal: &Principal, id: Uuid) ->
         next: None,
     })
 }
+
+pub const ADD_GROUP_MEMBER: Operation = Operation::new("group.member.add", "group").target("id");
 
 /// Add a user of the same domain to a group.
 pub async fn add_group_member(state: &AppState, principal: &Principal, id: Uuid, user_id: Uuid) -> Result<(), Error> {
@@ -150,6 +165,8 @@ pub async fn add_group_member(state: &AppState, principal: &Principal, id: Uuid,
     tracing::info!(group = %g.name, user = %u.name, by = %principal.user.name, "group member added");
     Ok(())
 }
+
+pub const REMOVE_GROUP_MEMBER: Operation = Operation::new("group.member.remove", "group").target("id");
 
 /// Remove a user from a group; the roles it gave end at once.
 pub async fn remove_group_member(state: &AppState, principal: &Principal, id: Uuid, user: Uuid) -> Result<(), Error> {

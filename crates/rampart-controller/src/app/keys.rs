@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::kms::{Actor, audit, blocking, facts};
 use crate::state::AppState;
@@ -206,6 +207,8 @@ fn encode_b64(bytes: &[u8]) -> Sensitive {
     Sensitive::new(STANDARD.encode(bytes))
 }
 
+pub const LIST: Operation = Operation::new("key.list", "key").sensitive_read();
+
 /// Keys of a project (`key-admin` or `key-user`).
 pub async fn list(
     state: &AppState,
@@ -228,6 +231,8 @@ pub async fn list(
         next,
     })
 }
+
+pub const CREATE: Operation = Operation::new("key.create", "key");
 
 /// Creates a key (`key-admin`): version 1 is generated in the HSM and stored only wrapped.
 pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req: KeyCreate) -> Audited<KeyView> {
@@ -256,11 +261,15 @@ pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req:
     audited(principal, f, result)
 }
 
+pub const GET: Operation = Operation::new("key.get", "key").target("id").sensitive_read();
+
 /// One key (`key-admin` or `key-user`).
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<KeyView, Error> {
     authorize(state, principal, project, Need::Either).await?;
     Ok(view(&load(state, project, id).await?))
 }
+
+pub const UPDATE: Operation = Operation::new("key.update", "key").target("id");
 
 /// Changes a key's settings (`key-admin`): rotation period, minimum decryption version.
 pub async fn update(
@@ -299,6 +308,11 @@ pub enum Lifecycle {
     CancelDeletion,
 }
 
+pub const ROTATE: Operation = Operation::new("key.rotate", "key").target("id");
+pub const ENABLE: Operation = Operation::new("key.enable", "key").target("id");
+pub const DISABLE: Operation = Operation::new("key.disable", "key").target("id");
+pub const CANCEL_DELETION: Operation = Operation::new("key.cancel_deletion", "key").target("id");
+
 /// Rotates, enables, disables a key or cancels its deletion (`key-admin`).
 pub async fn change_state(
     state: &AppState,
@@ -333,6 +347,8 @@ pub async fn change_state(
     audited(principal, f, result.map(|k| view(&k)))
 }
 
+pub const SCHEDULE_DELETION: Operation = Operation::new("key.schedule_deletion", "key").target("id");
+
 /// Schedules destruction in 7 to 30 days (`key-admin`); the reconciler destroys the key (all
 /// its versions' material) when the window has passed.
 pub async fn schedule_deletion(
@@ -356,6 +372,62 @@ pub async fn schedule_deletion(
     audited(principal, f, result)
 }
 
+/// One cryptographic operation of a key user on one key.
+struct KeyUse {
+    operation: KeyOperation,
+    project: Uuid,
+    id: Uuid,
+    context: Option<rampart_api::Context>,
+}
+
+impl KeyUse {
+    fn new(operation: KeyOperation, project: Uuid, id: Uuid, context: Option<rampart_api::Context>) -> Self {
+        Self {
+            operation,
+            project,
+            id,
+            context,
+        }
+    }
+}
+
+/// The frame the key-user operations on one key share: authorize, admit the context, take the
+/// input (prepared by the caller, refused only after the checks before it), load the key, call
+/// the HSM off the async workers, note the key version that served and audit, whatever the
+/// outcome. `render` gives that version and the answer.
+async fn use_key<I, O, R>(
+    state: &AppState,
+    principal: &Principal,
+    call: KeyUse,
+    input: Result<I, Error>,
+    hsm: impl FnOnce(&KeyService, &Key, &EncryptionContext, I) -> Result<O, KmsError> + Send + 'static,
+    render: impl FnOnce(O) -> (u32, R),
+) -> Audited<R>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let mut f = facts(call.operation, call.project, call.id);
+    let ctx = context(call.context);
+    let result = async {
+        authorize(state, principal, call.project, Need::Use).await?;
+        admit_context(&mut f, &ctx)?;
+        let input = input?;
+        let key = load(state, call.project, call.id).await?;
+        let service = state.kms.service.clone();
+        Ok(blocking(move || hsm(&service, &key, &ctx, input)).await??)
+    }
+    .await;
+    let result = result.map(|out| {
+        let (version, answer) = render(out);
+        f.key_version = Some(version);
+        answer
+    });
+    audited(principal, f, result)
+}
+
+pub const ENCRYPT: Operation = Operation::new("key.encrypt", "key").target("id");
+
 /// Encrypts up to 64 KiB under the primary version (`key-user`).
 pub async fn encrypt(
     state: &AppState,
@@ -364,27 +436,23 @@ pub async fn encrypt(
     id: Uuid,
     req: EncryptRequest,
 ) -> Audited<EncryptResponse> {
-    let mut f = facts(KeyOperation::Encrypt, project, id);
-    let ctx = context(req.context);
-    let result = async {
-        authorize(state, principal, project, Need::Use).await?;
-        admit_context(&mut f, &ctx)?;
-        let plaintext = decode_b64("plaintext", &req.plaintext)?;
-        let key = load(state, project, id).await?;
-        let service = state.kms.service.clone();
-        Ok(blocking(move || service.encrypt(&key, &plaintext, &ctx)).await??)
-    }
-    .await;
-    if let Ok(out) = &result {
-        f.key_version = Some(out.key_version);
-    }
-    let result = result.map(|out| EncryptResponse {
-        key_id: id,
-        ciphertext: out.ciphertext,
-        key_version: out.key_version,
-    });
-    audited(principal, f, result)
+    let call = KeyUse::new(KeyOperation::Encrypt, project, id, req.context);
+    let plaintext = decode_b64("plaintext", &req.plaintext);
+    let hsm = |s: &KeyService, key: &Key, ctx: &EncryptionContext, plaintext: Zeroizing<Vec<u8>>| {
+        s.encrypt(key, &plaintext, ctx)
+    };
+    use_key(state, principal, call, plaintext, hsm, |out| {
+        let answer = EncryptResponse {
+            key_id: id,
+            ciphertext: out.ciphertext,
+            key_version: out.key_version,
+        };
+        (out.key_version, answer)
+    })
+    .await
 }
+
+pub const DECRYPT: Operation = Operation::new("key.decrypt", "key").target("id");
 
 /// Decrypts (`key-user`). The context must be the one used to encrypt.
 pub async fn decrypt(
@@ -394,26 +462,19 @@ pub async fn decrypt(
     id: Uuid,
     req: DecryptRequest,
 ) -> Audited<DecryptResponse> {
-    let mut f = facts(KeyOperation::Decrypt, project, id);
-    let ctx = context(req.context);
-    let result = async {
-        authorize(state, principal, project, Need::Use).await?;
-        admit_context(&mut f, &ctx)?;
-        let key = load(state, project, id).await?;
-        let service = state.kms.service.clone();
-        let ciphertext = req.ciphertext;
-        Ok(blocking(move || service.decrypt(&key, &ciphertext, &ctx)).await??)
-    }
-    .await;
-    if let Ok(out) = &result {
-        f.key_version = Some(out.key_version);
-    }
-    let result = result.map(|out| DecryptResponse {
-        plaintext: encode_b64(&out.plaintext),
-        key_version: out.key_version,
-    });
-    audited(principal, f, result)
+    let call = KeyUse::new(KeyOperation::Decrypt, project, id, req.context);
+    let hsm = |s: &KeyService, key: &Key, ctx: &EncryptionContext, ciphertext: String| s.decrypt(key, &ciphertext, ctx);
+    use_key(state, principal, call, Ok(req.ciphertext), hsm, |out| {
+        let answer = DecryptResponse {
+            plaintext: encode_b64(&out.plaintext),
+            key_version: out.key_version,
+        };
+        (out.key_version, answer)
+    })
+    .await
 }
+
+pub const GENERATE_DATA_KEY: Operation = Operation::new("key.generate_data_key", "key").target("id");
 
 /// A data key from the HSM's generator, in plaintext and encrypted under the key (`key-user`).
 pub async fn generate_data_key(
@@ -423,28 +484,21 @@ pub async fn generate_data_key(
     id: Uuid,
     req: DataKeyRequest,
 ) -> Audited<DataKeyResponse> {
-    let mut f = facts(KeyOperation::GenerateDataKey, project, id);
-    let ctx = context(req.context);
-    let result = async {
-        authorize(state, principal, project, Need::Use).await?;
-        admit_context(&mut f, &ctx)?;
-        let key = load(state, project, id).await?;
-        let service = state.kms.service.clone();
-        let bytes = req.bytes;
-        Ok(blocking(move || service.generate_data_key(&key, &ctx, bytes)).await??)
-    }
-    .await;
-    if let Ok(out) = &result {
-        f.key_version = Some(out.key_version);
-    }
-    let result = result.map(|out| DataKeyResponse {
-        key_id: id,
-        plaintext: encode_b64(&out.plaintext),
-        ciphertext: out.ciphertext,
-        key_version: out.key_version,
-    });
-    audited(principal, f, result)
+    let call = KeyUse::new(KeyOperation::GenerateDataKey, project, id, req.context);
+    let hsm = |s: &KeyService, key: &Key, ctx: &EncryptionContext, bytes| s.generate_data_key(key, ctx, bytes);
+    use_key(state, principal, call, Ok(req.bytes), hsm, |out| {
+        let answer = DataKeyResponse {
+            key_id: id,
+            plaintext: encode_b64(&out.plaintext),
+            ciphertext: out.ciphertext,
+            key_version: out.key_version,
+        };
+        (out.key_version, answer)
+    })
+    .await
 }
+
+pub const RE_ENCRYPT: Operation = Operation::new("key.re_encrypt", "key").target("id");
 
 /// Decrypts and encrypts again, under the primary version of this key or of `target_key`
 /// (`key-user`); the plaintext never leaves the key service.
@@ -503,6 +557,8 @@ pub struct KmsStatus {
     pub ca_key: String,
     pub tenant_ca_key: String,
 }
+
+pub const STATUS: Operation = Operation::new("statu.list", "statu");
 
 /// Which HSM serves keys and where the CA keys are kept (`system.read`).
 pub fn status(state: &AppState, principal: &Principal) -> Result<KmsStatus, Error> {

@@ -11,8 +11,10 @@
 //! 3. **One transaction**: every row it changes and the re-rendered documents of the nodes
 //!    that must apply the change ([`crate::publish`]), committed together; then the long polls
 //!    are woken.
-//! 4. **Its audit event**: the operation's record is written by the audit layer around the call
-//!    (a `pending` record before the use case runs, the completion after); the use case adds
+//! 4. **Its audit event**: the use case declares its operation (`pub const …: Operation` next to
+//!    its function; its route binds it, see `crate::routes`), whose record is written by the
+//!    audit layer around the call (a `pending` record before the use case runs, the completion
+//!    after); the use case adds
 //!    what only it knows (the target it created or resolved, the details an auditor needs)
 //!    through [`crate::audit::note_detail`] and friends.
 //!

@@ -1,5 +1,6 @@
 //! Nodes as the operator sees them, and join tokens.
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::agent::JoinTokenParts;
@@ -9,6 +10,8 @@ use rampart_common::{Error, names};
 use rampart_db::nodes;
 use rampart_iam::secrets;
 use uuid::Uuid;
+
+pub const LIST_NODES: Operation = Operation::new("node.list", "node");
 
 /// List nodes, ordered by name.
 pub async fn list_nodes(state: &AppState, principal: &Principal, page: PageParams) -> Result<List<Node>, Error> {
@@ -20,6 +23,8 @@ pub async fn list_nodes(state: &AppState, principal: &Principal, page: PageParam
     Ok(List { items, next })
 }
 
+pub const GET_NODE: Operation = Operation::new("node.get", "node").target("id");
+
 /// One node.
 pub async fn get_node(state: &AppState, principal: &Principal, id: Uuid) -> Result<Node, Error> {
     principal.require_system(state, "system.read")?;
@@ -28,6 +33,8 @@ pub async fn get_node(state: &AppState, principal: &Principal, id: Uuid) -> Resu
         .await?
         .ok_or_else(|| Error::not_found("no such node"))
 }
+
+pub const DELETE_NODE: Operation = Operation::new("node.delete", "node").target("id");
 
 /// Remove a node. Its certificate is refused from the next request on; the agent must join
 /// again with a new token.
@@ -43,6 +50,8 @@ pub async fn delete_node(state: &AppState, principal: &Principal, id: Uuid) -> R
     state.notify_node_changes();
     Ok(())
 }
+
+pub const CREATE_JOIN_TOKEN: Operation = Operation::new("join_token.create", "join_token");
 
 /// Issue a one-time join token for `rampart agent --join`.
 pub async fn create_join_token(
@@ -95,6 +104,10 @@ pub async fn issue_join_token(
         node_name,
     })
 }
+
+pub const HEALTH: Operation = Operation::new("health.get", "health");
+pub const READYZ: Operation = Operation::new("readyz.get", "readyz");
+pub const OPENAPI: Operation = Operation::new("openapi_json.get", "openapi_json");
 
 /// Liveness of the control plane and its nodes (`verbose`: with this controller's background
 /// tasks).

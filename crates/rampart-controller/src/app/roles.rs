@@ -7,6 +7,7 @@ use rampart_db::groups;
 use rampart_iam::authz::{PROJECT_ROLES, action};
 
 use crate::app::identity::check_text;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -29,6 +30,8 @@ fn custom_role_view(r: groups::CustomRole) -> Role {
         implies: r.implies,
     }
 }
+
+pub const LIST_ROLES: Operation = Operation::new("role.list", "role");
 
 /// Built-in and custom roles (any authenticated caller).
 pub async fn list_roles(state: &AppState) -> Result<List<Role>, Error> {
@@ -61,6 +64,8 @@ fn check_implies(implies: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+pub const CREATE_ROLE: Operation = Operation::new("role.create", "role");
+
 /// Create a custom role: a named bundle of built-in project roles (system-admin).
 pub async fn create_role(state: &AppState, principal: &Principal, req: RoleCreate) -> Result<Role, Error> {
     principal.require_system(state, action::IDENTITY_MANAGE)?;
@@ -82,6 +87,8 @@ pub async fn create_role(state: &AppState, principal: &Principal, req: RoleCreat
     tracing::info!(role = %r.name, by = %principal.user.name, "role created");
     Ok(custom_role_view(r))
 }
+
+pub const GET_ROLE: Operation = Operation::new("role.get", "role").target("id");
 
 /// One role (a built-in role's id is its name).
 pub async fn get_role(state: &AppState, id: &str) -> Result<Role, Error> {
@@ -107,6 +114,8 @@ async fn custom_role(state: &AppState, principal: &Principal, id: &str) -> Resul
         .ok_or_else(|| Error::not_found("no such role"))
 }
 
+pub const UPDATE_ROLE: Operation = Operation::new("role.update", "role").target("id");
+
 /// Change a custom role; holders get the new bundle at their next request.
 pub async fn update_role(state: &AppState, principal: &Principal, id: &str, req: RoleUpdate) -> Result<Role, Error> {
     let mut r = custom_role(state, principal, id).await?;
@@ -130,6 +139,8 @@ pub async fn update_role(state: &AppState, principal: &Principal, id: &str, req:
     tracing::info!(role = %r.name, by = %principal.user.name, "role updated");
     Ok(custom_role_view(r))
 }
+
+pub const DELETE_ROLE: Operation = Operation::new("role.delete", "role").target("id");
 
 /// Delete an unassigned custom role.
 pub async fn delete_role(state: &AppState, principal: &Principal, id: &str) -> Result<(), Error> {

@@ -16,7 +16,7 @@ use rampart_common::Error;
 use rampart_common::error::{ErrorChain, ErrorCode};
 use serde_json::Value;
 
-use super::operations::{classify, is_audited};
+use super::operations::{Operations, UNDECLARED, is_audited, resolve};
 use super::slot::{AuditSlot, CallInfo, SLOT, SlotData, note};
 use crate::auth::ClientIp;
 use crate::state::AppState;
@@ -28,8 +28,16 @@ fn created_id(body: &[u8]) -> Option<String> {
     id.as_str().map(str::to_string)
 }
 
+/// What [`record_calls`] needs: the state, and the operation each route's use case declares.
+#[derive(Clone)]
+pub struct Recorder {
+    pub state: AppState,
+    pub operations: Arc<Operations>,
+}
+
 /// The middleware: see the module documentation.
-pub async fn record_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn record_calls(State(recorder): State<Recorder>, req: Request, next: Next) -> Response {
+    let Recorder { state, operations } = recorder;
     let start = Instant::now();
     let method = req.method().clone();
     let Some(matched) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()) else {
@@ -45,7 +53,11 @@ pub async fn record_calls(State(state): State<AppState>, req: Request, next: Nex
         };
         (header(http::header::USER_AGENT), header(crate::http::REQUEST_ID))
     };
-    let class = classify(&method, &matched, req.uri().path());
+    let operation = operations.get(&method, &matched).unwrap_or_else(|| {
+        tracing::error!(%method, route = %matched, "a route without a declared audit operation");
+        &UNDECLARED
+    });
+    let class = resolve(operation, &matched, req.uri().path());
     let mutating = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let info = CallInfo {
         now: state.now(),

@@ -188,32 +188,40 @@ pub async fn agent_renew(
 }
 
 /// The routes of keys and certificates, for `routes::router`: open, authenticated, agent.
-pub fn open_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(crl))
+pub fn open_routes() -> super::Routes {
+    super::Routes::new().routes(audited!(crl => app::CRL))
 }
 
-pub fn authenticated_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+pub fn authenticated_routes() -> super::Routes {
     use super::keys;
-    use utoipa_axum::routes;
-    utoipa_axum::router::OpenApiRouter::new()
-        .routes(routes!(keys::list_keys, keys::create_key))
-        .routes(routes!(keys::get_key, keys::update_key))
-        .routes(routes!(keys::encrypt))
-        .routes(routes!(keys::decrypt))
-        .routes(routes!(keys::generate_data_key))
-        .routes(routes!(keys::re_encrypt))
-        .routes(routes!(keys::rotate_key))
-        .routes(routes!(keys::enable_key))
-        .routes(routes!(keys::disable_key))
-        .routes(routes!(keys::schedule_key_deletion))
-        .routes(routes!(keys::cancel_key_deletion))
-        .routes(routes!(kms_status))
-        .routes(routes!(list_certificates, issue_certificate))
-        .routes(routes!(import_certificate))
-        .routes(routes!(get_certificate))
-        .routes(routes!(revoke_certificate))
+    super::Routes::new()
+        .routes(audited!(
+            keys::list_keys => crate::app::keys::LIST,
+            keys::create_key => crate::app::keys::CREATE,
+        ))
+        .routes(audited!(
+            keys::get_key => crate::app::keys::GET,
+            keys::update_key => crate::app::keys::UPDATE,
+        ))
+        .routes(audited!(keys::encrypt => crate::app::keys::ENCRYPT))
+        .routes(audited!(keys::decrypt => crate::app::keys::DECRYPT))
+        .routes(audited!(keys::generate_data_key => crate::app::keys::GENERATE_DATA_KEY))
+        .routes(audited!(keys::re_encrypt => crate::app::keys::RE_ENCRYPT))
+        .routes(audited!(keys::rotate_key => crate::app::keys::ROTATE))
+        .routes(audited!(keys::enable_key => crate::app::keys::ENABLE))
+        .routes(audited!(keys::disable_key => crate::app::keys::DISABLE))
+        .routes(audited!(keys::schedule_key_deletion => crate::app::keys::SCHEDULE_DELETION))
+        .routes(audited!(keys::cancel_key_deletion => crate::app::keys::CANCEL_DELETION))
+        .routes(audited!(kms_status => crate::app::keys::STATUS))
+        .routes(audited!(
+            list_certificates => app::LIST,
+            issue_certificate => app::ISSUE,
+        ))
+        .routes(audited!(import_certificate => app::IMPORT))
+        .routes(audited!(get_certificate => app::GET))
+        .routes(audited!(revoke_certificate => app::REVOKE))
 }
 
-pub fn agent_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(agent_renew))
+pub fn agent_routes() -> super::Routes {
+    super::Routes::new().routes(audited!(agent_renew => app::RENEW_AGENT))
 }

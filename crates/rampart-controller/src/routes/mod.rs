@@ -1,4 +1,26 @@
 //! The routes of the controller and the OpenAPI documents generated from them.
+//!
+//! Every route is registered with [`audited!`], which binds it to the audit
+//! [`Operation`](crate::audit::operations::Operation) its use case declares in `app/`: the
+//! audit middleware names each call by that declaration, never by its URL.
+
+/// `audited!(handler => operation, …)`: utoipa-axum's `routes!` for the handlers of one path,
+/// each bound to the operation its use case declares (`routes::identity::create_user =>
+/// app::identity::users::CREATE_USER`). The method and path come from the handler's
+/// `#[utoipa::path]`, so the binding cannot name another route than the one registered.
+macro_rules! audited {
+    ($($handler:path => $op:expr),+ $(,)?) => {
+        $crate::routes::Audited {
+            routes: ::utoipa_axum::routes!($($handler),+),
+            // `paste!` unwraps `$handler` so that `routes!` can take it apart (as it does itself).
+            bindings: vec![$(::utoipa_axum::paste! {$crate::routes::Binding::new(
+                ::utoipa_axum::routes!(@path [methods()] of $handler),
+                ::utoipa_axum::routes!(@path [path()] of $handler),
+                &$op,
+            )}),+],
+        }
+    };
+}
 
 pub mod agent;
 pub mod assignments;
@@ -23,13 +45,14 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use rampart_common::Error;
 use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::openapi::path::HttpMethod;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
-use crate::http;
+use crate::audit::operations::{Operation, Operations};
 use crate::state::AppState;
+use crate::{app, http};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -100,133 +123,392 @@ fn document_idempotency(mut openapi: OpenApiDoc) -> OpenApiDoc {
     openapi
 }
 
-fn open_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(meta::health))
-        .routes(routes!(meta::readyz))
-        .routes(routes!(meta::ca_certificate))
-        .routes(routes!(auth::login))
-        .routes(routes!(auth::create_session))
-        .routes(routes!(auth::change_password))
+/// Routes of one path with the operation of each: what [`audited!`] makes.
+pub struct Audited {
+    pub routes: UtoipaMethodRouter<AppState>,
+    pub bindings: Vec<Vec<Binding>>,
+}
+
+/// A route (method and path as registered) and the operation its use case declares.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    method: ::http::Method,
+    path: String,
+    operation: &'static Operation,
+}
+
+impl Binding {
+    /// One binding per method of a handler (a `#[utoipa::path]` has one).
+    pub fn new(methods: Vec<HttpMethod>, path: String, operation: &'static Operation) -> Vec<Binding> {
+        methods
+            .into_iter()
+            .map(|m| Binding {
+                method: method(m),
+                path: path.clone(),
+                operation,
+            })
+            .collect()
+    }
+}
+
+fn method(m: HttpMethod) -> ::http::Method {
+    use ::http::Method;
+    match m {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Options => Method::OPTIONS,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Trace => Method::TRACE,
+    }
+}
+
+/// A group of routes with their operations; registering a route takes its operation.
+pub struct Routes {
+    router: OpenApiRouter<AppState>,
+    bindings: Vec<Binding>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::with_openapi(OpenApiDoc::default())
+    }
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_openapi(doc: OpenApiDoc) -> Self {
+        Self {
+            router: OpenApiRouter::with_openapi(doc),
+            bindings: Vec::new(),
+        }
+    }
+
+    pub fn routes(mut self, audited: Audited) -> Self {
+        self.router = self.router.routes(audited.routes);
+        self.bindings.extend(audited.bindings.into_iter().flatten());
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.bindings.extend(other.bindings);
+        self
+    }
+
+    fn into_parts(self) -> (OpenApiRouter<AppState>, Vec<Binding>) {
+        (self.router, self.bindings)
+    }
+}
+
+/// `GET /v1/openapi.json`, served outside the documented routes.
+const OPENAPI_PATH: &str = "/v1/openapi.json";
+
+fn table<'a>(groups: impl IntoIterator<Item = &'a [Binding]>) -> Operations {
+    let mut table = Operations::default();
+    for b in groups.into_iter().flatten() {
+        table.bind(b.method.clone(), b.path.clone(), b.operation);
+    }
+    table.bind(::http::Method::GET, OPENAPI_PATH, &app::nodes::OPENAPI);
+    table
+}
+
+/// The operation of every route of the API listener, as [`router`] binds them.
+pub fn operations() -> Operations {
+    let groups = [open_routes(), authenticated_routes(), agent_routes()].map(|r| r.into_parts().1);
+    table(groups.iter().map(Vec::as_slice))
+}
+
+/// The routes of `docs` that `operations` does not name, `METHOD path` (the architecture test
+/// wants none).
+pub fn undeclared(docs: &[&OpenApiDoc], operations: &Operations) -> Vec<String> {
+    let mut out = Vec::new();
+    for doc in docs {
+        for (path, item) in &doc.paths.paths {
+            let methods = [
+                (::http::Method::GET, &item.get),
+                (::http::Method::POST, &item.post),
+                (::http::Method::PUT, &item.put),
+                (::http::Method::PATCH, &item.patch),
+                (::http::Method::DELETE, &item.delete),
+                (::http::Method::HEAD, &item.head),
+                (::http::Method::OPTIONS, &item.options),
+                (::http::Method::TRACE, &item.trace),
+            ];
+            for (m, op) in methods {
+                if op.is_some() && operations.get(&m, path).is_none() {
+                    out.push(format!("{m} {path}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn open_routes() -> Routes {
+    Routes::new()
+        .routes(audited!(meta::health => app::nodes::HEALTH))
+        .routes(audited!(meta::readyz => app::nodes::READYZ))
+        .routes(audited!(meta::ca_certificate => app::certificates::CA_CERTIFICATE))
+        .routes(audited!(auth::login => app::sessions::login::LOGIN))
+        .routes(audited!(auth::create_session => app::sessions::login::BROWSER_SESSION))
+        .routes(audited!(auth::change_password => app::sessions::password::CHANGE_PASSWORD))
         .merge(certificates::open_routes())
 }
 
 /// Routes that need a bearer token; [`router`] puts them behind [`crate::auth::require_token`].
-fn authenticated_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(auth::current_token, auth::logout))
-        .routes(routes!(auth::totp_enroll))
-        .routes(routes!(auth::totp_confirm))
-        .routes(routes!(auth::recovery_codes))
-        .routes(routes!(auth::create_credential, auth::list_credentials))
-        .routes(routes!(auth::get_credential, auth::delete_credential))
-        .routes(routes!(identity::list_domains, identity::create_domain))
-        .routes(routes!(
-            identity::get_domain,
-            identity::update_domain,
-            identity::delete_domain
+fn authenticated_routes() -> Routes {
+    Routes::new()
+        .routes(audited!(
+            auth::current_token => app::sessions::login::CURRENT_TOKEN,
+            auth::logout => app::sessions::login::LOGOUT,
         ))
-        .routes(routes!(identity::list_projects, identity::create_project))
-        .routes(routes!(
-            identity::get_project,
-            identity::update_project,
-            identity::delete_project
+        .routes(audited!(auth::totp_enroll => app::sessions::mfa::TOTP_ENROLL))
+        .routes(audited!(auth::totp_confirm => app::sessions::mfa::TOTP_CONFIRM))
+        .routes(audited!(auth::recovery_codes => app::sessions::mfa::RECOVERY_CODES))
+        .routes(audited!(
+            auth::create_credential => app::sessions::credentials::CREATE_CREDENTIAL,
+            auth::list_credentials => app::sessions::credentials::LIST_CREDENTIALS,
         ))
-        .routes(routes!(identity::list_users, identity::create_user))
-        .routes(routes!(
-            identity::get_user,
-            identity::update_user,
-            identity::delete_user
+        .routes(audited!(
+            auth::get_credential => app::sessions::credentials::CREDENTIAL,
+            auth::delete_credential => app::sessions::credentials::DELETE_CREDENTIAL,
         ))
-        .routes(routes!(identity::unlock_user))
-        .routes(routes!(identity::reset_password))
-        .routes(routes!(identity::reset_mfa))
-        .routes(routes!(groups::list_groups, groups::create_group))
-        .routes(routes!(groups::get_group, groups::update_group, groups::delete_group))
-        .routes(routes!(groups::group_members))
-        .routes(routes!(groups::add_group_member, groups::remove_group_member))
-        .routes(routes!(roles::list_roles, roles::create_role))
-        .routes(routes!(roles::get_role, roles::update_role, roles::delete_role))
-        .routes(routes!(assignments::list_assignments, assignments::create_assignment))
-        .routes(routes!(assignments::delete_assignment))
-        .routes(routes!(identity::get_compliance, identity::put_compliance))
-        .routes(routes!(quotas::get_quotas, quotas::put_quotas))
-        .routes(routes!(nodes::list_nodes))
-        .routes(routes!(nodes::get_node, nodes::delete_node))
-        .routes(routes!(nodes::create_join_token))
+        .routes(audited!(
+            identity::list_domains => app::identity::domains::LIST_DOMAINS,
+            identity::create_domain => app::identity::domains::CREATE_DOMAIN,
+        ))
+        .routes(audited!(
+            identity::get_domain => app::identity::domains::GET_DOMAIN,
+            identity::update_domain => app::identity::domains::UPDATE_DOMAIN,
+            identity::delete_domain => app::identity::domains::DELETE_DOMAIN,
+        ))
+        .routes(audited!(
+            identity::list_projects => app::identity::projects::LIST_PROJECTS,
+            identity::create_project => app::identity::projects::CREATE_PROJECT,
+        ))
+        .routes(audited!(
+            identity::get_project => app::identity::projects::GET_PROJECT,
+            identity::update_project => app::identity::projects::UPDATE_PROJECT,
+            identity::delete_project => app::identity::projects::DELETE_PROJECT,
+        ))
+        .routes(audited!(
+            identity::list_users => app::identity::users::LIST_USERS,
+            identity::create_user => app::identity::users::CREATE_USER,
+        ))
+        .routes(audited!(
+            identity::get_user => app::identity::users::GET_USER,
+            identity::update_user => app::identity::users::UPDATE_USER,
+            identity::delete_user => app::identity::users::DELETE_USER,
+        ))
+        .routes(audited!(identity::unlock_user => app::identity::users::UNLOCK_USER))
+        .routes(audited!(identity::reset_password => app::identity::users::RESET_PASSWORD))
+        .routes(audited!(identity::reset_mfa => app::identity::users::RESET_MFA))
+        .routes(audited!(
+            groups::list_groups => app::groups::LIST_GROUPS,
+            groups::create_group => app::groups::CREATE_GROUP,
+        ))
+        .routes(audited!(
+            groups::get_group => app::groups::GET_GROUP,
+            groups::update_group => app::groups::UPDATE_GROUP,
+            groups::delete_group => app::groups::DELETE_GROUP,
+        ))
+        .routes(audited!(groups::group_members => app::groups::GROUP_MEMBERS))
+        .routes(audited!(
+            groups::add_group_member => app::groups::ADD_GROUP_MEMBER,
+            groups::remove_group_member => app::groups::REMOVE_GROUP_MEMBER,
+        ))
+        .routes(audited!(
+            roles::list_roles => app::roles::LIST_ROLES,
+            roles::create_role => app::roles::CREATE_ROLE,
+        ))
+        .routes(audited!(
+            roles::get_role => app::roles::GET_ROLE,
+            roles::update_role => app::roles::UPDATE_ROLE,
+            roles::delete_role => app::roles::DELETE_ROLE,
+        ))
+        .routes(audited!(
+            assignments::list_assignments => app::assignments::LIST_ASSIGNMENTS,
+            assignments::create_assignment => app::assignments::CREATE_ASSIGNMENT,
+        ))
+        .routes(audited!(assignments::delete_assignment => app::assignments::DELETE_ASSIGNMENT))
+        .routes(audited!(
+            identity::get_compliance => app::identity::compliance::GET_COMPLIANCE,
+            identity::put_compliance => app::identity::compliance::PUT_COMPLIANCE,
+        ))
+        .routes(audited!(
+            quotas::get_quotas => app::identity::quotas::GET_QUOTAS,
+            quotas::put_quotas => app::identity::quotas::PUT_QUOTAS,
+        ))
+        .routes(audited!(nodes::list_nodes => app::nodes::LIST_NODES))
+        .routes(audited!(
+            nodes::get_node => app::nodes::GET_NODE,
+            nodes::delete_node => app::nodes::DELETE_NODE,
+        ))
+        .routes(audited!(nodes::create_join_token => app::nodes::CREATE_JOIN_TOKEN))
         // Audit trail (issue 4).
-        .routes(routes!(audit::list_events))
-        .routes(routes!(audit::verify))
-        .routes(routes!(audit::get_retention, audit::put_retention))
-        .routes(routes!(audit::get_forwarding, audit::put_forwarding))
+        .routes(audited!(audit::list_events => app::audit::LIST_EVENTS))
+        .routes(audited!(audit::verify => app::audit::VERIFY))
+        .routes(audited!(
+            audit::get_retention => app::audit::GET_RETENTION,
+            audit::put_retention => app::audit::PUT_RETENTION,
+        ))
+        .routes(audited!(
+            audit::get_forwarding => app::audit::GET_FORWARDING,
+            audit::put_forwarding => app::audit::PUT_FORWARDING,
+        ))
         // Compute (issue 7).
-        .routes(routes!(compute::list_signing_keys, compute::create_signing_key))
-        .routes(routes!(compute::delete_signing_key))
-        .routes(routes!(compute::get_settings, compute::put_settings))
-        .routes(routes!(compute::list_flavors, compute::create_flavor))
-        .routes(routes!(compute::delete_flavor))
-        .routes(routes!(compute::list_images, compute::create_image))
-        .routes(routes!(compute::get_image, compute::delete_image))
-        .routes(routes!(compute::upload_image_data))
-        .routes(routes!(compute::list_instances, compute::create_instance))
-        .routes(routes!(compute::get_instance, compute::delete_instance))
-        .routes(routes!(compute::instance_action))
-        .routes(routes!(compute::console))
-        .routes(routes!(compute::events))
-        .routes(routes!(compute::metrics))
-        .routes(routes!(compute::prometheus))
-        .routes(routes!(compute::list_alarms, compute::create_alarm))
-        .routes(routes!(compute::get_alarm, compute::delete_alarm))
-        .routes(routes!(compute::alarm_history))
+        .routes(audited!(
+            compute::list_signing_keys => app::compute::signing_keys::LIST,
+            compute::create_signing_key => app::compute::signing_keys::CREATE,
+        ))
+        .routes(audited!(compute::delete_signing_key => app::compute::signing_keys::REVOKE))
+        .routes(audited!(
+            compute::get_settings => app::compute::signing_keys::SETTINGS,
+            compute::put_settings => app::compute::signing_keys::SET_SETTINGS,
+        ))
+        .routes(audited!(
+            compute::list_flavors => app::compute::flavors::LIST,
+            compute::create_flavor => app::compute::flavors::CREATE,
+        ))
+        .routes(audited!(compute::delete_flavor => app::compute::flavors::DELETE))
+        .routes(audited!(
+            compute::list_images => app::compute::images::LIST,
+            compute::create_image => app::compute::images::CREATE,
+        ))
+        .routes(audited!(
+            compute::get_image => app::compute::images::GET,
+            compute::delete_image => app::compute::images::DELETE,
+        ))
+        .routes(audited!(compute::upload_image_data => app::compute::upload::UPLOAD))
+        .routes(audited!(
+            compute::list_instances => app::compute::instances::LIST,
+            compute::create_instance => app::compute::instances::CREATE,
+        ))
+        .routes(audited!(
+            compute::get_instance => app::compute::instances::GET,
+            compute::delete_instance => app::compute::instances::DELETE,
+        ))
+        .routes(audited!(compute::instance_action => app::compute::instances::POWER))
+        .routes(audited!(compute::console => app::compute::instances::CONSOLE))
+        .routes(audited!(compute::events => app::compute::instances::EVENTS))
+        .routes(audited!(compute::metrics => app::compute::monitoring::INSTANCE_METRICS))
+        .routes(audited!(compute::prometheus => app::compute::monitoring::PROMETHEUS))
+        .routes(audited!(
+            compute::list_alarms => app::compute::alarms::LIST,
+            compute::create_alarm => app::compute::alarms::CREATE,
+        ))
+        .routes(audited!(
+            compute::get_alarm => app::compute::alarms::GET,
+            compute::delete_alarm => app::compute::alarms::DELETE,
+        ))
+        .routes(audited!(compute::alarm_history => app::compute::alarms::HISTORY))
         // Tenant networking (issue 6).
-        .routes(routes!(network::list_vpcs, network::create_vpc))
-        .routes(routes!(network::get_vpc, network::update_vpc, network::delete_vpc))
-        .routes(routes!(network::list_subnets, network::create_subnet))
-        .routes(routes!(network::get_subnet, network::delete_subnet))
-        .routes(routes!(network::list_groups, network::create_group))
-        .routes(routes!(
-            network::get_group,
-            network::update_group,
-            network::delete_group
+        .routes(audited!(
+            network::list_vpcs => app::network::vpcs::LIST_VPCS,
+            network::create_vpc => app::network::vpcs::CREATE_VPC,
         ))
-        .routes(routes!(network::list_rules, network::create_rule))
-        .routes(routes!(network::delete_rule))
-        .routes(routes!(network::list_ports, network::create_port))
-        .routes(routes!(network::get_port, network::update_port, network::delete_port))
-        .routes(routes!(network::bind_port, network::unbind_port))
-        .routes(routes!(network::list_policies, network::create_policy))
-        .routes(routes!(network::get_policy, network::delete_policy))
-        .routes(routes!(network::list_floating_ips, network::create_floating_ip))
-        .routes(routes!(
-            network::get_floating_ip,
-            network::update_floating_ip,
-            network::delete_floating_ip
+        .routes(audited!(
+            network::get_vpc => app::network::vpcs::GET_VPC,
+            network::update_vpc => app::network::vpcs::UPDATE_VPC,
+            network::delete_vpc => app::network::vpcs::DELETE_VPC,
         ))
-        .routes(routes!(network::reachability))
-        .routes(routes!(network::flows))
-        .routes(routes!(network::node_network))
-        // Volumes (issue 15).
-        .routes(routes!(volumes::list_volumes, volumes::create_volume))
-        .routes(routes!(volumes::get_volume, volumes::delete_volume))
-        .routes(routes!(volumes::extend_volume))
-        .routes(routes!(volumes::get_access, volumes::put_access))
-        .routes(routes!(volumes::wipe_report))
-        .routes(routes!(volumes::attach_volume))
-        .routes(routes!(volumes::detach_volume))
-        .routes(routes!(volumes::list_volume_types, volumes::create_volume_type))
-        .routes(routes!(volumes::delete_volume_type))
-        .routes(routes!(volumes::list_pools))
-        .routes(routes!(volumes::get_volume_settings, volumes::put_volume_settings))
+        .routes(audited!(
+            network::list_subnets => app::network::subnets::LIST_SUBNETS,
+            network::create_subnet => app::network::subnets::CREATE_SUBNET,
+        ))
+        .routes(audited!(
+            network::get_subnet => app::network::subnets::GET_SUBNET,
+            network::delete_subnet => app::network::subnets::DELETE_SUBNET,
+        ))
+        .routes(audited!(
+            network::list_groups => app::network::security_groups::LIST_GROUPS,
+            network::create_group => app::network::security_groups::CREATE_GROUP,
+        ))
+        .routes(audited!(
+            network::get_group => app::network::security_groups::GET_GROUP,
+            network::update_group => app::network::security_groups::UPDATE_GROUP,
+            network::delete_group => app::network::security_groups::DELETE_GROUP,
+        ))
+        .routes(audited!(
+            network::list_rules => app::network::security_groups::LIST_RULES,
+            network::create_rule => app::network::security_groups::CREATE_RULE,
+        ))
+        .routes(audited!(network::delete_rule => app::network::security_groups::DELETE_RULE))
+        .routes(audited!(
+            network::list_ports => app::network::ports::LIST_PORTS,
+            network::create_port => app::network::ports::CREATE_PORT,
+        ))
+        .routes(audited!(
+            network::get_port => app::network::ports::GET_PORT,
+            network::update_port => app::network::ports::UPDATE_PORT,
+            network::delete_port => app::network::ports::DELETE_PORT,
+        ))
+        .routes(audited!(
+            network::bind_port => app::network::ports::BIND_PORT,
+            network::unbind_port => app::network::ports::UNBIND_PORT,
+        ))
+        .routes(audited!(
+            network::list_policies => app::network::policies::LIST_POLICIES,
+            network::create_policy => app::network::policies::CREATE_POLICY,
+        ))
+        .routes(audited!(
+            network::get_policy => app::network::policies::GET_POLICY,
+            network::delete_policy => app::network::policies::DELETE_POLICY,
+        ))
+        .routes(audited!(
+            network::list_floating_ips => app::network::floating_ips::LIST_FLOATING_IPS,
+            network::create_floating_ip => app::network::floating_ips::CREATE_FLOATING_IP,
+        ))
+        .routes(audited!(
+            network::get_floating_ip => app::network::floating_ips::GET_FLOATING_IP,
+            network::update_floating_ip => app::network::floating_ips::UPDATE_FLOATING_IP,
+            network::delete_floating_ip => app::network::floating_ips::DELETE_FLOATING_IP,
+        ))
+        .routes(audited!(network::reachability => app::network::analysis::REACHABILITY))
+        .routes(audited!(network::flows => app::network::analysis::FLOWS))
+        .routes(audited!(network::node_network => app::network::analysis::NODE_NETWORK))
+        .routes(audited!(
+            volumes::list_volumes => app::volumes::lifecycle::LIST,
+            volumes::create_volume => app::volumes::lifecycle::CREATE,
+        ))
+        .routes(audited!(
+            volumes::get_volume => app::volumes::lifecycle::GET,
+            volumes::delete_volume => app::volumes::lifecycle::DELETE,
+        ))
+        .routes(audited!(volumes::extend_volume => app::volumes::lifecycle::EXTEND))
+        .routes(audited!(
+            volumes::get_access => app::volumes::access::GET_ACCESS,
+            volumes::put_access => app::volumes::access::PUT_ACCESS,
+        ))
+        .routes(audited!(volumes::wipe_report => app::volumes::lifecycle::WIPE_REPORT))
+        .routes(audited!(volumes::attach_volume => app::volumes::attach::ATTACH))
+        .routes(audited!(volumes::detach_volume => app::volumes::attach::DETACH))
+        .routes(audited!(
+            volumes::list_volume_types => app::volumes::catalog::LIST_TYPES,
+            volumes::create_volume_type => app::volumes::catalog::CREATE_TYPE,
+        ))
+        .routes(audited!(volumes::delete_volume_type => app::volumes::catalog::DELETE_TYPE))
+        .routes(audited!(volumes::list_pools => app::volumes::catalog::POOLS))
+        .routes(audited!(
+            volumes::get_volume_settings => app::volumes::catalog::SETTINGS,
+            volumes::put_volume_settings => app::volumes::catalog::SET_SETTINGS,
+        ))
         .merge(certificates::authenticated_routes())
 }
 
-fn agent_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(AgentApi::openapi())
-        .routes(routes!(agent::join))
-        .routes(routes!(agent::config))
-        .routes(routes!(agent::status))
-        .routes(routes!(agent::image_data))
-        .routes(routes!(volumes::volume_passphrase))
+fn agent_routes() -> Routes {
+    Routes::with_openapi(AgentApi::openapi())
+        .routes(audited!(agent::join => app::agent::JOIN))
+        .routes(audited!(agent::config => app::agent::CONFIG))
+        .routes(audited!(agent::status => app::agent::STATUS))
+        .routes(audited!(agent::image_data => app::agent::IMAGE_DATA))
+        .routes(audited!(volumes::volume_passphrase => app::volumes::passphrase::RELEASE_PASSPHRASE))
         .merge(certificates::agent_routes())
 }
 
@@ -234,8 +516,8 @@ fn agent_routes() -> OpenApiRouter<AppState> {
 pub fn public_openapi() -> OpenApiDoc {
     document_idempotency(
         OpenApiRouter::with_openapi(PublicApi::openapi())
-            .merge(open_routes())
-            .merge(authenticated_routes())
+            .merge(open_routes().into_parts().0)
+            .merge(authenticated_routes().into_parts().0)
             .split_for_parts()
             .1,
     )
@@ -243,14 +525,18 @@ pub fn public_openapi() -> OpenApiDoc {
 
 /// The agent protocol's OpenAPI document (checked in as `openapi/rampart-agent-v1.json`).
 pub fn agent_openapi() -> OpenApiDoc {
-    agent_routes().split_for_parts().1
+    agent_routes().into_parts().0.split_for_parts().1
 }
 
 /// The whole router of the API listener.
 pub fn router(state: AppState) -> axum::Router {
+    let (open, open_ops) = open_routes().into_parts();
+    let (authenticated, authenticated_ops) = authenticated_routes().into_parts();
+    let (agent, agent_ops) = agent_routes().into_parts();
+    let operations = table([&open_ops[..], &authenticated_ops, &agent_ops]);
     // The write-ahead audit record is the innermost layer: after authentication, before the handler.
     let write_ahead = || middleware::from_fn_with_state(state.clone(), crate::audit::middleware::write_ahead);
-    let authenticated = authenticated_routes()
+    let authenticated = authenticated
         .route_layer(write_ahead())
         // A retry answered from its Idempotency-Key runs nothing, so it needs no write-ahead.
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
@@ -259,15 +545,15 @@ pub fn router(state: AppState) -> axum::Router {
             crate::auth::require_token,
         ));
     let (public, public_doc) = OpenApiRouter::with_openapi(PublicApi::openapi())
-        .merge(open_routes().route_layer(write_ahead()))
+        .merge(open.route_layer(write_ahead()))
         .merge(authenticated)
         .split_for_parts();
     let public_json = serde_json::to_string(&document_idempotency(public_doc)).expect("OpenAPI serialises");
-    let (agent, _) = agent_routes().route_layer(write_ahead()).split_for_parts();
+    let (agent, _) = agent.route_layer(write_ahead()).split_for_parts();
     let request_timeout = Duration::from_secs(state.config.api.request_timeout_s);
     let public = public
         .route(
-            "/v1/openapi.json",
+            OPENAPI_PATH,
             axum::routing::get(
                 move || async move { ([(::http::header::CONTENT_TYPE, "application/json")], public_json) },
             ),
@@ -276,11 +562,15 @@ pub fn router(state: AppState) -> axum::Router {
             timeout(req, next, request_timeout)
         }));
     let body_limit = state.config.api.request_body_limit_bytes;
+    let recorder = crate::audit::middleware::Recorder {
+        state: state.clone(),
+        operations: std::sync::Arc::new(operations),
+    };
     let app = public
         .merge(agent)
         // Audit records are written inside the client-address layer and outside the token check.
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            recorder,
             crate::audit::middleware::record_calls,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::client_ip))

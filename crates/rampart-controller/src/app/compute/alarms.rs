@@ -11,6 +11,7 @@ use rampart_db::compute::{self as db, AlarmRow};
 use uuid::Uuid;
 
 use super::records::{self, list_column};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -86,6 +87,8 @@ fn check(state: &AppState, req: &AlarmCreate) -> Result<Vec<TimeWindow>, Error> 
     Ok(windows)
 }
 
+pub const CREATE: Operation = Operation::new("alarm.create", "alarm");
+
 /// Create a threshold alarm on one metric of an instance of the project.
 pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req: AlarmCreate) -> Result<Alarm, Error> {
     principal.project(state, project, "project.write").await?;
@@ -119,6 +122,8 @@ pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req:
     Ok(alarm_view(row))
 }
 
+pub const LIST: Operation = Operation::new("alarm.list", "alarm");
+
 /// A page of the project's alarms, by name.
 pub async fn list(
     state: &AppState,
@@ -137,12 +142,16 @@ pub async fn list(
     })
 }
 
+pub const GET: Operation = Operation::new("alarm.get", "alarm").target("id");
+
 /// One alarm.
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<Alarm, Error> {
     Ok(alarm_view(
         super::alarm(state, principal, project, id, "project.read").await?,
     ))
 }
+
+pub const DELETE: Operation = Operation::new("alarm.delete", "alarm").target("id");
 
 /// Delete an alarm.
 pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<(), Error> {
@@ -151,6 +160,8 @@ pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: 
     db::delete_alarm(&mut conn, id).await?;
     Ok(())
 }
+
+pub const HISTORY: Operation = Operation::new("alarm.history.get", "alarm").target("id");
 
 /// The alarm's state transitions, oldest first.
 pub async fn history(

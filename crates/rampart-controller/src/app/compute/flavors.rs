@@ -7,6 +7,7 @@ use rampart_common::{Error, names};
 use rampart_db::compute::{self as db, FlavorRow};
 use uuid::Uuid;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -19,6 +20,8 @@ fn flavor_view(f: FlavorRow) -> Flavor {
         root_disk_gib: f.root_disk_gib as u64,
     }
 }
+
+pub const LIST: Operation = Operation::new("flavor.list", "flavor");
 
 /// A page of flavors, by name (every authenticated caller may read them).
 pub async fn list(state: &AppState, page: &PageParams) -> Result<List<Flavor>, Error> {
@@ -46,6 +49,8 @@ fn check(req: &FlavorCreate) -> Result<(), Error> {
     Ok(())
 }
 
+pub const CREATE: Operation = Operation::new("flavor.create", "flavor");
+
 /// Create a flavor (system admins).
 pub async fn create(state: &AppState, principal: &Principal, req: FlavorCreate) -> Result<Flavor, Error> {
     principal.require_system(state, "system.manage")?;
@@ -62,6 +67,8 @@ pub async fn create(state: &AppState, principal: &Principal, req: FlavorCreate) 
     tracing::info!(flavor = %row.name, by = %principal.user.name, "flavor created");
     Ok(flavor_view(row))
 }
+
+pub const DELETE: Operation = Operation::new("flavor.delete", "flavor").target("id");
 
 /// Delete a flavor no instance uses (system admins).
 pub async fn delete(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

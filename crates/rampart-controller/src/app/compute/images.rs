@@ -12,6 +12,7 @@ use rampart_db::compute::{self as db, ImageRow};
 use uuid::Uuid;
 
 use super::records;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -97,6 +98,8 @@ fn check_create(req: &ImageCreate) -> Result<(), Error> {
     }
 }
 
+pub const CREATE: Operation = Operation::new("image.create", "image");
+
 /// Register an image (status `queued`). A kernel's `ramdisk_image` must be a usable initrd of
 /// the project; the name of a `rejected` image is free (its record is replaced).
 pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req: ImageCreate) -> Result<Image, Error> {
@@ -145,6 +148,8 @@ pub async fn create(state: &AppState, principal: &Principal, project: Uuid, req:
     Ok(image_view(row))
 }
 
+pub const LIST: Operation = Operation::new("image.list", "image");
+
 /// A page of the project's images, by name.
 pub async fn list(
     state: &AppState,
@@ -163,12 +168,16 @@ pub async fn list(
     })
 }
 
+pub const GET: Operation = Operation::new("image.get", "image").target("id");
+
 /// One image.
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<Image, Error> {
     Ok(image_view(
         super::image(state, principal, project, id, "project.read").await?,
     ))
 }
+
+pub const DELETE: Operation = Operation::new("image.delete", "image").target("id");
 
 /// Delete an image no instance uses; its bytes go when no other image shares them.
 pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<(), Error> {

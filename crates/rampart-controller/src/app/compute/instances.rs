@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::records::{self, InstanceLists, list_column, to_column};
 use super::{images, nics, scheduling};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -169,6 +170,8 @@ async fn boot_image(tx: &mut rampart_db::Conn, project: Uuid, key: &str) -> Resu
     Ok(image)
 }
 
+pub const CREATE: Operation = Operation::new("instance.create", "instance");
+
 /// Launch an instance: validated, placed on a ready node (members of a security group spread
 /// over nodes), and published to that node in one transaction.
 pub async fn create(
@@ -246,6 +249,8 @@ pub async fn create(
     Ok(instance_view(row))
 }
 
+pub const LIST: Operation = Operation::new("instance.list", "instance");
+
 /// A page of the project's instances, by name.
 pub async fn list(
     state: &AppState,
@@ -264,12 +269,16 @@ pub async fn list(
     })
 }
 
+pub const GET: Operation = Operation::new("instance.get", "instance").target("id");
+
 /// One instance.
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<Instance, Error> {
     Ok(instance_view(
         super::instance(state, principal, project, id, "project.read").await?,
     ))
 }
+
+pub const DELETE: Operation = Operation::new("instance.delete", "instance").target("id");
 
 /// Delete an instance: its ports are unplugged at once and its node told to destroy it; the
 /// row goes when the node confirms (at once if it has no node).
@@ -325,6 +334,8 @@ fn power_plan(action: PowerAction, status: &str) -> (&'static str, bool, Option<
     }
 }
 
+pub const POWER: Operation = Operation::new("instance.{action}", "instance").target("id");
+
 /// Start, stop or reboot an instance (published to its node).
 pub async fn power(
     state: &AppState,
@@ -353,6 +364,8 @@ pub async fn power(
     Ok(instance_view(after))
 }
 
+pub const CONSOLE: Operation = Operation::new("instance.console.get", "instance").target("id");
+
 /// The tail of the instance's serial console (what its node last reported).
 pub async fn console(state: &AppState, principal: &Principal, project: Uuid, id: Uuid) -> Result<Console, Error> {
     super::instance(state, principal, project, id, "project.read").await?;
@@ -368,6 +381,8 @@ pub async fn console(state: &AppState, principal: &Principal, project: Uuid, id:
         },
     })
 }
+
+pub const EVENTS: Operation = Operation::new("event.list", "event").target("id");
 
 /// The instance's events, oldest first.
 pub async fn events(

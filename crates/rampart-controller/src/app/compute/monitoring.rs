@@ -8,6 +8,7 @@ use rampart_compute::monitor;
 use rampart_db::compute::{self as db, MetricsRow};
 use uuid::Uuid;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -23,6 +24,8 @@ fn point(m: &MetricsRow) -> MetricsPoint {
         net_tx_bps: m.net_tx_bps,
     }
 }
+
+pub const INSTANCE_METRICS: Operation = Operation::new("metric.list", "metric").target("id");
 
 /// The instance's samples of the last `since_s` seconds (default 3600, at most a year),
 /// oldest first.
@@ -48,6 +51,8 @@ pub async fn instance_metrics(
 /// How old the newest sample of an instance may be to appear in the Prometheus scrape: older
 /// ones belong to stopped VMs or silent nodes, and a stale gauge would lie.
 const SCRAPE_FRESH_S: i64 = 300;
+
+pub const PROMETHEUS: Operation = Operation::new("metric.list", "metric");
 
 /// The newest metrics of every instance, and the controller's HSM error count, in the
 /// Prometheus text format 0.0.4 (system readers).

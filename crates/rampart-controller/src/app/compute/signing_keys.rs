@@ -12,6 +12,7 @@ use rampart_iam::authz::Target;
 use uuid::Uuid;
 
 use super::records;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -36,6 +37,8 @@ async fn require_manage(state: &AppState, principal: &Principal, project: Option
         None => principal.require_system(state, "system.manage"),
     }
 }
+
+pub const CREATE: Operation = Operation::new("signing_key.create", "signing_key");
 
 /// Trust an Ed25519 image signing key.
 pub async fn create(state: &AppState, principal: &Principal, req: SigningKeyCreate) -> Result<SigningKey, Error> {
@@ -87,6 +90,8 @@ async fn project_domains(state: &AppState, keys: &[SigningKeyRow]) -> Result<BTr
     Ok(out)
 }
 
+pub const LIST: Operation = Operation::new("signing_key.list", "signing_key").sensitive_read();
+
 /// The keys the caller may see.
 pub async fn list(state: &AppState, principal: &Principal) -> Result<Vec<SigningKey>, Error> {
     let mut conn = state.db.conn().await?;
@@ -116,6 +121,8 @@ async fn lookup_for_manage(state: &AppState, principal: &Principal, id: Uuid) ->
     Ok(key)
 }
 
+pub const REVOKE: Operation = Operation::new("signing_key.delete", "signing_key").target("id");
+
 /// Stop trusting a key.
 pub async fn revoke(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {
     let key = lookup_for_manage(state, principal, id).await?;
@@ -139,6 +146,8 @@ async fn republish_project(state: &AppState, tx: &mut rampart_db::Conn, project:
     Ok(())
 }
 
+pub const SETTINGS: Operation = Operation::new("compute_setting.list", "compute_setting");
+
 /// The project's compute settings.
 pub async fn settings(state: &AppState, principal: &Principal, project: Uuid) -> Result<ComputeSettings, Error> {
     principal.project(state, project, "project.read").await?;
@@ -147,6 +156,8 @@ pub async fn settings(state: &AppState, principal: &Principal, project: Uuid) ->
         image_signature_policy: records::policy(&mut conn, project).await?,
     })
 }
+
+pub const SET_SETTINGS: Operation = Operation::new("compute_setting.update", "compute_setting");
 
 /// Set the project's image signature policy (project admins).
 pub async fn set_settings(

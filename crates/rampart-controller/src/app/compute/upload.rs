@@ -15,8 +15,11 @@ use uuid::Uuid;
 
 use super::images::image_view;
 use super::records;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
+
+pub const UPLOAD: Operation = Operation::new("image.data", "image").target("id");
 
 /// Upload the bytes of the queued image `id` (see the route for the refusals).
 pub async fn upload(

@@ -6,8 +6,11 @@ use rampart_common::Error;
 use rampart_db::identity;
 use rampart_iam::authz::action;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
+
+pub const GET_COMPLIANCE: Operation = Operation::new("security_compliance.get", "security_compliance");
 
 /// The policy in force (read afresh, not from the cache).
 pub async fn get_compliance(state: &AppState, principal: &Principal) -> Result<SecurityCompliance, Error> {
@@ -15,6 +18,8 @@ pub async fn get_compliance(state: &AppState, principal: &Principal) -> Result<S
     let mut conn = state.db.conn().await?;
     Ok(identity::load_compliance(&mut conn).await?)
 }
+
+pub const PUT_COMPLIANCE: Operation = Operation::new("security_compliance.update", "security_compliance");
 
 /// Replace the policy; every controller sharing the database sees it within seconds.
 pub async fn put_compliance(

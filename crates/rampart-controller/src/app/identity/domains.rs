@@ -9,8 +9,11 @@ use rampart_iam::authz::{Target, action};
 use uuid::Uuid;
 
 use super::{check_cidrs, check_text, domain, domain_view};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
+
+pub const LIST_DOMAINS: Operation = Operation::new("domain.list", "domain");
 
 /// Domains the caller may see.
 pub async fn list_domains(state: &AppState, principal: &Principal, page: PageParams) -> Result<List<Domain>, Error> {
@@ -39,6 +42,8 @@ pub async fn list_domains(state: &AppState, principal: &Principal, page: PagePar
     })
 }
 
+pub const CREATE_DOMAIN: Operation = Operation::new("domain.create", "domain");
+
 /// Create a domain (system-admin).
 pub async fn create_domain(state: &AppState, principal: &Principal, req: DomainCreate) -> Result<Domain, Error> {
     principal.require_system(state, action::DOMAIN_MANAGE)?;
@@ -59,10 +64,14 @@ pub async fn create_domain(state: &AppState, principal: &Principal, req: DomainC
     Ok(domain_view(d))
 }
 
+pub const GET_DOMAIN: Operation = Operation::new("domain.get", "domain").target("id");
+
 /// One domain.
 pub async fn get_domain(state: &AppState, principal: &Principal, id: Uuid) -> Result<Domain, Error> {
     Ok(domain_view(domain(state, principal, id).await?))
 }
+
+pub const UPDATE_DOMAIN: Operation = Operation::new("domain.update", "domain").target("id");
 
 /// Change a domain (system-admin).
 pub async fn update_domain(
@@ -92,6 +101,8 @@ pub async fn update_domain(
     tracing::info!(domain = %d.name, by = %principal.user.name, "domain updated");
     Ok(domain_view(d))
 }
+
+pub const DELETE_DOMAIN: Operation = Operation::new("domain.delete", "domain").target("id");
 
 /// Delete an empty domain (system-admin); never the default one.
 pub async fn delete_domain(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

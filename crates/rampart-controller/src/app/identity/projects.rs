@@ -9,8 +9,11 @@ use rampart_iam::authz::{Target, action};
 use uuid::Uuid;
 
 use super::{check_text, domain_by_key, project, project_view};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
+
+pub const LIST_PROJECTS: Operation = Operation::new("project.list", "project");
 
 /// Projects the caller may see: all for system readers, a domain's for its admins, otherwise
 /// those it has a role on; only `domain`'s when given.
@@ -46,6 +49,8 @@ pub async fn list_projects(
     })
 }
 
+pub const CREATE_PROJECT: Operation = Operation::new("project.create", "project");
+
 /// Create a project (system-admin, or domain-admin of its domain).
 pub async fn create_project(state: &AppState, principal: &Principal, req: ProjectCreate) -> Result<Project, Error> {
     principal.require_somewhere(state, action::IDENTITY_MANAGE)?;
@@ -68,10 +73,14 @@ pub async fn create_project(state: &AppState, principal: &Principal, req: Projec
     Ok(project_view(p))
 }
 
+pub const GET_PROJECT: Operation = Operation::new("project.get", "project").target("id");
+
 /// One project.
 pub async fn get_project(state: &AppState, principal: &Principal, id: Uuid) -> Result<Project, Error> {
     Ok(project_view(project(state, principal, id).await?))
 }
+
+pub const UPDATE_PROJECT: Operation = Operation::new("project.update", "project").target("id");
 
 /// Change a project (its domain's admins, or the project's own admins).
 pub async fn update_project(
@@ -102,6 +111,8 @@ pub async fn update_project(
     tracing::info!(project = %p.name, by = %principal.user.name, "project updated");
     Ok(project_view(p))
 }
+
+pub const DELETE_PROJECT: Operation = Operation::new("project.delete", "project").target("id");
 
 /// Delete a project (its domain's admins), with its keys.
 pub async fn delete_project(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

@@ -7,6 +7,7 @@ use rampart_db::quotas::{self as db, Overrides};
 use rampart_iam::authz::action;
 use uuid::Uuid;
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -49,6 +50,8 @@ async fn view(state: &AppState, project: Uuid) -> Result<ProjectQuotas, Error> {
     })
 }
 
+pub const GET_QUOTAS: Operation = Operation::new("quota.list", "quota");
+
 /// The project's quotas: limits in force, usage, and its own limits.
 pub async fn get_quotas(state: &AppState, principal: &Principal, project: Uuid) -> Result<ProjectQuotas, Error> {
     principal.project(state, project, action::PROJECT_READ).await?;
@@ -76,6 +79,8 @@ fn overrides(req: &QuotaSet) -> Result<Overrides, Error> {
     }
     Ok(o)
 }
+
+pub const PUT_QUOTAS: Operation = Operation::new("quota.update", "quota");
 
 /// Set the project's own limits (system admins); a field left out or `null` takes the
 /// configured default. Lowering a limit below the usage deletes nothing: new resources are

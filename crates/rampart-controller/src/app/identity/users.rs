@@ -12,9 +12,12 @@ use uuid::Uuid;
 use super::{check_cidrs, check_text, domain_by_key, user, user_view};
 use crate::app::sessions::password::{password_violations, policy_violation};
 use crate::app::sessions::verify::hash_password;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::grants;
 use crate::state::AppState;
+
+pub const LIST_USERS: Operation = Operation::new("user.list", "user");
 
 /// Users the caller may administer (all for system readers, a domain's for its admins) and
 /// itself; only `domain`'s when given.
@@ -58,6 +61,8 @@ fn check_window(from: Option<time::OffsetDateTime>, until: Option<time::OffsetDa
         _ => Ok(()),
     }
 }
+
+pub const CREATE_USER: Operation = Operation::new("user.create", "user");
 
 /// Create a user (system-admin, or domain-admin of its domain). Unless told otherwise the
 /// user must change the given password at first login.
@@ -104,6 +109,8 @@ pub async fn create_user(state: &AppState, principal: &Principal, req: UserCreat
     Ok(user_view(&user, &policy, now))
 }
 
+pub const GET_USER: Operation = Operation::new("user.get", "user").target("id");
+
 /// One user.
 pub async fn get_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<User, Error> {
     let u = user(state, principal, id).await?;
@@ -129,6 +136,8 @@ fn apply_update(u: &mut identity::User, req: &UserUpdate) {
         u.valid_until = v;
     }
 }
+
+pub const UPDATE_USER: Operation = Operation::new("user.update", "user").target("id");
 
 /// Change a user. Disabling it, an expired window or a forced password change end its
 /// sessions and application credentials.
@@ -169,6 +178,8 @@ pub async fn update_user(state: &AppState, principal: &Principal, id: Uuid, req:
     Ok(user_view(&u, &policy, now))
 }
 
+pub const DELETE_USER: Operation = Operation::new("user.delete", "user").target("id");
+
 /// Delete a user (not yourself).
 pub async fn delete_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {
     let u = user(state, principal, id).await?;
@@ -182,6 +193,8 @@ pub async fn delete_user(state: &AppState, principal: &Principal, id: Uuid) -> R
     tracing::info!(user = %u.name, by = %principal.user.name, "user deleted");
     Ok(())
 }
+
+pub const UNLOCK_USER: Operation = Operation::new("user.unlock", "user").target("id");
 
 /// Unlock an account locked after failed logins.
 pub async fn unlock_user(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {
@@ -197,6 +210,8 @@ pub async fn unlock_user(state: &AppState, principal: &Principal, id: Uuid) -> R
     tracing::warn!(user = %u.name, by = %principal.user.name, "account unlocked");
     Ok(())
 }
+
+pub const RESET_PASSWORD: Operation = Operation::new("user.reset_password", "user").target("id");
 
 /// Set a new password for a user (who must change it at next login unless told otherwise);
 /// unlocks the account and ends its sessions.
@@ -230,6 +245,8 @@ pub async fn reset_password(
     tracing::warn!(user = %u.name, by = %principal.user.name, "password reset by an administrator");
     Ok(())
 }
+
+pub const RESET_MFA: Operation = Operation::new("user.mfa", "user").target("id");
 
 /// Remove a user's second factor (for a lost device); the user enrols again at next login.
 pub async fn reset_mfa(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

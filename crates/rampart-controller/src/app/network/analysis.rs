@@ -1,6 +1,7 @@
 //! analysis
 
 use super::desired as network;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::network::*;
@@ -11,6 +12,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::*;
+
+pub const REACHABILITY: Operation = Operation::new("project.reachability.get", "project").target("p");
 
 /// Whether port `from` can open `protocol`/`port` to port `to`, from the model alone, and which
 /// policies or rules decide it (10.9-1, 11.3-3).
@@ -59,6 +62,8 @@ pub async fn reachability(
         .ok_or_else(|| Error::internal("analysing reachability", "port missing from its VPC"))
 }
 
+pub const NODE_NETWORK: Operation = Operation::new("node.network.get", "node").target("id");
+
 /// The latest data-plane report of a node: per VPC, the drop counters (spoofing, DHCP
 /// quarantine, connection allowance exceeded per port, per-policy hits) and flow logs.
 pub async fn node_network(state: &AppState, principal: &Principal, id: Uuid) -> Result<NodeNetworkReport, Error> {
@@ -83,6 +88,8 @@ pub enum Flows {
     /// Graphviz DOT.
     Dot(String),
 }
+
+pub const FLOWS: Operation = Operation::new("flow.list", "flow");
 
 /// The flow graph of the project's VPCs from the nodes' latest reports (`?since=` to ignore
 /// older ones, `?vpc=` for one VPC).

@@ -1,6 +1,7 @@
 //! floating ips
 
 use super::desired as network;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -12,6 +13,8 @@ use rampart_net::model::{self, invalid};
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_FLOATING_IPS: Operation = Operation::new("floating_ip.list", "floating_ip");
 
 /// Floating IPs of the project.
 pub async fn list_floating_ips(
@@ -49,6 +52,8 @@ pub(crate) async fn fip_target(conn: &mut rampart_db::Conn, p: Uuid, port: Uuid)
     Ok(())
 }
 
+pub const CREATE_FLOATING_IP: Operation = Operation::new("floating_ip.create", "floating_ip");
+
 /// Allocate a floating IP from the external network, optionally forwarding to a port: from
 /// outside, only floating IPs are reachable, and only on what the port's groups admit (10.4).
 pub async fn create_floating_ip(
@@ -79,6 +84,8 @@ pub(crate) async fn fip_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Re
         .ok_or_else(|| Error::not_found("no such floating IP"))
 }
 
+pub const GET_FLOATING_IP: Operation = Operation::new("floating_ip.get", "floating_ip").target("id");
+
 /// One floating IP.
 pub async fn get_floating_ip(
     state: &AppState,
@@ -89,6 +96,8 @@ pub async fn get_floating_ip(
     let mut conn = state.db.conn().await?;
     Ok(fip_view(fip_in(&mut conn, p, id).await?))
 }
+
+pub const UPDATE_FLOATING_IP: Operation = Operation::new("floating_ip.update", "floating_ip").target("id");
 
 /// Point a floating IP at another port, or at none (`"port": null`).
 pub async fn update_floating_ip(
@@ -110,6 +119,8 @@ pub async fn update_floating_ip(
     tracing::info!(fip = %id, port = ?fip.port, by = %principal.user.name, "floating IP updated");
     Ok(fip_view(fip))
 }
+
+pub const DELETE_FLOATING_IP: Operation = Operation::new("floating_ip.delete", "floating_ip").target("id");
 
 /// Release a floating IP.
 pub async fn delete_floating_ip(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {

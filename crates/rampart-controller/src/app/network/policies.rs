@@ -1,5 +1,6 @@
 //! policies
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -10,6 +11,8 @@ use rampart_db::network::{self as db};
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_POLICIES: Operation = Operation::new("segmentation_policy.list", "segmentation_policy");
 
 /// Segmentation policies of the project.
 pub async fn list_policies(
@@ -25,6 +28,8 @@ pub async fn list_policies(
     let (items, next) = finish_page(rows, page.limit, |x| x.name.clone());
     Ok(List { items, next })
 }
+
+pub const CREATE_POLICY: Operation = Operation::new("segmentation_policy.create", "segmentation_policy");
 
 /// Create a micro-segmentation policy between tag selectors (10.9-1). Policies are evaluated
 /// before security groups: every `deny` first, then `allow` (which admits without consulting
@@ -44,6 +49,8 @@ pub async fn create_policy(
     Ok(pol)
 }
 
+pub const GET_POLICY: Operation = Operation::new("segmentation_policy.get", "segmentation_policy").target("id");
+
 /// One segmentation policy.
 pub async fn get_policy(
     state: &AppState,
@@ -56,6 +63,8 @@ pub async fn get_policy(
         .await?
         .ok_or_else(|| Error::not_found("no such segmentation policy"))
 }
+
+pub const DELETE_POLICY: Operation = Operation::new("segmentation_policy.delete", "segmentation_policy").target("id");
 
 /// Delete a segmentation policy.
 pub async fn delete_policy(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {

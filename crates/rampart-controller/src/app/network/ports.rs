@@ -1,5 +1,6 @@
 //! ports
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -12,6 +13,8 @@ use rampart_net::model::{self, invalid};
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_PORTS: Operation = Operation::new("port.list", "port");
 
 /// Ports of the project (`?vpc=`, `?subnet=`).
 pub async fn list_ports(
@@ -30,6 +33,8 @@ pub async fn list_ports(
         next,
     })
 }
+
+pub const CREATE_PORT: Operation = Operation::new("port.create", "port");
 
 /// Create a port: the next free address of the subnet (or the fixed `ip` asked for) and a
 /// locally administered MAC are allocated; port security (IP/MAC/ARP binding, DHCP and RA
@@ -65,12 +70,16 @@ pub(crate) async fn port_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> R
         .ok_or_else(|| Error::not_found("no such port"))
 }
 
+pub const GET_PORT: Operation = Operation::new("port.get", "port").target("id");
+
 /// One port.
 pub async fn get_port(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Port, Error> {
     read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(port_view(port_in(&mut conn, p, id).await?))
 }
+
+pub const UPDATE_PORT: Operation = Operation::new("port.update", "port").target("id");
 
 /// Change a port's security groups, tags (micro-segmentation: a retag moves set elements
 /// only), allowed address pairs, port security or connection limit.
@@ -90,6 +99,8 @@ pub async fn update_port(
     tracing::info!(port = %id, by = %principal.user.name, "port updated");
     Ok(port_view(row))
 }
+
+pub const DELETE_PORT: Operation = Operation::new("port.delete", "port").target("id");
 
 /// Delete a port. Its node removes the device, its addresses from every set and their
 /// tracked connections; its floating IP is released from it.
@@ -138,6 +149,8 @@ pub(crate) fn valid_netns(s: &str) -> bool {
         && !s.starts_with('.')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+pub const BIND_PORT: Operation = Operation::new("port.binding", "port").target("id");
 
 /// Plug a port into a node (system administrators; the compute service does it for VM
 /// ports). `device` is `{"kind":"tap"}` for a QEMU tap created in the VPC namespace, or
@@ -189,6 +202,8 @@ pub async fn bind_port(
     tracing::info!(port = %id, node = %req.node, by = %principal.user.name, "port bound");
     Ok(port_view(row))
 }
+
+pub const UNBIND_PORT: Operation = Operation::new("port.binding", "port").target("id");
 
 /// Unplug a port from its node.
 pub async fn unbind_port(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {

@@ -1,5 +1,6 @@
 //! security groups
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -11,6 +12,8 @@ use rampart_net::model::invalid;
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_GROUPS: Operation = Operation::new("security_group.list", "security_group");
 
 /// Security groups of the project, with their rules.
 pub async fn list_groups(
@@ -26,6 +29,8 @@ pub async fn list_groups(
     let (items, next) = finish_page(rows, page.limit, |g| g.name.clone());
     Ok(List { items, next })
 }
+
+pub const CREATE_GROUP: Operation = Operation::new("security_group.create", "security_group");
 
 /// Create a security group. It starts with the default rules of 10.3-4: ingress of anything
 /// from members of the same group, and all egress; other groups are refused until a rule
@@ -50,12 +55,16 @@ pub(crate) async fn group_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> 
         .ok_or_else(|| Error::not_found("no such security group"))
 }
 
+pub const GET_GROUP: Operation = Operation::new("security_group.get", "security_group").target("id");
+
 /// One security group with its rules in evaluation order.
 pub async fn get_group(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<SecurityGroup, Error> {
     read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     group_in(&mut conn, p, id).await
 }
+
+pub const UPDATE_GROUP: Operation = Operation::new("security_group.update", "security_group").target("id");
 
 /// Rename a security group or change its description.
 pub async fn update_group(
@@ -79,6 +88,8 @@ pub async fn update_group(
     Ok(g)
 }
 
+pub const DELETE_GROUP: Operation = Operation::new("security_group.delete", "security_group").target("id");
+
 /// Delete a security group (409 while ports are in it or other groups' rules name it).
 pub async fn delete_group(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {
     let mut w = Write::begin(state, principal, p).await?;
@@ -88,6 +99,8 @@ pub async fn delete_group(state: &AppState, principal: &Principal, (p, id): (Uui
     tracing::info!(group = %id, by = %principal.user.name, "security group deleted");
     Ok(())
 }
+
+pub const LIST_RULES: Operation = Operation::new("rule.list", "rule").target("id");
 
 /// Rules of a security group, in evaluation order.
 pub async fn list_rules(
@@ -102,6 +115,8 @@ pub async fn list_rules(
         next: None,
     })
 }
+
+pub const CREATE_RULE: Operation = Operation::new("rule.create", "rule").target("id");
 
 /// Add a rule to a security group (after its other rules). A remote group must be a group of
 /// the same project.
@@ -127,6 +142,8 @@ pub async fn create_rule(
     tracing::info!(group = %id, rule = %rule.id, by = %principal.user.name, "security group rule added");
     Ok(rule)
 }
+
+pub const DELETE_RULE: Operation = Operation::new("rule.delete", "rule").target("rule");
 
 /// Remove a rule. Flows it admitted that are already established keep running until they
 /// end (as in AWS security groups); new ones are refused at once.

@@ -1,5 +1,6 @@
 //! subnets
 
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -11,6 +12,8 @@ use rampart_net::model::{self, invalid};
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_SUBNETS: Operation = Operation::new("subnet.list", "subnet");
 
 /// Subnets of the project (`?vpc=` for one VPC's).
 pub async fn list_subnets(
@@ -26,6 +29,8 @@ pub async fn list_subnets(
     let (items, next) = finish_page(rows, page.limit, |s| s.id.to_string());
     Ok(List { items, next })
 }
+
+pub const CREATE_SUBNET: Operation = Operation::new("subnet.create", "subnet");
 
 /// Create a subnet in a VPC: a bridge on every node with its ports, the gateway address on it,
 /// platform DHCP with static leases when `dhcp` (10.7).
@@ -48,6 +53,8 @@ pub async fn create_subnet(
     Ok(subnet)
 }
 
+pub const GET_SUBNET: Operation = Operation::new("subnet.get", "subnet").target("id");
+
 /// One subnet.
 pub async fn get_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Subnet, Error> {
     read(state, principal, p).await?;
@@ -56,6 +63,8 @@ pub async fn get_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid,
         .await?
         .ok_or_else(|| Error::not_found("no such subnet"))
 }
+
+pub const DELETE_SUBNET: Operation = Operation::new("subnet.delete", "subnet").target("id");
 
 /// Delete a subnet (409 while it has ports).
 pub async fn delete_subnet(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {

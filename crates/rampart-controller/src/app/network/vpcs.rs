@@ -1,6 +1,7 @@
 //! vpcs
 
 use super::desired as network;
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
 use rampart_api::List;
@@ -12,6 +13,8 @@ use rampart_db::network::{self as db, VpcRow};
 use uuid::Uuid;
 
 use super::*;
+
+pub const LIST_VPCS: Operation = Operation::new("vpc.list", "vpc");
 
 /// VPCs of the project.
 pub async fn list_vpcs(
@@ -30,6 +33,8 @@ pub async fn list_vpcs(
         next,
     })
 }
+
+pub const CREATE_VPC: Operation = Operation::new("vpc.create", "vpc");
 
 /// Create a VPC: an isolated network with its own router (10.4). With `"external": true` it
 /// gets an address on the external network for SNAT egress and floating IPs.
@@ -59,12 +64,16 @@ pub(crate) async fn vpc_in(conn: &mut rampart_db::Conn, p: Uuid, id: Uuid) -> Re
         .ok_or_else(|| Error::not_found("no such VPC"))
 }
 
+pub const GET_VPC: Operation = Operation::new("vpc.get", "vpc").target("id");
+
 /// One VPC.
 pub async fn get_vpc(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<Vpc, Error> {
     read(state, principal, p).await?;
     let mut conn = state.db.conn().await?;
     Ok(vpc_view(vpc_in(&mut conn, p, id).await?))
 }
+
+pub const UPDATE_VPC: Operation = Operation::new("vpc.update", "vpc").target("id");
 
 /// Connect a VPC to the external network or cut it off (`external`).
 pub async fn update_vpc(
@@ -96,6 +105,8 @@ pub async fn update_vpc(
     tracing::info!(vpc = %id, external = row.router_external_ip.is_some(), by = %principal.user.name, "VPC updated");
     Ok(vpc_view(row))
 }
+
+pub const DELETE_VPC: Operation = Operation::new("vpc.delete", "vpc").target("id");
 
 /// Delete a VPC and its subnets (409 while it has ports).
 pub async fn delete_vpc(state: &AppState, principal: &Principal, (p, id): (Uuid, Uuid)) -> Result<(), Error> {

@@ -10,6 +10,7 @@ use rampart_iam::{rules, secrets};
 use uuid::Uuid;
 
 use super::verify::{hash_password, own_user, reauthenticate};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::role_expansion::expanded_assignments;
 use crate::state::AppState;
@@ -37,6 +38,8 @@ fn credential_roles(asked: Option<Vec<String>>, held: Vec<String>) -> Result<Vec
         None => Ok(held),
     }
 }
+
+pub const CREATE_CREDENTIAL: Operation = Operation::new("application_credential.create", "application_credential");
 
 /// Create an application credential for yourself (a fresh proof of your secrets required);
 /// its secret is shown once.
@@ -85,6 +88,8 @@ pub async fn create_credential(
     Ok(credential_view(&cred, Some(secret)))
 }
 
+pub const LIST_CREDENTIALS: Operation = Operation::new("application_credential.list", "application_credential");
+
 /// Your application credentials.
 pub async fn list_credentials(
     state: &AppState,
@@ -102,6 +107,8 @@ pub async fn list_credentials(
     })
 }
 
+pub const CREDENTIAL: Operation = Operation::new("application_credential.get", "application_credential").target("id");
+
 /// One of your application credentials (404 for anyone else's).
 pub async fn credential(state: &AppState, principal: &Principal, id: Uuid) -> Result<AppCredential, Error> {
     let user = own_user(state, principal).await?;
@@ -111,6 +118,9 @@ pub async fn credential(state: &AppState, principal: &Principal, id: Uuid) -> Re
         _ => Err(Error::not_found("no such application credential")),
     }
 }
+
+pub const DELETE_CREDENTIAL: Operation =
+    Operation::new("application_credential.delete", "application_credential").target("id");
 
 /// Delete one of your application credentials; its tokens die with it.
 pub async fn delete_credential(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), Error> {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::verify::{
     Attempt, check_source, check_user_password, require_second_factor, source_failed, verify_password,
 };
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::role_expansion::expanded_assignments;
 use crate::state::AppState;
@@ -116,6 +117,8 @@ async fn refuse_due_password(
     })
 }
 
+pub const LOGIN: Operation = Operation::new("auth.login", "user");
+
 /// Log in: a token for `req`'s credentials (a password, with a second factor when the account
 /// has one, or an application credential).
 pub async fn login(state: &AppState, ip: IpAddr, req: LoginRequest) -> Result<TokenResponse, Error> {
@@ -203,6 +206,8 @@ pub async fn login(state: &AppState, ip: IpAddr, req: LoginRequest) -> Result<To
         warnings,
     })
 }
+
+pub const BROWSER_SESSION: Operation = Operation::new("auth.login", "user");
 
 /// Log in for a browser: as [`login`] (people only), with how long the session cookie lives.
 pub async fn browser_session(state: &AppState, ip: IpAddr, req: LoginRequest) -> Result<(TokenResponse, i64), Error> {
@@ -329,6 +334,9 @@ async fn login_with_credential(state: &AppState, ip: IpAddr, id: Uuid, secret: &
         warnings: vec![],
     })
 }
+
+pub const CURRENT_TOKEN: Operation = Operation::new("auth.token.get", "token").telemetry();
+pub const LOGOUT: Operation = Operation::new("auth.logout", "token");
 
 /// Log out: the caller's token is dead everywhere at once.
 pub async fn logout(state: &AppState, principal: &Principal) -> Result<(), Error> {

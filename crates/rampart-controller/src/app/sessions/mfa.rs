@@ -6,8 +6,11 @@ use rampart_db::identity;
 use rampart_iam::{secrets, totp};
 
 use super::verify::{count_failure, own_user, totp_context};
+use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
+
+pub const TOTP_ENROLL: Operation = Operation::new("auth.mfa.enroll", "user");
 
 /// Start TOTP enrolment: a new secret, active once confirmed with a code.
 pub async fn totp_enroll(state: &AppState, principal: &Principal) -> Result<TotpEnrollment, Error> {
@@ -30,6 +33,8 @@ pub async fn totp_enroll(state: &AppState, principal: &Principal) -> Result<Totp
         otpauth_uri: uri,
     })
 }
+
+pub const TOTP_CONFIRM: Operation = Operation::new("auth.mfa.confirm", "user");
 
 /// Confirm TOTP enrolment with a current code; the sessions opened before end.
 pub async fn totp_confirm(state: &AppState, principal: &Principal, req: TotpConfirm) -> Result<(), Error> {
@@ -71,6 +76,8 @@ pub async fn totp_confirm(state: &AppState, principal: &Principal, req: TotpConf
     tracing::info!(user = %user.name, "TOTP second factor enrolled");
     Ok(())
 }
+
+pub const RECOVERY_CODES: Operation = Operation::new("auth.recovery_codes.create", "user");
 
 /// New one-time recovery codes (replacing any earlier ones).
 pub async fn recovery_codes(state: &AppState, principal: &Principal) -> Result<RecoveryCodes, Error> {

@@ -11,6 +11,7 @@ use rampart_iam::password::{self, Violation};
 use rampart_iam::rules;
 
 use super::verify::{check_user_password, hash_password, require_second_factor};
+use crate::audit::operations::Operation;
 use crate::bootstrap::{BOOTSTRAP_ADMIN_KEY, BOOTSTRAP_SECURITY_KEY, PASSWORD_FILE, SECURITY_PASSWORD_FILE};
 use crate::state::AppState;
 
@@ -66,6 +67,8 @@ pub fn policy_violation(violations: Vec<Violation>) -> Error {
         details: Some(serde_json::json!({ "rules": violations })),
     }
 }
+
+pub const CHANGE_PASSWORD: Operation = Operation::new("auth.password.change", "user");
 
 /// Change your password with the current one (and the second factor when the account has
 /// one); every token and application credential of the account is revoked.

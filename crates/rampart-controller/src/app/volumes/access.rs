@@ -15,6 +15,8 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::state::AppState;
 
+use crate::audit::operations::Operation;
+
 /// Most grants on one volume.
 const MAX_GRANTS: usize = 100;
 
@@ -63,6 +65,8 @@ fn action_name(a: VolumeAction) -> String {
         .unwrap_or_default()
 }
 
+pub const GET_ACCESS: Operation = Operation::new("volume.access.get", "volume").target("id");
+
 /// The volume's grants, naming users and groups by id.
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, key: &str) -> Result<VolumeAccess, Error> {
     let row = super::volume(state, principal, project, key, action::VOLUME_READ).await?;
@@ -82,6 +86,8 @@ pub async fn get(state: &AppState, principal: &Principal, project: Uuid, key: &s
         .collect();
     Ok(VolumeAccess { grants })
 }
+
+pub const PUT_ACCESS: Operation = Operation::new("volume.access", "volume").target("id");
 
 /// Replaces the volume's grants.
 pub async fn put(

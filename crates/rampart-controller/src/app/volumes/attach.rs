@@ -15,6 +15,8 @@ use super::view;
 use crate::auth::Principal;
 use crate::state::AppState;
 
+use crate::audit::operations::Operation;
+
 fn another_node() -> Error {
     Error::coded(
         http::StatusCode::CONFLICT,
@@ -52,6 +54,8 @@ async fn add(
     db::set_status(tx, row.id, to.as_str(), None, now).await?;
     Ok(row)
 }
+
+pub const ATTACH: Operation = Operation::new("volume.attach", "instance").target("id");
 
 /// `POST /v1/projects/{p}/instances/{id}/volumes`.
 pub async fn attach(
@@ -102,6 +106,8 @@ async fn remove(
     }
     Ok(true)
 }
+
+pub const DETACH: Operation = Operation::new("volume.detach", "volume").target("volume");
 
 /// `DELETE /v1/projects/{p}/instances/{id}/volumes/{vol}`.
 pub async fn detach(

@@ -13,6 +13,8 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::state::AppState;
 
+use crate::audit::operations::Operation;
+
 pub fn type_view(t: VolumeTypeRow) -> VolumeType {
     VolumeType {
         qos: serde_json::from_str::<Qos>(&t.qos).unwrap_or_default(),
@@ -22,11 +24,15 @@ pub fn type_view(t: VolumeTypeRow) -> VolumeType {
     }
 }
 
+pub const LIST_TYPES: Operation = Operation::new("volume_type.list", "volume_type");
+
 pub async fn list_types(state: &AppState) -> Result<List<VolumeType>, Error> {
     let mut conn = state.db.conn().await?;
     let items = db::list_types(&mut conn).await?.into_iter().map(type_view).collect();
     Ok(List { items, next: None })
 }
+
+pub const CREATE_TYPE: Operation = Operation::new("volume_type.create", "volume_type");
 
 pub async fn create_type(state: &AppState, principal: &Principal, t: VolumeType) -> Result<VolumeType, Error> {
     principal.require_system(state, action::SYSTEM_MANAGE)?;
@@ -43,6 +49,8 @@ pub async fn create_type(state: &AppState, principal: &Principal, t: VolumeType)
     tracing::info!(name = %t.name, encrypted = t.encrypted, by = %principal.user.name, "volume type created");
     Ok(type_view(row))
 }
+
+pub const DELETE_TYPE: Operation = Operation::new("volume_type.delete", "volume_type").target("name");
 
 pub async fn delete_type(state: &AppState, principal: &Principal, name: &str) -> Result<(), Error> {
     principal.require_system(state, action::SYSTEM_MANAGE)?;
@@ -68,6 +76,8 @@ pub async fn resolve_type(conn: &mut rampart_db::Conn, name: Option<&str>) -> Re
     })
 }
 
+pub const POOLS: Operation = Operation::new("pool.list", "pool");
+
 pub async fn pools(state: &AppState, principal: &Principal) -> Result<List<StoragePool>, Error> {
     principal.require_system(state, action::SYSTEM_READ)?;
     let mut conn = state.db.conn().await?;
@@ -84,6 +94,8 @@ pub async fn pools(state: &AppState, principal: &Principal) -> Result<List<Stora
     Ok(List { items, next: None })
 }
 
+pub const SETTINGS: Operation = Operation::new("volume_settings.get", "volume_settings");
+
 pub async fn settings(state: &AppState, principal: &Principal, project: Uuid) -> Result<VolumeSettings, Error> {
     principal.project(state, project, action::PROJECT_READ).await?;
     let mut conn = state.db.conn().await?;
@@ -91,6 +103,8 @@ pub async fn settings(state: &AppState, principal: &Principal, project: Uuid) ->
         allow_unencrypted: db::allow_unencrypted(&mut conn, project).await?,
     })
 }
+
+pub const SET_SETTINGS: Operation = Operation::new("volume_settings.update", "volume_settings");
 
 pub async fn set_settings(
     state: &AppState,

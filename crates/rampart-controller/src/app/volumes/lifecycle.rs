@@ -18,6 +18,8 @@ use super::{catalog, passphrase, view};
 use crate::auth::Principal;
 use crate::state::AppState;
 
+use crate::audit::operations::Operation;
+
 /// The node for a new `local` volume of `needed` bytes: the one whose reported `local` pool has
 /// the most free bytes among `pools` (reported by reachable nodes). None reporting: 503
 /// `storage_unavailable`; none with room: 507 `insufficient_storage`.
@@ -102,6 +104,8 @@ async fn source_image(
     Ok(image)
 }
 
+pub const CREATE: Operation = Operation::new("volume.create", "volume");
+
 /// Create a volume.
 pub async fn create(
     state: &AppState,
@@ -182,6 +186,8 @@ pub async fn create(
     Ok(out)
 }
 
+pub const LIST: Operation = Operation::new("volume.list", "volume");
+
 /// The project's volumes the caller may read, by name.
 pub async fn list(
     state: &AppState,
@@ -204,11 +210,15 @@ pub async fn list(
     Ok(List { items, next })
 }
 
+pub const GET: Operation = Operation::new("volume.get", "volume").target("id");
+
 pub async fn get(state: &AppState, principal: &Principal, project: Uuid, key: &str) -> Result<Volume, Error> {
     let row = super::volume(state, principal, project, key, action::VOLUME_READ).await?;
     let mut conn = state.db.conn().await?;
     view(&mut conn, row).await
 }
+
+pub const EXTEND: Operation = Operation::new("volume.extend", "volume").target("id");
 
 /// Grow a volume that is `available` or `in-use` (its node grows the file; an attached disk
 /// sees the new size).
@@ -248,6 +258,8 @@ pub async fn extend(
     Ok(out)
 }
 
+pub const DELETE: Operation = Operation::new("volume.delete", "volume").target("id");
+
 /// Ask for a volume's deletion: 409 `volume_in_use` while attached. It goes `deleting`, its
 /// node wipes it and reports a verified wipe, and only then is it `deleted` (12.3.4).
 pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, key: &str) -> Result<Volume, Error> {
@@ -272,6 +284,8 @@ pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, key:
     tracing::info!(volume = %row.id, by = %principal.user.name, "volume deletion requested; its node wipes it");
     Ok(out)
 }
+
+pub const WIPE_REPORT: Operation = Operation::new("volume.wipe_report.get", "volume").target("id");
 
 /// The verified wipe report of a deleted volume (12.3.4-1), served after deletion.
 pub async fn wipe_report(

@@ -19,6 +19,8 @@ use crate::auth::Principal;
 use crate::kms::blocking;
 use crate::state::AppState;
 
+use crate::audit::operations::Operation;
+
 /// The name of each project's service-managed volume key.
 pub const SERVICE_KEY: &str = "volumes";
 /// Bytes of a volume passphrase.
@@ -99,6 +101,8 @@ pub async fn new_wrapped(state: &AppState, key: Key, volume: Uuid, project: Uuid
     let data = blocking(move || service.generate_data_key(&key, &ctx, Some(PASSPHRASE_BYTES))).await??;
     Ok(data.ciphertext)
 }
+
+pub const RELEASE_PASSPHRASE: Operation = Operation::new("volume.passphrase.release", "volume").target("id");
 
 /// `POST /agent/v1/volumes/{id}/passphrase`: the passphrase of a volume placed on `node` that
 /// still holds data; 404 for any other node, a deleted volume, or an unencrypted one.
