@@ -353,6 +353,13 @@ async fn life_cycle(backend: Backend) {
     // In use: not deleted (409 volume_in_use).
     let e = del(&c.admin, &format!("{}/{id}", vol_path(project))).await.unwrap_err();
     assert_eq!(code(&e), (409, "volume_in_use"));
+    // Nor grown: the node cannot grow a file a running QEMU holds.
+    let e = c
+        .admin
+        .post::<_, Value>(&format!("{}/{id}/extend", vol_path(project)), &json!({"size_gib": 2}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "volume_in_use"));
 
     // Detach, attach again through the instance, detach.
     let detach = format!("/v1/projects/{project}/instances/{inst_id}/volumes/{id}");

@@ -220,8 +220,9 @@ pub async fn get(state: &AppState, principal: &Principal, project: Uuid, key: &s
 
 pub const EXTEND: Operation = Operation::new("volume.extend", "volume").target("id");
 
-/// Grow a volume that is `available` or `in-use` (its node grows the file; an attached disk
-/// sees the new size).
+/// Grow a volume that is `available` (its node grows the file). An attached volume is refused
+/// with 409 `volume_in_use`: its node grows files with `qemu-img`, which cannot take the lock
+/// a running QEMU holds, and live growth (QMP `block_resize`) is not built yet.
 pub async fn extend(
     state: &AppState,
     principal: &Principal,
@@ -235,9 +236,16 @@ pub async fn extend(
         .await?
         .ok_or_else(|| Error::not_found("no such volume"))?;
     let status = super::status_of(&row);
-    if !matches!(status, VolumeStatus::Available | VolumeStatus::InUse) {
+    if status == VolumeStatus::InUse {
+        return Err(Error::coded(
+            http::StatusCode::CONFLICT,
+            "volume_in_use",
+            "the volume is attached; detach it to grow it (live growth is not supported yet)",
+        ));
+    }
+    if status != VolumeStatus::Available {
         return Err(Error::conflict(format!(
-            "the volume is {status}; only an available or in-use volume grows"
+            "the volume is {status}; only an available volume grows"
         )));
     }
     let current = row.size_gib.max(0) as u64;
