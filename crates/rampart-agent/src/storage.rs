@@ -564,6 +564,18 @@ impl StorageService {
     }
 
     async fn wipe(self: &Arc<Self>, kind: Kind, id: Uuid, requested_by: String) {
+        // An instance deleted with its volumes frees them in the controller before this node
+        // has stopped its QEMU: a wipe then would race the guest's last writes (made with the
+        // master key QEMU still holds). The wipe waits, still `wiping`, for the next pass.
+        if let Ok(info) = self.blocking(move |b| b.info(id)).await
+            && tokio::task::spawn_blocking(move || held_open(&info.path))
+                .await
+                .unwrap_or(true)
+        {
+            tracing::info!(volume = %id, "the volume is still open by a process (a VM being stopped); the wipe waits");
+            self.set(kind, id, Have::Wiping, false);
+            return;
+        }
         tracing::info!(volume = %id, "wiping");
         let svc = self.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -692,6 +704,31 @@ impl Controller for NodeController {
             progress,
         ))
     }
+}
+
+/// Whether another process holds `path` open. `/proc/*/fd` also shows descriptors handed
+/// over a socket (how QEMU gets a volume), which no path-based lock would see. This process
+/// is left out: its own descriptors are its own business (and a wipe opens the file itself).
+pub(crate) fn held_open(path: &Path) -> bool {
+    let me = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            let name = p.file_name();
+            let name = name.to_string_lossy();
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) && name != me
+        })
+        .any(|p| {
+            std::fs::read_dir(p.path().join("fd"))
+                .map(|fds| {
+                    fds.flatten()
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+                })
+                .unwrap_or(false)
+        })
 }
 
 #[cfg(test)]

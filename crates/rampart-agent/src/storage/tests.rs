@@ -654,3 +654,31 @@ async fn spec_12_3_2_2_and_12_3_4_1_the_service_drives_the_real_local_pool() {
         "space released"
     );
 }
+
+/// The guard in front of every wipe: a volume file that another process (a QEMU being stopped)
+/// still holds, even by a descriptor it was handed, is seen as held; once that process is
+/// gone, it is not.
+#[test]
+fn spec_12_3_4_1_a_volume_still_open_in_another_process_is_held_back_from_the_wipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("volume.qcow2");
+    std::fs::write(&f, b"x").unwrap();
+    assert!(!held_open(&f), "no process holds it yet");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$0\"; exec sleep 30")
+        .arg(&f)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held_open(&f) {
+        assert!(Instant::now() < deadline, "the child's descriptor was never seen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!held_open(&f), "the holder is gone");
+    // This process's own descriptors do not count (the wipe itself opens the file).
+    let _mine = std::fs::File::open(&f).unwrap();
+    assert!(!held_open(&f));
+}
