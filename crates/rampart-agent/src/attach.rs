@@ -57,23 +57,6 @@ pub fn short_of(volume: Uuid) -> String {
     volume.simple().to_string()[..16].to_string()
 }
 
-/// The names of an attachment known only by its short id (found in QEMU after a restart).
-pub fn names_of_short(short: &str, throttled: bool) -> NodeNames {
-    let format = format!("vol-{short}");
-    NodeNames {
-        secret: format!("sec-{short}"),
-        throttle_group: format!("tg-{short}"),
-        top: if throttled {
-            format!("thr-{short}")
-        } else {
-            format.clone()
-        },
-        format: format.clone(),
-        device: format!("dev-{short}"),
-        serial: format,
-    }
-}
-
 /// What a VM has: the short ids of its plugged volumes (node and device), of volumes whose
 /// plug stopped half-way (nodes without a device: an agent killed mid-attach), and which are
 /// throttled.
@@ -251,7 +234,7 @@ async fn unplug_objects(qmp: &mut QmpClient, names: &NodeNames, throttled: bool)
 /// Unplugs a volume by its short id: the device (the guest lets go: `DEVICE_DELETED`), then
 /// its nodes, objects and fd set.
 pub async fn detach(qmp: &mut QmpClient, short: &str, throttled: bool) -> Result<(), AttachError> {
-    let names = names_of_short(short, throttled);
+    let names = NodeNames::for_short(short, throttled);
     match qmp.execute("device_del", Some(json!({"id": names.device}))).await {
         Ok(_) => {
             let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
@@ -317,7 +300,7 @@ mod tests {
         expect.sort();
         assert_eq!(unplug, expect);
         // The names found again are the ones the attach used.
-        assert_eq!(names_of_short(&short_of(b), true), NodeNames::for_volume(b, true));
-        assert_eq!(names_of_short(&short_of(a), false), NodeNames::for_volume(a, false));
+        assert_eq!(NodeNames::for_short(&short_of(b), true), NodeNames::for_volume(b, true));
+        assert_eq!(NodeNames::for_short(&short_of(a), false), NodeNames::for_volume(a, false));
     }
 }

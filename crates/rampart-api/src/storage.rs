@@ -61,6 +61,41 @@ pub enum VolumeState {
     Error,
 }
 
+impl VolumeState {
+    pub const ALL: [VolumeState; 7] = [
+        VolumeState::Creating,
+        VolumeState::Available,
+        VolumeState::InUse,
+        VolumeState::Deleting,
+        VolumeState::Wiping,
+        VolumeState::Deleted,
+        VolumeState::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::InUse => "in-use",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Wiping => "wiping",
+            VolumeState::Deleted => "deleted",
+            VolumeState::Error => "error",
+        }
+    }
+
+    /// Whether the volume still holds (or may hold) tenant data on a disk.
+    pub fn holds_data(self) -> bool {
+        self != VolumeState::Deleted
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct VolumeAttachment {
     pub instance: Uuid,

@@ -34,7 +34,12 @@ pub struct NodeNames {
 impl NodeNames {
     pub fn for_volume(volume: Uuid, throttled: bool) -> NodeNames {
         let s = volume.simple().to_string();
-        let short = &s[..16];
+        NodeNames::for_short(&s[..16], throttled)
+    }
+
+    /// The names of a volume known by its short id only (found in a running QEMU after a
+    /// restart): the first 16 hex digits of its id.
+    pub fn for_short(short: &str, throttled: bool) -> NodeNames {
         let format = format!("vol-{short}");
         NodeNames {
             secret: format!("sec-{short}"),
@@ -46,7 +51,7 @@ impl NodeNames {
             },
             format,
             device: format!("dev-{short}"),
-            serial: format!("vol-{}", &s[..16]),
+            serial: format!("vol-{short}"),
         }
     }
 }

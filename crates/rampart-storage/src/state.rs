@@ -5,53 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `status` of a volume, spelled as in API.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum VolumeStatus {
-    Creating,
-    Available,
-    InUse,
-    Deleting,
-    Wiping,
-    Deleted,
-    Error,
-}
-
-impl VolumeStatus {
-    pub const ALL: [VolumeStatus; 7] = [
-        VolumeStatus::Creating,
-        VolumeStatus::Available,
-        VolumeStatus::InUse,
-        VolumeStatus::Deleting,
-        VolumeStatus::Wiping,
-        VolumeStatus::Deleted,
-        VolumeStatus::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeStatus::Creating => "creating",
-            VolumeStatus::Available => "available",
-            VolumeStatus::InUse => "in-use",
-            VolumeStatus::Deleting => "deleting",
-            VolumeStatus::Wiping => "wiping",
-            VolumeStatus::Deleted => "deleted",
-            VolumeStatus::Error => "error",
-        }
-    }
-
-    /// Whether the volume still holds (or may hold) tenant data on a disk.
-    pub fn holds_data(self) -> bool {
-        self != VolumeStatus::Deleted
-    }
-}
-
-impl std::fmt::Display for VolumeStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// `status` of a volume, spelled as in API.md: the API's own type, so that the state machine
+/// and the answers cannot drift apart.
+pub use rampart_api::storage::VolumeState as VolumeStatus;
 
 /// Why a volume is in `error`: stable snake_case codes the API shows beside the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

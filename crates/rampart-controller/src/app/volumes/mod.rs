@@ -18,7 +18,7 @@ pub mod passphrase;
 pub mod report;
 
 use rampart_api::compute::Failure;
-use rampart_api::storage::{Volume, VolumeAttachment, VolumeState};
+use rampart_api::storage::{Volume, VolumeAttachment};
 use rampart_common::Error;
 use rampart_db::volumes::{self as db, VolumeRow};
 use rampart_iam::authz::{Target, action, volume_grant_bit};
@@ -34,18 +34,6 @@ pub fn status_of(row: &VolumeRow) -> VolumeStatus {
         .into_iter()
         .find(|s| s.as_str() == row.status)
         .unwrap_or(VolumeStatus::Error)
-}
-
-fn api_state(s: VolumeStatus) -> VolumeState {
-    match s {
-        VolumeStatus::Creating => VolumeState::Creating,
-        VolumeStatus::Available => VolumeState::Available,
-        VolumeStatus::InUse => VolumeState::InUse,
-        VolumeStatus::Deleting => VolumeState::Deleting,
-        VolumeStatus::Wiping => VolumeState::Wiping,
-        VolumeStatus::Deleted => VolumeState::Deleted,
-        VolumeStatus::Error => VolumeState::Error,
-    }
 }
 
 /// The next status of `row` on `event`, or 409 saying why not (`volume_in_use` for an attached
@@ -87,7 +75,7 @@ pub async fn view(conn: &mut rampart_db::Conn, row: VolumeRow) -> Result<Volume,
         project_id: row.project_id,
         name: row.name,
         size_gib: row.size_gib.max(0) as u64,
-        status: api_state(status),
+        status,
         error: row.error_code.map(|code| Failure {
             code,
             message: row.error_message.unwrap_or_default(),
