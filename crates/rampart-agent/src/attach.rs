@@ -301,6 +301,9 @@ mod tests {
         assert_eq!(unplug, expect);
         // The names found again are the ones the attach used.
         assert_eq!(NodeNames::for_short(&short_of(b), true), NodeNames::for_volume(b, true));
-        assert_eq!(NodeNames::for_short(&short_of(a), false), NodeNames::for_volume(a, false));
+        assert_eq!(
+            NodeNames::for_short(&short_of(a), false),
+            NodeNames::for_volume(a, false)
+        );
     }
 }
