@@ -11,7 +11,6 @@ use rampart_iam::authz::action;
 use rampart_storage::{Event, VolumeStatus};
 use uuid::Uuid;
 
-use super::view;
 use crate::auth::Principal;
 use crate::state::AppState;
 
@@ -72,15 +71,7 @@ pub async fn attach(
     }
     let mut tx = state.db.begin().await?;
     add(&mut tx, vol.id, &inst, req.read_only.unwrap_or(false), state.now()).await?;
-    if let Some(node) = inst.node_id {
-        crate::publish::node(&state.config, &mut tx, node).await?;
-    }
-    let after = db::volume_by_id(&mut tx, vol.id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such volume"))?;
-    let out = view(&mut tx, after).await?;
-    rampart_db::Db::commit(tx).await?;
-    state.notify_node_changes();
+    let out = super::lifecycle::commit_and_publish(state, tx, vol.id, inst.node_id).await?;
     crate::audit::note_detail("volume", vol.id.to_string());
     tracing::info!(volume = %vol.id, %instance, by = %principal.user.name, "volume attached");
     Ok(out)
@@ -123,15 +114,7 @@ pub async fn detach(
     if !remove(&mut tx, vol.id, instance, state.now()).await? {
         return Err(Error::not_found("the volume is not attached to this instance"));
     }
-    if let Some(node) = inst.node_id {
-        crate::publish::node(&state.config, &mut tx, node).await?;
-    }
-    let after = db::volume_by_id(&mut tx, vol.id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such volume"))?;
-    let out = view(&mut tx, after).await?;
-    rampart_db::Db::commit(tx).await?;
-    state.notify_node_changes();
+    let out = super::lifecycle::commit_and_publish(state, tx, vol.id, inst.node_id).await?;
     crate::audit::note_detail("instance", instance.to_string());
     tracing::info!(volume = %vol.id, %instance, by = %principal.user.name, "volume detached");
     Ok(out)

@@ -252,15 +252,7 @@ pub async fn extend(
     validate::validate_extend(current, req.size_gib, validate::MAX_SIZE_GIB)?;
     validate::check_extend_quota(&quota(state), &usage(&mut tx, project).await?, req.size_gib - current)?;
     db::set_size(&mut tx, row.id, req.size_gib as i64, state.now()).await?;
-    if let Some(node) = row.node_id {
-        crate::publish::node(&state.config, &mut tx, node).await?;
-    }
-    let after = db::volume_by_id(&mut tx, row.id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such volume"))?;
-    let out = view(&mut tx, after).await?;
-    rampart_db::Db::commit(tx).await?;
-    state.notify_node_changes();
+    let out = commit_and_publish(state, tx, row.id, row.node_id).await?;
     crate::audit::note_detail("size_gib", req.size_gib);
     tracing::info!(volume = %row.id, from = current, to = req.size_gib, by = %principal.user.name, "volume extended");
     Ok(out)
@@ -280,15 +272,7 @@ pub async fn delete(state: &AppState, principal: &Principal, project: Uuid, key:
     let now = state.now();
     db::set_status(&mut tx, row.id, to.as_str(), None, now).await?;
     db::set_requested_by(&mut tx, row.id, &super::who(principal)).await?;
-    if let Some(node) = row.node_id {
-        crate::publish::node(&state.config, &mut tx, node).await?;
-    }
-    let after = db::volume_by_id(&mut tx, row.id)
-        .await?
-        .ok_or_else(|| Error::not_found("no such volume"))?;
-    let out = view(&mut tx, after).await?;
-    rampart_db::Db::commit(tx).await?;
-    state.notify_node_changes();
+    let out = commit_and_publish(state, tx, row.id, row.node_id).await?;
     tracing::info!(volume = %row.id, by = %principal.user.name, "volume deletion requested; its node wipes it");
     Ok(out)
 }
@@ -310,6 +294,26 @@ pub async fn wipe_report(
         )));
     };
     serde_json::from_str(&json).map_err(|e| Error::internal("reading a wipe report", e))
+}
+
+/// Ends a change of volume `id` in `tx`: republishes its node's document (if it has a node),
+/// reads the volume back as the API shows it, commits and wakes the node.
+pub async fn commit_and_publish(
+    state: &AppState,
+    mut tx: rampart_db::Tx,
+    id: Uuid,
+    node: Option<Uuid>,
+) -> Result<Volume, Error> {
+    if let Some(node) = node {
+        crate::publish::node(&state.config, &mut tx, node).await?;
+    }
+    let after = db::volume_by_id(&mut tx, id)
+        .await?
+        .ok_or_else(|| Error::not_found("no such volume"))?;
+    let out = view(&mut tx, after).await?;
+    rampart_db::Db::commit(tx).await?;
+    state.notify_node_changes();
+    Ok(out)
 }
 
 #[cfg(test)]
