@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Soak test (issue 13): mixed load against `rampart up` on the embedded default (SQLite) for
 # MINUTES minutes, with WORKERS keep-alive clients doing, in turn, GET /v1/health, GET
-# /v1/projects, POST /v1/projects (an audited write) and GET /v1/nodes. Every minute it records
+# /v1/projects, a project write (POST /v1/projects, or DELETE of the worker's oldest project once it
+# holds LIVE of them, so the number of projects reaches a steady state as in a running cloud;
+# both are audited writes that also create or destroy HSM objects) and GET /v1/nodes. Every minute it records
 # requests/s, p99 latency, errors, the controller's RSS and the database size; at the end the
 # least-squares slope of req/s and RSS per minute says whether they stay flat. Writes
-# target/bench/soak.json.
-#   scripts/bench-soak.sh [MINUTES] [WORKERS]     (RAMPART_BIN=path to use a built binary)
+# target/bench/soak.json. WRITES=updates makes the write a PATCH of one project per worker
+# instead (no HSM object made or destroyed), to tell the controller's memory from SoftHSM2's.
+#   [LIVE=25] [WRITES=projects|updates] scripts/bench-soak.sh [MINUTES] [WORKERS]
+#   (RAMPART_BIN=path to use a built binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -84,8 +88,13 @@ KINDS = ["health", "list_projects", "create_project", "list_nodes"]
 window = {"n": 0, "errors": 0, "lat": [], "by_kind": {k: [] for k in KINDS}}
 stop = time.time() + minutes * 60
 
+LIVE = int(os.environ.get("LIVE", "25"))
+# WRITES=updates: the write is a PATCH of one project per worker, an audited write that makes
+# no HSM object; it separates the controller's own memory from the HSM library's.
+WRITES = os.environ.get("WRITES", "projects")
+
 def worker(w):
-    conn, i = connect(), 0
+    conn, i, live = connect(), 0, []
     while time.time() < stop:
         kind = i % 4
         t0 = time.perf_counter()
@@ -94,8 +103,19 @@ def worker(w):
                 s, _ = call(conn, "GET", "/v1/health")
             elif kind == 1:
                 s, _ = call(conn, "GET", "/v1/projects?limit=20", None, token)
+            elif kind == 2 and WRITES == "updates":
+                if not live:
+                    s, b = call(conn, "POST", "/v1/projects", {"name": f"soak-{w}"}, token)
+                    live.append(json.loads(b)["id"])
+                s, _ = call(conn, "PATCH", f"/v1/projects/{live[0]}", {"description": f"soak {i}"}, token)
+            elif kind == 2 and len(live) >= LIVE:
+                s, _ = call(conn, "DELETE", f"/v1/projects/{live[0]}", None, token)
+                if s < 400:
+                    live.pop(0)
             elif kind == 2:
-                s, _ = call(conn, "POST", "/v1/projects", {"name": f"soak-{w}-{i}"}, token)
+                s, b = call(conn, "POST", "/v1/projects", {"name": f"soak-{w}-{i}"}, token)
+                if s < 400:
+                    live.append(json.loads(b)["id"])
             else:
                 s, _ = call(conn, "GET", "/v1/nodes", None, token)
             ok = s < 400
@@ -148,7 +168,16 @@ def slope(ys):
 steady = rows[1:] if len(rows) > 2 else rows
 out = {"benchmark": "soak", "minutes": minutes, "workers": workers, "cpus": os.cpu_count(), "per_minute": rows,
        "requests_per_s_slope_per_min": round(slope([r["requests_per_s"] for r in steady]), 2),
-       "rss_mib_slope_per_min": round(slope([r["rss_mib"] for r in steady]), 3)}
+       "rss_mib_slope_per_min": round(slope([r["rss_mib"] for r in steady]), 3),
+       "live_projects_per_worker": LIVE, "writes": WRITES}
+# The common benchmark shape (API.md, Benchmarks), beside the per-minute detail above.
+out["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+out["load_avg"] = os.getloadavg()[0]
+out["rows"] = [
+    {"metric": "soak_requests_per_s_slope", "value": out["requests_per_s_slope_per_min"], "unit": "req/s per min", "goal": "~0"},
+    {"metric": "soak_rss_slope", "value": out["rss_mib_slope_per_min"], "unit": "MiB per min", "goal": "~0"},
+    {"metric": "soak_errors", "value": sum(r["errors"] for r in rows), "unit": "requests", "goal": 0},
+]
 json.dump(out, open("target/bench/soak.json", "w"), indent=2)
 print(f"req/s slope {out['requests_per_s_slope_per_min']}/min, RSS slope {out['rss_mib_slope_per_min']} MiB/min")
 PY

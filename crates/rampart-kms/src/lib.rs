@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod hsm_signer;
 pub mod lifecycle;
+pub mod monitor;
 pub mod pkcs11;
 pub mod project_ca;
 pub mod service;

@@ -156,10 +156,9 @@ impl KeyAuditFacts {
 }
 
 pub struct KeyService {
+    /// Every call goes through [`crate::monitor::Monitored`], which keeps [`KeyService::health`].
     backend: Arc<dyn KeyBackend>,
-    /// Backend failures seen by [`KeyService::create_project_root`], retried ones included:
-    /// the `rampart_hsm_errors` gauge.
-    errors: std::sync::atomic::AtomicU64,
+    health: Arc<crate::monitor::HsmHealth>,
 }
 
 /// Attempts of an HSM call that fails transiently, and the wait before each retry.
@@ -209,15 +208,31 @@ fn material_id(key: &Key, version: u32) -> MaterialId {
 
 impl KeyService {
     pub fn new(backend: Arc<dyn KeyBackend>) -> Self {
+        let (monitored, health) = crate::monitor::Monitored::new(backend);
         KeyService {
-            backend,
-            errors: std::sync::atomic::AtomicU64::new(0),
+            backend: Arc::new(monitored),
+            health,
         }
     }
 
-    /// HSM failures seen so far (retried ones included).
+    /// HSM device faults seen so far (retried ones included): the `rampart_hsm_errors` gauge.
     pub fn error_count(&self) -> u64 {
-        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.health.errors()
+    }
+
+    /// The fault the last HSM call ended with, if it has not been cleared by a success since.
+    pub fn fault(&self) -> Option<crate::monitor::Fault> {
+        self.health.fault()
+    }
+
+    /// While a fault is held, asks the HSM again (one random byte, at most once per
+    /// `min_interval`), so that a recovered HSM is seen even when no key call comes in (a
+    /// controller taken out of the load balancer by `/readyz` gets none). Blocking.
+    pub fn recheck_fault(&self, min_interval: std::time::Duration) -> Option<crate::monitor::Fault> {
+        if self.health.fault().is_some() && self.health.probe_due(min_interval) {
+            let _ = self.backend.random(&mut [0u8; 1]);
+        }
+        self.health.fault()
     }
 
     pub fn backend_kind(&self) -> BackendKind {
@@ -236,7 +251,6 @@ impl KeyService {
         with_retries(
             || self.backend.ensure_project_root(project),
             |e, attempt| {
-                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(%project, attempt, error = %rampart_common::error::ErrorChain(e), "creating the project root keys failed");
             },
             std::thread::sleep,
@@ -259,7 +273,6 @@ impl KeyService {
                 }
             },
             |e, attempt| {
-                self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(%project, attempt, error = %rampart_common::error::ErrorChain(e), "creating the project root keys failed");
             },
             std::thread::sleep,
@@ -621,10 +634,13 @@ mod flaky_tests {
         let s = service(2);
         s.create_project_root(Uuid::new_v4()).expect("made after two retries");
         assert_eq!(s.error_count(), 2);
+        assert_eq!(s.fault(), None, "the success cleared the fault");
 
         let s = service(HSM_ATTEMPTS + 1);
         let e = s.create_project_root(Uuid::new_v4()).unwrap_err();
         assert_eq!(e.http_status(), 500, "{e}");
         assert_eq!(s.error_count(), u64::from(HSM_ATTEMPTS));
+        let fault = s.fault().expect("the failure is held for /v1/health");
+        assert!(fault.reason.contains("C_GenerateKey"), "{}", fault.reason);
     }
 }

@@ -1095,3 +1095,27 @@ async fn spec_12_3_1_a_revoked_agent_certificate_is_refused_at_once() {
     );
     c.shutdown().await;
 }
+
+/// A controller whose HSM cannot be opened still serves the API (key operations fail closed),
+/// but says so: `/v1/health` is `degraded` with the reason and `/readyz` answers 503, so a load
+/// balancer sends key traffic to a controller that can serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_14_2_3_health_and_readyz_report_an_unusable_hsm() {
+    let c = TestCluster::start(ClusterOptions {
+        configure: Box::new(|config| {
+            config.kms.hsm = rampart_common::config::HsmKind::Pkcs11;
+            config.kms.module = "/nonexistent/libsofthsm2.so".into();
+            config.kms.required = false;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let h = c.admin.health().await.expect("health answers");
+    assert_eq!(h.status, "degraded", "{h:?}");
+    assert!(h.reason.as_deref().unwrap_or("").contains("HSM"), "{h:?}");
+    let ready = match c.admin.send::<()>(http::Method::GET, "/readyz", None).await {
+        Ok(r) => r.status(),
+        Err(e) => e.status().expect("an HTTP answer from /readyz"),
+    };
+    assert_eq!(ready, 503);
+}

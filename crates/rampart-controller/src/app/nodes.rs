@@ -105,6 +105,36 @@ pub async fn issue_join_token(
     })
 }
 
+/// Why key operations fail, if they do: no HSM could be opened, or the last call into it failed
+/// with a device fault (rechecked at most every few seconds while held).
+pub async fn hsm_failure(state: &AppState) -> Option<String> {
+    if state.kms.backend_kind() == rampart_kms::BackendKind::Unavailable {
+        return Some("the HSM is unavailable: key operations fail closed".into());
+    }
+    let service = state.kms.service.clone();
+    let fault = tokio::task::spawn_blocking(move || service.recheck_fault(std::time::Duration::from_secs(2)))
+        .await
+        .ok()
+        .flatten()?;
+    Some(format!(
+        "HSM calls fail since {}: {}",
+        rampart_common::time::rfc3339(fault.since),
+        fault.reason
+    ))
+}
+
+/// Ready for traffic: the database answers and takes writes, and the HSM serves keys.
+pub async fn readiness(state: &AppState) -> Result<(), Error> {
+    state.db.ping().await?;
+    if let Some(reason) = state.db.write_failure().await {
+        return Err(Error::Unavailable(format!("database writes fail: {reason}")));
+    }
+    match hsm_failure(state).await {
+        Some(reason) => Err(Error::Unavailable(reason)),
+        None => Ok(()),
+    }
+}
+
 pub const HEALTH: Operation = Operation::new("health.get", "health");
 pub const READYZ: Operation = Operation::new("readyz.get", "readyz");
 pub const OPENAPI: Operation = Operation::new("openapi_json.get", "openapi_json");
@@ -116,11 +146,14 @@ pub async fn health(state: &AppState, verbose: bool) -> Result<rampart_api::Heal
         let mut conn = state.db.conn().await?;
         nodes::counts(&mut conn).await?
     };
-    let reason = state
-        .db
-        .write_failure()
-        .await
-        .map(|r| format!("database writes fail: {r}"));
+    let mut reasons = Vec::new();
+    if let Some(r) = state.db.write_failure().await {
+        reasons.push(format!("database writes fail: {r}"));
+    }
+    if let Some(r) = hsm_failure(state).await {
+        reasons.push(r);
+    }
+    let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     Ok(rampart_api::Health {
         status: if reason.is_some() { "degraded" } else { "ok" }.into(),
         version: rampart_common::VERSION.into(),

@@ -12,7 +12,7 @@ use crate::state::AppState;
 /// Liveness of the control plane and its nodes.
 #[utoipa::path(get, path = "/v1/health", tag = "meta",
     params(("verbose" = Option<bool>, Query, description = "Also list the background tasks of this controller, each with its period and health")),
-    responses((status = 200, body = Health, description = "`ok`, or `degraded` with a `reason` while the database refuses writes"),
+    responses((status = 200, body = Health, description = "`ok`, or `degraded` with a `reason` while the database refuses writes or the HSM fails"),
         (status = 503, body = ErrorBody, description = "The database does not answer")))]
 pub async fn health(
     State(state): State<AppState>,
@@ -27,16 +27,12 @@ pub async fn health(
 }
 
 /// Readiness for traffic (load balancers, orchestrators): 200 while the database answers and
-/// takes writes, 503 `unavailable` with the reason otherwise.
+/// takes writes and the HSM serves keys, 503 `unavailable` with the reason otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "meta",
     responses((status = 200, body = String, description = "`ready`"),
-        (status = 503, body = ErrorBody, description = "The database does not answer or refuses writes")))]
+        (status = 503, body = ErrorBody, description = "The database does not answer or refuses writes, or the HSM fails")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, Error> {
-    state.db.ping().await?;
-    match state.db.write_failure().await {
-        Some(reason) => Err(Error::Unavailable(format!("database writes fail: {reason}"))),
-        None => Ok("ready"),
-    }
+    app::nodes::readiness(&state).await.map(|()| "ready")
 }
 
 /// The internal CA certificate (PEM). Public: agents fetch it before they trust it and check
