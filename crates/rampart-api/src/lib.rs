@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod client;
 pub mod compute;
+pub mod conformance;
 pub mod identity;
 pub mod keys;
 pub mod network;

@@ -172,6 +172,7 @@ impl Controller {
             login_throttle: Default::default(),
             trusted_proxies,
             api_origins,
+            listen_addrs: addrs.clone(),
             compliance: std::sync::RwLock::new(None),
             audit,
             kms,

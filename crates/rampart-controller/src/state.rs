@@ -38,6 +38,8 @@ pub struct Inner {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Serialized web origins whose pages may use the session cookie for state changes.
     pub api_origins: Vec<String>,
+    /// The addresses the API listens on, as bound (the conformance probes connect to them).
+    pub listen_addrs: Vec<std::net::SocketAddr>,
     /// The security-compliance policy, re-read from the database at most every few seconds
     /// (several controllers may share it).
     pub compliance: std::sync::RwLock<Option<(std::time::Instant, SecurityCompliance)>>,

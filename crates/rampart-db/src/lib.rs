@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod compute;
+pub mod conformance;
 pub mod credentials;
 pub mod groups;
 pub mod idempotency;

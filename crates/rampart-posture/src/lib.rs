@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod catalogue;
+pub mod conformance;
 pub mod debver;
 pub mod dpkg;
 pub mod eval;

@@ -611,3 +611,72 @@ async fn spec_9_3_3_configured_api_origins_replace_the_defaults() {
     assert_eq!(logout("https://cloud.example.test").await, StatusCode::NO_CONTENT);
     c.shutdown().await;
 }
+
+fn clause<'a>(
+    r: &'a rampart_api::conformance::ConformanceReport,
+    id: &str,
+) -> &'a rampart_api::conformance::ClauseConformance {
+    r.clauses
+        .iter()
+        .find(|c| c.id == id)
+        .unwrap_or_else(|| panic!("clause {id} in the report"))
+}
+
+/// `GET /v1/conformance` probes the running cloud: the transport probes speak TLS 1.1, weak
+/// suites and plain HTTP to the controller's own listener, the others read the policy, the
+/// stored hashes, the audit chain and the HSM. A probe fails when its mechanism is absent in
+/// this very cloud: forwarding is off here (no remote log server), and a data directory opened
+/// to other users fails the file-permission probe until it is private again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_15_3_live_conformance_probes_the_running_cloud() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster().await;
+    let security = c.bootstrap_security_admin().await;
+    let report: rampart_api::conformance::ConformanceReport = security.get("/v1/conformance").await.expect("report");
+    assert!(report.clauses.len() >= 80, "{} clauses", report.clauses.len());
+    assert!(report.probed >= 20, "{} probed", report.probed);
+    for id in [
+        "9.3-4", "9.3-2", "9.2-2", "9.2-3", "13.2-6", "13.2-2", "13.4-1", "13.4-6", "9.1-1e",
+    ] {
+        let cl = clause(&report, id);
+        assert_eq!(cl.status, "pass", "{cl:?}");
+        assert!(cl.probe && !cl.tests.is_empty(), "{cl:?}");
+    }
+    let tls = clause(&report, "9.3-4");
+    assert!(
+        tls.evidence.contains("TLS 1.1 ClientHello got fatal alert"),
+        "{}",
+        tls.evidence
+    );
+    if c.has_hsm() {
+        assert_eq!(
+            clause(&report, "13.3-9").status,
+            "pass",
+            "{:?}",
+            clause(&report, "13.3-9")
+        );
+    }
+    let fwd = clause(&report, "13.4-5");
+    assert_eq!(fwd.status, "fail", "{fwd:?}");
+    assert!(fwd.evidence.contains("forwarding is off"), "{}", fwd.evidence);
+    assert_eq!(clause(&report, "9.1-3").status, "not_probed");
+    assert_eq!(
+        report.failed,
+        report.clauses.iter().filter(|c| c.status == "fail").count() as u32
+    );
+
+    let dir = c.data_dir.path();
+    let before = std::fs::metadata(dir).unwrap().permissions().mode();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opened: rampart_api::conformance::ConformanceReport = security.get("/v1/conformance").await.expect("report");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(before)).unwrap();
+    let cl = clause(&opened, "9.1-1e");
+    assert_eq!(cl.status, "fail", "{cl:?}");
+    assert!(cl.evidence.contains("0755"), "{}", cl.evidence);
+
+    let anon_status = match c.anon.get::<serde_json::Value>("/v1/conformance").await {
+        Ok(_) => 200,
+        Err(e) => e.status().map(|s| s.as_u16()).unwrap_or(0),
+    };
+    assert_eq!(anon_status, 401);
+}

@@ -114,6 +114,9 @@ enum Command {
     /// Package vulnerabilities (spec 15-4): import OSV / Debian tracker data, scan a root.
     #[command(subcommand)]
     Vulndb(cli::posture::VulndbCmd),
+    /// Live conformance of the cloud with the specification (spec 15-3): every clause, its
+    /// tests, and what the live probes found. Exit 1 when a probed clause fails.
+    Conformance(cli::conformance::ConformanceArgs),
 }
 
 #[derive(Args)]
@@ -341,6 +344,7 @@ fn main() -> ExitCode {
             Command::Volume(cmd) => cli::volumes::volume(cmd).await.map_err(Failure::Runtime),
             Command::Harden(cmd) => cli::posture::harden(cmd),
             Command::Vulndb(cmd) => cli::posture::vulndb(cmd),
+            Command::Conformance(a) => cli::conformance::conformance(a).await,
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

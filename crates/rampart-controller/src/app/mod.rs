@@ -26,6 +26,7 @@ pub mod assignments;
 pub mod audit;
 pub mod certificates;
 pub mod compute;
+pub mod conformance;
 pub mod groups;
 pub mod identity;
 pub mod keys;

@@ -28,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod certificates;
 pub mod compute;
+pub mod conformance;
 pub mod groups;
 pub mod identity;
 pub mod keys;
@@ -69,6 +70,7 @@ use crate::{app, http};
         (name = "keys", description = "Customer keys in the HSM: lifecycle (key-admin) and cryptographic operations (key-user)"),
         (name = "certificates", description = "Certificate inventory, issuance from tenant CSRs, import, revocation"),
         (name = "volumes", description = "Encrypted volumes, their grants and wipe reports, attachments, volume types, storage pools"),
+        (name = "security", description = "Live conformance with the specification"),
     )
 )]
 struct PublicApi;
@@ -354,6 +356,7 @@ fn authenticated_routes() -> Routes {
         // Audit trail (issue 4).
         .routes(audited!(audit::list_events => app::audit::LIST_EVENTS))
         .routes(audited!(audit::verify => app::audit::VERIFY))
+        .routes(audited!(conformance::report => app::conformance::GET_CONFORMANCE))
         .routes(audited!(
             audit::get_retention => app::audit::GET_RETENTION,
             audit::put_retention => app::audit::PUT_RETENTION,

@@ -1,5 +1,6 @@
 //! Client verbs of the `rampart` binary: they talk to a controller's API like any client.
 
+pub mod conformance;
 pub mod identity;
 pub mod images;
 pub mod keys;
