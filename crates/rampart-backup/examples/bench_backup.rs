@@ -158,7 +158,7 @@ fn main() {
                "data_added": full.data_added}),
         json!({"metric": "volume_backup_incremental_1pct", "value": round(mbs(inc_t)), "unit": "MiB/s",
                "goal": "report", "data_added": inc.data_added,
-               "data_added_pct": round(inc.data_added as f64 * 100.0 / size as f64 * 10.0) / 10.0}),
+               "data_added_pct": (inc.data_added as f64 * 10000.0 / size as f64).round() / 100.0}),
         json!({"metric": "volume_restore", "value": round(mbs(restore_t)), "unit": "MiB/s", "goal": "report"}),
     ];
     let doc = json!({

@@ -322,10 +322,11 @@ fn spec_12_3_2_1_an_incremental_backup_sends_about_what_changed() {
         inc.data_added,
         ratio * 100.0
     );
-    // restic's content-defined chunks average 1 MiB: the changed 2.6 MiB touch at most two
-    // more chunks at their edges.
+    // restic's content-defined chunks are 0.5 to 8 MiB (1 MiB on average): a changed run costs
+    // itself plus at most the two chunks cut at its edges, and a little metadata. Measured:
+    // about 2 % here, 1.4 % on 1 GiB (`scripts/bench-backup.sh`).
     assert!(
-        inc.data_added >= changed && ratio < 0.03,
+        inc.data_added >= changed && inc.data_added <= changed + 17 * MIB,
         "incremental sent {} bytes for {changed} changed",
         inc.data_added
     );
@@ -688,4 +689,41 @@ fn spec_14_1_1_the_documented_recovery_restores_with_stock_restic_and_qemu_img()
         qemu_io(&out_file, &pass, "read -P 0x3c 2M 1M").is_err(),
         "it is encrypted under the new passphrase only"
     );
+}
+
+#[test]
+fn spec_14_1_1_retention_forgets_the_backups_beyond_it_for_that_volume_only() {
+    if !ready(&[]) {
+        return;
+    }
+    let f = Fixture::new();
+    let pass = Sensitive::new("vol-pass-retention");
+    let a = f.volume(4 * MIB, &pass);
+    let b = f.volume(4 * MIB, &pass);
+    let repo = f.primary("repo-pass-retention");
+    let mut of_a = Vec::new();
+    for _ in 0..3 {
+        let id = Uuid::new_v4();
+        f.backup(&repo, a, &pass, id);
+        of_a.push(id);
+    }
+    let kept_b = Uuid::new_v4();
+    f.backup(&repo, b, &pass, kept_b);
+    let keep = rampart_backup::plan::Retention {
+        last: Some(1),
+        ..Default::default()
+    };
+    repo.forget(a, &keep).unwrap();
+    let left: Vec<String> = repo
+        .snapshots(None)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.tags)
+        .filter(|t| t.starts_with("rampart-backup="))
+        .collect();
+    let tag = rampart_backup::plan::backup_tag;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&tag(of_a[2])), "the newest of the volume stays");
+    assert!(left.contains(&tag(kept_b)), "another volume's backups are not touched");
+    repo.check(ReadData::None).expect("the pruned repository is consistent");
 }
