@@ -232,6 +232,60 @@ impl Drop for Export {
     }
 }
 
+/// After a restart: stops the `qemu-storage-daemon`s of exports a killed agent left under
+/// `work` (found by their mount point in `/proc/<pid>/cmdline`, so only our own), unmounts what
+/// is still mounted and removes the directories. Returns the directories cleaned.
+pub fn recover(work: &Path) -> Result<Vec<PathBuf>, ExportError> {
+    let mut cleaned = Vec::new();
+    let entries = std::fs::read_dir(work).map_err(io("reading the export work directory"))?;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let is_export = e.file_name().to_string_lossy().starts_with("export-");
+        if !is_export || !dir.is_dir() {
+            continue;
+        }
+        let mountpoint = dir.join("disk");
+        let needle = format!("mountpoint={},", mountpoint.display());
+        for p in std::fs::read_dir("/proc").map_err(io("reading /proc"))?.flatten() {
+            let name = p.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let ours = args.first().is_some_and(|a| a.ends_with("qemu-storage-daemon"))
+                && args.iter().any(|a| a.contains(&needle));
+            if ours {
+                let _ = Command::new("kill").args(["-TERM", &name]).status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                // Gone, or a zombie (its parent, not us, reaps it).
+                let alive = || {
+                    std::fs::read_to_string(p.path().join("stat"))
+                        .ok()
+                        .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+                        .unwrap_or(false)
+                };
+                while alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if mounted(&mountpoint) {
+            let _ = Command::new("umount")
+                .args(["-l", &mountpoint.display().to_string()])
+                .status();
+        }
+        std::fs::remove_dir_all(&dir).map_err(io("removing a leftover export directory"))?;
+        cleaned.push(dir);
+    }
+    Ok(cleaned)
+}
+
 /// Whether `path` is a mount point (listed in this process's mount table).
 fn mounted(path: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -727,3 +727,25 @@ fn spec_14_1_1_retention_forgets_the_backups_beyond_it_for_that_volume_only() {
     assert!(left.contains(&tag(kept_b)), "another volume's backups are not touched");
     repo.check(ReadData::None).expect("the pruned repository is consistent");
 }
+
+#[test]
+fn spec_12_3_2_1_exports_left_by_a_killed_agent_are_stopped_and_unmounted() {
+    if !ready(&[]) {
+        return;
+    }
+    let f = Fixture::new();
+    let pass = Sensitive::new("vol-pass-orphan");
+    let vol = f.volume(4 * MIB, &pass);
+    let exp = f.export(vol, &pass, false);
+    let mountpoint = exp.path().to_path_buf();
+    // The agent dies without closing the export: its guard never runs.
+    std::mem::forget(exp);
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mountinfo().contains(&mountpoint.display().to_string()));
+    let cleaned = rampart_backup::export::recover(&f.work()).unwrap();
+    assert_eq!(cleaned, [mountpoint.parent().unwrap().to_path_buf()]);
+    assert!(!mountinfo().contains(&mountpoint.display().to_string()), "unmounted");
+    assert!(!mountpoint.exists());
+    // The volume is free again: a writable export (which needs the write lock) opens.
+    f.export(vol, &pass, true).close().unwrap();
+}
