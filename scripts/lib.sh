@@ -44,11 +44,15 @@ RUNTIME_PACKAGES=(iproute2 openssl softhsm2)
 RUNTIME_PACKAGES+=(nftables conntrack dnsmasq-base)
 # The README walk-through: curl for the API, jq to pick ids out of its answers.
 RUNTIME_PACKAGES+=(curl jq)
+# Volume backups (rampart-backup): restic drives the repositories; sftp targets go over ssh.
+RUNTIME_PACKAGES+=(restic openssh-client)
 # Packages the test suite needs besides those.
 # (softhsm2 for the key tests, sqlite3 for the database-dump scan of rampart-kms)
 TEST_PACKAGES=(postgresql openssl iproute2 curl softhsm2 sqlite3)
 # The audit trail's forwarding tests run a private RFC 5425 receiver (issue 4).
 TEST_PACKAGES+=(rsyslog rsyslog-gnutls)
+# The second backup target of the backup tests: an sshd (sftp) in a throwaway namespace.
+TEST_PACKAGES+=(openssh-server)
 # What a node needs to run VMs and build the demo guest (qemu-system-x86, genisoimage, cpio,
 # lz4, busybox-static, openssh-client, util-linux, dropbear-bin): the list lives in
 # crates/rampart-compute/scripts/install-host-deps.sh, which takes QEMU from bookworm-backports
