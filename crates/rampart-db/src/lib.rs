@@ -10,6 +10,7 @@ pub mod audit;
 pub mod compute;
 pub mod credentials;
 pub mod groups;
+pub mod ha;
 pub mod idempotency;
 pub mod identity;
 pub mod intents;

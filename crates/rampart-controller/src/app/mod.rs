@@ -27,6 +27,8 @@ pub mod audit;
 pub mod certificates;
 pub mod compute;
 pub mod groups;
+pub mod ha;
+pub mod ha_fence;
 pub mod identity;
 pub mod keys;
 pub mod network;
