@@ -93,6 +93,23 @@ impl VmDriver {
         }
     }
 
+    /// Fencing: kills the VM's QEMU at once; true when one was running.
+    pub(crate) async fn kill_now(&self, id: Uuid) -> bool {
+        match self {
+            VmDriver::Fake { hv, .. } => {
+                let up = hv
+                    .observe()
+                    .await
+                    .is_ok_and(|vms| vms.iter().any(|o| o.id == id && is_up(o.state)));
+                if up {
+                    let _ = hv.destroy(id).await;
+                }
+                up
+            }
+            VmDriver::Qemu(q) => q.kill_now(id).await,
+        }
+    }
+
     fn forget(&self, id: Uuid) {
         if let VmDriver::Fake { dir, .. } = self {
             let _ = std::fs::remove_dir_all(dir.join(id.to_string()));
@@ -173,6 +190,8 @@ pub struct ComputeRuntime {
     net: NetNodeConfig,
     /// The node's volumes, for attaching them to VMs.
     storage: Option<Arc<crate::storage::StorageService>>,
+    /// The lease with the controller: whether a VM may boot now (self fencing).
+    lease: Option<Arc<crate::fence::Lease>>,
 }
 
 fn now_ms() -> i64 {
@@ -216,7 +235,23 @@ impl ComputeRuntime {
                 underlay: None,
             },
             storage: None,
+            lease: None,
         })
+    }
+
+    /// The node's lease (self fencing, spec 14.1-3).
+    pub fn lease(mut self, lease: Arc<crate::fence::Lease>) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The driver, for the fence task.
+    pub fn driver(&self) -> VmDriver {
+        self.opts.driver.clone()
+    }
+
+    fn may_boot(&self, d: &DesiredInstance) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.may_boot(d.ha))
     }
 
     /// The node's storage service (volumes are attached from its pool).
@@ -250,6 +285,20 @@ impl ComputeRuntime {
             }
         };
         let obs: BTreeMap<Uuid, ObservedVm> = observed.into_iter().map(|o| (o.id, o)).collect();
+        // Protected VMs the fence killed: reported, and not booted again here until the
+        // controller asks for a new boot.
+        let killed = self.lease.as_ref().map(|l| l.take_killed()).unwrap_or_default();
+        for id in killed {
+            if let Some(vm) = self.vms.get_mut(&id) {
+                vm.power = ObservedPower::Crashed;
+                vm.pid = None;
+            }
+            self.event(
+                id,
+                "fenced",
+                serde_json::json!({"reason": "no answer from the controller within fence_after_s"}),
+            );
+        }
         for d in &desired.instances {
             let d = self.with_port_namespaces(d, network);
             self.converge(&d, obs.get(&d.id)).await;
@@ -296,6 +345,8 @@ impl ComputeRuntime {
 
     async fn converge(&mut self, d: &DesiredInstance, o: Option<&ObservedVm>) {
         let up = o.is_some_and(|o| is_up(o.state));
+        let may_boot = self.may_boot(d);
+        let held = || tracing::info!(instance = %d.id, ha = d.ha, "boot held until the controller answers and confirms this node's document");
         let adopted = !self.vms.contains_key(&d.id);
         let vm = self.vms.entry(d.id).or_insert(Vm {
             // A VM found running after an agent restart is the current boot.
@@ -325,6 +376,10 @@ impl ComputeRuntime {
         match d.power {
             WantedPower::Running => {
                 if up && d.boot_seq > vm.boot_seq {
+                    if !may_boot {
+                        held();
+                        return;
+                    }
                     // Reboot: a new boot, so the images are verified again.
                     if let Err(e) = self.opts.driver.stop(d.id, STOP_GRACE).await {
                         tracing::warn!(instance = %d.id, error = %rampart_common::error::ErrorChain(&e), "cannot stop a VM for reboot");
@@ -356,6 +411,7 @@ impl ComputeRuntime {
                         tracing::warn!(instance = %d.id, "VM died by itself");
                     }
                     ObservedPower::Failed | ObservedPower::Crashed if vm.boot_seq >= d.boot_seq => {}
+                    _ if !may_boot => held(),
                     _ => self.boot(d).await,
                 }
             }

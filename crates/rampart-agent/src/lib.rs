@@ -7,6 +7,7 @@
 
 pub mod attach;
 pub mod compute;
+pub mod fence;
 pub mod host;
 pub mod identity;
 pub mod ledger;
@@ -228,11 +229,13 @@ impl Agent {
             }
             None => None,
         };
+        let lease = Arc::new(fence::Lease::load(&self.data_dir));
         let compute = match self.compute {
             Some(c) => Some(
                 ComputeRuntime::new(c, &self.data_dir, creds.client(compute::IMAGE_CLIENT_TIMEOUT))?
                     .netns_prefix(&self.network.netns_prefix)
-                    .storage(storage.clone()),
+                    .storage(storage.clone())
+                    .lease(lease.clone()),
             ),
             None => None,
         };
@@ -278,6 +281,14 @@ impl Agent {
             wake: wake_tx,
             shutdown: shutdown.clone(),
         }));
+        let fencer = compute.as_ref().map(|rt| {
+            tokio::spawn(fence::run(
+                lease.clone(),
+                rt.driver(),
+                desired_rx.clone(),
+                shutdown.clone(),
+            ))
+        });
         let poller = tokio::spawn(poll_loop(
             poll_client,
             ledger,
@@ -294,6 +305,7 @@ impl Agent {
             applied,
             fetched,
             report,
+            lease,
             wake: wake_rx,
             desired: desired_rx,
             shutdown: shutdown.clone(),
@@ -318,6 +330,9 @@ impl Agent {
             let _ = renewal.await;
             if let Some(s) = storage_loop {
                 let _ = s.await;
+            }
+            if let Some(f) = fencer {
+                let _ = f.await;
             }
             if removed.is_cancelled() {
                 Err(AgentError::Removed(dir))
@@ -482,6 +497,8 @@ struct StatusLoop {
     applied: Arc<AtomicI64>,
     fetched: Arc<AtomicI64>,
     report: Arc<Mutex<Option<NetworkStatus>>>,
+    /// Renewed by every accepted report (self fencing).
+    lease: Arc<fence::Lease>,
     /// Changed after each apply: report at once rather than at the next heartbeat.
     wake: watch::Receiver<()>,
     desired: watch::Receiver<Option<NodeConfig>>,
@@ -498,6 +515,7 @@ async fn status_loop(s: StatusLoop) {
         applied,
         fetched,
         report,
+        lease,
         mut wake,
         mut desired,
         shutdown,
@@ -528,6 +546,9 @@ async fn status_loop(s: StatusLoop) {
             storage: storage.as_ref().map(|s| s.report()),
         };
         tracing::debug!(applied = status.applied_generation, "sending status");
+        // The lease counts from the sending: the controller records the heartbeat no earlier.
+        let (sent_at, sent_wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let confirmed_before = lease.may_boot(true);
         let (sent_with, result) = match client.get() {
             // A stopping agent does not wait for a heartbeat in flight (up to its timeout).
             Ok((generation, http)) => (
@@ -553,6 +574,11 @@ async fn status_loop(s: StatusLoop) {
                     failing = false;
                 }
                 let held = fetched.load(Ordering::SeqCst);
+                lease.renewed(sent_at, sent_wall, ack.generation, held);
+                if !confirmed_before && lease.may_boot(true) && compute.is_some() {
+                    // Boots held for the controller's word may go now, not at the next beat.
+                    continue;
+                }
                 if ack.generation < held {
                     // The controller's database went back in time (restored backup): take its
                     // word over the ledger's and fetch everything again.

@@ -76,6 +76,10 @@ pub struct NodeConfig {
     pub generation: i64,
     /// How often the agent must send its status.
     pub heartbeat_interval_s: u64,
+    /// Self fencing (spec 14.1-3): with no answer to its reports for this long, the agent kills
+    /// its protected VMs and boots none until the controller answers again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_after_s: Option<u64>,
     /// The VMs this node must run (left out when there is none).
     #[serde(default, skip_serializing_if = "crate::compute::NodeCompute::is_empty")]
     pub compute: crate::compute::NodeCompute,

@@ -253,6 +253,22 @@ pub struct InstanceCreate {
     /// Start the VM (default true).
     #[serde(default)]
     pub start: Option<bool>,
+    /// High availability (spec 14.1-3): restarted on another node when its node is lost.
+    #[serde(default)]
+    pub ha: Option<HaPolicy>,
+}
+
+/// An instance's high-availability policy: when its node is lost (no heartbeat, fenced), the
+/// controller restarts it on another ready node, highest `priority` first. Placement of a
+/// protected instance keeps room to restart the protected instances of the largest node
+/// (`ha.failures_to_tolerate`), else 409 `ha_capacity`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HaPolicy {
+    pub enabled: bool,
+    /// 0..=100, higher restarted first (default 0).
+    #[serde(default)]
+    pub priority: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -345,6 +361,9 @@ pub struct Instance {
     pub networks: Vec<Uuid>,
     pub tags: BTreeMap<String, String>,
     pub anti_affinity: bool,
+    /// Its high-availability policy (absent: not protected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaPolicy>,
     /// The unprivileged uid its QEMU runs as on the node.
     pub vm_uid: Option<u32>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -528,6 +547,10 @@ impl NodeCompute {
 #[serde(deny_unknown_fields)]
 pub struct DesiredInstance {
     pub id: Uuid,
+    /// Protected by HA: the node kills it when it loses its lease with the controller (self
+    /// fencing) and never boots it before the controller has confirmed it is still its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha: bool,
     pub project_id: Uuid,
     pub name: String,
     pub power: PowerState,

@@ -39,6 +39,40 @@ pub struct Config {
     pub kms: KmsConfig,
     /// Default per-project quotas.
     pub quotas: crate::quota::QuotaConfig,
+    /// High availability of protected instances (spec 14.1-3).
+    pub ha: HaConfig,
+}
+
+/// High availability (spec 14.1-3): self-fencing of nodes, recovery of protected instances,
+/// admission control, flapping nodes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Node failures the placement of protected instances keeps room for (0: no admission
+    /// control).
+    pub failures_to_tolerate: u32,
+    /// An agent that has had no answer to its reports for this long kills the QEMU of its
+    /// protected instances and boots none until the controller answers again.
+    pub fence_after_s: u64,
+    /// Added to `fence_after_s` after a node's last heartbeat before its protected instances
+    /// are restarted elsewhere (clock rates, the kill itself).
+    pub fence_margin_s: u64,
+    /// A node lost this many times within `flap_window_s` is quarantined (kept out of
+    /// scheduling, an alarm in the trail) until an operator puts it back.
+    pub flap_losses: u32,
+    pub flap_window_s: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            failures_to_tolerate: 1,
+            fence_after_s: 20,
+            fence_margin_s: 10,
+            flap_losses: 3,
+            flap_window_s: 3600,
+        }
+    }
 }
 
 /// The audit trail (spec 13.4): checkpoints, purge cadence, forwarding queue, black box.
@@ -567,6 +601,27 @@ impl Config {
         }
         if !(1..=300).contains(&n.long_poll_timeout_s) {
             return invalid("nodes.long_poll_timeout_s", "must be between 1 and 300 seconds");
+        }
+        if self.ha.fence_after_s < 2 * n.heartbeat_interval_s || self.ha.fence_after_s > 3600 {
+            return invalid(
+                "ha.fence_after_s",
+                format!(
+                    "must be between twice nodes.heartbeat_interval_s ({}) and 3600, so one lost heartbeat does not fence a node",
+                    n.heartbeat_interval_s
+                ),
+            );
+        }
+        if !(1..=3600).contains(&self.ha.fence_margin_s) {
+            return invalid("ha.fence_margin_s", "must be between 1 and 3600 seconds");
+        }
+        if self.ha.failures_to_tolerate > 16 {
+            return invalid("ha.failures_to_tolerate", "must be at most 16");
+        }
+        if self.ha.flap_losses == 0 || self.ha.flap_window_s == 0 {
+            return invalid(
+                "ha.flap_losses",
+                "ha.flap_losses and ha.flap_window_s must be at least 1",
+            );
         }
         if !(1..=825).contains(&n.agent_certificate_days) {
             return invalid("nodes.agent_certificate_days", "must be between 1 and 825");

@@ -533,6 +533,18 @@ impl QemuDriver {
         }
     }
 
+    /// Fencing (spec 14.1-3): SIGKILL every process of the VM at once, with no shutdown
+    /// request first, and wait until they are gone; true when something was running. The VM's
+    /// directory stays (the controller decides whether it boots here again).
+    pub async fn kill_now(&self, id: Uuid) -> bool {
+        if self.cgroup(id).pids().is_empty() {
+            return false;
+        }
+        self.kill_all(id);
+        self.wait_gone(id, Duration::from_secs(5)).await;
+        true
+    }
+
     fn kill_all(&self, id: Uuid) {
         for pid in self.cgroup(id).pids() {
             let _ = std::process::Command::new("kill")

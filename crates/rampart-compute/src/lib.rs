@@ -10,6 +10,7 @@ pub mod alarm;
 pub mod configdrive;
 pub mod confine;
 pub mod driver;
+pub mod ha;
 pub mod image;
 pub mod inspect;
 pub mod monitor;

@@ -23,6 +23,11 @@ pub async fn node_document_json(
     doc.compute = crate::app::compute::desired::node_compute(conn, node_id).await?;
     doc.network = crate::app::network::desired::node_network(conn, config, node_id).await?;
     doc.storage = crate::app::volumes::desired::node_storage(conn, node_id).await?;
+    // Only a node running protected instances fences itself (and documents of the others stay
+    // as they were).
+    if doc.compute.instances.iter().any(|i| i.ha) {
+        doc.fence_after_s = Some(config.ha.fence_after_s);
+    }
     Ok(serde_json::to_string(&doc).expect("node config serialises"))
 }
 

@@ -12,6 +12,7 @@ pub fn node_config(node_id: Uuid, node_name: &str, nodes: &NodesConfig) -> NodeC
         node_name: node_name.to_string(),
         generation: 0,
         heartbeat_interval_s: nodes.heartbeat_interval_s,
+        fence_after_s: None,
         compute: Default::default(),
         network: Default::default(),
         storage: Default::default(),

@@ -462,6 +462,8 @@ pub struct InstanceRow {
     pub ports: String,
     pub networks: String,
     pub anti_affinity: bool,
+    /// HA priority (0..=100) of a protected instance (`instance_ha`); `None`: not protected.
+    pub ha_priority: Option<i64>,
     pub vm_uid: Option<i64>,
     pub launched_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
@@ -500,6 +502,7 @@ struct InstanceDb {
     ports: String,
     networks: String,
     anti_affinity: i64,
+    ha_priority: Option<i64>,
     vm_uid: Option<i64>,
     launched_at: Option<i64>,
     created_at: i64,
@@ -528,6 +531,7 @@ impl TryFrom<InstanceDb> for InstanceRow {
             ports: r.ports,
             networks: r.networks,
             anti_affinity: r.anti_affinity != 0,
+            ha_priority: r.ha_priority,
             vm_uid: r.vm_uid,
             launched_at: r.launched_at.map(from_ms),
             created_at: from_ms(r.created_at),
@@ -535,7 +539,8 @@ impl TryFrom<InstanceDb> for InstanceRow {
     }
 }
 
-const INSTANCE_COLS: &str = "id, project_id, name, image_id, flavor_id, node_id, status, desired_power, boot_seq, failure_code, failure_message, password_hash, login_user, ssh_keys, tags, security_groups, ports, networks, anti_affinity, vm_uid, launched_at, created_at";
+const INSTANCE_COLS: &str = "id, project_id, name, image_id, flavor_id, node_id, status, desired_power, boot_seq, failure_code, failure_message, password_hash, login_user, ssh_keys, tags, security_groups, ports, networks, anti_affinity, \
+    (SELECT h.priority FROM instance_ha h WHERE h.instance_id = instances.id) AS ha_priority, vm_uid, launched_at, created_at";
 
 pub async fn insert_instance(conn: &mut AnyConnection, i: &InstanceRow) -> Result<()> {
     sqlx::query(
@@ -560,9 +565,17 @@ pub async fn insert_instance(conn: &mut AnyConnection, i: &InstanceRow) -> Resul
     .bind(&i.networks)
     .bind(i64::from(i.anti_affinity))
     .bind(to_ms(i.created_at))
-    .execute(conn)
+    .execute(&mut *conn)
     .await
     .map_err(|e| conflict_on_unique(e, format!("an instance named {:?} already exists in this project", i.name)))?;
+    if let Some(priority) = i.ha_priority {
+        sqlx::query("INSERT INTO instance_ha (instance_id, priority, updated_at) VALUES ($1, $2, $3)")
+            .bind(i.id.to_string())
+            .bind(priority)
+            .bind(to_ms(i.created_at))
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -689,6 +702,7 @@ pub async fn delete_instance(conn: &mut AnyConnection, id: Uuid) -> Result<()> {
         "instance_events",
         "instance_consoles",
         "instance_ports",
+        "instance_ha",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE instance_id = $1"

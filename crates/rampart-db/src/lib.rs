@@ -11,6 +11,7 @@ pub mod compute;
 pub mod conformance;
 pub mod credentials;
 pub mod groups;
+pub mod ha;
 pub mod idempotency;
 pub mod identity;
 pub mod intents;

@@ -221,7 +221,18 @@ impl TestCluster {
         dir: tempfile::TempDir,
         token: Option<Sensitive>,
     ) -> Result<TestAgent, AgentError> {
-        let vms = FakeHypervisor::new();
+        self.start_agent_on(name, dir, token, FakeHypervisor::new()).await
+    }
+
+    /// As [`TestCluster::start_agent`], on a hypervisor that may still run VMs (an agent
+    /// restarted after a crash finds the VMs it left).
+    pub async fn start_agent_on(
+        &self,
+        name: &str,
+        dir: tempfile::TempDir,
+        token: Option<Sensitive>,
+        vms: FakeHypervisor,
+    ) -> Result<TestAgent, AgentError> {
         let host = Arc::new(FakeHost::named(name));
         let agent = Agent::enrol(AgentOptions {
             controller_url: self.controller.url(),

@@ -28,6 +28,8 @@ pub mod certificates;
 pub mod compute;
 pub mod conformance;
 pub mod groups;
+pub mod ha;
+pub mod ha_fence;
 pub mod identity;
 pub mod keys;
 pub mod network;

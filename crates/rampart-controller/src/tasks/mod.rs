@@ -9,6 +9,7 @@
 //! supervisor and the restart counted.
 
 mod certificates;
+mod ha;
 mod housekeeping;
 mod lease;
 mod liveness;
@@ -52,6 +53,7 @@ fn tasks(state: &AppState) -> Vec<Task> {
     vec![
         t("reconciler_lease", false, seconds(1), |s| Box::pin(lease::renew(s))),
         t("node_liveness", true, seconds(1), |s| Box::pin(liveness::pass(s))),
+        t("ha_recovery", true, seconds(1), |s| Box::pin(ha::pass(s))),
         t("audit_checkpoint", true, seconds(1), |s| {
             Box::pin(async move { crate::audit::retention::checkpoint(&s).await })
         }),

@@ -80,6 +80,7 @@ pub async fn node_compute(conn: &mut rampart_db::Conn, node: Uuid) -> rampart_db
         let (signature_policy, trusted_keys) = policies[&inst.project_id].clone();
         out.instances.push(DesiredInstance {
             id: inst.id,
+            ha: inst.ha_priority.is_some(),
             project_id: inst.project_id,
             name: inst.name.clone(),
             power: PowerState::parse(&inst.desired_power).unwrap_or(PowerState::Stopped),

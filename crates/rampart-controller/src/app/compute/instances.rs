@@ -40,6 +40,10 @@ pub(super) fn instance_view(i: InstanceRow) -> Instance {
         networks: lists.networks,
         tags: lists.tags,
         anti_affinity: i.anti_affinity,
+        ha: i.ha_priority.map(|p| rampart_api::compute::HaPolicy {
+            enabled: true,
+            priority: p.clamp(0, 100) as u8,
+        }),
         vm_uid: i.vm_uid.map(|u| u as u32),
         launched_at: i.launched_at,
         created_at: i.created_at,
@@ -183,6 +187,7 @@ pub async fn create(
     principal.project(state, project, "project.write").await?;
     check_instance(&req)?;
     let user = check_guest(&req)?;
+    let ha_priority = crate::app::ha::check_policy(req.ha)?;
     let password_hash = password_hash(&req).await?;
     // The volumes pin the instance to their node.
     let pinned = crate::app::volumes::attach::check_for_new_instance(state, principal, project, &req.volumes).await?;
@@ -202,8 +207,16 @@ pub async fn create(
                 "the node holding the volumes cannot run VMs now (see GET /v1/nodes)".into(),
             ));
         }
-        None => scheduling::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64).await?,
+        None => scheduling::schedule(&mut tx, &nics.groups, req.anti_affinity, flavor.memory_mib as u64, None).await?,
     };
+    crate::app::ha::admit(
+        &mut tx,
+        &state.config,
+        node,
+        flavor.memory_mib as u64,
+        ha_priority.is_some(),
+    )
+    .await?;
     let start = req.start.unwrap_or(true);
     let row = InstanceRow {
         id: Uuid::new_v4(),
@@ -225,6 +238,7 @@ pub async fn create(
         ports: "[]".into(),
         networks: list_column(&req.networks),
         anti_affinity: req.anti_affinity,
+        ha_priority,
         vm_uid: None,
         launched_at: None,
         created_at: state.now(),

@@ -13,14 +13,16 @@ use super::records;
 /// Picks a ready node that can run VMs for a new instance of `flavor_memory_mib`, spreading the
 /// members of its security groups over nodes (spec 10.3-3): fewest members of its groups first,
 /// then fewest instances, then the name. With `anti_affinity`, only nodes with no member of its
-/// groups qualify.
+/// groups qualify. `exclude`: a node not to use (the lost node an HA restart leaves).
 pub async fn schedule(
     conn: &mut rampart_db::Conn,
     groups: &[Uuid],
     anti_affinity: bool,
     memory_mib: u64,
+    exclude: Option<Uuid>,
 ) -> Result<Uuid, Error> {
-    let candidates = db::schedulable_nodes(conn).await?;
+    let mut candidates = db::schedulable_nodes(conn).await?;
+    candidates.retain(|(id, _)| Some(*id) != exclude);
     if candidates.is_empty() {
         return Err(Error::Unavailable(
             "no ready node can run VMs now (see GET /v1/nodes: a node needs QEMU, root and cgroups)".into(),
