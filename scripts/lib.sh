@@ -68,3 +68,6 @@ TEST_PACKAGES+=(busybox-static iputils-ping python3)
 # Volumes (rampart-storage): the btrfs RAID1 pool test (btrfs is in this kernel; the tools are
 # not installed by default). QEMU's LUKS driver and qemu-img come with the compute packages.
 TEST_PACKAGES+=(btrfs-progs)
+# The Ceph backend: a single-node cluster for the tests (scripts/ci/start-ceph.sh) and the
+# client side a node needs (rbd, rados, ceph CLIs; rbd-fuse, since this QEMU has no rbd driver).
+TEST_PACKAGES+=(ceph-mon ceph-osd ceph-mgr ceph-common rbd-fuse)

@@ -38,6 +38,9 @@ const WIPE_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Who the report names when a wipe resumed after a restart before the document said.
 const RESUMED_BY: &str = "rampart-agent (wipe resumed after a restart)";
 
+pub mod ceph;
+/// The backend trait object the binary hands to [`crate::Agent::with_storage`].
+pub use rampart_storage::StorageBackend as StorageBackendDyn;
 mod plan;
 pub use plan::{Action, Have, Kind, Slot, code_of, plan, pool_report};
 use plan::{failure, public_message, report_of, retry_for};
@@ -137,9 +140,9 @@ impl StorageService {
             }
         }
         Ok(Arc::new(StorageService {
+            pool_name: backend.kind().into(),
             backend,
             ctl,
-            pool_name: "local".into(),
             reports_dir,
             inner: Mutex::new(inner),
             tasks: Mutex::new(Vec::new()),

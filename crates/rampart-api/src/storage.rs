@@ -329,6 +329,9 @@ pub enum WipeMethod {
     CryptoEraseAndZero,
     /// Every byte zeroed and read back (unencrypted volumes).
     ZeroFullVerify,
+    /// Ceph: LUKS header and keyslots overwritten and read back from the OSDs, then every
+    /// RADOS object of the image removed (shrunk to nothing) and checked gone.
+    CryptoEraseAndDiscard,
 }
 
 /// The wipe report of API.md: `{"volume","method","verified","bytes","started_at","finished_at",

@@ -36,6 +36,8 @@ pub enum Need {
     Hsm,
     /// A PostgreSQL server (`scripts/ci/start-postgres.sh`).
     Postgres,
+    /// A Ceph cluster (`scripts/ci/start-ceph.sh`).
+    Ceph,
 }
 
 impl Need {
@@ -44,6 +46,7 @@ impl Need {
             Need::Root => "RAMPART_TEST_REQUIRE_ROOT",
             Need::Hsm => "RAMPART_TEST_REQUIRE_HSM",
             Need::Postgres => "RAMPART_TEST_REQUIRE_POSTGRES",
+            Need::Ceph => "RAMPART_TEST_REQUIRE_CEPH",
         }
     }
 

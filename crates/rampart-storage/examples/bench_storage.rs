@@ -53,7 +53,13 @@ fn qemu_img_bench(url: &str, write: bool, bs: u64, step: u64, count: u64) -> f64
 struct Daemon(std::process::Child);
 
 impl Daemon {
-    fn start(sock: &std::path::Path, raw: &std::path::Path, volume: &std::path::Path, pw: &Sensitive) -> Daemon {
+    fn start(
+        sock: &std::path::Path,
+        raw: &std::path::Path,
+        volume: &std::path::Path,
+        ceph: Option<&std::path::Path>,
+        pw: &Sensitive,
+    ) -> Daemon {
         let node = |name: &str, driver: &str, file: &std::path::Path, luks: bool| {
             let mut n = json!({
                 "driver": driver, "node-name": name, "cache": {"direct": true},
@@ -67,17 +73,25 @@ impl Daemon {
         let (reader, mut writer) = std::io::pipe().expect("pipe");
         std::io::Write::write_all(&mut writer, pw.expose().as_bytes()).expect("secret");
         drop(writer);
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--object")
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.arg("--object")
             .arg(proc::secret_object_arg("s0"))
             .arg("--blockdev")
             .arg(node("plain", "raw", raw, false))
             .arg("--blockdev")
-            .arg(node("luks", "qcow2", volume, true))
-            .arg("--nbd-server")
+            .arg(node("luks", "qcow2", volume, true));
+        // The Ceph volume: the same qcow2+LUKS over its rbd-fuse file, same passphrase.
+        if let Some(c) = ceph {
+            cmd.arg("--blockdev").arg(node("ceph", "qcow2", c, true));
+        }
+        cmd.arg("--nbd-server")
             .arg(format!("addr.type=unix,addr.path={}", sock.display()))
             .args(["--export", "type=nbd,id=e1,node-name=plain,name=plain,writable=on"])
-            .args(["--export", "type=nbd,id=e2,node-name=luks,name=luks,writable=on"])
+            .args(["--export", "type=nbd,id=e2,node-name=luks,name=luks,writable=on"]);
+        if ceph.is_some() {
+            cmd.args(["--export", "type=nbd,id=e3,node-name=ceph,name=ceph,writable=on"]);
+        }
+        let child = cmd
             .stdin(std::process::Stdio::from(reader))
             .spawn()
             .expect("qemu-storage-daemon");
@@ -160,13 +174,17 @@ fn main() {
         .expect("create from image");
     let create_s = t.elapsed().as_secs_f64() / gib as f64;
     std::fs::remove_file(&image).ok();
+    let ceph = CephBench::start(dir.path(), &pw);
     let sock = dir.path().join("nbd.sock");
-    let daemon = Daemon::start(&sock, &raw, &v.path, &pw);
+    let daemon = Daemon::start(&sock, &raw, &v.path, ceph.as_ref().map(|c| c.path.as_path()), &pw);
     let url = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
 
     let mut rows: Vec<Value> = Vec::new();
-    // Fill the raw file as the image filled the volume.
+    // Fill the raw file as the image filled the volume (and the Ceph volume likewise).
     qemu_img_bench(&url("plain"), true, 1 << 20, 1 << 20, size >> 20);
+    if ceph.is_some() {
+        qemu_img_bench(&url("ceph"), true, 1 << 20, 1 << 20, CEPH_SIZE >> 20);
+    }
     let cases: [(&str, bool, u64, u64, u64); 4] = [
         ("seq_read_1m", false, 1 << 20, 1 << 20, size >> 20),
         ("seq_write_1m", true, 1 << 20, 1 << 20, size >> 20),
@@ -192,8 +210,28 @@ fn main() {
             "metric": format!("{name}_luks_local"), "value": round(lv), "unit": unit,
             "limit": round(rv), "ratio": round(lv / rv), "goal": format!(">= {goal} of plain raw"),
         }));
+        if ceph.is_some() {
+            // The Ceph volume is CEPH_SIZE (the test cluster's OSDs are 2 GiB files); fewer
+            // scattered requests, the rate is per request all the same.
+            let (ccount, cstep) = if bs >= 1 << 20 {
+                (CEPH_SIZE >> 20, step)
+            } else {
+                (count / 10, step)
+            };
+            let cv = qemu_img_bench(&url("ceph"), write, bs, cstep, ccount);
+            let value = if bs >= 1 << 20 {
+                (ccount * bs) as f64 / (1 << 20) as f64 / cv
+            } else {
+                ccount as f64 / cv
+            };
+            rows.push(json!({
+                "metric": format!("{name}_luks_ceph"), "value": round(value), "unit": unit,
+                "limit": round(rv), "ratio": round(value / rv), "goal": "report (rbd-fuse, 2 replicas on one host)",
+            }));
+        }
     }
     drop(daemon);
+    drop(ceph);
     rows.push(
         json!({"metric": "create_from_image_luks_local", "value": round(create_s), "unit": "s/GiB", "goal": "report"}),
     );
@@ -229,4 +267,73 @@ fn hex_random() -> String {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).expect("random");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Size of the Ceph bench volume.
+const CEPH_SIZE: u64 = 256 << 20;
+
+/// A Ceph volume in its own pool of the cluster `scripts/ci/start-ceph.sh` started
+/// (`RAMPART_TEST_CEPH_CONF`, `RAMPART_TEST_CEPH_KEYRING`); none when those are unset.
+struct CephBench {
+    admin: rampart_storage::ceph::CephAdmin,
+    pool: String,
+    backend: rampart_storage::CephBackend,
+    path: PathBuf,
+}
+
+impl CephBench {
+    fn start(dir: &std::path::Path, pw: &Sensitive) -> Option<CephBench> {
+        use rampart_storage::ceph;
+        let conf = PathBuf::from(std::env::var_os("RAMPART_TEST_CEPH_CONF")?);
+        let keyring = PathBuf::from(std::env::var_os("RAMPART_TEST_CEPH_KEYRING")?);
+        let mon = std::fs::read_to_string(&conf)
+            .expect("ceph conf")
+            .lines()
+            .find_map(|l| l.strip_prefix("mon host = v2:").map(|m| m.trim().parse().expect("mon")))
+            .expect("mon host");
+        let admin = ceph::CephAdmin {
+            conf,
+            id: "admin".into(),
+            keyring,
+            timeout: T,
+        };
+        let pool = format!("bench-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        ceph::create_pool(&admin, &pool, 2, 8).expect("bench pool");
+        let kr = dir.join("bench.keyring");
+        ceph::create_client(&admin, &pool, &pool, &kr).expect("bench user");
+        let settings = rampart_storage::CephSettings {
+            monitors: vec![mon],
+            pool: pool.clone(),
+            client_id: pool.clone(),
+            keyring: kr,
+            storage_network: "127.0.0.0/8".parse().expect("net"),
+            storage_address: "127.0.0.1".parse().expect("addr"),
+            storage_interface: None,
+        };
+        let mut cfg = rampart_storage::CephConfig::new(settings, dir.join("ceph"));
+        cfg.luks_iter_time_ms = 100;
+        let backend = rampart_storage::CephBackend::open(cfg).expect("ceph backend");
+        let spec = VolumeSpec {
+            id: Uuid::new_v4(),
+            size_bytes: CEPH_SIZE,
+            encrypted: true,
+            owner: None,
+        };
+        let v = backend.create(&spec, Some(pw)).expect("ceph volume");
+        let path = backend.open(v.id, false).expect("open").path.into();
+        Some(CephBench {
+            admin,
+            pool,
+            backend,
+            path,
+        })
+    }
+}
+
+impl Drop for CephBench {
+    fn drop(&mut self) {
+        self.backend.unmount_all();
+        let _ = rampart_storage::ceph::delete_pool(&self.admin, &self.pool);
+        let _ = rampart_storage::ceph::delete_client(&self.admin, &self.pool);
+    }
 }

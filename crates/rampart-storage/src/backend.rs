@@ -60,6 +60,8 @@ pub enum Redundancy {
     BtrfsRaid1 { devices: u32 },
     /// A btrfs pool whose profiles are not all RAID1 (e.g. after a conversion half done).
     BtrfsMixed { data: String, metadata: String },
+    /// A Ceph replicated pool keeping `size` copies of each object (14.1-2).
+    CephReplicated { size: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

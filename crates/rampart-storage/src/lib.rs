@@ -9,6 +9,8 @@
 
 pub mod backend;
 pub mod btrfs;
+pub mod ceph;
+pub mod ceph_conf;
 pub mod fake;
 pub mod local;
 pub mod proc;
@@ -20,6 +22,8 @@ pub mod wipe;
 pub use backend::{
     ImageFormat, PoolHealth, PoolStatus, Recovery, Redundancy, StorageBackend, StorageError, VolumeInfo, VolumeSpec,
 };
+pub use ceph::{CephBackend, CephConfig};
+pub use ceph_conf::CephSettings;
 pub use fake::FakeBackend;
 pub use local::{LocalBackend, LocalConfig};
 pub use render::{NodeNames, OpenSpec, QmpCommand, Qos, VolumeType};

@@ -177,6 +177,11 @@ struct AgentArgs {
     /// This node's IPv4 address on the tenant-plane interface.
     #[arg(long, requires = "tunnel_interface")]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// Volumes on Ceph instead of the local pool: a TOML file with a `[ceph]` section
+    /// (monitors, pool, client_id, keyring, storage_network, storage_address,
+    /// storage_interface; docs/storage.md). A monitor outside the storage network is refused.
+    #[arg(long)]
+    ceph_config: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -185,7 +190,8 @@ impl AgentArgs {
     fn effective_settings(&self) -> String {
         format!(
             "controller = {:?}\nname = {:?}\nca_file = {:?}\nlog_level = {:?}\nvm_state_dir = {:?}\naccel = {:?}\n\
-             netns_prefix = {:?}\nreconcile_interval_s = {}\ntunnel_interface = {:?}\ntunnel_ip = {:?}\n",
+             netns_prefix = {:?}\nreconcile_interval_s = {}\ntunnel_interface = {:?}\ntunnel_ip = {:?}\n\
+             ceph_config = {:?}\n",
             self.controller,
             self.name,
             self.ca_file,
@@ -196,8 +202,18 @@ impl AgentArgs {
             self.reconcile_interval_s,
             self.tunnel_interface,
             self.tunnel_ip,
+            self.ceph_config,
         )
     }
+}
+
+/// The Ceph backend of `--ceph-config` (TOML), or why the agent must not start.
+fn ceph_backend(path: &Path, data_dir: &Path) -> Result<Arc<dyn rampart_agent::storage::StorageBackendDyn>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let value: toml::Value = toml::from_str(&text).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+    let settings = rampart_agent::storage::ceph::parse(&json)?;
+    rampart_agent::storage::ceph::open(settings, data_dir)
 }
 
 /// How the node runs VMs, or none (logged) when this host cannot.
@@ -656,6 +672,14 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
             "--reconcile-interval-s: must be between 1 and 3600"
         ))));
     }
+    // The storage plane is checked before anything else talks to the network (10.1).
+    let ceph =
+        match &args.ceph_config {
+            Some(path) => Some(ceph_backend(path, &data_dir).map_err(|e| {
+                Failure::Config(ConfigProblem(anyhow::anyhow!("--ceph-config {}: {e}", path.display())))
+            })?),
+            None => None,
+        };
     let agent = Agent::enrol(AgentOptions {
         controller_url: args.controller.clone(),
         data_dir,
@@ -680,6 +704,10 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    let agent = match ceph {
+        Some(backend) => agent.with_storage(Some(backend)),
+        None => agent,
+    };
     eprintln!(
         "Rampart agent: node {} ({}) talking to {}",
         agent.node_name(),

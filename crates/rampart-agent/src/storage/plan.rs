@@ -281,6 +281,7 @@ pub fn pool_report(name: &str, s: &PoolStatus) -> PoolReport {
         Redundancy::None => ("none", 1),
         Redundancy::BtrfsRaid1 { .. } => ("btrfs_raid1", 2),
         Redundancy::BtrfsMixed { .. } => ("btrfs_mixed", 1),
+        Redundancy::CephReplicated { size } => ("ceph_replicated", *size),
     };
     PoolReport {
         name: name.into(),
