@@ -39,6 +39,7 @@ const WIPE_RETRY_AFTER: Duration = Duration::from_secs(60);
 const RESUMED_BY: &str = "rampart-agent (wipe resumed after a restart)";
 
 mod plan;
+pub mod scrub;
 pub use plan::{Action, Have, Kind, Slot, code_of, plan, pool_report};
 use plan::{failure, public_message, report_of, retry_for};
 
@@ -87,6 +88,8 @@ pub struct StorageService {
     /// Notified when an action ends: the loop plans again (a snapshot made lets a volume from
     /// it be created) and the status goes out sooner.
     pub changed: Notify,
+    /// The pool's scheduled scrub, whose last result goes into the pool's report (14.1-2).
+    scrubber: std::sync::OnceLock<Arc<scrub::Scrubber>>,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -144,6 +147,7 @@ impl StorageService {
             inner: Mutex::new(inner),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            scrubber: std::sync::OnceLock::new(),
         }))
     }
 
@@ -633,7 +637,16 @@ impl StorageService {
                 }
             }
         };
+        let mut pool = pool;
+        if let Some(last) = self.scrubber.get().and_then(|s| s.last()) {
+            scrub::annotate(&mut pool, &last);
+        }
         lock(&self.inner).pool = Some(pool);
+    }
+
+    /// Reports the last scrub of `scrubber` with the pool from now on (set once).
+    pub fn set_scrubber(&self, scrubber: Arc<scrub::Scrubber>) {
+        let _ = self.scrubber.set(scrubber);
     }
 
     /// The storage section of the next status (from memory: never waits on the disk).
