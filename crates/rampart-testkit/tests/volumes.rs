@@ -234,24 +234,32 @@ async fn wait_volume(c: &TestCluster, project: Uuid, id: &str, want: &str) -> Va
     .await
 }
 
-/// A new project of the default domain in which the admin is `project-admin`.
-async fn new_project(c: &TestCluster, prefix: &str) -> Uuid {
+/// A new project of the default domain and a client of a new user who is its
+/// `project-admin` (the admin may not grant roles to itself).
+async fn new_project(c: &TestCluster, prefix: &str) -> (Uuid, Client) {
+    let suffix = &Uuid::new_v4().simple().to_string()[..6];
     let p: rampart_api::Project = c
         .admin
-        .post(
-            "/v1/projects",
-            &json!({"name": format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..6])}),
-        )
+        .post("/v1/projects", &json!({"name": format!("{prefix}-{suffix}")}))
         .await
         .unwrap();
-    let me: Value = c.admin.get("/v1/auth/tokens/current").await.unwrap();
-    let admin: Uuid = me["user"]["id"].as_str().unwrap().parse().unwrap();
     let scope = ScopeRef {
         project: Some(p.id),
         ..Default::default()
     };
-    c.grant(admin, "project-admin", scope).await;
-    p.id
+    let name = format!("{prefix}-admin-{suffix}");
+    c.create_user(&name, "Plover-saffron-31", &[("project-admin", scope)])
+        .await;
+    (p.id, c.login_user(&name, "Plover-saffron-31").await)
+}
+
+/// Polls `client` until volume `id` of `project` is `want`.
+async fn wait_volume_as(client: &Client, project: Uuid, id: &str, want: &str) -> Value {
+    TestCluster::wait_for(&format!("volume {want}"), Duration::from_secs(10), || async {
+        let v = volume(client, project, id).await.ok()?;
+        (v["status"] == want).then_some(v)
+    })
+    .await
 }
 
 fn code(e: &ClientError) -> (u16, &str) {
@@ -947,9 +955,8 @@ async fn snapshots(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(code(&e), (400, "validation_failed"));
-    let other = new_project(&c, "snapother").await;
-    let e = c
-        .admin
+    let (other, outsider) = new_project(&c, "snapother").await;
+    let e = outsider
         .post::<_, Value>(
             &vol_path(other),
             &json!({"name": "steal", "size_gib": 2, "snapshot": sid}),
@@ -1077,7 +1084,8 @@ async fn snapshots(backend: Backend) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["target"]["id"] == src_id.to_string())
+            .any(|r| r["details"]["snapshot"] == sid.to_string()),
+        "volume.snapshot.create in the trail, naming the snapshot: {trail}"
     );
     // Now the volume may go.
     let v: Value = del(&c.admin, &format!("{}/src", vol_path(project))).await.unwrap();
@@ -1098,7 +1106,7 @@ async fn quotas_and_cleanup(backend: Backend) {
     if !c.has_hsm() {
         return;
     }
-    let pid = new_project(&c, "volq").await;
+    let (pid, user) = new_project(&c, "volq").await;
     let node = FakeNode::enrol(&c, "quota-1", 100).await;
     // The project's own volume limits replace the `[quotas]` defaults.
     let q = put(
@@ -1113,34 +1121,30 @@ async fn quotas_and_cleanup(backend: Backend) {
         (Some(1), Some(5))
     );
     assert_eq!(q["own"]["volume_gib"], 5);
-    let e = c
-        .admin
+    let e = user
         .post::<_, Value>(&vol_path(pid), &json!({"name": "big", "size_gib": 6}))
         .await
         .unwrap_err();
     assert_eq!(code(&e), (413, "quota_exceeded"));
-    let v: Value = c
-        .admin
+    let v: Value = user
         .post(&vol_path(pid), &json!({"name": "one", "size_gib": 4}))
         .await
         .unwrap();
-    let e = c
-        .admin
+    let e = user
         .post::<_, Value>(&vol_path(pid), &json!({"name": "two", "size_gib": 1}))
         .await
         .unwrap_err();
     assert_eq!(code(&e), (409, "quota_exceeded"));
     assert!(e.to_string().contains("quota of 1 volumes"), "{e}");
-    let q: Value = c.admin.get(&format!("/v1/projects/{}/quotas", pid)).await.unwrap();
+    let q: Value = user.get(&format!("/v1/projects/{}/quotas", pid)).await.unwrap();
     assert_eq!(
         (q["used"]["volumes"].as_u64(), q["used"]["volume_gib"].as_u64()),
         (Some(1), Some(4))
     );
     let vid: Uuid = v["id"].as_str().unwrap().parse().unwrap();
     node.observe(vid, ObservedVolume::Ready, None).await;
-    wait_volume(&c, pid, "one", "available").await;
-    let e = c
-        .admin
+    wait_volume_as(&user, pid, "one", "available").await;
+    let e = user
         .post::<_, Value>(&format!("{}/one/extend", vol_path(pid)), &json!({"size_gib": 6}))
         .await
         .unwrap_err();
@@ -1149,7 +1153,7 @@ async fn quotas_and_cleanup(backend: Backend) {
     // A project holding a volume (even one being wiped) is not deleted.
     let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
     assert_eq!(code(&e), (409, "project_has_volumes"));
-    del(&c.admin, &format!("{}/one", vol_path(pid))).await.unwrap();
+    del(&user, &format!("{}/one", vol_path(pid))).await.unwrap();
     let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
     assert_eq!(
         code(&e),
@@ -1158,8 +1162,10 @@ async fn quotas_and_cleanup(backend: Backend) {
     );
     node.observe(vid, ObservedVolume::Wiped, Some(wipe_report(vid, true)))
         .await;
-    wait_volume(&c, pid, &vid.to_string(), "deleted").await;
-    del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap();
+    wait_volume_as(&user, pid, &vid.to_string(), "deleted").await;
+    // Wiped: volumes no longer hold the project (its service-managed key still does).
+    let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
+    assert_eq!(code(&e), (409, "project_has_keys"));
     drop(node);
     c.shutdown().await;
 }
