@@ -121,6 +121,9 @@ pub struct Agent {
     network: NetOptions,
     clock: SharedClock,
     storage: Option<Arc<dyn rampart_storage::StorageBackend>>,
+    /// The `local` pool's directory and how it is scrubbed (a btrfs RAID1 pool, 14.1-2).
+    pool_dir: PathBuf,
+    scrub: storage::scrub::ScrubOptions,
 }
 
 /// How often the storage service looks again without a new document (retries, pool health).
@@ -177,6 +180,7 @@ impl Agent {
             }
         };
         let storage = default_storage(&opts.data_dir, opts.compute.as_ref());
+        let pool_dir = opts.data_dir.join("volumes");
         Ok(Agent {
             identity,
             data_dir: opts.data_dir,
@@ -185,12 +189,36 @@ impl Agent {
             network: opts.network,
             clock: opts.clock,
             storage,
+            pool_dir,
+            scrub: storage::scrub::ScrubOptions::default(),
         })
     }
 
     /// Another storage backend than the default (`None`: the node holds no volumes).
     pub fn with_storage(mut self, backend: Option<Arc<dyn rampart_storage::StorageBackend>>) -> Self {
         self.storage = backend;
+        self
+    }
+
+    /// The `local` pool in `dir` instead of `<data dir>/volumes` (for example a directory on a
+    /// btrfs RAID1 filesystem over two devices, 14.1-2), scrubbed every `scrub_interval` when
+    /// it is on btrfs (zero: never).
+    pub fn with_local_pool(mut self, dir: PathBuf, scrub_interval: Duration) -> Self {
+        self.storage = match rampart_storage::LocalBackend::open(rampart_storage::LocalConfig::new(dir.clone())) {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                tracing::warn!(error = %rampart_common::error::ErrorChain(&e), pool = %dir.display(), "this node holds no volumes");
+                None
+            }
+        };
+        self.pool_dir = dir;
+        self.scrub.interval = scrub_interval;
+        self
+    }
+
+    /// Time between scrubs of the `local` pool when it is on btrfs (zero: never).
+    pub fn with_scrub_interval(mut self, interval: Duration) -> Self {
+        self.scrub.interval = interval;
         self
     }
 
@@ -263,6 +291,18 @@ impl Agent {
                 .unwrap_or_else(|| self.data_dir.join("net")),
             underlay: self.network.underlay.clone(),
         };
+        let scrub_loop = storage
+            .as_ref()
+            .filter(|svc| svc.backend().kind() == "local")
+            .map(|svc| {
+                let scrubber = storage::scrub::Scrubber::new(
+                    self.pool_dir.clone(),
+                    &self.data_dir.join("storage"),
+                    self.scrub.clone(),
+                );
+                svc.set_scrubber(scrubber.clone());
+                tokio::spawn(scrubber.run(shutdown.clone()))
+            });
         let storage_loop = storage.clone().map(|svc| {
             tokio::spawn(storage::run(
                 svc,
@@ -333,6 +373,9 @@ impl Agent {
             }
             if let Some(f) = fencer {
                 let _ = f.await;
+            }
+            if let Some(s) = scrub_loop {
+                let _ = s.await;
             }
             if removed.is_cancelled() {
                 Err(AgentError::Removed(dir))

@@ -42,6 +42,7 @@ pub mod ceph;
 /// The backend trait object the binary hands to [`crate::Agent::with_storage`].
 pub use rampart_storage::StorageBackend as StorageBackendDyn;
 mod plan;
+pub mod scrub;
 pub use plan::{Action, Have, Kind, Slot, code_of, plan, pool_report};
 use plan::{failure, public_message, report_of, retry_for};
 
@@ -90,6 +91,8 @@ pub struct StorageService {
     /// Notified when an action ends: the loop plans again (a snapshot made lets a volume from
     /// it be created) and the status goes out sooner.
     pub changed: Notify,
+    /// The pool's scheduled scrub, whose last result goes into the pool's report (14.1-2).
+    scrubber: std::sync::OnceLock<Arc<scrub::Scrubber>>,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -147,6 +150,7 @@ impl StorageService {
             inner: Mutex::new(inner),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            scrubber: std::sync::OnceLock::new(),
         }))
     }
 
@@ -636,7 +640,16 @@ impl StorageService {
                 }
             }
         };
+        let mut pool = pool;
+        if let Some(last) = self.scrubber.get().and_then(|s| s.last()) {
+            scrub::annotate(&mut pool, &last);
+        }
         lock(&self.inner).pool = Some(pool);
+    }
+
+    /// Reports the last scrub of `scrubber` with the pool from now on (set once).
+    pub fn set_scrubber(&self, scrubber: Arc<scrub::Scrubber>) {
+        let _ = self.scrubber.set(scrubber);
     }
 
     /// The storage section of the next status (from memory: never waits on the disk).

@@ -21,6 +21,12 @@ pub struct QuotaSet {
     pub keys: Option<u32>,
     #[serde(default)]
     pub certificates: Option<u32>,
+    /// Volumes not deleted (one being wiped still counts).
+    #[serde(default)]
+    pub volumes: Option<u32>,
+    /// GiB of those volumes together.
+    #[serde(default)]
+    pub volume_gib: Option<u32>,
 }
 
 /// One number per resource.
@@ -32,6 +38,8 @@ pub struct QuotaValues {
     pub ports: u64,
     pub keys: u64,
     pub certificates: u64,
+    pub volumes: u64,
+    pub volume_gib: u64,
 }
 
 /// The quotas of a project: the limits in force, what it uses, and its own limits.

@@ -488,6 +488,11 @@ pub struct LocalAgentConfig {
     pub enabled: bool,
     /// Node name of the local agent. Empty: the host name.
     pub name: String,
+    /// Directory of the local agent's `local` volume pool. `None`: `<data dir>/agent/volumes`.
+    /// On a btrfs RAID1 filesystem over two devices the pool is redundant (14.1-2).
+    pub storage_pool: Option<std::path::PathBuf>,
+    /// Seconds between scrubs of the pool when it is on btrfs; 0: never.
+    pub scrub_interval_s: u64,
 }
 
 impl Default for LocalAgentConfig {
@@ -495,6 +500,8 @@ impl Default for LocalAgentConfig {
         LocalAgentConfig {
             enabled: true,
             name: String::new(),
+            storage_pool: None,
+            scrub_interval_s: 86_400,
         }
     }
 }

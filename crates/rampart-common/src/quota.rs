@@ -1,5 +1,5 @@
-//! Per-project quotas: how many images, instances, VPCs, ports, keys and certificates one
-//! project may hold. Defaults come from `[quotas]`; a system admin sets a project's own limits
+//! Per-project quotas: how many images, instances, VPCs, ports, keys, certificates and volumes
+//! (and volume GiB) one project may hold. Defaults come from `[quotas]`; a system admin sets a project's own limits
 //! (`PUT /v1/projects/{id}/quotas`). Going over is 409 `quota_exceeded`: the request is well
 //! formed, it conflicts with the project's current state (like AWS `LimitExceeded`).
 
@@ -17,16 +17,22 @@ pub enum Resource {
     Ports,
     Keys,
     Certificates,
+    /// Volumes not `deleted` (the volumes issue).
+    Volumes,
+    /// GiB of those volumes together.
+    VolumeGib,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 6] = [
+    pub const ALL: [Resource; 8] = [
         Resource::Images,
         Resource::Instances,
         Resource::Vpcs,
         Resource::Ports,
         Resource::Keys,
         Resource::Certificates,
+        Resource::Volumes,
+        Resource::VolumeGib,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +43,8 @@ impl Resource {
             Resource::Ports => "ports",
             Resource::Keys => "keys",
             Resource::Certificates => "certificates",
+            Resource::Volumes => "volumes",
+            Resource::VolumeGib => "volume_gib",
         }
     }
 }
@@ -84,6 +92,8 @@ impl QuotaConfig {
             Resource::Ports => self.ports,
             Resource::Keys => self.keys,
             Resource::Certificates => self.certificates,
+            Resource::Volumes => self.volumes,
+            Resource::VolumeGib => self.volume_gib,
         }
     }
 
@@ -95,6 +105,8 @@ impl QuotaConfig {
             Resource::Ports => self.ports = v,
             Resource::Keys => self.keys = v,
             Resource::Certificates => self.certificates = v,
+            Resource::Volumes => self.volumes = v,
+            Resource::VolumeGib => self.volume_gib = v,
         }
     }
 

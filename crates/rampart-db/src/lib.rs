@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod quotas;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod volume_snapshots;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};

@@ -274,6 +274,15 @@ pub async fn usage(conn: &mut AnyConnection, project: Uuid) -> Result<(u64, u64)
     Ok((n.max(0) as u64, gib.unwrap_or(0).max(0) as u64))
 }
 
+/// How many volumes are being made from snapshot `snapshot` (it must stay until they are).
+pub async fn creating_from_snapshot(conn: &mut AnyConnection, snapshot: Uuid) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM volumes WHERE source_snapshot = $1 AND status = 'creating'")
+        .bind(snapshot.to_string())
+        .fetch_one(conn)
+        .await?;
+    Ok(n.max(0) as u64)
+}
+
 /// Moves a volume to `status` (with an error code and message for `error`, cleared otherwise).
 pub async fn set_status(
     conn: &mut AnyConnection,

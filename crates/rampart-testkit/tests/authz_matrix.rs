@@ -133,6 +133,7 @@ fn body(method: &Method, path: &str, ids: &Ids) -> Option<serde_json::Value> {
         "/v1/projects/{project}/volumes" => serde_json::json!({"name": "intruder", "size_gib": 1}),
         "/v1/projects/{project}/volumes/{id}/extend" => serde_json::json!({"size_gib": 2}),
         "/v1/projects/{project}/volumes/{id}/access" => serde_json::json!({"grants": []}),
+        "/v1/projects/{project}/volumes/{id}/snapshots" => serde_json::json!({"name": "intruder"}),
         "/v1/projects/{project}/instances/{id}/volumes" => serde_json::json!({"volume": uuid::Uuid::new_v4()}),
         "/v1/projects/{project}/volume-settings" => serde_json::json!({"allow_unencrypted": true}),
         "/v1/volume-types" => serde_json::json!({"name": "intruder"}),

@@ -155,6 +155,25 @@ impl FakeNode {
         self.report().await;
     }
 
+    /// Sets what the node observes of snapshot `id`, then reports it.
+    async fn observe_snapshot(&self, id: Uuid, state: ObservedVolume, wipe: Option<WipeReport>) {
+        {
+            let mut s = self.status.lock().unwrap();
+            let storage = s.storage.as_mut().unwrap();
+            storage.snapshots.retain(|v| v.id != id);
+            storage.snapshots.push(VolumeReport {
+                id,
+                state,
+                size_bytes: 0,
+                allocated_bytes: 0,
+                progress: None,
+                error: None,
+                wipe_report: wipe,
+            });
+        }
+        self.report().await;
+    }
+
     async fn document(&self) -> NodeConfig {
         self.client.agent_config(0).await.unwrap().expect("a document")
     }
@@ -210,6 +229,34 @@ async fn volume(client: &Client, project: Uuid, id: &str) -> Result<Value, Clien
 async fn wait_volume(c: &TestCluster, project: Uuid, id: &str, want: &str) -> Value {
     TestCluster::wait_for(&format!("volume {want}"), Duration::from_secs(10), || async {
         let v = volume(&c.admin, project, id).await.ok()?;
+        (v["status"] == want).then_some(v)
+    })
+    .await
+}
+
+/// A new project of the default domain and a client of a new user who is its
+/// `project-admin` (the admin may not grant roles to itself).
+async fn new_project(c: &TestCluster, prefix: &str) -> (Uuid, Client) {
+    let suffix = &Uuid::new_v4().simple().to_string()[..6];
+    let p: rampart_api::Project = c
+        .admin
+        .post("/v1/projects", &json!({"name": format!("{prefix}-{suffix}")}))
+        .await
+        .unwrap();
+    let scope = ScopeRef {
+        project: Some(p.id),
+        ..Default::default()
+    };
+    let name = format!("{prefix}-admin-{suffix}");
+    c.create_user(&name, "Plover-saffron-31", &[("project-admin", scope)])
+        .await;
+    (p.id, c.login_user(&name, "Plover-saffron-31").await)
+}
+
+/// Polls `client` until volume `id` of `project` is `want`.
+async fn wait_volume_as(client: &Client, project: Uuid, id: &str, want: &str) -> Value {
+    TestCluster::wait_for(&format!("volume {want}"), Duration::from_secs(10), || async {
+        let v = volume(client, project, id).await.ok()?;
         (v["status"] == want).then_some(v)
     })
     .await
@@ -838,4 +885,294 @@ async fn spec_12_3_3_attaching_needs_the_volume_on_the_instances_node() {
     wait_volume(&c, project, a["id"].as_str().unwrap(), "available").await;
     drop((big, small));
     c.shutdown().await;
+}
+
+async fn snapshots(backend: Backend) {
+    let c = cluster(backend, |_| {}).await;
+    if !c.has_hsm() {
+        return;
+    }
+    let project = c.admin_project().await;
+    let node = FakeNode::enrol(&c, "snap-1", 100).await;
+    let src: Value = c
+        .admin
+        .post(&vol_path(project), &json!({"name": "src", "size_gib": 2}))
+        .await
+        .unwrap();
+    let src_id: Uuid = src["id"].as_str().unwrap().parse().unwrap();
+    node.observe(src_id, ObservedVolume::Ready, None).await;
+    wait_volume(&c, project, "src", "available").await;
+    let snaps = format!("{}/src/snapshots", vol_path(project));
+
+    // A snapshot: `creating`, published to the volume's node.
+    let e = c
+        .admin
+        .post::<_, Value>(&snaps, &json!({"name": "Bad Name"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (400, "validation_failed"));
+    let snap: Value = c.admin.post(&snaps, &json!({"name": "s1"})).await.unwrap();
+    assert_eq!(
+        (snap["status"].as_str(), snap["size_gib"].as_u64()),
+        (Some("creating"), Some(2))
+    );
+    assert_eq!(snap["volume"], src_id.to_string());
+    let sid: Uuid = snap["id"].as_str().unwrap().parse().unwrap();
+    let doc = node.document().await;
+    let d = doc.storage.snapshots.iter().find(|s| s.id == sid).expect("published");
+    assert_eq!((d.volume_id, d.presence), (src_id, DesiredPresence::Present));
+    // While the node copies the volume, nothing else opens it.
+    let e = c
+        .admin
+        .post::<_, Value>(&format!("{}/src/extend", vol_path(project)), &json!({"size_gib": 3}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "snapshot_in_progress"));
+    let e = c
+        .admin
+        .post::<_, Value>(&snaps, &json!({"name": "s1"}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).0, 409, "names are unique in the project");
+
+    node.observe_snapshot(sid, ObservedVolume::Ready, None).await;
+    TestCluster::wait_for("snapshot available", Duration::from_secs(10), || async {
+        let s: Value = c.admin.get(&format!("{snaps}/s1")).await.ok()?;
+        (s["status"] == "available").then_some(())
+    })
+    .await;
+    let list: Value = c.admin.get(&snaps).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    // A volume from it: at least its size, of this project only, on its node, and it opens
+    // with the same passphrase as the snapshot's volume (a copy keeps the key), wrapped anew.
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &vol_path(project),
+            &json!({"name": "copy", "size_gib": 1, "snapshot": sid}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (400, "validation_failed"));
+    let (other, outsider) = new_project(&c, "snapother").await;
+    let e = outsider
+        .post::<_, Value>(
+            &vol_path(other),
+            &json!({"name": "steal", "size_gib": 2, "snapshot": sid}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).0, 404, "another project's snapshot is not found");
+    let copy: Value = c
+        .admin
+        .post(
+            &vol_path(project),
+            &json!({"name": "copy", "size_gib": 3, "snapshot": "s1"}),
+        )
+        .await
+        .unwrap();
+    let copy_id: Uuid = copy["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(copy["source_snapshot"], sid.to_string());
+    assert_eq!(
+        (copy["encrypted"].as_bool(), copy["node"].as_str()),
+        (Some(true), Some(node.id.to_string().as_str()))
+    );
+    let doc = node.document().await;
+    let d = doc.storage.volumes.iter().find(|v| v.id == copy_id).unwrap();
+    assert_eq!(
+        d.source,
+        Some(rampart_api::storage::VolumeSource::Snapshot { snapshot_id: sid })
+    );
+    let a = node.client.agent_volume_passphrase(src_id).await.unwrap();
+    let b = node.client.agent_volume_passphrase(copy_id).await.unwrap();
+    assert_eq!(a.passphrase.expose(), b.passphrase.expose());
+    // The snapshot stays while a volume is being made from it.
+    let e = del(&c.admin, &format!("{snaps}/s1")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "snapshot_in_use"));
+    node.observe(copy_id, ObservedVolume::Ready, None).await;
+    wait_volume(&c, project, "copy", "available").await;
+
+    // A volume with snapshots does not go (they open with its key).
+    let e = del(&c.admin, &format!("{}/src", vol_path(project))).await.unwrap_err();
+    assert_eq!(code(&e), (409, "volume_has_snapshots"));
+
+    // An attached volume is not snapshotted (the node cannot copy a file QEMU holds); the
+    // instance's deletion detaches it: `available` again.
+    let (image, flavor) = image_and_flavor(&c, project).await;
+    let inst: Value = c
+        .admin
+        .post(
+            &format!("/v1/projects/{project}/instances"),
+            &json!({"name": "snap-vm", "image": image, "flavor": flavor, "volumes": [copy_id], "start": false}),
+        )
+        .await
+        .unwrap();
+    let e = c
+        .admin
+        .post::<_, Value>(
+            &format!("{}/copy/snapshots", vol_path(project)),
+            &json!({"name": "live"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "volume_in_use"));
+    del(
+        &c.admin,
+        &format!("/v1/projects/{project}/instances/{}", inst["id"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let v = wait_volume(&c, project, "copy", "available").await;
+    assert!(v["attachments"].as_array().unwrap().is_empty());
+
+    // Delete: `deleting`, published `wiped` with who asked; a verified wipe deletes it, the
+    // report is served and in the trail.
+    let s: Value = del(&c.admin, &format!("{snaps}/s1")).await.unwrap();
+    assert_eq!(s["status"], "deleting");
+    let doc = node.document().await;
+    let d = doc.storage.snapshots.iter().find(|s| s.id == sid).unwrap();
+    assert_eq!(
+        (d.presence, d.requested_by.as_deref()),
+        (DesiredPresence::Wiped, Some("admin@default"))
+    );
+    node.observe_snapshot(sid, ObservedVolume::Wiped, Some(wipe_report(sid, false)))
+        .await;
+    TestCluster::wait_for("snapshot error", Duration::from_secs(10), || async {
+        let s: Value = c.admin.get(&format!("{snaps}/{sid}")).await.ok()?;
+        (s["status"] == "error").then_some(())
+    })
+    .await;
+    let s: Value = c.admin.get(&format!("{snaps}/{sid}")).await.unwrap();
+    assert_eq!(
+        s["error"]["code"], "wipe_unverified",
+        "an unverified wipe never deletes"
+    );
+    node.observe_snapshot(sid, ObservedVolume::Wiped, Some(wipe_report(sid, true)))
+        .await;
+    TestCluster::wait_for("snapshot deleted", Duration::from_secs(10), || async {
+        let s: Value = c.admin.get(&format!("{snaps}/{sid}")).await.ok()?;
+        (s["status"] == "deleted").then_some(())
+    })
+    .await;
+    let report: Value = c.admin.get(&format!("{snaps}/{sid}/wipe-report")).await.unwrap();
+    assert_eq!(
+        (report["verified"].as_bool(), report["volume"].as_str()),
+        (Some(true), Some(sid.to_string().as_str()))
+    );
+    assert!(node.document().await.storage.snapshots.iter().all(|s| s.id != sid));
+    let trail: Value = c
+        .admin
+        .get("/v1/audit/events?operation=volume.snapshot.wipe")
+        .await
+        .unwrap();
+    assert!(
+        trail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["target"]["id"] == sid.to_string()),
+        "volume.snapshot.wipe in the trail"
+    );
+    let trail: Value = c
+        .admin
+        .get("/v1/audit/events?operation=volume.snapshot.create")
+        .await
+        .unwrap();
+    assert!(
+        trail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["details"]["snapshot"] == sid.to_string()),
+        "volume.snapshot.create in the trail, naming the snapshot: {trail}"
+    );
+    // Now the volume may go.
+    let v: Value = del(&c.admin, &format!("{}/src", vol_path(project))).await.unwrap();
+    assert_eq!(v["status"], "deleting");
+    drop(node);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_3_4_1_snapshots_are_made_on_the_volumes_node_copied_within_the_project_and_wiped_verified() {
+    for backend in rampart_testkit::backends().await {
+        snapshots(backend).await;
+    }
+}
+
+async fn quotas_and_cleanup(backend: Backend) {
+    let c = cluster(backend, |_| {}).await;
+    if !c.has_hsm() {
+        return;
+    }
+    let (pid, user) = new_project(&c, "volq").await;
+    let node = FakeNode::enrol(&c, "quota-1", 100).await;
+    // The project's own volume limits replace the `[quotas]` defaults.
+    let q = put(
+        &c.admin,
+        &format!("/v1/projects/{}/quotas", pid),
+        &json!({"volumes": 1, "volume_gib": 5}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (q["limits"]["volumes"].as_u64(), q["limits"]["volume_gib"].as_u64()),
+        (Some(1), Some(5))
+    );
+    assert_eq!(q["own"]["volume_gib"], 5);
+    let e = user
+        .post::<_, Value>(&vol_path(pid), &json!({"name": "big", "size_gib": 6}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (413, "quota_exceeded"));
+    let v: Value = user
+        .post(&vol_path(pid), &json!({"name": "one", "size_gib": 4}))
+        .await
+        .unwrap();
+    let e = user
+        .post::<_, Value>(&vol_path(pid), &json!({"name": "two", "size_gib": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "quota_exceeded"));
+    assert!(e.to_string().contains("quota of 1 volumes"), "{e}");
+    let q: Value = user.get(&format!("/v1/projects/{}/quotas", pid)).await.unwrap();
+    assert_eq!(
+        (q["used"]["volumes"].as_u64(), q["used"]["volume_gib"].as_u64()),
+        (Some(1), Some(4))
+    );
+    let vid: Uuid = v["id"].as_str().unwrap().parse().unwrap();
+    node.observe(vid, ObservedVolume::Ready, None).await;
+    wait_volume_as(&user, pid, "one", "available").await;
+    let e = user
+        .post::<_, Value>(&format!("{}/one/extend", vol_path(pid)), &json!({"size_gib": 6}))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "quota_exceeded"));
+
+    // A project holding a volume (even one being wiped) is not deleted.
+    let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
+    assert_eq!(code(&e), (409, "project_has_volumes"));
+    del(&user, &format!("{}/one", vol_path(pid))).await.unwrap();
+    let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
+    assert_eq!(
+        code(&e),
+        (409, "project_has_volumes"),
+        "a wipe under way still holds data"
+    );
+    node.observe(vid, ObservedVolume::Wiped, Some(wipe_report(vid, true)))
+        .await;
+    wait_volume_as(&user, pid, &vid.to_string(), "deleted").await;
+    // Wiped: volumes no longer hold the project (its service-managed key still does).
+    let e = del(&c.admin, &format!("/v1/projects/{}", pid)).await.unwrap_err();
+    assert_eq!(code(&e), (409, "project_has_keys"));
+    drop(node);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_12_3_4_3_volume_quotas_per_project_and_a_project_with_volumes_is_not_deleted() {
+    for backend in rampart_testkit::backends().await {
+        quotas_and_cleanup(backend).await;
+    }
 }

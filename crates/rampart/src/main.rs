@@ -182,6 +182,13 @@ struct AgentArgs {
     /// storage_interface; docs/storage.md). A monitor outside the storage network is refused.
     #[arg(long)]
     ceph_config: Option<PathBuf>,
+    /// Directory of the node's `local` volume pool (default `<data-dir>/volumes`); on a btrfs
+    /// RAID1 filesystem over two devices the pool is redundant (14.1-2, docs/storage.md).
+    #[arg(long)]
+    storage_pool: Option<PathBuf>,
+    /// Seconds between scrubs of a btrfs pool (0: never).
+    #[arg(long, default_value_t = 86_400)]
+    scrub_interval_s: u64,
 }
 
 impl AgentArgs {
@@ -191,7 +198,8 @@ impl AgentArgs {
         format!(
             "controller = {:?}\nname = {:?}\nca_file = {:?}\nlog_level = {:?}\nvm_state_dir = {:?}\naccel = {:?}\n\
              netns_prefix = {:?}\nreconcile_interval_s = {}\ntunnel_interface = {:?}\ntunnel_ip = {:?}\n\
-             ceph_config = {:?}\n",
+             ceph_config = {:?}\n\
+             storage_pool = {:?}\nscrub_interval_s = {}\n",
             self.controller,
             self.name,
             self.ca_file,
@@ -203,6 +211,8 @@ impl AgentArgs {
             self.tunnel_interface,
             self.tunnel_ip,
             self.ceph_config,
+            self.storage_pool,
+            self.scrub_interval_s,
         )
     }
 }
@@ -561,6 +571,12 @@ async fn start_local_agent(
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
+    let local = &controller.state.config.local_agent;
+    let scrub_interval = std::time::Duration::from_secs(local.scrub_interval_s);
+    let agent = match &local.storage_pool {
+        Some(dir) => agent.with_local_pool(dir.clone(), scrub_interval),
+        None => agent.with_scrub_interval(scrub_interval),
+    };
     let handle = agent.spawn(stop).map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
     Ok(tokio::spawn(async move {
         if let Ok(Err(e)) = handle.await {
@@ -704,9 +720,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))?;
-    let agent = match ceph {
-        Some(backend) => agent.with_storage(Some(backend)),
-        None => agent,
+    let scrub_interval = std::time::Duration::from_secs(args.scrub_interval_s);
+    let agent = match (ceph, &args.storage_pool) {
+        (Some(backend), _) => agent.with_storage(Some(backend)).with_scrub_interval(scrub_interval),
+        (None, Some(dir)) => agent.with_local_pool(dir.clone(), scrub_interval),
+        (None, None) => agent.with_scrub_interval(scrub_interval),
     };
     eprintln!(
         "Rampart agent: node {} ({}) talking to {}",

@@ -201,6 +201,9 @@ pub async fn status(state: &AppState, node: Uuid, s: AgentStatus) -> Result<Stat
     }
     crate::app::compute::status::record_status(state, node, &s, generation).await?;
     crate::app::volumes::report::record(state, node, s.storage.as_ref()).await?;
+    if let Some(storage) = s.storage.as_ref() {
+        crate::app::volumes::snapshots::record(state, node, &storage.snapshots).await?;
+    }
     Ok(StatusAck { generation })
 }
 

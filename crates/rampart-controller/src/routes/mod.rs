@@ -490,6 +490,15 @@ fn authenticated_routes() -> Routes {
             volumes::put_access => app::volumes::access::PUT_ACCESS,
         ))
         .routes(audited!(volumes::wipe_report => app::volumes::lifecycle::WIPE_REPORT))
+        .routes(audited!(
+            volumes::list_snapshots => app::volumes::snapshots::LIST,
+            volumes::create_snapshot => app::volumes::snapshots::CREATE,
+        ))
+        .routes(audited!(
+            volumes::get_snapshot => app::volumes::snapshots::GET,
+            volumes::delete_snapshot => app::volumes::snapshots::DELETE,
+        ))
+        .routes(audited!(volumes::snapshot_wipe_report => app::volumes::snapshots::WIPE_REPORT))
         .routes(audited!(volumes::attach_volume => app::volumes::attach::ATTACH))
         .routes(audited!(volumes::detach_volume => app::volumes::attach::DETACH))
         .routes(audited!(

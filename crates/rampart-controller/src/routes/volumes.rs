@@ -13,7 +13,7 @@ use rampart_common::error::ErrorBody;
 use rampart_common::page::PageParams;
 use uuid::Uuid;
 
-use crate::app::volumes::{access, attach, catalog, lifecycle, passphrase};
+use crate::app::volumes::{access, attach, catalog, lifecycle, passphrase, snapshots};
 use crate::auth::Principal;
 use crate::http::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::agent::NodeIdentity;
@@ -121,6 +121,74 @@ pub async fn wipe_report(
 ) -> Result<axum::Json<WipeReport>, Error> {
     Ok(axum::Json(
         lifecycle::wipe_report(&state, &principal, project, &id).await?,
+    ))
+}
+
+/// Snapshot a volume that is not attached (a full copy under the volume's key, made by its
+/// node): `creating`, then `available`. 409 `volume_in_use` while attached.
+#[utoipa::path(post, path = "/v1/projects/{project}/volumes/{id}/snapshots", tag = "volumes", params(("project" = Uuid, Path), ("id" = String, Path)), request_body = SnapshotCreate, security(("bearer" = [])),
+    responses((status = 201, body = Snapshot), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "volume_in_use, quota_exceeded, conflict")))]
+pub async fn create_snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((project, id)): ApiPath<(Uuid, String)>,
+    ApiJson(req): ApiJson<SnapshotCreate>,
+) -> Result<(StatusCode, axum::Json<Snapshot>), Error> {
+    let s = snapshots::create(&state, &principal, project, &id, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(s)))
+}
+
+/// The volume's snapshots (not deleted), by name.
+#[utoipa::path(get, path = "/v1/projects/{project}/volumes/{id}/snapshots", tag = "volumes", params(("project" = Uuid, Path), ("id" = String, Path), PageParams), security(("bearer" = [])),
+    responses((status = 200, body = List<Snapshot>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_snapshots(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((project, id)): ApiPath<(Uuid, String)>,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<axum::Json<List<Snapshot>>, Error> {
+    Ok(axum::Json(
+        snapshots::list(&state, &principal, project, &id, &page).await?,
+    ))
+}
+
+/// One snapshot of the volume (by id or name; a deleted one by id).
+#[utoipa::path(get, path = "/v1/projects/{project}/volumes/{id}/snapshots/{snapshot}", tag = "volumes", params(("project" = Uuid, Path), ("id" = String, Path), ("snapshot" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Snapshot), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((project, id, snapshot)): ApiPath<(Uuid, String, String)>,
+) -> Result<axum::Json<Snapshot>, Error> {
+    Ok(axum::Json(
+        snapshots::get(&state, &principal, project, &id, &snapshot).await?,
+    ))
+}
+
+/// Delete a snapshot: `deleting`, then its node wipes it (verified) and it is `deleted`.
+/// 409 `snapshot_in_use` while a volume is being made from it.
+#[utoipa::path(delete, path = "/v1/projects/{project}/volumes/{id}/snapshots/{snapshot}", tag = "volumes", params(("project" = Uuid, Path), ("id" = String, Path), ("snapshot" = String, Path)), security(("bearer" = [])),
+    responses((status = 202, body = Snapshot), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((project, id, snapshot)): ApiPath<(Uuid, String, String)>,
+) -> Result<(StatusCode, axum::Json<Snapshot>), Error> {
+    let s = snapshots::delete(&state, &principal, project, &id, &snapshot).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(s)))
+}
+
+/// The verified wipe report of a deleted snapshot (12.3.4-1).
+#[utoipa::path(get, path = "/v1/projects/{project}/volumes/{id}/snapshots/{snapshot}/wipe-report", tag = "volumes", params(("project" = Uuid, Path), ("id" = String, Path), ("snapshot" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = WipeReport), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_wipe_report(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((project, id, snapshot)): ApiPath<(Uuid, String, String)>,
+) -> Result<axum::Json<WipeReport>, Error> {
+    Ok(axum::Json(
+        snapshots::wipe_report(&state, &principal, project, &id, &snapshot).await?,
     ))
 }
 

@@ -24,8 +24,12 @@ pub enum VolumeCmd {
         #[arg(long)]
         size_gib: u64,
         /// An image (name or id) the volume starts as a copy of.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "snapshot")]
         image: Option<String>,
+        /// A snapshot (name or id) of the project the volume starts as a copy of; it keeps the
+        /// snapshot's encryption and lives on the snapshot's node.
+        #[arg(long)]
+        snapshot: Option<String>,
         #[arg(long = "type")]
         volume_type: Option<String>,
         /// A key of the project (name or id) wrapping the volume's passphrase (key-user).
@@ -98,6 +102,51 @@ pub enum VolumeCmd {
     },
     /// Volume types.
     Types,
+    /// Snapshots of a volume: full copies under the volume's key, wiped (verified) on delete.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a volume that is not attached.
+    Create {
+        volume: String,
+        name: String,
+        #[arg(long)]
+        project: Uuid,
+        /// Wait until the snapshot is available (or failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    List {
+        volume: String,
+        #[arg(long)]
+        project: Uuid,
+    },
+    Show {
+        volume: String,
+        snapshot: String,
+        #[arg(long)]
+        project: Uuid,
+    },
+    /// Delete a snapshot: its node wipes it (verified) before it is gone.
+    Delete {
+        volume: String,
+        snapshot: String,
+        #[arg(long)]
+        project: Uuid,
+        /// Wait until the wipe is verified and the snapshot deleted (or failed).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The verified wipe report of a deleted snapshot.
+    WipeReport {
+        volume: String,
+        snapshot: String,
+        #[arg(long)]
+        project: Uuid,
+    },
 }
 
 /// `user:NAME=a,b` or `group:NAME=a,b`.
@@ -164,6 +213,7 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
             project,
             size_gib,
             image,
+            snapshot,
             volume_type,
             kms_key,
             wait,
@@ -172,7 +222,7 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 name,
                 size_gib,
                 image,
-                snapshot: None,
+                snapshot,
                 volume_type,
                 kms_key,
             };
@@ -252,6 +302,73 @@ pub async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 .await?,
         ),
         VolumeCmd::Types => print(&c.get::<List<VolumeType>>("/v1/volume-types").await?),
+        VolumeCmd::Snapshot(cmd) => snapshot(&c, cmd).await,
+    }
+}
+
+/// Polls until the snapshot leaves the transitional states.
+async fn wait_snapshot(c: &Client, path: &str, done: SnapshotState) -> anyhow::Result<Snapshot> {
+    let start = Instant::now();
+    loop {
+        let s: Snapshot = c.get(path).await?;
+        eprint!("\r{:?} {:>5}s", s.status, start.elapsed().as_secs());
+        if s.status == done || s.status == SnapshotState::Error {
+            eprintln!();
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn snapshot(c: &Client, cmd: SnapshotCmd) -> anyhow::Result<()> {
+    let base = |p: Uuid, v: &str| format!("/v1/projects/{p}/volumes/{v}/snapshots");
+    match cmd {
+        SnapshotCmd::Create {
+            volume,
+            name,
+            project,
+            wait,
+        } => {
+            let s: Snapshot = c.post(&base(project, &volume), &SnapshotCreate { name }).await?;
+            if wait {
+                let path = format!("{}/{}", base(project, &volume), s.id);
+                print(&wait_snapshot(c, &path, SnapshotState::Available).await?)
+            } else {
+                print(&s)
+            }
+        }
+        SnapshotCmd::List { volume, project } => print(&c.get::<List<Snapshot>>(&base(project, &volume)).await?),
+        SnapshotCmd::Show {
+            volume,
+            snapshot,
+            project,
+        } => print(
+            &c.get::<Snapshot>(&format!("{}/{snapshot}", base(project, &volume)))
+                .await?,
+        ),
+        SnapshotCmd::Delete {
+            volume,
+            snapshot,
+            project,
+            wait,
+        } => {
+            let path = format!("{}/{snapshot}", base(project, &volume));
+            let s: Snapshot = send(c, Method::DELETE, &path, None).await?;
+            if wait {
+                let path = format!("{}/{}", base(project, &volume), s.id);
+                print(&wait_snapshot(c, &path, SnapshotState::Deleted).await?)
+            } else {
+                print(&s)
+            }
+        }
+        SnapshotCmd::WipeReport {
+            volume,
+            snapshot,
+            project,
+        } => print(
+            &c.get::<WipeReport>(&format!("{}/{snapshot}/wipe-report", base(project, &volume)))
+                .await?,
+        ),
     }
 }
 

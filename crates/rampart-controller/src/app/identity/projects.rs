@@ -119,6 +119,7 @@ pub async fn delete_project(state: &AppState, principal: &Principal, id: Uuid) -
     let p = project(state, principal, id).await?;
     principal.require_in_domain(state, action::IDENTITY_MANAGE, p.domain_id, "project")?;
     let mut tx = state.db.begin().await?;
+    crate::app::volumes::lifecycle::before_project_delete(&mut tx, id).await?;
     crate::kms::before_project_delete(&mut tx, id, state.now()).await?;
     identity::delete_project(&mut tx, id).await?;
     rampart_db::Db::commit(tx).await?;

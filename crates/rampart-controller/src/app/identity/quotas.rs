@@ -19,6 +19,8 @@ fn values(f: impl Fn(Resource) -> u64) -> QuotaValues {
         ports: f(Resource::Ports),
         keys: f(Resource::Keys),
         certificates: f(Resource::Certificates),
+        volumes: f(Resource::Volumes),
+        volume_gib: f(Resource::VolumeGib),
     }
 }
 
@@ -30,6 +32,8 @@ fn own(o: &Overrides) -> QuotaSet {
         ports: o.get(Resource::Ports),
         keys: o.get(Resource::Keys),
         certificates: o.get(Resource::Certificates),
+        volumes: o.get(Resource::Volumes),
+        volume_gib: o.get(Resource::VolumeGib),
     }
 }
 
@@ -37,7 +41,7 @@ async fn view(state: &AppState, project: Uuid) -> Result<ProjectQuotas, Error> {
     let mut conn = state.db.conn().await?;
     let o = db::overrides(&mut conn, project).await?;
     let limits: QuotaConfig = o.effective(&state.config.quotas);
-    let mut used = [0u64; 6];
+    let mut used = [0u64; Resource::ALL.len()];
     for (i, r) in Resource::ALL.into_iter().enumerate() {
         used[i] = db::usage(&mut conn, project, r).await?;
     }
@@ -68,6 +72,8 @@ fn overrides(req: &QuotaSet) -> Result<Overrides, Error> {
         (Resource::Ports, req.ports),
         (Resource::Keys, req.keys),
         (Resource::Certificates, req.certificates),
+        (Resource::Volumes, req.volumes),
+        (Resource::VolumeGib, req.volume_gib),
     ] {
         if v.is_some_and(|v| v > MAX_LIMIT) {
             return Err(Error::field(

@@ -39,6 +39,7 @@ async fn add(
         return Err(another_node());
     }
     let (to, _) = super::next(&row, Event::Attached)?;
+    super::snapshots::check_not_being_copied(tx, row.id).await?;
     db::insert_attachment(
         tx,
         &AttachmentRow {

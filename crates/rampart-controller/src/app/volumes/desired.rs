@@ -3,8 +3,11 @@
 //! in), and the attachments of each instance. No passphrase is ever here: a node asks for it
 //! (`POST /agent/v1/volumes/{id}/passphrase`).
 
-use rampart_api::storage::{DesiredAttachment, DesiredPresence, DesiredVolume, NodeStorage, Qos, VolumeSource};
+use rampart_api::storage::{
+    DesiredAttachment, DesiredPresence, DesiredSnapshot, DesiredVolume, NodeStorage, Qos, VolumeSource,
+};
 use rampart_db::compute as cdb;
+use rampart_db::volume_snapshots as sdb;
 use rampart_db::volumes::{self as db, VolumeRow};
 use rampart_storage::validate::GIB;
 use rampart_storage::{VolumeErrorCode, VolumeStatus};
@@ -64,6 +67,24 @@ pub async fn node_storage(conn: &mut rampart_db::Conn, node: Uuid) -> rampart_db
             source,
             requested_by: (presence == DesiredPresence::Wiped)
                 .then(|| v.requested_by.clone())
+                .flatten(),
+        });
+    }
+    // Snapshots follow the same presence rule: `present` while in service, `wiped` from the
+    // deletion request until the verified wipe is in.
+    for snap in sdb::on_node(conn, node).await? {
+        let status = VolumeStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == snap.status)
+            .unwrap_or(VolumeStatus::Error);
+        let presence = presence(status, snap.error_code.as_deref());
+        out.snapshots.push(DesiredSnapshot {
+            id: snap.id,
+            volume_id: snap.volume_id,
+            project_id: snap.project_id,
+            presence,
+            requested_by: (presence == DesiredPresence::Wiped)
+                .then(|| snap.requested_by.clone())
                 .flatten(),
         });
     }

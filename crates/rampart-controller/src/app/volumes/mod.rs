@@ -16,6 +16,7 @@ pub mod desired;
 pub mod lifecycle;
 pub mod passphrase;
 pub mod report;
+pub mod snapshots;
 
 use rampart_api::compute::Failure;
 use rampart_api::storage::{Volume, VolumeAttachment};

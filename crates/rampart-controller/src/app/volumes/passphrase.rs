@@ -102,6 +102,40 @@ pub async fn new_wrapped(state: &AppState, key: Key, volume: Uuid, project: Uuid
     Ok(data.ciphertext)
 }
 
+/// The passphrase of `source` (a volume a snapshot was taken of), wrapped anew for the volume
+/// `volume` made from that snapshot: the copy opens with the same passphrase (a snapshot keeps
+/// its volume's key), but each volume's wrapped key is bound to its own id by the encryption
+/// context. Wrapped under `target` when the creator named a key, else under `source`'s key.
+/// The plaintext never leaves the KMS service.
+pub async fn rewrap_for_copy(
+    state: &AppState,
+    source: &db::VolumeRow,
+    target: Option<Key>,
+    volume: Uuid,
+) -> Result<(Uuid, String), Error> {
+    let (Some(key_id), Some(wrapped)) = (source.kms_key_id, source.wrapped_key.clone()) else {
+        return Err(Error::internal(
+            "copying a volume passphrase",
+            "the snapshot's volume has no wrapped key",
+        ));
+    };
+    let source_key = {
+        let mut conn = state.db.conn().await?;
+        kdb::keys(&mut conn).get(source.project_id, key_id).await?
+    }
+    .ok_or_else(|| Error::internal("copying a volume passphrase", "the volume's key is gone"))?
+    .key;
+    let target = target.unwrap_or_else(|| source_key.clone());
+    let target_id = target.id;
+    let service = state.kms.service.clone();
+    let (from, to) = (
+        context(source.id, source.project_id),
+        context(volume, source.project_id),
+    );
+    let out = blocking(move || service.re_encrypt(&source_key, &wrapped, &from, &target, &to)).await??;
+    Ok((target_id, out.ciphertext))
+}
+
 pub const RELEASE_PASSPHRASE: Operation = Operation::new("volume.passphrase.release", "volume").target("id");
 
 /// `POST /agent/v1/volumes/{id}/passphrase`: the passphrase of a volume placed on `node` that
