@@ -19,6 +19,7 @@ pub mod meta;
 pub mod network;
 pub mod nodes;
 pub mod quotas;
+pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod volumes;

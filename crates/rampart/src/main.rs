@@ -114,6 +114,11 @@ enum Command {
     /// Package vulnerabilities (spec 15-4): import OSV / Debian tracker data, scan a root.
     #[command(subcommand)]
     Vulndb(cli::posture::VulndbCmd),
+    /// Encrypted backups of the control plane (spec 14.2): create, verify, list.
+    #[command(subcommand)]
+    SystemBackup(cli::system_backup::SystemBackupCmd),
+    /// Restore a control-plane backup into a new data directory.
+    SystemRestore(cli::system_backup::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -341,6 +346,8 @@ fn main() -> ExitCode {
             Command::Volume(cmd) => cli::volumes::volume(cmd).await.map_err(Failure::Runtime),
             Command::Harden(cmd) => cli::posture::harden(cmd),
             Command::Vulndb(cmd) => cli::posture::vulndb(cmd),
+            Command::SystemBackup(cmd) => cli::system_backup::run(cmd).await,
+            Command::SystemRestore(args) => cli::system_backup::restore(args).await,
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

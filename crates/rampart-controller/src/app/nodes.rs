@@ -116,11 +116,25 @@ pub async fn health(state: &AppState, verbose: bool) -> Result<rampart_api::Heal
         let mut conn = state.db.conn().await?;
         nodes::counts(&mut conn).await?
     };
+    let backup_failing = || {
+        state
+            .tasks
+            .snapshot()
+            .iter()
+            .find(|t| t.name == crate::tasks::system_backup::TASK && t.state == "failing")
+            .map(|t| {
+                format!(
+                    "the periodic system backup failed {} time(s) in a row (see the run log and the audit trail)",
+                    t.consecutive_failures
+                )
+            })
+    };
     let reason = state
         .db
         .write_failure()
         .await
-        .map(|r| format!("database writes fail: {r}"));
+        .map(|r| format!("database writes fail: {r}"))
+        .or_else(backup_failing);
     Ok(rampart_api::Health {
         status: if reason.is_some() { "degraded" } else { "ok" }.into(),
         version: rampart_common::VERSION.into(),

@@ -13,6 +13,7 @@ mod housekeeping;
 mod lease;
 mod liveness;
 pub mod registry;
+pub mod system_backup;
 
 use std::time::Duration;
 
@@ -49,7 +50,7 @@ fn tasks(state: &AppState) -> Vec<Task> {
         backoff: None,
         run,
     };
-    vec![
+    let mut all = vec![
         t("reconciler_lease", false, seconds(1), |s| Box::pin(lease::renew(s))),
         t("node_liveness", true, seconds(1), |s| Box::pin(liveness::pass(s))),
         t("audit_checkpoint", true, seconds(1), |s| {
@@ -97,7 +98,16 @@ fn tasks(state: &AppState) -> Vec<Task> {
                 Box::pin(certificates::renew(s))
             })
         },
-    ]
+    ];
+    if c.backup.system.passphrase_file.is_some() {
+        all.push(t(
+            system_backup::TASK,
+            true,
+            seconds(system_backup::period_s(&c.backup.system)),
+            |s| Box::pin(system_backup::pass(s)),
+        ));
+    }
+    all
 }
 
 /// Starts every task under its supervisor.
