@@ -183,8 +183,12 @@ async fn spec_14_2_1_system_backup_restores_users_keys_and_audit() {
         .await
         .unwrap();
     let k = key["id"].as_str().unwrap().to_string();
+    // Separation of duties: the key admin names a key user, who encrypts.
+    let clerk = new_user(&admin, "clerk", KEYS_PASSWORD).await;
+    grant(&keeper_c, &clerk, "key-user", &p).await;
+    let (clerk_c, _) = anon.login_as("clerk", KEYS_PASSWORD).await.unwrap();
     let plain = base64::engine::general_purpose::STANDARD.encode("attack at dawn");
-    let sealed: Value = keeper_c
+    let sealed: Value = clerk_c
         .post(
             &format!("/v1/projects/{p}/keys/{k}/encrypt"),
             &json!({"plaintext": plain, "context": {"order": "42"}}),
@@ -347,8 +351,11 @@ async fn spec_14_2_1_system_backup_restores_users_keys_and_audit() {
             .any(|x| x["name"] == "ledger"),
         "{projects}"
     );
-    let (keeper_c, _) = anon.login_as("keeper", KEYS_PASSWORD).await.expect("keeper logs in");
-    let opened: Value = keeper_c
+    let (clerk_c, _) = anon
+        .login_as("clerk", KEYS_PASSWORD)
+        .await
+        .expect("the key user logs in");
+    let opened: Value = clerk_c
         .post(
             &format!("/v1/projects/{p}/keys/{k}/decrypt"),
             &json!({"ciphertext": sealed["ciphertext"], "context": {"order": "42"}}),
