@@ -498,7 +498,6 @@ fn walk(
         }
         Ok(m)
     })();
-    drop(ar);
     let m = inner?;
     // The end of the stream is authenticated by its final chunk: read it.
     io::copy(&mut dec, &mut io::sink()).map_err(read_err("read", file))?;
