@@ -41,6 +41,7 @@ pub struct Config {
     pub quotas: crate::quota::QuotaConfig,
     /// High availability of protected instances (spec 14.1-3).
     pub ha: HaConfig,
+    pub backup: BackupConfig,
 }
 
 /// High availability (spec 14.1-3): self-fencing of nodes, recovery of protected instances,
@@ -71,6 +72,43 @@ impl Default for HaConfig {
             fence_margin_s: 10,
             flap_losses: 3,
             flap_window_s: 3600,
+        }
+    }
+}
+
+/// Backups (`[backup]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    pub system: SystemBackupConfig,
+}
+
+/// The controller's periodic backup of its own state (`[backup.system]`, spec 14.2-1/14.2-2),
+/// run by the leader. Off until `passphrase_file` is set: the archive is encrypted to it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemBackupConfig {
+    /// File whose first line is the passphrase the backups are encrypted to.
+    pub passphrase_file: Option<PathBuf>,
+    /// Seconds between backups.
+    pub interval_s: u64,
+    /// Backups kept in `dir` (and in `copy_to`); older ones are deleted.
+    pub keep: usize,
+    /// Where backups are written [default: DATA_DIR/system-backups].
+    pub dir: Option<PathBuf>,
+    /// A second directory, on other storage (a mounted remote file system), each backup is
+    /// copied to.
+    pub copy_to: Option<PathBuf>,
+}
+
+impl Default for SystemBackupConfig {
+    fn default() -> Self {
+        SystemBackupConfig {
+            passphrase_file: None,
+            interval_s: 6 * 3600,
+            keep: 14,
+            dir: None,
+            copy_to: None,
         }
     }
 }
@@ -671,6 +709,18 @@ impl Config {
             return invalid("audit.blackbox_events", "must be between 10 and 100000");
         }
         self.compute.validate()?;
+        let b = &self.backup.system;
+        if !(1..=31 * 86_400).contains(&b.interval_s) {
+            return invalid("backup.system.interval_s", "must be between 1 and 2678400");
+        }
+        if !(1..=10_000).contains(&b.keep) {
+            return invalid("backup.system.keep", "must be between 1 and 10000");
+        }
+        for (key, dir) in [("backup.system.dir", &b.dir), ("backup.system.copy_to", &b.copy_to)] {
+            if dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+                return invalid(key, "must be an absolute path");
+            }
+        }
         if let Some(r) = self.quotas.too_large() {
             return Err(ConfigError::Invalid {
                 key: "quotas",

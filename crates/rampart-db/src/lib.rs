@@ -21,6 +21,7 @@ pub mod meta;
 pub mod network;
 pub mod nodes;
 pub mod quotas;
+pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod volume_snapshots;

@@ -117,6 +117,11 @@ enum Command {
     /// Live conformance of the cloud with the specification (spec 15-3): every clause, its
     /// tests, and what the live probes found. Exit 1 when a probed clause fails.
     Conformance(cli::conformance::ConformanceArgs),
+    /// Encrypted backups of the control plane (spec 14.2): create, verify, list.
+    #[command(subcommand)]
+    SystemBackup(cli::system_backup::SystemBackupCmd),
+    /// Restore a control-plane backup into a new data directory.
+    SystemRestore(cli::system_backup::RestoreArgs),
 }
 
 #[derive(Args)]
@@ -371,6 +376,8 @@ fn main() -> ExitCode {
             Command::Harden(cmd) => cli::posture::harden(cmd),
             Command::Vulndb(cmd) => cli::posture::vulndb(cmd),
             Command::Conformance(a) => cli::conformance::conformance(a).await,
+            Command::SystemBackup(cmd) => cli::system_backup::run(cmd).await,
+            Command::SystemRestore(args) => cli::system_backup::restore(args).await,
             Command::Openapi { agent } => {
                 let doc = if agent {
                     rampart_controller::routes::agent_openapi()

@@ -123,6 +123,21 @@ pub async fn hsm_failure(state: &AppState) -> Option<String> {
     ))
 }
 
+/// Why the periodic system backup is not being made, while it fails run after run.
+fn system_backup_failure(state: &AppState) -> Option<String> {
+    state
+        .tasks
+        .snapshot()
+        .iter()
+        .find(|t| t.name == crate::tasks::system_backup::TASK && t.state == "failing")
+        .map(|t| {
+            format!(
+                "the periodic system backup failed {} time(s) in a row (see the run log and the audit trail)",
+                t.consecutive_failures
+            )
+        })
+}
+
 /// Ready for traffic: the database answers and takes writes, and the HSM serves keys.
 pub async fn readiness(state: &AppState) -> Result<(), Error> {
     state.db.ping().await?;
@@ -151,6 +166,9 @@ pub async fn health(state: &AppState, verbose: bool) -> Result<rampart_api::Heal
         reasons.push(format!("database writes fail: {r}"));
     }
     if let Some(r) = hsm_failure(state).await {
+        reasons.push(r);
+    }
+    if let Some(r) = system_backup_failure(state) {
         reasons.push(r);
     }
     let reason = (!reasons.is_empty()).then(|| reasons.join("; "));

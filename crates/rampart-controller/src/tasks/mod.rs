@@ -14,6 +14,7 @@ mod housekeeping;
 mod lease;
 mod liveness;
 pub mod registry;
+pub mod system_backup;
 
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ fn tasks(state: &AppState) -> Vec<Task> {
         backoff: None,
         run,
     };
-    vec![
+    let mut all = vec![
         t("reconciler_lease", false, seconds(1), |s| Box::pin(lease::renew(s))),
         t("node_liveness", true, seconds(1), |s| Box::pin(liveness::pass(s))),
         t("ha_recovery", true, seconds(1), |s| Box::pin(ha::pass(s))),
@@ -99,7 +100,16 @@ fn tasks(state: &AppState) -> Vec<Task> {
                 Box::pin(certificates::renew(s))
             })
         },
-    ]
+    ];
+    if c.backup.system.passphrase_file.is_some() {
+        all.push(t(
+            system_backup::TASK,
+            true,
+            seconds(system_backup::period_s(&c.backup.system)),
+            |s| Box::pin(system_backup::pass(s)),
+        ));
+    }
+    all
 }
 
 /// Starts every task under its supervisor.

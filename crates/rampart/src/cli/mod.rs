@@ -6,6 +6,7 @@ pub mod images;
 pub mod keys;
 pub mod posture;
 pub mod session;
+pub mod system_backup;
 pub mod volumes;
 
 /// Prints an API answer as pretty JSON on standard output.
