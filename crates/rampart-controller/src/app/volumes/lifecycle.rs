@@ -20,36 +20,44 @@ use crate::state::AppState;
 
 use crate::audit::operations::Operation;
 
-/// The node for a new `local` volume of `needed` bytes: the one whose reported `local` pool has
-/// the most free bytes among `pools` (reported by reachable nodes). None reporting: 503
+/// Where a new volume of `needed` bytes goes: the pool with the most free bytes among `pools`
+/// (reported by reachable nodes), `local` or `ceph`; an unencrypted volume only on a `local`
+/// pool (a Ceph backend keeps encrypted volumes only: a removed RADOS object is freed, not
+/// overwritten, so only the crypto-erase protects it). None reporting: 503
 /// `storage_unavailable`; none with room: 507 `insufficient_storage`.
-pub fn place(pools: &[(Uuid, PoolReport)], needed: u64) -> Result<Uuid, Error> {
-    let local: Vec<&(Uuid, PoolReport)> = pools
+pub fn place(pools: &[(Uuid, PoolReport)], needed: u64, encrypted: bool) -> Result<(Uuid, String), Error> {
+    let usable: Vec<&(Uuid, PoolReport)> = pools
         .iter()
-        .filter(|(_, p)| p.backend == "local" && p.health != rampart_api::storage::PoolHealthState::Unavailable)
+        .filter(|(_, p)| p.health != rampart_api::storage::PoolHealthState::Unavailable)
+        .filter(|(_, p)| p.backend == "local" || (encrypted && p.backend == "ceph"))
         .collect();
-    let Some(best) = local
+    let Some(best) = usable
         .iter()
         .max_by_key(|(id, p)| (p.free_bytes, std::cmp::Reverse(*id)))
     else {
         return Err(validate::storage_unavailable(
-            "no ready node reports a local storage pool",
+            "no ready node reports a storage pool that can hold this volume",
         ));
     };
     if best.1.free_bytes < needed {
         return Err(validate::insufficient_storage(needed, best.1.free_bytes));
     }
-    Ok(best.0)
+    Ok((best.0, best.1.backend.clone()))
 }
 
 /// The node for a copy of a snapshot: the snapshot's own node (a local snapshot is a file in
 /// its pool), if it is ready and has room.
-pub fn place_with(pools: &[(Uuid, PoolReport)], node: Option<Uuid>, needed: u64) -> Result<Uuid, Error> {
+pub fn place_with(
+    pools: &[(Uuid, PoolReport)],
+    node: Option<Uuid>,
+    needed: u64,
+    encrypted: bool,
+) -> Result<(Uuid, String), Error> {
     let Some(node) = node else {
         return Err(validate::storage_unavailable("the snapshot has no node"));
     };
     let mine: Vec<(Uuid, PoolReport)> = pools.iter().filter(|(n, _)| *n == node).cloned().collect();
-    place(&mine, needed).map_err(|e| {
+    place(&mine, needed, encrypted).map_err(|e| {
         if e.code() == "storage_unavailable" {
             validate::storage_unavailable("the node holding the snapshot is not ready")
         } else {
@@ -176,8 +184,8 @@ pub async fn create(
             req.size_gib,
         )?;
         match &snapshot {
-            Some((s, _)) => place_with(&ready_pools(&mut conn).await?, s.node_id, bytes)?,
-            None => place(&ready_pools(&mut conn).await?, bytes)?,
+            Some((s, _)) => place_with(&ready_pools(&mut conn).await?, s.node_id, bytes, vtype.encrypted)?,
+            None => place(&ready_pools(&mut conn).await?, bytes, vtype.encrypted)?,
         };
         (vtype, image, snapshot)
     };
@@ -211,13 +219,13 @@ pub async fn create(
         &usage(&mut tx, project).await?,
         req.size_gib,
     )?;
-    let node = match &snapshot {
+    let (node, backend) = match &snapshot {
         Some((s, _)) => {
             // Re-read: the snapshot must still be there when the volume is.
             snapshots::source(&mut tx, project, &s.id.to_string(), req.size_gib).await?;
-            place_with(&ready_pools(&mut tx).await?, s.node_id, bytes)?
+            place_with(&ready_pools(&mut tx).await?, s.node_id, bytes, vtype.encrypted)?
         }
-        None => place(&ready_pools(&mut tx).await?, bytes)?,
+        None => place(&ready_pools(&mut tx).await?, bytes, vtype.encrypted)?,
     };
     let row = VolumeRow {
         id,
@@ -231,7 +239,7 @@ pub async fn create(
         encrypted: vtype.encrypted,
         multi_attach: vtype.multi_attach,
         qos: vtype.qos.clone(),
-        backend: "local".into(),
+        backend,
         node_id: Some(node),
         source_image: image.as_ref().map(|i| i.id),
         source_snapshot: snapshot.as_ref().map(|(s, _)| s.id),
@@ -431,14 +439,16 @@ mod tests {
             (a, pool(5 * GIB, "local", PoolHealthState::Ok)),
             (b, pool(9 * GIB, "local", PoolHealthState::Degraded)),
         ];
-        assert_eq!(place(&pools, GIB).unwrap(), b);
-        let e = place(&pools, 10 * GIB).unwrap_err();
+        assert_eq!(place(&pools, GIB, true).unwrap(), (b, "local".into()));
+        let e = place(&pools, 10 * GIB, true).unwrap_err();
         assert_eq!((e.status().as_u16(), e.code()), (507, "insufficient_storage"));
-        let e = place(&[], GIB).unwrap_err();
+        let e = place(&[], GIB, true).unwrap_err();
         assert_eq!((e.status().as_u16(), e.code()), (503, "storage_unavailable"));
         let gone = vec![(a, pool(50 * GIB, "local", PoolHealthState::Unavailable))];
-        assert_eq!(place(&gone, GIB).unwrap_err().code(), "storage_unavailable");
+        assert_eq!(place(&gone, GIB, true).unwrap_err().code(), "storage_unavailable");
+        // A Ceph pool takes encrypted volumes only.
         let ceph = vec![(a, pool(50 * GIB, "ceph", PoolHealthState::Ok))];
-        assert_eq!(place(&ceph, GIB).unwrap_err().code(), "storage_unavailable");
+        assert_eq!(place(&ceph, GIB, true).unwrap(), (a, "ceph".into()));
+        assert_eq!(place(&ceph, GIB, false).unwrap_err().code(), "storage_unavailable");
     }
 }
