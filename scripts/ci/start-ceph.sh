@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Starts a throwaway single-node Ceph for the test suite (the layout of
-# crates/rampart-storage/tests/ceph/vstart-lite.sh): mon `a`, mgr `x`, `osd.0` and `osd.1` with
+# Starts a throwaway single-node Ceph for the test suite (the layout of Ceph's own vstart.sh,
+# without ceph-volume, which needs LVM): mon `a`, mgr `x`, `osd.0` and `osd.1` with
 # BlueStore on sparse files, cephx on, everything on 127.0.0.1, replicated pools of size 2 by
 # default. Tests make their own pools (unique names) with the admin key and remove them.
 # Prints the environment the tests read. Idempotent: a healthy running cluster is reused.

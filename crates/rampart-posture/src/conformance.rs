@@ -245,14 +245,28 @@ pub mod tls_wire {
     /// RC4, 3DES and CBC suites: a server that answers any of them with a ServerHello accepts
     /// a cipher the spec calls weak (9.3-2).
     pub const WEAK_SUITES: [u16; 14] = [
-        0x0005, 0xc011, 0xc007, 0x000a, 0xc012, 0xc008, 0x002f, 0x0035, 0x003c, 0xc013, 0xc014, 0xc027, 0xc009, 0xc023,
+        0x0005, // TLS_RSA_WITH_RC4_128_SHA
+        0xc011, // TLS_ECDHE_RSA_WITH_RC4_128_SHA
+        0xc007, // TLS_ECDHE_ECDSA_WITH_RC4_128_SHA
+        0x000a, // TLS_RSA_WITH_3DES_EDE_CBC_SHA
+        0xc012, // TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA
+        0xc008, // TLS_ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA
+        0x002f, // TLS_RSA_WITH_AES_128_CBC_SHA
+        0x0035, // TLS_RSA_WITH_AES_256_CBC_SHA
+        0x003c, // TLS_RSA_WITH_AES_128_CBC_SHA256
+        0xc013, // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA
+        0xc014, // TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA
+        0xc027, // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256
+        0xc009, // TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA
+        0xc023, // TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256
     ];
     /// ECDHE with AES-GCM or ChaCha20-Poly1305: the control hello that must be answered.
     pub const AEAD_SUITES: [u16; 6] = [0xc02b, 0xc02c, 0xcca9, 0xc02f, 0xc030, 0xcca8];
 
     /// A ClientHello record for `version` (`[3, 2]` is TLS 1.1, `[3, 3]` TLS 1.2) offering
-    /// `suites`; with `tls12_extensions` it carries the groups, point formats and signature
-    /// algorithms a TLS 1.2 server needs to pick an ECDHE suite.
+    /// `suites`. With `tls12_extensions` it carries what a TLS 1.2 client needs for an ECDHE
+    /// handshake (groups, point formats, signature schemes, extended master secret, secure
+    /// renegotiation), so that only the suites can be the reason for a refusal.
     pub fn client_hello(version: [u8; 2], suites: &[u16], tls12_extensions: bool) -> Vec<u8> {
         let mut hello = version.to_vec();
         hello.extend([0x42; 32]);

@@ -254,3 +254,45 @@ mod tests {
         );
     }
 }
+
+/// Pool space held by the creates under way, so two creates racing for the last free bytes
+/// cannot both pass the check (a full pool is refused on the request, never mid-write).
+#[derive(Debug, Default)]
+pub(crate) struct Reservations(std::sync::Mutex<u64>);
+
+/// Space held for one create until it drops.
+pub(crate) struct Reservation<'a> {
+    held: &'a std::sync::Mutex<u64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self.held.lock().expect("reservation lock");
+        *r = r.saturating_sub(self.bytes);
+    }
+}
+
+impl Reservations {
+    /// Holds `needed` bytes if they fit in `available` (the pool's free space less its reserve)
+    /// beside the growth `committed` to existing volumes and the creates under way; 507
+    /// `insufficient_storage` otherwise.
+    pub(crate) fn take(
+        &self,
+        needed: u64,
+        available: u64,
+        committed: u64,
+    ) -> Result<Reservation<'_>, crate::StorageError> {
+        let mut r = self.0.lock().expect("reservation lock");
+        let usable = available.saturating_sub(committed).saturating_sub(*r);
+        if needed > usable {
+            tracing::warn!(needed, usable, committed, "storage pool full: refused");
+            return Err(crate::StorageError::InsufficientStorage { needed, free: usable });
+        }
+        *r += needed;
+        Ok(Reservation {
+            held: &self.0,
+            bytes: needed,
+        })
+    }
+}

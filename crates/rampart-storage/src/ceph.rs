@@ -92,7 +92,7 @@ pub struct CephBackend {
     cfg: CephConfig,
     conf: PathBuf,
     /// Bytes promised to creates under way.
-    reserved: Mutex<u64>,
+    reserved: crate::backend::Reservations,
     /// When each mount was last handed out (the sweep spares recent ones).
     used: Mutex<HashMap<String, Instant>>,
 }
@@ -167,18 +167,6 @@ impl Drop for TempImage<'_> {
     }
 }
 
-struct Reservation<'a> {
-    backend: &'a CephBackend,
-    bytes: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut r = self.backend.reserved.lock().expect("reservation lock");
-        *r = r.saturating_sub(self.bytes);
-    }
-}
-
 impl CephBackend {
     /// Checks the configuration (10.1: a monitor outside the storage network is refused),
     /// renders the client conf and makes the state directories. Does not contact the cluster:
@@ -200,7 +188,7 @@ impl CephBackend {
         Ok(CephBackend {
             cfg,
             conf,
-            reserved: Mutex::new(0),
+            reserved: Default::default(),
             used: Mutex::new(HashMap::new()),
         })
     }
@@ -406,24 +394,14 @@ impl CephBackend {
     /// Refuses (507) unless `needed` bytes fit beside the reserve, the growth promised to the
     /// existing images and the creates under way: a full pool is refused on the request,
     /// before anything is created, and a guest never meets a full cluster mid-write.
-    fn reserve(&self, needed: u64) -> Result<Reservation<'_>, StorageError> {
+    fn reserve(&self, needed: u64) -> Result<crate::backend::Reservation<'_>, StorageError> {
         let space = self.pool_space()?;
         let committed = self.committed_growth()?;
-        let mut r = self.reserved.lock().expect("reservation lock");
-        let usable = space
-            .max_avail
-            .saturating_sub(self.cfg.reserve_bytes)
-            .saturating_sub(committed)
-            .saturating_sub(*r);
-        if needed > usable {
-            tracing::warn!(needed, usable, committed, "ceph pool full: refused");
-            return Err(StorageError::InsufficientStorage { needed, free: usable });
-        }
-        *r += needed;
-        Ok(Reservation {
-            backend: self,
-            bytes: needed,
-        })
+        self.reserved.take(
+            needed,
+            space.max_avail.saturating_sub(self.cfg.reserve_bytes),
+            committed,
+        )
     }
 
     fn check_spec(spec: &VolumeSpec, passphrase: Option<&Sensitive>) -> Result<(), StorageError> {

@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+
 use std::time::Duration;
 
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
@@ -71,7 +71,7 @@ pub struct LocalBackend {
     cfg: LocalConfig,
     /// Bytes promised to creates under way, so two concurrent creates cannot both take the
     /// last free space.
-    reserved: Mutex<u64>,
+    reserved: crate::backend::Reservations,
 }
 
 const SECRET_ID: &str = "sec0";
@@ -101,19 +101,6 @@ impl Drop for TempFile {
     }
 }
 
-/// Reservation of pool space for the duration of one create.
-struct Reservation<'a> {
-    backend: &'a LocalBackend,
-    bytes: u64,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut r = self.backend.reserved.lock().expect("reservation lock");
-        *r = r.saturating_sub(self.bytes);
-    }
-}
-
 impl LocalBackend {
     /// Opens (and creates, 0700) the pool directory.
     pub fn open(cfg: LocalConfig) -> Result<LocalBackend, StorageError> {
@@ -122,7 +109,7 @@ impl LocalBackend {
         }
         Ok(LocalBackend {
             cfg,
-            reserved: Mutex::new(0),
+            reserved: Default::default(),
         })
     }
 
@@ -181,23 +168,11 @@ impl LocalBackend {
 
     /// Checks that `needed` bytes fit beside the reserve, the growth the existing volumes are
     /// promised and the creates under way, and holds them until the returned guard drops.
-    fn reserve(&self, needed: u64) -> Result<Reservation<'_>, StorageError> {
+    fn reserve(&self, needed: u64) -> Result<crate::backend::Reservation<'_>, StorageError> {
         let (_, free) = self.free_bytes()?;
         let committed = self.committed_growth()?;
-        let mut r = self.reserved.lock().expect("reservation lock");
-        let usable = free
-            .saturating_sub(self.cfg.reserve_bytes)
-            .saturating_sub(committed)
-            .saturating_sub(*r);
-        if needed > usable {
-            tracing::warn!(needed, usable, committed, "storage pool full: refused");
-            return Err(StorageError::InsufficientStorage { needed, free: usable });
-        }
-        *r += needed;
-        Ok(Reservation {
-            backend: self,
-            bytes: needed,
-        })
+        self.reserved
+            .take(needed, free.saturating_sub(self.cfg.reserve_bytes), committed)
     }
 
     fn create_options(&self, encrypted: bool) -> String {

@@ -8,54 +8,11 @@ use rampart_api::agent::AgentStatus;
 use rampart_api::tls::{certs_from_pem, key_from_pem, provider};
 use rampart_api::{Client, HostFacts, NodeState};
 use rampart_common::time::{Clock, ManualClock};
+use rampart_posture::conformance::tls_wire::{AEAD_SUITES, Answer, WEAK_SUITES, client_hello, parse_answer};
 use rampart_testkit::{ClusterOptions, TestCluster};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A ClientHello of `version` offering `suites`. With `tls12_extensions` it carries what a
-/// TLS 1.2 client needs for an ECDHE handshake (groups, point formats, signature schemes,
-/// extended master secret, secure renegotiation), so that only the suites can be the reason
-/// for a refusal.
-fn client_hello(version: [u8; 2], suites: &[u16], tls12_extensions: bool) -> Vec<u8> {
-    let mut hello = version.to_vec();
-    hello.extend([0x42; 32]); // random
-    hello.push(0); // session id
-    hello.extend(((suites.len() * 2) as u16).to_be_bytes());
-    for s in suites {
-        hello.extend(s.to_be_bytes());
-    }
-    hello.extend([1, 0]); // compression: null
-    if tls12_extensions {
-        let mut ext = Vec::new();
-        let mut add = |kind: u16, body: &[u8]| {
-            ext.extend(kind.to_be_bytes());
-            ext.extend((body.len() as u16).to_be_bytes());
-            ext.extend(body);
-        };
-        // supported_groups: x25519, secp256r1, secp384r1
-        add(0x000a, &[0, 6, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]);
-        add(0x000b, &[1, 0]); // ec_point_formats: uncompressed
-        // signature_algorithms: ecdsa p256/p384, rsa-pss, rsa-pkcs1, ed25519
-        add(
-            0x000d,
-            &[
-                0, 12, 0x04, 0x03, 0x05, 0x03, 0x08, 0x04, 0x08, 0x05, 0x04, 0x01, 0x08, 0x07,
-            ],
-        );
-        add(0x0017, &[]); // extended_master_secret
-        add(0xff01, &[0]); // renegotiation_info
-        hello.extend((ext.len() as u16).to_be_bytes());
-        hello.extend(ext);
-    }
-    let mut handshake = vec![0x01];
-    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
-    handshake.extend(hello);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend((handshake.len() as u16).to_be_bytes());
-    record.extend(handshake);
-    record
-}
 
 /// A TLS 1.1 ClientHello. It offers CBC suites and also the AEAD suites the server has, so
 /// that only the version can be the reason for a refusal.
@@ -65,18 +22,10 @@ fn tls11_client_hello() -> Vec<u8> {
 
 /// The suite a TLS 1.2 ServerHello picked, or the alert description when the server refused.
 fn server_answer(reply: &[u8]) -> Result<u16, u8> {
-    match reply {
-        [0x15, _, _, _, _, 2, alert, ..] => Err(*alert),
-        // record header (5), handshake type 2 and length (4), version (2), random (32)
-        [0x16, _, _, _, _, 2, rest @ ..] if rest.len() > 3 + 2 + 32 => {
-            let sid = rest[3 + 2 + 32] as usize;
-            let at = 3 + 2 + 32 + 1 + sid;
-            let suite = rest
-                .get(at..at + 2)
-                .unwrap_or_else(|| panic!("short ServerHello {reply:?}"));
-            Ok(u16::from_be_bytes([suite[0], suite[1]]))
-        }
-        _ => panic!("neither a ServerHello nor a fatal alert: {reply:?}"),
+    match parse_answer(reply) {
+        Answer::Accepted(suite) => Ok(suite),
+        Answer::Alert(alert) => Err(alert),
+        other => panic!("neither a ServerHello nor a fatal alert: {other:?} ({reply:?})"),
     }
 }
 
@@ -102,28 +51,6 @@ async fn spec_9_3_4_tls_1_1_handshake_is_refused() {
     assert!([40, 70].contains(&reply[6]), "alert {}", reply[6]);
     c.shutdown().await;
 }
-
-/// RC4, 3DES and CBC suites of TLS 1.2, offered on the wire (rustls cannot offer them, so a
-/// rustls client would prove nothing).
-const WEAK_SUITES: [u16; 14] = [
-    0x0005, // TLS_RSA_WITH_RC4_128_SHA
-    0xc011, // TLS_ECDHE_RSA_WITH_RC4_128_SHA
-    0xc007, // TLS_ECDHE_ECDSA_WITH_RC4_128_SHA
-    0x000a, // TLS_RSA_WITH_3DES_EDE_CBC_SHA
-    0xc012, // TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA
-    0xc008, // TLS_ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA
-    0x002f, // TLS_RSA_WITH_AES_128_CBC_SHA
-    0x0035, // TLS_RSA_WITH_AES_256_CBC_SHA
-    0x003c, // TLS_RSA_WITH_AES_128_CBC_SHA256
-    0xc013, // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA
-    0xc014, // TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA
-    0xc027, // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256
-    0xc009, // TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA
-    0xc023, // TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256
-];
-
-/// The AEAD suites of TLS 1.2 (GCM and ChaCha20-Poly1305, RSA and ECDSA).
-const AEAD_SUITES: [u16; 6] = [0xc02b, 0xc02c, 0xcca9, 0xc02f, 0xc030, 0xcca8];
 
 async fn tls12_answer(c: &TestCluster, suites: &[u16]) -> Result<u16, u8> {
     let mut s = TcpStream::connect(c.controller.addrs[0]).await.unwrap();

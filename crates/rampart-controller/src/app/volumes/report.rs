@@ -99,11 +99,23 @@ pub fn decide(from: VolumeStatus, wipe_retry: bool, multi: bool, r: &VolumeRepor
     }
 }
 
-fn code_str(c: VolumeErrorCode) -> String {
+pub(super) fn code_str(c: VolumeErrorCode) -> String {
     serde_json::to_value(c)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "error".into())
+}
+
+/// The error a node's report puts on a volume or snapshot going to `error` with `code`: the
+/// code, and the node's own words when it gave them.
+pub(super) fn node_error(r: &VolumeReport, code: Option<VolumeErrorCode>) -> Option<(String, String)> {
+    let message = r.error.as_ref().map(|f| format!("{}: {}", f.code, f.message));
+    code.map(|c| {
+        (
+            code_str(c),
+            message.unwrap_or_else(|| "the node reported an error".into()),
+        )
+    })
 }
 
 /// Whether `row` is an `error` of a failed wipe.
@@ -183,13 +195,7 @@ pub async fn record(state: &AppState, node: Uuid, s: Option<&StorageStatus>) -> 
             Change::None => {}
             Change::Progress => db::set_progress(&mut tx, row.id, r.progress.map(i64::from)).await?,
             Change::To(to, code) => {
-                let message = r.error.as_ref().map(|f| format!("{}: {}", f.code, f.message));
-                let error = code.map(|c| {
-                    (
-                        code_str(c),
-                        message.unwrap_or_else(|| "the node reported an error".into()),
-                    )
-                });
+                let error = node_error(r, code);
                 db::set_status(
                     &mut tx,
                     row.id,

@@ -25,7 +25,7 @@ use rampart_storage::validate::{self, GIB, VolumeQuota, VolumeUsage};
 use rampart_storage::{Event, VolumeStatus};
 use uuid::Uuid;
 
-use super::report::{Change, decide};
+use super::report::{Change, code_str, decide, node_error};
 use crate::audit::operations::Operation;
 use crate::auth::Principal;
 use crate::state::AppState;
@@ -342,13 +342,6 @@ fn node_actor(node: Uuid) -> Actor {
     }
 }
 
-fn code_str(c: rampart_storage::VolumeErrorCode) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "error".into())
-}
-
 /// Takes in what `node` reports of its snapshots; true when the node's document changed.
 /// A verified wipe writes the `volume.snapshot.wipe` audit event before the snapshot is
 /// `deleted` (as for volumes).
@@ -407,13 +400,7 @@ pub async fn record(state: &AppState, node: Uuid, reports: &[VolumeReport]) -> R
         match decide_for(&row, r) {
             Change::None | Change::Progress => {}
             Change::To(to, code) => {
-                let message = r.error.as_ref().map(|f| format!("{}: {}", f.code, f.message));
-                let error = code.map(|c| {
-                    (
-                        code_str(c),
-                        message.unwrap_or_else(|| "the node reported an error".into()),
-                    )
-                });
+                let error = node_error(r, code);
                 sdb::set_status(
                     &mut tx,
                     row.id,
